@@ -1,0 +1,116 @@
+"""Reading checkpoints: local files (.pt/.pth/.safetensors), Hugging Face hub names and URLs; building a
+model from our own training checkpoints or from release-format state dicts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig, model_config
+from .errors import CheckpointError
+from .nn.model import PMFDiT
+from .nn.release import infer_config, load_release_state_dict
+
+FORMAT = "pixel-meanflow"
+
+
+def resolve(spec: str | os.PathLike) -> Path:
+    """A local path for ``spec``: a file path, ``hf:OWNER/REPO/FILE`` (downloaded once into the standard
+    Hugging Face cache, offline afterwards) or an http(s) URL (cached under torch.hub's directory)."""
+    spec = str(spec)
+    if spec.startswith("hf:"):
+        parts = spec[3:].split("/")
+        if len(parts) < 3:
+            raise CheckpointError(f"hub names look like hf:OWNER/REPO/FILE, got {spec!r}")
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError:
+            raise CheckpointError("hub names need `pip install pixel-meanflow[hub]`") from None
+        try:
+            return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
+        except Exception as err:  # network errors, missing files, offline mode without a cached copy
+            raise CheckpointError(f"could not fetch {spec!r} from the hub: {err}") from None
+    if spec.startswith(("http://", "https://")):
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / spec.rsplit("/", 1)[-1]
+        if not cache.exists():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                torch.hub.download_url_to_file(spec, str(cache))
+            except Exception as err:
+                raise CheckpointError(f"could not download {spec!r}: {err}") from None
+        return cache
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {str(path)!r}")
+    return path
+
+
+def read_file(spec: str | os.PathLike) -> dict:
+    """The raw object stored in a checkpoint file, with clear errors for unreadable or truncated files."""
+    path = resolve(spec)
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:
+            raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({err})") from None
+        if "model_config" in meta:
+            return {"format": FORMAT, "model_config": json.loads(meta["model_config"]), "model": tensors}
+        return tensors
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for damaged files (RuntimeError, KeyError, EOFError, ...)
+        size = path.stat().st_size
+        raise CheckpointError(f"{str(path)!r} ({size} bytes) is not a readable PyTorch checkpoint; the file may be "
+                              f"truncated or of another format ({type(err).__name__}: {str(err)[:200]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a state dict or checkpoint")
+    return obj
+
+
+def is_training_checkpoint(obj: dict) -> bool:
+    return obj.get("format") == FORMAT
+
+
+def load_model(spec: str | os.PathLike, *, arch: str | None = None, ema: str | None = None,
+               device=None, **overrides) -> PMFDiT:
+    """A model (eval mode) from any checkpoint we can read.
+
+    Our checkpoints record their config; ``ema`` picks one of their EMA weight sets (default: the first EMA
+    if any, else the raw weights; ``"raw"`` forces the raw weights). Release-format state dicts use ``arch``
+    (a preset name, with ``overrides``) or, without it, an architecture inferred from the shapes."""
+    obj = read_file(spec)
+    if is_training_checkpoint(obj):
+        config = ModelConfig.from_dict({**obj["model_config"], **overrides})
+        emas = obj.get("ema") or {}
+        if ema in (None, "auto"):
+            weights = next(iter(emas.values())) if emas else obj["model"]
+        elif ema == "raw":
+            weights = obj["model"]
+        elif ema in emas:
+            weights = emas[ema]
+        else:
+            raise CheckpointError(f"EMA {ema!r} is not in the checkpoint; it has: {['raw', *emas]}")
+        if not any(k.startswith("v_heads.") for k in weights):
+            config.v_head = False  # inference weights (u-head only)
+        model = PMFDiT(config)
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint weights do not fit its recorded config: {str(err)[:500]}") from None
+    else:
+        state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj.get("model", None), dict) \
+            or "state_dict" in obj else obj
+        if arch is not None:
+            config = model_config(arch, **overrides)
+            if not any("v_heads" in k for k in state):
+                config.v_head = False
+        else:
+            config = infer_config(state, **overrides)
+        model = load_release_state_dict(PMFDiT(config), state)
+    return model.to(device).eval()

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``pmf`` command line, one module each (discovered by ``pmf.cli``)."""

@@ -1,0 +1,198 @@
+"""Building blocks of pmfDiT (spec section 5): norms, rotary embedding, attention, SwiGLU, embedders."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Attention backend: "sdpa" (fused kernels, no forward-mode AD rule on most backends) or "math"
+# (matmul + softmax, supports forward-mode AD). The objective switches to "math" around its JVP.
+_ATTN_BACKEND = "sdpa"
+
+
+@contextlib.contextmanager
+def attention_backend(name: str):
+    """Temporarily select the attention implementation: ``"sdpa"`` or ``"math"``."""
+    global _ATTN_BACKEND
+    if name not in ("sdpa", "math"):
+        raise ValueError(f"attention backend must be 'sdpa' or 'math', got {name!r}")
+    previous, _ATTN_BACKEND = _ATTN_BACKEND, name
+    try:
+        yield
+    finally:
+        _ATTN_BACKEND = previous
+
+
+def current_attention_backend() -> str:
+    return _ATTN_BACKEND
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors to float32 (norms, rotations and softmax stay in fp32 as in the release);
+    float32 and float64 unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) * weight over the last dim, computed in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = upcast(x)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x * self.weight.to(x.dtype)).to(dtype)
+
+
+def rope_angles(grid_size: int, head_dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """Angles [grid^2, head_dim/2] of the release's 2D RoPE: slots j < hd/4 rotate with the row, the rest
+    with the column, frequency f_k = theta^(-4k/head_dim). Patches are row-major."""
+    quarter = head_dim // 4
+    freqs = theta ** (-torch.arange(quarter, dtype=torch.float64) * 4.0 / head_dim)  # (hd/4,)
+    pos = torch.arange(grid_size, dtype=torch.float64)
+    rows = pos.repeat_interleave(grid_size)  # (T,) row index of each patch
+    cols = pos.repeat(grid_size)  # (T,)
+    return torch.cat([rows[:, None] * freqs[None], cols[:, None] * freqs[None]], dim=1)  # (T, hd/2)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent feature pairs (2j, 2j+1) of x [B, H, T, hd] by angles with cos/sin [T, hd/2]."""
+    a, b = upcast(x).unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos.to(a.dtype), sin.to(a.dtype)  # (B, H, T, hd/2) each
+    out = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)  # (B, H, T, hd/2, 2)
+    return out.flatten(-2).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: bias-free projections, per-head q/k RMSNorm, RoPE on the last
+    ``num_rotated`` tokens (the image patches) only."""
+
+    def __init__(self, dim: int, num_heads: int, num_rotated: int, grid_size: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.num_rotated = num_rotated
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+        self.q_norm = RMSNorm(self.head_dim)
+        self.k_norm = RMSNorm(self.head_dim)
+        angles = rope_angles(grid_size, self.head_dim)
+        self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
+        self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+
+    def _rotate(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.num_rotated
+        rotated = apply_rope(x[:, :, -n:], self.rope_cos, self.rope_sin)  # (B, H, n, hd)
+        return torch.cat([x[:, :, :-n], rotated], dim=2)  # (B, H, T, hd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, self.head_dim))  # (B, T, H, hd)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.num_heads, self.head_dim))  # (B, T, H, hd)
+        v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim)  # (B, T, H, hd)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        q, k = self._rotate(q), self._rotate(k)
+        if _ATTN_BACKEND == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, hd)
+        else:
+            out = math_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd)) v with a float32 softmax; differentiable in forward and reverse mode."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # (B, H, T, T)
+    probs = torch.softmax(upcast(scores), dim=-1).to(v.dtype)
+    return torch.matmul(probs, v)  # (B, H, T, hd)
+
+
+class SwiGLU(nn.Module):
+    """w2(silu(w1 x) * w3 x), no biases."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block whose residual branches are scaled by zero-initialised gates."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, num_rotated: int, grid_size: int):
+        super().__init__()
+        self.norm1 = RMSNorm(dim)
+        self.attn = Attention(dim, num_heads, num_rotated, grid_size)
+        self.norm2 = RMSNorm(dim)
+        self.mlp = SwiGLU(dim, mlp_hidden)
+        self.attn_scale = nn.Parameter(torch.zeros(dim))
+        self.mlp_scale = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x)) * self.attn_scale
+        return x + self.mlp(self.norm2(x)) * self.mlp_scale
+
+
+class ScalarEmbedder(nn.Module):
+    """Sinusoidal features [cos(s f_k), sin(s f_k)], f_k = 10000^(-k/(dim/2)), then Linear-SiLU-Linear."""
+
+    def __init__(self, hidden: int, freq_dim: int = 256, max_period: float = 10000.0):
+        super().__init__()
+        half = freq_dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        s = upcast(s) if s.is_floating_point() else s.float()
+        args = s[:, None] * self.freqs.to(s.dtype)[None]  # (B, freq_dim/2)
+        feats = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, freq_dim)
+        return self.mlp(feats.to(self.mlp[0].weight.dtype))  # (B, D)
+
+
+class LabelEmbedder(nn.Module):
+    """Class table with ``num_classes + 1`` rows; the last row is the null (unconditional) label."""
+
+    def __init__(self, num_classes: int, hidden: int):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(y)
+
+
+class PatchEmbed(nn.Module):
+    """Bottleneck patch embedding: p x p stride-p conv to ``bottleneck`` channels, then a 1x1 conv."""
+
+    def __init__(self, patch: int, in_channels: int, bottleneck: int, hidden: int):
+        super().__init__()
+        self.proj1 = nn.Conv2d(in_channels, bottleneck, patch, stride=patch)
+        self.proj2 = nn.Conv2d(bottleneck, hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj2(self.proj1(x)).flatten(2).transpose(1, 2)  # (B, T, D), row-major patches
+
+
+class FinalLayer(nn.Module):
+    """RMSNorm then a (zero-initialised) linear map of each token to p*p*C values."""
+
+    def __init__(self, hidden: int, out_dim: int):
+        super().__init__()
+        self.norm = RMSNorm(hidden)
+        self.linear = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(x))

@@ -1,0 +1,162 @@
+"""pmfDiT: the pMF transformer (spec section 5). It maps (z, h, omega, t_min, t_max, y) to image-space
+predictions (x_u, x_v); it knows nothing of time sampling, guidance targets or losses."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig, model_config
+from ..errors import PMFError
+from .layers import Block, FinalLayer, LabelEmbedder, PatchEmbed, ScalarEmbedder
+
+
+def as_batch(value, batch: int, device: torch.device, name: str, dtype=torch.float32) -> torch.Tensor:
+    """A python number, a 0-d tensor or a [B] tensor as a [B] tensor; names ``name`` on a bad shape."""
+    t = torch.as_tensor(value, device=device)
+    if not t.is_floating_point() and dtype.is_floating_point:
+        t = t.to(dtype)
+    if t.dim() == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise PMFError(f"{name} must be a scalar or have shape [{batch}], got shape {list(t.shape)}")
+    return t
+
+
+class PMFDiT(nn.Module):
+    """The released pmfDiT architecture with a u-head and an optional auxiliary v-head."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = c = config
+        self.validate_inputs = True
+        D, T = c.hidden_size, c.num_patches
+        self.x_embedder = PatchEmbed(c.patch_size, c.in_channels, c.bottleneck, D)
+        self.h_embedder = ScalarEmbedder(D)
+        self.omega_embedder = ScalarEmbedder(D)
+        self.cfg_t_start_embedder = ScalarEmbedder(D)
+        self.cfg_t_end_embedder = ScalarEmbedder(D)
+        self.y_embedder = LabelEmbedder(c.num_classes, D)
+        self.class_tokens = nn.Parameter(torch.zeros(1, c.class_tokens, D))
+        self.omega_tokens = nn.Parameter(torch.zeros(1, c.omega_tokens, D))
+        self.t_min_tokens = nn.Parameter(torch.zeros(1, c.interval_tokens, D))
+        self.t_max_tokens = nn.Parameter(torch.zeros(1, c.interval_tokens, D))
+        self.time_tokens = nn.Parameter(torch.zeros(1, c.time_tokens, D))
+        self.pos_embed = nn.Parameter(torch.zeros(1, c.num_prefix_tokens + T, D))
+
+        def blocks(n: int) -> nn.ModuleList:
+            return nn.ModuleList(Block(D, c.num_heads, c.mlp_hidden, T, c.grid_size) for _ in range(n))
+
+        out_dim = c.patch_size**2 * c.in_channels
+        self.shared_blocks = blocks(c.shared_depth)
+        self.u_heads = blocks(c.aux_head_depth)
+        self.u_final_layer = FinalLayer(D, out_dim)
+        if c.v_head:
+            self.v_heads = blocks(c.aux_head_depth)
+            self.v_final_layer = FinalLayer(D, out_dim)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Release init: linear/conv N(0, 0.32^2/fan_in), embeddings N(0, 1/D), pos N(0, 0.02^2),
+        zero biases, zero gates and zero output layers."""
+        D = self.config.hidden_size
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                fan_in = m.weight[0].numel()
+                nn.init.normal_(m.weight, std=0.32 / fan_in**0.5)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=D**-0.5)
+        for p in (self.class_tokens, self.omega_tokens, self.t_min_tokens, self.t_max_tokens, self.time_tokens):
+            nn.init.normal_(p, std=D**-0.5)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        for m in self.modules():
+            if isinstance(m, Block):
+                nn.init.zeros_(m.attn_scale)
+                nn.init.zeros_(m.mlp_scale)
+            elif isinstance(m, FinalLayer):
+                nn.init.zeros_(m.linear.weight)
+
+    @property
+    def has_v_head(self) -> bool:
+        return self.config.v_head
+
+    def check_inputs(self, z, h, omega, t_min, t_max, y) -> None:
+        """Raise a PMFError naming the first bad input (shapes always; values when not compiling)."""
+        c = self.config
+        if z.dim() != 4 or z.shape[1:] != (c.in_channels, c.input_size, c.input_size):
+            raise PMFError(f"expected images of shape [B, {c.in_channels}, {c.input_size}, {c.input_size}], "
+                           f"got {list(z.shape)}")
+        if torch.compiler.is_compiling() or not self.validate_inputs:
+            return
+        if y.dtype.is_floating_point:
+            raise PMFError(f"labels must be integers, got dtype {y.dtype}")
+        if bool(((y < 0) | (y > c.num_classes)).any()):
+            bad = y[(y < 0) | (y > c.num_classes)][0].item()
+            raise PMFError(f"label {bad} out of range [0, {c.num_classes}] ({c.num_classes} is the null label)")
+        if bool((omega <= 0).any()):
+            raise PMFError(f"omega must be positive, got {omega[omega <= 0][0].item()}")
+        if bool((t_min > t_max).any()):
+            i = int((t_min > t_max).nonzero()[0, 0])
+            raise PMFError(f"t_min must be <= t_max, got t_min={t_min[i].item()} > t_max={t_max[i].item()}")
+
+    def embed(self, z, h, omega, t_min, t_max, y) -> torch.Tensor:
+        """Token sequence [class, omega, t_min, t_max, time, patches] + pos_embed: (B, 20 + T, D)."""
+        B = z.shape[0]
+        tokens = [
+            self.class_tokens + self.y_embedder(y)[:, None],  # (B, 8, D)
+            self.omega_tokens + self.omega_embedder(1.0 - 1.0 / omega)[:, None],  # (B, 4, D)
+            self.t_min_tokens + self.cfg_t_start_embedder(t_min)[:, None],  # (B, 2, D)
+            self.t_max_tokens + self.cfg_t_end_embedder(t_max)[:, None],  # (B, 2, D)
+            self.time_tokens + self.h_embedder(h)[:, None],  # (B, 4, D)
+            self.x_embedder(z),  # (B, T, D)
+        ]
+        tokens = [t.expand(B, -1, -1) for t in tokens]
+        return torch.cat(tokens, dim=1) + self.pos_embed  # (B, 20 + T, D)
+
+    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, p*p*C) with (p_row, p_col, C) per token, channel fastest -> (B, C, H, W)."""
+        c = self.config
+        B, g, p = tokens.shape[0], c.grid_size, c.patch_size
+        x = tokens.reshape(B, g, g, p, p, c.in_channels)  # (B, gh, gw, p, p, C)
+        return x.permute(0, 5, 1, 3, 2, 4).reshape(B, c.in_channels, g * p, g * p)
+
+    def run_head(self, x: torch.Tensor, head: str) -> torch.Tensor:
+        """Run the ``"u"`` or ``"v"`` head on the shared-trunk output x (B, S, D); returns (B, C, H, W)."""
+        blocks, final = (self.u_heads, self.u_final_layer) if head == "u" else (self.v_heads, self.v_final_layer)
+        for block in blocks:
+            x = block(x)
+        return self.unpatchify(final(x[:, -self.config.num_patches:]))
+
+    def trunk(self, z, h, omega, t_min, t_max, y) -> torch.Tensor:
+        """Validated embedding and the shared blocks: (B, 20 + T, D)."""
+        B = z.shape[0]
+        h, omega, t_min, t_max = (as_batch(v, B, z.device, n) for v, n in
+                                  ((h, "h"), (omega, "omega"), (t_min, "t_min"), (t_max, "t_max")))
+        y = as_batch(y, B, z.device, "y", dtype=torch.long)
+        self.check_inputs(z, h, omega, t_min, t_max, y)
+        x = self.embed(z, h, omega, t_min, t_max, y)
+        for block in self.shared_blocks:
+            x = block(x)
+        return x
+
+    def forward(self, z, h, omega, t_min, t_max, y, heads: str = "uv"):
+        """Image-space predictions (x_u, x_v), each (B, C, H, W); x_v is None without a v-head or when
+        ``heads == "u"``; x_u is None when ``heads == "v"``."""
+        x = self.trunk(z, h, omega, t_min, t_max, y)
+        x_u = self.run_head(x, "u") if "u" in heads else None
+        x_v = self.run_head(x, "v") if "v" in heads and self.has_v_head else None
+        if heads == "v" and not self.has_v_head:
+            raise PMFError("this model has no v-head (built with v_head=False)")
+        return x_u, x_v
+
+
+def build_model(arch: str, **overrides) -> PMFDiT:
+    """A pmfDiT from a preset name (``"pMF-B/16"``, ...) with any ModelConfig field overridden."""
+    return PMFDiT(model_config(arch, **overrides))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,236 @@
+"""The pMF training objective (spec section 3) as pure tensor functions, plus ``pmf_loss``.
+
+Shapes: images are [B, C, H, W]; per-sample scalars are [B]. Time runs from data (t = 0) to noise (t = 1).
+
+Why this formulation is correct under data-parallel training: every pass whose result is held constant
+(the guidance target v_g, the tangent v_c and the total derivative du/dt, all stop-gradient in the
+release) runs under ``torch.no_grad`` on the unwrapped module, so it records no graph and fires no DDP
+reducer hook. The only pass with gradients is ONE ordinary forward through the (possibly DDP-wrapped)
+model, which yields u and v; DDP then all-reduces the gradients of that single backward exactly as for a
+plain classifier. Because du/dt is stop-gradient, d loss / d theta flows only through u (inside
+V = u + (t - r) sg(du/dt)) and v, so this "split" form has the same gradient as one forward-mode pass
+with gradients (``jvp="fused"``), which we keep for measurement and as a check. Batch-level rules
+(the first floor(B * data_proportion) samples use r = t, the first k samples are label-dropped) apply per
+device batch, as in the release's pmap training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.autograd.forward_ad as fwAD
+
+from .errors import PMFError
+from .nn.layers import attention_backend
+
+T_CLIP = 0.05
+
+
+@dataclass
+class Draws:
+    """Every random quantity of one pMF loss evaluation (inject these to replay a step exactly).
+
+    t, r: [B] with r <= t; noise: [B, C, H, W], already multiplied by the noise scale; omega: [B] guidance
+    scale >= 1; t_min, t_max: [B] guidance interval; drop: [B] bool, labels replaced by the null label."""
+
+    t: torch.Tensor
+    r: torch.Tensor
+    noise: torch.Tensor
+    omega: torch.Tensor
+    t_min: torch.Tensor
+    t_max: torch.Tensor
+    drop: torch.Tensor
+
+    def to(self, device) -> Draws:
+        return Draws(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def _bc(s: torch.Tensor) -> torch.Tensor:
+    """[B] -> [B, 1, 1, 1] for broadcasting against images."""
+    return s.reshape(-1, 1, 1, 1)
+
+
+def sample_times(batch: int, *, P_mean: float, P_std: float, data_proportion: float, tr_uniform: bool = False,
+                 generator: torch.Generator | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, r) [B] (spec 3.1): logit-normal a, b; optionally U(0,1) for 10% of samples; the first
+    floor(B * data_proportion) samples get r = t; then t = max, r = min."""
+    a = torch.sigmoid(P_std * torch.randn(batch, generator=generator, device=device) + P_mean)
+    b = torch.sigmoid(P_std * torch.randn(batch, generator=generator, device=device) + P_mean)
+    if tr_uniform:
+        uni = torch.rand(batch, generator=generator, device=device) < 0.1
+        a = torch.where(uni, torch.rand(batch, generator=generator, device=device), a)
+        b = torch.where(uni, torch.rand(batch, generator=generator, device=device), b)
+    n_fm = int(math.floor(batch * data_proportion))
+    b = torch.cat([a[:n_fm], b[n_fm:]])
+    return torch.maximum(a, b), torch.minimum(a, b)
+
+
+def omega_from_uniform(u: torch.Tensor, cfg_max: float, cfg_beta: float) -> torch.Tensor:
+    """Inverse CDF of p(omega) ~ omega^-beta on [1, 1 + cfg_max] (spec 3.3)."""
+    if abs(cfg_beta - 1.0) < 1e-12:
+        return torch.exp(u * math.log1p(cfg_max))
+    k = 1.0 - cfg_beta
+    return (1.0 + u * ((1.0 + cfg_max) ** k - 1.0)) ** (1.0 / k)
+
+
+def sample_guidance(fm_mask: torch.Tensor, *, cfg_max: float, cfg_beta: float,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(omega, t_min, t_max) [B] (spec 3.3); samples with r = t (``fm_mask``) get the interval [0, 1]."""
+    B, dev = fm_mask.shape[0], fm_mask.device
+    t_min = 0.5 * torch.rand(B, generator=generator, device=dev)
+    t_max = 0.5 + 0.5 * torch.rand(B, generator=generator, device=dev)
+    t_min = torch.where(fm_mask, torch.zeros_like(t_min), t_min)
+    t_max = torch.where(fm_mask, torch.ones_like(t_max), t_max)
+    omega = omega_from_uniform(torch.rand(B, generator=generator, device=dev), cfg_max, cfg_beta)
+    return omega, t_min, t_max
+
+
+def first_k_dropped(uniform: torch.Tensor, p: float) -> torch.Tensor:
+    """Release label dropout (spec 3.5): k = #{U_i < p}; the FIRST k samples are dropped. Bool [B]."""
+    k = (uniform < p).sum()
+    return torch.arange(uniform.shape[0], device=uniform.device) < k
+
+
+def sample_draws(x: torch.Tensor, *, P_mean: float, P_std: float, data_proportion: float, cfg_max: float,
+                 cfg_beta: float, class_dropout_prob: float, noise_scale: float, tr_uniform: bool = False,
+                 generator: torch.Generator | None = None) -> Draws:
+    """All random draws of one step for images x [B, C, H, W] from one explicit generator."""
+    B, dev = x.shape[0], x.device
+    t, r = sample_times(B, P_mean=P_mean, P_std=P_std, data_proportion=data_proportion, tr_uniform=tr_uniform,
+                        generator=generator, device=dev)
+    noise = noise_scale * torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype)
+    omega, t_min, t_max = sample_guidance(t == r, cfg_max=cfg_max, cfg_beta=cfg_beta, generator=generator)
+    drop = first_k_dropped(torch.rand(B, generator=generator, device=dev), class_dropout_prob)
+    return Draws(t=t, r=r, noise=noise, omega=omega, t_min=t_min, t_max=t_max, drop=drop)
+
+
+def noisy(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """z_t = (1 - t) x + t e (spec 1)."""
+    return (1 - _bc(t)) * x + _bc(t) * noise
+
+
+def to_velocity(z: torch.Tensor, out: torch.Tensor, t: torch.Tensor, prediction: str = "x") -> torch.Tensor:
+    """Network output -> velocity (spec 2): (z - x_hat) / clip(t, 0.05, 1) for x-prediction; the output
+    itself for the u-prediction ablation."""
+    if prediction == "u":
+        return out
+    return (z - out) / _bc(t.clamp(T_CLIP, 1.0))
+
+
+def guidance_scale_in_interval(omega, t, t_min, t_max) -> torch.Tensor:
+    """omega where t_min <= t <= t_max (inclusive), else 1 (spec 3.4)."""
+    return torch.where((t_min <= t) & (t <= t_max), omega, torch.ones_like(omega))
+
+
+def guided_target(v_t, v_c, v_u, w, drop) -> torch.Tensor:
+    """v_g = v_t + (1 - 1/w)(v_c - v_u), and v_g = v_t for label-dropped samples (spec 3.4-3.5)."""
+    v_g = v_t + _bc(1 - 1 / w) * (v_c - v_u)
+    return torch.where(_bc(drop), v_t, v_g)
+
+
+def adaptive_weight(loss: torch.Tensor, norm_p: float = 1.0, norm_eps: float = 0.01) -> torch.Tensor:
+    """w(L) = L / sg((L + eps)^p) (spec 3.8), per sample."""
+    return loss / (loss.detach() + norm_eps).pow(norm_p)
+
+
+def compound_velocity(u, du_dt, t, r) -> torch.Tensor:
+    """V = u + (t - r) sg(du/dt) (spec 3.7)."""
+    return u + _bc(t - r) * du_dt.detach()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper (no-grad passes must not go through DDP)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _v_prediction(net, z, t, omega, y, prediction):
+    """v-head velocity at (z, h = 0, omega, interval [0, 1], y); the u-head at h = 0 without a v-head."""
+    B = z.shape[0]
+    zeros, ones = z.new_zeros(B), z.new_ones(B)
+    x_u, x_v = net(z, zeros, omega, zeros, ones, y, heads="v" if net.has_v_head else "u")
+    return to_velocity(z, x_v if x_v is not None else x_u, t, prediction)
+
+
+@torch.no_grad()
+def guidance_velocities(net, z, t, y, w, *, num_classes: int, prediction: str = "x"):
+    """(v_c, v_u): conditional v at scale w and unconditional v (null label, omega = 1), in one batched
+    pass; v_u is skipped (returned as v_c) when every w is 1, since it then has no effect on v_g."""
+    if bool((w == 1).all()):
+        v_c = _v_prediction(net, z, t, w, y, prediction)
+        return v_c, v_c
+    null = torch.full_like(y, num_classes)
+    v = _v_prediction(net, torch.cat([z, z]), torch.cat([t, t]), torch.cat([w, torch.ones_like(w)]),
+                      torch.cat([y, null]), prediction)
+    return v.chunk(2)
+
+
+def u_total_derivative(net, z, t, r, omega, t_min, t_max, y, tangent_z, *, prediction: str = "x"):
+    """(u, du/dt) by forward-mode AD of u(z, t, r) with tangents (tangent_z, 1, 0), no gradients (spec 3.6).
+    t enters through h = t - r and through the clip(t) division."""
+
+    def u_fn(z_, t_):
+        x_u, _ = net(z_, t_ - r, omega, t_min, t_max, y, heads="u")
+        return to_velocity(z_, x_u, t_, prediction)
+
+    with torch.no_grad(), attention_backend("math"):
+        return torch.func.jvp(u_fn, (z, t), (tangent_z, torch.ones_like(t)))
+
+
+def pmf_loss(model, x: torch.Tensor, y: torch.Tensor, draws: Draws, *, num_classes: int, norm_p: float = 1.0,
+             norm_eps: float = 0.01, prediction: str = "x", jvp: str = "split", perceptual=None) -> dict:
+    """The pMF loss of one batch with given draws (spec 3). x [B, C, H, W] in [-1, 1], y [B] labels.
+
+    ``perceptual``: optional callable (x_pred, x, t) -> (per-sample term [B], dict of logs), already
+    masked, weighted and scaled. Returns a dict with ``loss`` (scalar), the logged means ``loss_u`` and
+    ``loss_v``, ``per_sample`` [B] (loss = per_sample.mean()), the raw per-sample sums, and the
+    intermediates ``z``, ``v_t``, ``v_c``, ``v_u``, ``v_g``, ``u``, ``du_dt``, ``V``, ``v``, ``x_pred``."""
+    if prediction not in ("x", "u"):
+        raise PMFError(f"prediction must be 'x' or 'u', got {prediction!r}")
+    if jvp not in ("split", "fused"):
+        raise PMFError(f"jvp must be 'split' or 'fused', got {jvp!r}")
+    if x.shape[0] != y.shape[0] or draws.t.shape[0] != x.shape[0]:
+        raise PMFError(f"batch sizes differ: images {x.shape[0]}, labels {y.shape[0]}, draws {draws.t.shape[0]}")
+    net = unwrap(model)
+    t, r = draws.t.to(x.dtype), draws.r.to(x.dtype)
+    z = noisy(x, draws.noise, t)  # (B, C, H, W)
+    v_t = (z - x) / _bc(t.clamp(T_CLIP, 1.0))  # (B, C, H, W)
+
+    w = guidance_scale_in_interval(draws.omega, t, draws.t_min, draws.t_max)  # (B,)
+    v_c, v_u = guidance_velocities(net, z, t, y, w, num_classes=num_classes, prediction=prediction)
+    v_g = guided_target(v_t, v_c, v_u, w, draws.drop)
+    y_in = torch.where(draws.drop, torch.full_like(y, num_classes), y)
+    cond = (draws.omega, draws.t_min, draws.t_max, y_in)
+
+    if jvp == "split":
+        _, du_dt = u_total_derivative(net, z, t, r, *cond, v_c, prediction=prediction)
+        x_u, x_v = model(z, t - r, *cond)
+        u = to_velocity(z, x_u, t, prediction)
+    else:
+        with fwAD.dual_level(), attention_backend("math"):
+            z_d, t_d = fwAD.make_dual(z, v_c), fwAD.make_dual(t, torch.ones_like(t))
+            x_u, x_v = model(z_d, t_d - r, *cond)
+            u, du_dt = fwAD.unpack_dual(to_velocity(z_d, x_u, t_d, prediction))
+            x_v = None if x_v is None else fwAD.unpack_dual(x_v).primal
+        du_dt = du_dt.detach()
+    V = compound_velocity(u, du_dt, t, r)
+
+    dims = tuple(range(1, x.dim()))
+    per_u_raw = (V - v_g).pow(2).sum(dims)  # (B,)
+    per_sample = adaptive_weight(per_u_raw, norm_p, norm_eps)
+    out = {"loss_u": (V - v_g).pow(2).mean().detach()}
+    v = None
+    if x_v is not None:
+        v = to_velocity(z, x_v, t, prediction)
+        per_v_raw = (v - v_g).pow(2).sum(dims)
+        per_sample = per_sample + adaptive_weight(per_v_raw, norm_p, norm_eps)
+        out.update(loss_v=(v - v_g).pow(2).mean().detach(), per_sample_v_raw=per_v_raw.detach())
+    x_pred = z - _bc(t) * u
+    if perceptual is not None:
+        term, logs = perceptual(x_pred, x, t)
+        per_sample = per_sample + term
+        out.update(logs)
+    out.update(loss=per_sample.mean(), per_sample=per_sample, per_sample_u_raw=per_u_raw.detach(), z=z, v_t=v_t,
+               v_c=v_c, v_u=v_u, v_g=v_g, u=u, du_dt=du_dt, V=V, v=v, x_pred=x_pred)
+    return out

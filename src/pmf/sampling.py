@@ -1,0 +1,92 @@
+"""One- and few-step pMF samplers (spec section 4) and per-image seeding."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import PMFError
+from .nn.model import as_batch
+from .objective import to_velocity
+
+
+def _check_guidance(omega, t_min, t_max, steps) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise PMFError(f"steps must be a positive integer, got {steps!r}")
+    for name, value in (("omega", omega), ("t_min", t_min), ("t_max", t_max)):
+        if not torch.is_tensor(value) and not isinstance(value, (int, float)):
+            raise PMFError(f"{name} must be a number or a tensor, got {type(value).__name__}")
+    if bool(torch.as_tensor(omega <= 0).any()):
+        raise PMFError(f"omega must be positive, got {omega}")
+    if bool(torch.as_tensor(t_min > t_max).any()):
+        raise PMFError(f"t_min must be <= t_max, got t_min={t_min} > t_max={t_max}")
+
+
+@torch.no_grad()
+def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 1, omega=1.0, t_min=0.0, t_max=1.0,
+           prediction: str = "x") -> torch.Tensor:
+    """Images [B, C, H, W] from ``noise`` (already times the noise scale) in ``steps`` u-head passes:
+    z <- z - (t_i - t_{i+1}) u(z, h = t_i - t_{i+1}, omega, t_min, t_max, y), t = linspace(1, 0, N + 1).
+    Guidance is an input of the network: no extra unconditional pass."""
+    _check_guidance(omega, t_min, t_max, steps)
+    B, dev = noise.shape[0], noise.device
+    omega, t_min, t_max = (as_batch(v, B, dev, n) for v, n in ((omega, "omega"), (t_min, "t_min"), (t_max, "t_max")))
+    labels = as_batch(labels, B, dev, "labels", dtype=torch.long)
+    grid = torch.linspace(1.0, 0.0, steps + 1, device=dev)
+    z = noise
+    for i in range(steps):
+        t, r = grid[i].expand(B), grid[i + 1].expand(B)
+        x_u, _ = model(z, t - r, omega, t_min, t_max, labels, heads="u")
+        z = z - (t - r).view(-1, 1, 1, 1) * to_velocity(z, x_u, t, prediction)
+    return z
+
+
+def image_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for image ``index`` of a run with ``seed``, independent of batching and ranks."""
+    return (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 1) % (2**63 - 1)
+
+
+def image_noise(indices: Sequence[int], shape: Sequence[int], *, seed: int, noise_scale: float = 1.0,
+                device=None) -> torch.Tensor:
+    """Noise [len(indices), *shape] with one generator per image index, times ``noise_scale``."""
+    out = torch.empty((len(indices), *shape))
+    for row, idx in enumerate(indices):
+        gen = torch.Generator().manual_seed(image_seed(seed, int(idx)))
+        out[row] = torch.randn(tuple(shape), generator=gen)
+    return (noise_scale * out).to(device)
+
+
+def image_labels(indices: Sequence[int], num_classes: int, *, seed: int) -> torch.Tensor:
+    """A random class per image index, drawn from its own generator (independent of the noise stream)."""
+    labels = [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(
+        image_seed(seed + 7919, int(i))))) for i in indices]
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images [B, C, H, W] -> uint8 [B, H, W, C] as saved: round(clip((x + 1) / 2 * 255))."""
+    return ((images.float() + 1) / 2 * 255).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+def generate(model, indices: Sequence[int], labels: torch.Tensor, *, seed: int, batch_size: int = 64,
+             steps: int = 1, omega=1.0, t_min=0.0, t_max=1.0, noise_scale: float = 1.0, device=None,
+             progress: bool = True) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield (indices, uint8 images [b, H, W, C]) in batches; image i depends only on (seed, i, label)."""
+    cfg = model.config
+    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    device = device or next(model.parameters()).device
+    indices = list(indices)
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if labels.shape != (len(indices),):
+        raise PMFError(f"need one label per image: {len(indices)} images, labels of shape {list(labels.shape)}")
+    bar = tqdm(total=len(indices), desc="sampling", unit="img", disable=not progress)
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start:start + batch_size]
+        noise = image_noise(idx, shape, seed=seed, noise_scale=noise_scale, device=device)
+        x = sample(model, noise, labels[start:start + batch_size].to(device), steps=steps, omega=omega,
+                   t_min=t_min, t_max=t_max)
+        bar.update(len(idx))
+        yield idx, to_uint8(x)
+    bar.close()

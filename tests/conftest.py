@@ -1,0 +1,41 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("PMF_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not (FIXTURES / "net_tiny.pt").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"official fixtures missing at {FIXTURES} (set PMF_FIXTURES)")
+        pytest.skip(f"official fixtures not found at {FIXTURES}")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_release_sd(fixtures_dir):
+    return torch.load(fixtures_dir / "net_tiny.pt", weights_only=True)
+
+
+@pytest.fixture
+def tiny_model(tiny_release_sd):
+    import pmf
+
+    model = pmf.build_model("pMF-Tiny/4")
+    return pmf.load_release_state_dict(model, tiny_release_sd)
+
+
+def load_npz(path: Path) -> dict:
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in np.load(path).items()}
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |a - ref| / max |ref|."""
+    a, ref = a.double(), ref.double()
+    return ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()

@@ -1,0 +1,70 @@
+"""Sampling: fixture 2 parity, per-image seeding, the CLI."""
+
+import numpy as np
+import pytest
+import torch
+
+import pmf
+from conftest import load_npz
+from pmf.cli import main
+from pmf.sampling import generate, image_noise, sample
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("omega", [3, 1])
+def test_fixture2_samples(tiny_model, fixtures_dir, steps, omega):
+    d = load_npz(fixtures_dir / "generate_tiny.npz")
+    noise = d["noise_scale"].item() * d["eps"]
+    out = sample(tiny_model.eval(), noise, d["labels"], steps=steps, omega=float(omega), t_min=d["t_min"].item(),
+                 t_max=d["t_max"].item())
+    assert (out - d[f"steps{steps}_omega{omega}"]).abs().max() <= 1e-5
+
+
+def test_one_step_sample_is_u_head_prediction(tiny_model):
+    noise = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        x_u, _ = tiny_model(noise, 1.0, 2.0, 0.1, 0.7, torch.tensor([1, 2]))
+    out = sample(tiny_model, noise, torch.tensor([1, 2]), omega=2.0, t_min=0.1, t_max=0.7)
+    assert (out - x_u).abs().max() <= 1e-6
+
+
+def test_samples_do_not_depend_on_batch_size(tiny_model):
+    labels = torch.arange(13) % 10
+    runs = []
+    for bs in (1, 7, 64):
+        runs.append(np.concatenate([b.numpy() for _, b in generate(tiny_model, range(13), labels, seed=4,
+                                                                     batch_size=bs, progress=False)]).astype(int))
+    # identical noise per image; CPU kernels may round differently per batch size, which can flip a pixel
+    # that sits on a quantisation boundary by one level
+    for other in runs[1:]:
+        assert np.abs(runs[0] - other).max() <= 1 and (runs[0] != other).mean() < 1e-3
+    a = image_noise([5, 6], (3, 4, 4), seed=1)
+    assert torch.equal(a[1], image_noise([6], (3, 4, 4), seed=1)[0])
+    assert not torch.equal(a[0], a[1]) and not torch.equal(a, image_noise([5, 6], (3, 4, 4), seed=2))
+
+
+def test_sample_rejects_bad_guidance(tiny_model):
+    noise = torch.randn(1, 3, 32, 32)
+    with pytest.raises(pmf.PMFError, match="omega must be positive"):
+        sample(tiny_model, noise, torch.tensor([1]), omega=-1.0)
+    with pytest.raises(pmf.PMFError, match="t_min must be <= t_max"):
+        sample(tiny_model, noise, torch.tensor([1]), t_min=0.9, t_max=0.1)
+    with pytest.raises(pmf.PMFError, match="steps must be a positive integer"):
+        sample(tiny_model, noise, torch.tensor([1]), steps=0)
+
+
+def test_cli_sample_writes_pngs_grid_and_npz(tiny_release_sd, tmp_path, capsys):
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(tiny_release_sd, ckpt)
+    out = tmp_path / "out"
+    rc = main(["sample", "--checkpoint", str(ckpt), "--out", str(out), "--classes", "1,3", "--per-class", "3",
+               "--omega", "3", "--t-min", "0.1", "--t-max", "0.7", "--seed", "2", "--device", "cpu"])
+    assert rc == 0
+    data = np.load(out / "samples.npz")
+    assert data["images"].dtype == np.uint8 and data["images"].shape == (6, 32, 32, 3)
+    assert data["labels"].dtype == np.int64 and data["labels"].tolist() == [1, 1, 1, 3, 3, 3]
+    assert (out / "grid.png").exists() and len(list(out.glob("*_class*.png"))) == 6
+    rc = main(["sample", "--checkpoint", str(ckpt), "--out", str(out), "--classes", "12", "--device", "cpu"])
+    assert rc == 2 and "class 12 out of range [0, 9]" in capsys.readouterr().err
+    rc = main(["sample", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out), "--device", "cpu"])
+    assert rc == 2 and "checkpoint file not found" in capsys.readouterr().err
