@@ -25,3 +25,20 @@ def test_digits_upsampled():
 def test_unknown_builtin():
     with pytest.raises(PMFError, match="unknown built-in dataset 'cifar'"):
         load_builtin("cifar")
+
+
+def test_adm_center_crop_and_rgb():
+    from PIL import Image
+
+    from pmf.data.transforms import adm_center_crop, to_rgb
+
+    ramp = (np.arange(300) * 255 // 299).astype(np.uint8)
+    im = Image.fromarray(np.tile(ramp[None, :, None], (1000, 1, 3)))  # 300 wide, 1000 tall
+    out = adm_center_crop(im, 64)
+    assert out.size == (64, 64)
+    # halved twice (300x1000 -> 150x500 -> 75x250), then scaled to 64 wide: the columns span the whole ramp
+    arr = np.asarray(out)
+    assert arr[0, 0, 0] < 10 and arr[0, -1, 0] > 245 and arr.shape == (64, 64, 3)
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert np.asarray(to_rgb(rgba)).min() == 255  # transparent -> white
+    assert to_rgb(Image.new("L", (2, 2), 7)).mode == "RGB" and to_rgb(Image.new("CMYK", (2, 2))).mode == "RGB"
