@@ -1,0 +1,71 @@
+"""Configuration of the perceptual terms (spec 3.8); validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import PMFError
+
+CONVNEXT_V2_BASE = "convnextv2_base.fcmae_ft_in22k_in1k"  # ImageNet-22k fine-tuned, 224 px
+
+
+def _check(cond: bool, name: str, value, want: str) -> None:
+    if not cond:
+        raise PMFError(f"perceptual.{name} must be {want}, got {value!r}")
+
+
+@dataclass
+class PerceptualConfig:
+    """Switches, weights and threshold of the LPIPS-VGG and ConvNeXt-V2 terms.
+
+    ``lpips_weights`` / ``convnext_weights``: local weight files (else $PMF_LPIPS_VGG_WEIGHTS /
+    $PMF_CONVNEXT_WEIGHTS, else the torch-hub / Hugging Face caches, else a download when ``download``)."""
+
+    lpips: bool = False
+    convnext: bool = False
+    lpips_lambda: float = 0.4
+    convnext_lambda: float = 0.1
+    max_t: float = 0.8  # terms are zeroed for samples with t >= max_t
+    norm_p: float = 1.0
+    norm_eps: float = 0.01
+    crop_size: int = 224
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    lpips_weights: str | None = None
+    convnext_weights: str | None = None
+    convnext_model: str = CONVNEXT_V2_BASE  # a timm model name
+    download: bool = True  # fetch missing standard weights into the caches when the host answers
+
+    def __post_init__(self) -> None:
+        for name in ("lpips", "convnext", "download"):
+            _check(isinstance(getattr(self, name), bool), name, getattr(self, name), "True or False")
+        for name in ("lpips_lambda", "convnext_lambda"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and value >= 0, name, value, "a number >= 0")
+        _check(isinstance(self.max_t, (int, float)) and self.max_t > 0, "max_t", self.max_t, "a number > 0")
+        _check(isinstance(self.norm_p, (int, float)) and self.norm_p >= 0, "norm_p", self.norm_p, ">= 0")
+        _check(isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0, "norm_eps", self.norm_eps, "> 0")
+        _check(isinstance(self.crop_size, int) and self.crop_size >= 32, "crop_size", self.crop_size,
+               "an integer >= 32 (both networks downsample by up to 32)")
+        scale = tuple(self.crop_scale) if isinstance(self.crop_scale, (list, tuple)) else None
+        _check(scale is not None and len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, "crop_scale",
+               self.crop_scale, "a pair (lo, hi) with 0 < lo <= hi <= 1")
+        self.crop_scale = scale
+        for name in ("lpips_weights", "convnext_weights"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, str) and value != ""), name, value,
+                   "None or a path to a local weight file")
+        _check(isinstance(self.convnext_model, str) and self.convnext_model.startswith("convnext"),
+               "convnext_model", self.convnext_model, "a timm ConvNeXt model name")
+
+    @property
+    def enabled(self) -> bool:
+        return self.lpips or self.convnext
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PerceptualConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PMFError(f"unknown perceptual fields {unknown}; known fields: {sorted(known)}")
+        return cls(**data)

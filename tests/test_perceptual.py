@@ -1,0 +1,313 @@
+"""Perceptual terms (spec 3.8): paired crops, threshold mask, LPIPS parity with the lpips package, frozen
+networks, weight resolution without a network, and the end-to-end pMF loss. Networks are random: small
+crops (64 px) and ConvNeXt-V2-Atto keep this file fast; the Base model's wiring is a slow test."""
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pmf
+from pmf.errors import PMFError
+from pmf.objective import pmf_loss, sample_draws
+from pmf.perceptual import (
+    LPIPSVGG,
+    PerceptualConfig,
+    PerceptualLoss,
+    build_perceptual,
+    crop_resize,
+    lpips_state_dict,
+    paired_random_resized_crop,
+    sample_crop_boxes,
+)
+from pmf.perceptual import weights as W
+
+CROP = 64
+ATTO = "convnextv2_atto"
+
+
+def build(**overrides) -> PerceptualLoss:
+    cfg = dict(lpips=True, convnext=True, convnext_model=ATTO, crop_size=CROP) | overrides
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_perceptual(PerceptualConfig(**cfg), "cpu", random_init=True)
+
+
+@pytest.fixture(scope="module")
+def lpips_ref():
+    """The lpips package on a random VGG16 trunk (its calibrated linear layers come from its wheel)."""
+    lpips = pytest.importorskip("lpips")
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).eval()
+
+
+@pytest.fixture(scope="module")
+def loss_fn(lpips_ref):
+    """Both terms; LPIPS carries the package's random trunk; lambda 1 and norm_p 0 make the term the raw sum."""
+    fn = build(lpips_lambda=1.0, convnext_lambda=1.0, norm_p=0.0, max_t=0.8)
+    sd, has_lins = lpips_state_dict(lpips_ref.state_dict())
+    assert has_lins
+    fn.lpips.load_state_dict(sd)
+    return fn
+
+
+def images(B, C, H, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, C, H, H, generator=g) * 2 - 1
+
+
+# ---- crops ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("H,size", [(32, 224), (28, 64), (96, 64), (300, 100)])
+def test_crop_resize_matches_interpolate_on_each_box(H, size):
+    x = images(5, 3, H).double()
+    boxes = sample_crop_boxes(5, H, H, generator=torch.Generator().manual_seed(H))
+    out = crop_resize(x, boxes, size)
+    for b, (top, left, h, w) in enumerate(boxes.tolist()):
+        ref = F.interpolate(x[b:b + 1, :, top:top + h, left:left + w], size=(size, size), mode="bicubic",
+                            antialias=True, align_corners=False)
+        torch.testing.assert_close(out[b:b + 1], ref, atol=1e-10, rtol=0)
+
+
+def test_crop_is_shared_within_a_sample_and_differs_between_samples():
+    one = images(1, 3, 32)
+    a = one.repeat(6, 1, 1, 1)  # every sample the same image
+    b = 0.5 * a + 0.25  # an affine change commutes with a resampling whose weights sum to 1
+    ca, cb, boxes = paired_random_resized_crop(a, b, CROP, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(cb, 0.5 * ca + 0.25, atol=1e-5, rtol=0)  # same box for a and b
+    assert len({tuple(bx) for bx in boxes.tolist()}) == 6
+    for i in range(1, 6):
+        assert (ca[i] - ca[0]).abs().max() > 1e-2  # same image, different crops
+
+
+def test_crop_boxes_follow_the_scale_and_ratio_ranges_and_the_generator():
+    boxes = sample_crop_boxes(4000, 64, 64, generator=torch.Generator().manual_seed(0))
+    top, left, h, w = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 64).all() and (left + w <= 64).all()
+    area = (h * w).double() / 64 ** 2
+    assert area.min() > 0.06 and area.max() <= 1.0 and area.mean() < 0.7  # (0.08, 1) up to integer rounding
+    ratio = w.double() / h.double()
+    assert ratio.min() > 0.65 and ratio.max() < 1.5
+    again = sample_crop_boxes(4000, 64, 64, generator=torch.Generator().manual_seed(0))
+    other = sample_crop_boxes(4000, 64, 64, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(boxes, again) and not torch.equal(boxes, other)
+
+
+def test_crop_is_differentiable_wrt_the_prediction():
+    x = images(2, 1, 28).requires_grad_()
+    out, _, _ = paired_random_resized_crop(x, x.detach(), CROP, generator=torch.Generator().manual_seed(0))
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+# ---- LPIPS parity --------------------------------------------------------------------------------------------
+
+def test_lpips_network_reproduces_the_lpips_package(lpips_ref):
+    net = LPIPSVGG()
+    net.load_state_dict(lpips_state_dict(lpips_ref.state_dict())[0])
+    a, b = images(3, 3, CROP, seed=1), images(3, 3, CROP, seed=2)
+    with torch.no_grad():
+        ours, ref = net(a, b), lpips_ref(a, b).flatten()
+    assert ref.min() > 0
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("C", [3, 1])
+def test_crop_and_mapping_wrapper_reproduces_lpips_on_the_same_crops(loss_fn, lpips_ref, C):
+    x = images(3, C, 32, seed=3)
+    x_pred = (x + 0.5 * images(3, C, 32, seed=4)).clamp(-1, 1)
+    t = torch.zeros(3)
+    fn = PerceptualLoss(PerceptualConfig(lpips=True, lpips_lambda=1.0, norm_p=0.0, crop_size=CROP), loss_fn.lpips, None)
+    term, _ = fn(x_pred, x, t, generator=torch.Generator().manual_seed(5))
+    boxes = sample_crop_boxes(3, 32, 32, generator=torch.Generator().manual_seed(5))
+    ref = []
+    for b, (top, left, h, w) in enumerate(boxes.tolist()):
+        crop = [F.interpolate(v[b:b + 1, :, top:top + h, left:left + w], size=(CROP, CROP), mode="bicubic",
+                              antialias=True).expand(-1, 3, -1, -1) for v in (x_pred, x)]
+        with torch.no_grad():
+            ref.append(lpips_ref(crop[0], crop[1]).flatten())  # the package takes [-1, 1]
+    torch.testing.assert_close(term.detach(), torch.cat(ref), atol=1e-5, rtol=1e-5)
+
+
+# ---- mask, equality, gradients, frozen networks --------------------------------------------------------------
+
+def test_threshold_masks_exactly_the_samples_at_or_above_max_t(loss_fn):
+    x = images(6, 3, 32, seed=6)
+    x_pred = images(6, 3, 32, seed=7).requires_grad_()
+    t = torch.tensor([0.1, 0.8, 0.79, 0.95, 0.5, 1.0])
+    term, logs = loss_fn(x_pred, x, t)
+    masked = t >= 0.8
+    assert (term[masked] == 0).all() and (term[~masked] > 0).all()
+    term.sum().backward()
+    grad_norm = x_pred.grad.abs().sum(dim=(1, 2, 3))
+    assert (grad_norm[masked] == 0).all() and (grad_norm[~masked] > 0).all()
+    assert set(logs) == {"loss_lpips", "loss_convnext"} and all(v.dim() == 0 for v in logs.values())
+
+
+def test_equal_inputs_give_zero_distances(loss_fn):
+    for C in (1, 3):
+        x = images(3, C, 32, seed=8)
+        a = x.repeat(1, 3 // C, 1, 1) if C == 1 else x
+        crops = crop_resize(a, sample_crop_boxes(3, 32, 32), CROP)
+        d = loss_fn.distances(crops, crops.clone())
+        assert set(d) == {"lpips", "convnext"}
+        for value in d.values():
+            assert value.abs().max() == 0
+        term, logs = loss_fn(x, x.clone(), torch.zeros(3))
+        assert term.abs().max() == 0 and all(v == 0 for v in logs.values())
+
+
+def test_frozen_networks_get_no_gradients_and_live_outside_any_module(loss_fn):
+    x = images(2, 3, 32, seed=9)
+    x_pred = images(2, 3, 32, seed=10).requires_grad_()
+    term, _ = loss_fn(x_pred, x, torch.tensor([0.2, 0.3]))
+    term.sum().backward()
+    assert x_pred.grad.abs().sum() > 0
+    assert not isinstance(loss_fn, torch.nn.Module)  # nothing to register, save or average
+    for net in (loss_fn.lpips, loss_fn.convnext):
+        assert not net.training
+        for p in net.parameters():
+            assert not p.requires_grad and p.grad is None
+
+
+def test_weighting_and_lambdas_follow_the_adaptive_rule(loss_fn):
+    cfg = PerceptualConfig(lpips=True, convnext=True, crop_size=CROP, lpips_lambda=0.4, convnext_lambda=0.1,
+                           norm_p=1.0, norm_eps=0.01)
+    fn = PerceptualLoss(cfg, loss_fn.lpips, loss_fn.convnext)
+    x, x_pred, t = images(2, 3, 32, seed=11), images(2, 3, 32, seed=12), torch.tensor([0.1, 0.2])
+    term, _ = fn(x_pred, x, t, generator=torch.Generator().manual_seed(0))
+    a, b, _ = paired_random_resized_crop(x_pred, x, CROP, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        d = fn.distances(a, b)
+    expect = 0.4 * d["lpips"] / (d["lpips"] + 0.01) + 0.1 * d["convnext"] / (d["convnext"] + 0.01)
+    torch.testing.assert_close(term.detach(), expect, atol=1e-6, rtol=1e-5)
+
+
+def test_pmf_loss_end_to_end_with_perceptual_terms(loss_fn):
+    torch.manual_seed(0)
+    model = pmf.build_model("pMF-MNIST/7")
+    with torch.no_grad():  # the zero-initialised output layers would make x_pred trivially 0
+        for p in model.parameters():
+            if p.abs().max() == 0:
+                p.normal_(0, 0.05)
+    x = images(4, 1, 28, seed=13)
+    y = torch.tensor([1, 2, 3, 4])
+    draws = sample_draws(x, P_mean=-0.4, P_std=1.0, data_proportion=0.5, cfg_max=7.0, cfg_beta=1.0,
+                         class_dropout_prob=0.1, noise_scale=1.0, generator=torch.Generator().manual_seed(0))
+    draws.t[:2] = torch.tensor([0.3, 0.9])  # one sample on each side of max_t
+    draws.r = torch.minimum(draws.r, draws.t)
+    base = pmf_loss(model, x, y, draws, num_classes=10)
+    out = pmf_loss(model, x, y, draws, num_classes=10, perceptual=loss_fn.manual_seed(3))
+    term, _ = loss_fn.manual_seed(3)(out["x_pred"], x, draws.t)
+    torch.testing.assert_close(out["per_sample"] - base["per_sample"], term, atol=1e-5, rtol=1e-5)
+    assert "loss_lpips" in out and "loss_convnext" in out
+    out["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and sum(g.abs().sum() for g in grads) > 0
+    assert all(p.grad is None for net in (loss_fn.lpips, loss_fn.convnext) for p in net.parameters())
+    names = {id(p) for p in model.parameters()}
+    assert not any(id(p) in names for p in loss_fn.lpips.parameters())
+
+
+# ---- config and weights --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field,value", [("lpips_lambda", -1.0), ("max_t", 0.0), ("norm_eps", 0.0),
+                                         ("crop_size", 16), ("crop_scale", (0.5, 0.1)), ("lpips", "yes"),
+                                         ("lpips_weights", ""), ("convnext_model", "resnet50")])
+def test_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(PMFError, match=f"perceptual.{field}"):
+        PerceptualConfig(**{field: value})
+
+
+def test_build_returns_none_when_off_and_rejects_unknown_fields():
+    assert build_perceptual(None) is None
+    assert build_perceptual(PerceptualConfig()) is None
+    assert build_perceptual({"lpips": False}) is None
+    with pytest.raises(PMFError, match="unknown perceptual fields"):
+        build_perceptual({"lpips": True, "lpips_wieght": 1.0})
+
+
+def test_random_init_warns():
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        build_perceptual(PerceptualConfig(lpips=True, crop_size=CROP), random_init=True)
+
+
+def test_missing_weights_raise_one_error_naming_the_files(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(W.LPIPS_ENV, raising=False)
+    monkeypatch.delenv(W.CONVNEXT_ENV, raising=False)
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: None)
+    cfg = PerceptualConfig(lpips=True, convnext=True, download=False)
+    with pytest.raises(PMFError) as err:
+        build_perceptual(cfg)
+    msg = str(err.value)
+    assert "refusing to train with random features" in msg
+    assert W.VGG16_FILE in msg and str(tmp_path / "torch" / "hub" / "checkpoints") in msg and W.LPIPS_ENV in msg
+    assert "model.safetensors of timm/convnextv2_base.fcmae_ft_in22k_in1k" in msg and W.CONVNEXT_ENV in msg
+    monkeypatch.setenv(W.CONVNEXT_ENV, str(tmp_path / "nope.safetensors"))
+    with pytest.raises(PMFError, match="nope.safetensors"):
+        build_perceptual(PerceptualConfig(convnext=True, download=False))
+
+
+def test_local_weight_files_load_from_config_and_env(loss_fn, tmp_path, monkeypatch):
+    pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    src = loss_fn
+    trunk = {k: v for k, v in src.lpips.state_dict().items() if k.startswith("features.")}  # torchvision layout
+    torch.save(trunk, tmp_path / W.VGG16_FILE)
+    save_file(src.convnext.net.state_dict(), str(tmp_path / "atto.safetensors"))
+    monkeypatch.setenv(W.CONVNEXT_ENV, str(tmp_path / "atto.safetensors"))
+    fn = build_perceptual(PerceptualConfig(lpips=True, convnext=True, convnext_model=ATTO, crop_size=CROP,
+                                           lpips_weights=str(tmp_path / W.VGG16_FILE), download=False))
+    for ours, ref in ((fn.lpips, src.lpips), (fn.convnext, src.convnext)):
+        for (k, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
+            if k.startswith("lins"):
+                continue
+            assert torch.equal(a, b), k
+    lin_file = W.lpips_lin_file()
+    if lin_file is not None:  # the calibrated linear layers come from the lpips wheel
+        assert torch.equal(fn.lpips.lins[0], torch.load(lin_file, map_location="cpu")["lin0.model.1.weight"].flatten())
+    assert str(tmp_path / "atto.safetensors") in fn.describe()
+    torch.save({"something": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(PMFError, match="does not hold"):
+        build_perceptual(PerceptualConfig(lpips=True, lpips_weights=str(tmp_path / "bad.pth")))
+
+
+def test_core_package_imports_without_the_optional_dependencies():
+    code = ("import sys, pmf, pmf.perceptual, pmf.objective; "
+            "print(sorted(m for m in ('timm', 'lpips', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_convnext_v2_base_wiring_at_224():
+    fn = build(lpips=False, convnext_model="convnextv2_base.fcmae_ft_in22k_in1k", crop_size=224)
+    x = images(1, 3, 32, seed=14)
+    x_pred = images(1, 3, 32, seed=15).requires_grad_()
+    feats = fn.convnext(torch.zeros(1, 3, 224, 224))
+    assert feats.shape == (1, 1024)
+    term, _ = fn(x_pred, x, torch.zeros(1))
+    term.sum().backward()
+    assert term.item() > 0 and x_pred.grad.abs().sum() > 0
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_on_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    fn = build()
+    x = images(4, 3, 32, seed=16).cuda()
+    x_pred = images(4, 3, 32, seed=17).cuda().requires_grad_()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        term, logs = fn(x_pred, x, torch.tensor([0.1, 0.5, 0.9, 0.2], device="cuda"))
+    term.sum().backward()
+    assert term.dtype == torch.float32 and torch.isfinite(term).all() and term[2] == 0
+    assert x_pred.grad.abs().sum() > 0
