@@ -114,3 +114,114 @@ def load_model(spec: str | os.PathLike, *, arch: str | None = None, ema: str | N
             config = infer_config(state, **overrides)
         model = load_release_state_dict(PMFDiT(config), state)
     return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing: atomic saves, keep-last-K, resume look-up, export of an EMA for inference.
+
+CKPT_PREFIX, CKPT_SUFFIX = "step_", ".pt"
+
+
+def save_atomic(obj, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``: a crash at any
+    moment leaves either the previous file or the complete new one, never a partial file under ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(obj, (bytes, str)):
+                f.write(obj.encode() if isinstance(obj, str) else obj)
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
+    return Path(directory) / f"{CKPT_PREFIX}{step:08d}{CKPT_SUFFIX}"
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, path) of the complete training checkpoints in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    out = []
+    for p in directory.glob(f"{CKPT_PREFIX}*{CKPT_SUFFIX}"):
+        digits = p.name[len(CKPT_PREFIX):-len(CKPT_SUFFIX)]
+        if digits.isdigit():
+            out.append((int(digits), p))
+    return sorted(out)
+
+
+def save_training_checkpoint(directory: str | os.PathLike, step: int, payload: dict, config: dict,
+                             keep_last: int = 3) -> Path:
+    """Save ``payload`` (with ``format``, ``model_config``, ``model``, ``ema``, ...) as step_XXXXXXXX.pt and
+    the resolved training ``config`` beside it as step_XXXXXXXX.json, both atomically; then delete all but
+    the newest ``keep_last`` checkpoints (only after the new one is complete)."""
+    path = checkpoint_path(directory, step)
+    save_atomic({"format": FORMAT, "step": step, **payload}, path)
+    save_atomic(json.dumps(config, indent=2), path.with_suffix(".json"))
+    for _, old in list_checkpoints(directory)[:-keep_last]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The newest readable training checkpoint in ``directory`` (older ones are tried if the newest cannot
+    be read), or None when there is none."""
+    for _, path in reversed(list_checkpoints(directory)):
+        try:
+            obj = read_file(path)
+        except CheckpointError:
+            continue
+        if is_training_checkpoint(obj):
+            return path
+    return None
+
+
+def u_head_state(state: dict) -> dict:
+    """Inference weights: a full state dict without the auxiliary v-head."""
+    return {k: v for k, v in state.items() if not k.startswith(("v_heads.", "v_final_layer."))}
+
+
+def export_ema(spec: str | os.PathLike, out: str | os.PathLike, *, ema: str | None = None,
+               fmt: str | None = None) -> Path:
+    """Write one weight set of a training checkpoint (an EMA by name, ``"raw"``, or by default the first EMA)
+    for inference, u-head only: ``fmt="release"`` (``.pt``, the release's key names under ``net.``, loadable
+    by the released PyTorch port and by ``pmf sample --arch``) or ``fmt="safetensors"`` (our key names, the
+    model config in the metadata; ``pmf sample`` reads it). ``fmt`` defaults from the suffix of ``out``."""
+    out = Path(out)
+    fmt = fmt or ("safetensors" if out.suffix == ".safetensors" else "release")
+    if fmt not in ("release", "safetensors"):
+        raise CheckpointError(f"export format must be 'release' or 'safetensors', got {fmt!r}")
+    model = load_model(spec, ema=ema)
+    config = ModelConfig.from_dict({**model.config.to_dict(), "v_head": False})
+    inference = PMFDiT(config)
+    inference.load_state_dict(u_head_state(model.state_dict()), strict=True)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous() for k, v in inference.state_dict().items()}
+        save_file(tensors, str(out), metadata={"model_config": json.dumps(config.to_dict()), "format": FORMAT})
+    else:
+        from .nn.release import release_state_dict
+
+        save_atomic(release_state_dict(inference, prefix="net."), out)
+    return out

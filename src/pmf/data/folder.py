@@ -1,0 +1,74 @@
+"""Image folders in the ImageNet layout: one sub-folder per class (class index = position of the folder
+name in sorted order), any image format PIL reads, ADM center crop to the training resolution, RGB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import PMFError
+from .transforms import adm_center_crop, to_rgb
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                              ".jfif"})
+
+
+def scan_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
+    """(image paths, int64 labels, class names) of an image folder; a clear error for a missing folder,
+    a file instead of a folder, or a folder without images."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise PMFError(f"data folder not found: {str(root)!r}")
+    if not root.is_dir():
+        raise PMFError(f"data path {str(root)!r} is not a folder (expected one sub-folder of images per class, "
+                       "a packed .pmfpack folder, an .npz file or a built-in name)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    paths: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(classes):
+        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        paths += found
+        labels += [index] * len(found)
+    if not paths:
+        loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+        hint = (f"; it holds {len(loose)} images directly: put them in one sub-folder per class "
+                "(a single sub-folder for unconditional data)") if loose else ""
+        raise PMFError(f"no images found in {str(root)!r} (looked in {len(classes)} class sub-folders for "
+                       f"{', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
+    return paths, np.asarray(labels, dtype=np.int64), classes
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """uint8 [size, size, 3]: decode fully (truncated files raise), convert to RGB, ADM center crop."""
+    with Image.open(path) as im:
+        im.load()
+        return np.asarray(adm_center_crop(to_rgb(im), size), dtype=np.uint8)
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Decodes images on the fly (use ``pmf pack`` to avoid decoding during long GPU runs). An unreadable
+    file is replaced by the next readable one, and counted in ``skipped`` of the worker that met it."""
+
+    def __init__(self, root: str | Path, size: int):
+        self.root, self.size = Path(root), size
+        self.paths, self.labels, self.class_names = scan_folder(root)
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        for offset in range(len(self.paths)):
+            j = (index + offset) % len(self.paths)
+            try:
+                return torch.from_numpy(load_image(self.paths[j], self.size)), int(self.labels[j])
+            except Exception:  # PIL raises OSError, SyntaxError, ValueError... for damaged files
+                self.skipped += 1
+        raise PMFError(f"none of the {len(self.paths)} images in {str(self.root)!r} could be read")

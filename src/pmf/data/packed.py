@@ -1,0 +1,140 @@
+"""Packed datasets: a one-time preprocessing step decodes an image folder into a ``.pmfpack`` folder
+(``images.npy`` uint8 [N, H, W, 3] memory-mapped at training time, ``labels.npy`` int64 [N], ``meta.json``
+with class names), so that decoding does not bound a GPU run. Also array files (``.npz``/``.npy``) and the
+dispatcher ``open_training_data`` that turns any data spec into a dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PMFError
+from .builtin import BUILTIN, ArrayData, load_builtin
+from .folder import FolderDataset, load_image, scan_folder
+
+PACK_SUFFIX = ".pmfpack"
+
+
+def _decode(args: tuple[str, int]) -> np.ndarray | None:
+    path, size = args
+    try:
+        return load_image(path, size)
+    except Exception:  # unreadable or truncated: counted and skipped by the caller
+        return None
+
+
+def pack_folder(root: str | Path, out: str | Path, size: int, *, workers: int | None = None,
+                progress: bool = True) -> dict:
+    """Decode, RGB-convert and ADM-center-crop every image of ``root`` into ``out`` (a .pmfpack folder).
+    Unreadable files are skipped; returns counts (``packed``, ``skipped``, ``skipped_files``)."""
+    from tqdm.auto import tqdm
+
+    paths, labels, classes = scan_folder(root)
+    out = Path(out)
+    if out.suffix != PACK_SUFFIX:
+        out = out.with_name(out.name + PACK_SUFFIX)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "images.npy.partial"
+    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    keep, skipped = [], []
+    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    jobs = [(str(p), size) for p in paths]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = pool.map(_decode, jobs, chunksize=64)
+            decoded = tqdm(results, total=len(jobs), desc="packing", unit="img", disable=not progress)
+            keep, skipped = _write(decoded, images, paths)
+    else:
+        decoded = tqdm(map(_decode, jobs), total=len(jobs), desc="packing", unit="img", disable=not progress)
+        keep, skipped = _write(decoded, images, paths)
+    images.flush()
+    if not keep:
+        tmp.unlink()
+        raise PMFError(f"none of the {len(paths)} images in {str(root)!r} could be read")
+    if skipped:  # rewrite without the empty rows
+        final = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8,
+                                          shape=(len(keep), size, size, 3))
+        for start in range(0, len(keep), 4096):
+            final[start:start + 4096] = images[start:start + 4096]
+        final.flush()
+        del images, final
+        tmp.unlink()
+    else:
+        del images
+        os.replace(tmp, out / "images.npy")
+    np.save(out / "labels.npy", labels[np.asarray(keep, dtype=np.int64)])
+    meta = {"class_names": classes, "size": size, "count": len(keep), "skipped": len(skipped),
+            "skipped_files": [str(p) for p in skipped[:100]], "source": str(Path(root).resolve())}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    return {"out": str(out), "packed": len(keep), "skipped": len(skipped), "skipped_files": meta["skipped_files"]}
+
+
+def _write(decoded, images: np.ndarray, paths: list[Path]) -> tuple[list[int], list[Path]]:
+    keep, skipped = [], []
+    for i, im in enumerate(decoded):
+        if im is None:
+            skipped.append(paths[i])
+        else:
+            images[len(keep)] = im
+            keep.append(i)
+    return keep, skipped
+
+
+def load_packed(path: str | Path) -> ArrayData:
+    """A .pmfpack folder as ArrayData whose images are memory-mapped (read lazily)."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        images = np.load(path / "images.npy", mmap_mode="r")
+        labels = np.load(path / "labels.npy")
+    except (OSError, ValueError) as err:
+        raise PMFError(f"{str(path)!r} is not a complete packed dataset ({err}); run `pmf pack` again") from None
+    return ArrayData(images, labels.astype(np.int64), list(meta["class_names"]))
+
+
+def load_arrays(path: str | Path) -> ArrayData:
+    """``.npz`` with ``images`` uint8 [N, H, W, C] (or [N, H, W]), optional ``labels`` and ``class_names``;
+    or an ``.npy`` of images (one class)."""
+    path = Path(path)
+    try:
+        obj = np.load(path, allow_pickle=False, mmap_mode="r" if path.suffix == ".npy" else None)
+    except (OSError, ValueError) as err:
+        raise PMFError(f"cannot read array file {str(path)!r}: {err}") from None
+    if path.suffix == ".npy":
+        images, labels, names = obj, None, None
+    else:
+        if "images" not in obj:
+            raise PMFError(f"{str(path)!r} has no 'images' array (it has {sorted(obj.keys())})")
+        images = obj["images"]
+        labels = obj["labels"] if "labels" in obj else None
+        names = [str(n) for n in obj["class_names"]] if "class_names" in obj else None
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8:
+        raise PMFError(f"images in {str(path)!r} must be uint8, got {images.dtype}")
+    labels = np.zeros(len(images), np.int64) if labels is None else np.asarray(labels, np.int64)
+    if names is None:
+        names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 1)]
+    return ArrayData(images, labels, names)
+
+
+def open_training_data(spec: str, size: int) -> ArrayData | FolderDataset:
+    """A dataset from a spec: a built-in name, a .pmfpack folder, an .npz/.npy file or an image folder."""
+    if spec in BUILTIN:
+        return load_builtin(spec, size=size, split="train")
+    path = Path(spec).expanduser()
+    if path.suffix == PACK_SUFFIX or (path / "meta.json").is_file():
+        if not path.exists():
+            raise PMFError(f"packed dataset not found: {str(path)!r}")
+        return load_packed(path)
+    if path.suffix in (".npz", ".npy"):
+        if not path.is_file():
+            raise PMFError(f"array file not found: {str(path)!r}")
+        return load_arrays(path)
+    if not path.exists():
+        raise PMFError(f"data {spec!r} not found: not a built-in dataset ({', '.join(BUILTIN)}), a file or a folder")
+    return FolderDataset(path, size)

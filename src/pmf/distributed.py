@@ -1,0 +1,99 @@
+"""Process-group helpers that degrade to one process: the same trainer runs as a plain CPU process, on one
+GPU, or under ``torchrun`` on many GPUs (NCCL) or CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def env_world_size() -> int:
+    """The number of processes announced by torchrun-style environment variables (1 without them)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def setup(device: str | None = None) -> DistInfo:
+    """Initialise the process group when launched with ``WORLD_SIZE > 1`` (NCCL on CUDA, gloo on CPU) and
+    pick this process's device; a plain process gets rank 0 of 1."""
+    world = env_world_size()
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    want_cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
+    if want_cuda:
+        dev = torch.device("cuda", local_rank if world > 1 else torch.device(device or "cuda").index or 0)
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo", timeout=datetime.timedelta(minutes=30),
+                                **({"device_id": dev} if want_cuda else {}))
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
+    """Elementwise max over processes (identity in one process)."""
+    if dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean over processes (identity in one process)."""
+    if dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= dist.get_world_size()
+    return value
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` of rank ``src`` on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """DDP around ``model`` when running in several processes, else the model itself. The pMF loss sends
+    exactly one forward with gradients through the wrapper (see ``pmf.objective``), so the default
+    reducer settings apply; the auxiliary v-head always receives gradients."""
+    if not info.distributed:
+        return model
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def print0(*args, info: DistInfo | None = None, **kwargs) -> None:
+    """print on rank 0 only."""
+    if info is None or info.is_main:
+        print(*args, **kwargs, flush=True)

@@ -1,0 +1,71 @@
+"""Exponential moving averages of the weights, several side by side (spec section 6): EDM-style half-lives
+in kimg with ramp-up, and constant decays. Each EMA is a full state dict, so it can be saved, exported and
+sampled like the raw weights."""
+
+from __future__ import annotations
+
+import torch
+
+from .train_config import EMAConfig
+
+
+def edm_beta(step: int, batch: int, halflife_kimg: float, rampup: float = 0.05) -> float:
+    """beta = 0.5 ** (batch / max(halflife_img, 1e-8)), halflife_img = min(halflife_kimg * 1000,
+    step * batch * rampup) (spec section 6); ``step`` counts the updates done, this one included."""
+    halflife_img = min(halflife_kimg * 1000.0, step * batch * rampup)
+    return 0.5 ** (batch / max(halflife_img, 1e-8))
+
+
+def ema_name(kind: str, value: float) -> str:
+    """Stable names: ``hl500`` for a 500-kimg half-life, ``d0.99`` for a constant decay 0.99."""
+    return f"hl{value:g}" if kind == "halflife" else f"d{value:g}"
+
+
+class EMASet:
+    """Named EMAs of one model's floating-point state (parameters and buffers), initialised from the
+    model's current (already synchronised) weights."""
+
+    def __init__(self, model: torch.nn.Module, cfg: EMAConfig, batch_size: int):
+        self.cfg, self.batch_size = cfg, batch_size
+        self.schedules = {ema_name("halflife", h): ("halflife", h) for h in cfg.halflives_kimg}
+        self.schedules.update({ema_name("decay", d): ("decay", d) for d in cfg.decays})
+        state = model.state_dict()
+        self.weights = {name: {k: v.detach().clone() for k, v in state.items()} for name in self.schedules}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.weights)
+
+    def beta(self, name: str, step: int) -> float:
+        kind, value = self.schedules[name]
+        if kind == "decay":
+            return value
+        return edm_beta(step, self.batch_size, value, self.cfg.rampup)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        """ema <- beta ema + (1 - beta) weights, after optimiser update number ``step`` (1-based)."""
+        state = model.state_dict()
+        for name, ema in self.weights.items():
+            beta = self.beta(name, step)
+            for k, v in state.items():
+                if v.is_floating_point():
+                    ema[k].lerp_(v.detach(), 1.0 - beta)
+                else:
+                    ema[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return {name: {k: v.detach().cpu() for k, v in w.items()} for name, w in self.weights.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = sorted(set(self.weights) - set(state))
+        if missing:
+            raise KeyError(f"EMAs {missing} missing from the checkpoint (it has {sorted(state)})")
+        for name, w in self.weights.items():
+            for k, v in w.items():
+                v.copy_(state[name][k])
+
+    def copy_to(self, name: str, model: torch.nn.Module) -> torch.nn.Module:
+        """Load EMA ``name`` into ``model`` (a separate copy used for sampling)."""
+        model.load_state_dict(self.weights[name])
+        return model

@@ -1,0 +1,241 @@
+"""Typed training configuration and the named recipes: the released ImageNet recipes (spec section 6) and
+small CPU recipes. Every config validates on construction with messages that name the field; the resolved
+config is saved as JSON beside each checkpoint and read back with ``TrainConfig.from_dict``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .config import PRESETS
+from .errors import PMFError
+
+
+def _check(cond: bool, name: str, value, want: str) -> None:
+    if not cond:
+        raise PMFError(f"{name} must be {want}, got {value!r}")
+
+
+@dataclass
+class LossConfig:
+    """Randomness and weighting of the pMF objective (spec section 3)."""
+
+    P_mean: float = 0.8
+    P_std: float = 0.8
+    data_proportion: float = 0.5
+    cfg_max: float = 7.0
+    cfg_beta: float = 1.0
+    class_dropout_prob: float = 0.1
+    tr_uniform: bool = False
+    norm_p: float = 1.0
+    norm_eps: float = 0.01
+    prediction: str = "x"
+    jvp: str = "split"
+
+    def __post_init__(self) -> None:
+        _check(self.P_std > 0, "loss.P_std", self.P_std, "> 0")
+        _check(0 <= self.data_proportion <= 1, "loss.data_proportion", self.data_proportion, "in [0, 1]")
+        _check(self.cfg_max >= 0, "loss.cfg_max", self.cfg_max, ">= 0")
+        _check(0 <= self.class_dropout_prob <= 1, "loss.class_dropout_prob", self.class_dropout_prob, "in [0, 1]")
+        _check(self.norm_eps > 0, "loss.norm_eps", self.norm_eps, "> 0")
+        _check(self.prediction in ("x", "u"), "loss.prediction", self.prediction, "'x' or 'u'")
+        _check(self.jvp in ("split", "fused"), "loss.jvp", self.jvp, "'split' or 'fused'")
+
+
+@dataclass
+class OptimConfig:
+    """Muon (2-D weights) + Adam (everything else) as in the release, or AdamW on everything (ablation)."""
+
+    name: str = "muon"
+    lr: float = 1e-3
+    adam_lr: float | None = None  # None: the same as lr (the release uses one learning rate)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.95  # Muon momentum (Nesterov)
+    ns_steps: int = 5
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        _check(self.name in ("muon", "adamw"), "optim.name", self.name, "'muon' or 'adamw'")
+        _check(self.lr > 0, "optim.lr", self.lr, "> 0")
+        _check(self.adam_lr is None or self.adam_lr > 0, "optim.adam_lr", self.adam_lr, "> 0 or None")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", self.betas,
+               "two numbers in [0, 1)")
+        _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "in [0, 1)")
+        _check(self.ns_steps >= 1, "optim.ns_steps", self.ns_steps, ">= 1")
+        _check(self.schedule in ("constant", "warmup", "cosine"), "optim.schedule", self.schedule,
+               "'constant', 'warmup' or 'cosine'")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
+        _check(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip", self.grad_clip, "> 0 or None")
+
+
+@dataclass
+class EMAConfig:
+    """EDM-style half-lives in kimg (spec section 6) and/or constant decays, kept side by side."""
+
+    halflives_kimg: list[float] = field(default_factory=lambda: [500.0, 1000.0, 2000.0])
+    decays: list[float] = field(default_factory=list)
+    rampup: float = 0.05
+
+    def __post_init__(self) -> None:
+        self.halflives_kimg, self.decays = [float(v) for v in self.halflives_kimg], [float(v) for v in self.decays]
+        _check(all(h > 0 for h in self.halflives_kimg), "ema.halflives_kimg", self.halflives_kimg, "positive")
+        _check(all(0 <= d < 1 for d in self.decays), "ema.decays", self.decays, "in [0, 1)")
+
+
+@dataclass
+class SampleConfig:
+    """The fixed noises and classes drawn every ``every`` steps so that the same samples can be watched."""
+
+    every: int = 1000
+    count: int = 64
+    seed: int = 0
+    omega: float = 1.0
+    t_min: float = 0.0
+    t_max: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, "sample.every", self.every, ">= 0 (0 turns grids off)")
+        _check(self.count >= 1, "sample.count", self.count, ">= 1")
+        _check(self.omega >= 1, "sample.omega", self.omega, ">= 1")
+        _check(0 <= self.t_min <= self.t_max <= 1, "sample.t_min/t_max", (self.t_min, self.t_max),
+               "0 <= t_min <= t_max <= 1")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; ``batch_size`` is the global batch over all processes."""
+
+    arch: str = "pMF-Tiny/4"
+    model_overrides: dict = field(default_factory=dict)
+    data: str = "mnist-5k"  # a built-in name, an image folder, a packed folder (.pmfpack) or an .npz/.npy file
+    batch_size: int = 64
+    steps: int = 1000
+    seed: int = 0
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    perceptual: dict | None = None  # fields of pmf.perceptual.PerceptualConfig; None: no perceptual loss
+    out: str = "runs/pmf"
+    log_every: int = 50
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    precision: str = "fp32"  # "bf16": autocast on GPU
+    compile: bool = False
+    grad_checkpointing: bool = False
+    num_workers: int = 4  # decoding workers for unpacked image folders
+    device: str | None = None  # None: cuda if available, else cpu
+
+    def __post_init__(self) -> None:
+        for name, cls in (("loss", LossConfig), ("optim", OptimConfig), ("ema", EMAConfig), ("sample", SampleConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _from_dict(cls, value, name))
+        if self.arch not in PRESETS:
+            raise PMFError(f"unknown architecture {self.arch!r}; known presets: {', '.join(PRESETS)}")
+        for name in ("batch_size", "steps"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, getattr(self, name),
+                   "a positive integer")
+        for name in ("log_every", "ckpt_every", "keep_last"):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        _check(self.precision in ("fp32", "bf16"), "precision", self.precision, "'fp32' or 'bf16'")
+        _check(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        return _from_dict(cls, data, "TrainConfig")
+
+
+def _from_dict(cls, data: dict, where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise PMFError(f"unknown {where} fields {unknown}; known fields: {sorted(known)}")
+    return cls(**data)
+
+
+def _imagenet_recipe(arch: str, *, P_mean: float, cfg_beta: float, max_t: float, tr_uniform: bool,
+                     halflives: list[float], omega: float, interval: tuple[float, float]) -> TrainConfig:
+    """A released ImageNet recipe (spec sections 4 and 6): batch 1024, 320 epochs of 1,281,167 images,
+    Muon at 1e-3 constant, Adam betas (0.9, 0.95), LPIPS 0.4 + ConvNeXt 0.1 perceptual losses."""
+    steps = 320 * 1281167 // 1024
+    return TrainConfig(
+        arch=arch, data="data/imagenet256.pmfpack" if arch.endswith("/16") else "data/imagenet512.pmfpack",
+        batch_size=1024, steps=steps,
+        loss=LossConfig(P_mean=P_mean, P_std=0.8, cfg_beta=cfg_beta, tr_uniform=tr_uniform),
+        optim=OptimConfig(name="muon", lr=1e-3), ema=EMAConfig(halflives_kimg=halflives),
+        sample=SampleConfig(every=5000, count=64, omega=omega, t_min=interval[0], t_max=interval[1]),
+        perceptual=dict(lpips=True, convnext=True, lpips_lambda=0.4, convnext_lambda=0.1, max_t=max_t),
+        out=f"runs/{arch.replace('/', '-')}", log_every=100, ckpt_every=5000, precision="bf16", num_workers=8)
+
+
+def recipe_b16() -> TrainConfig:
+    return _imagenet_recipe("pMF-B/16", P_mean=0.8, cfg_beta=1.0, max_t=0.8, tr_uniform=False,
+                            halflives=[500, 1000, 2000], omega=7.5, interval=(0.1, 0.8))
+
+
+def recipe_l16() -> TrainConfig:
+    return _imagenet_recipe("pMF-L/16", P_mean=0.8, cfg_beta=2.0, max_t=0.8, tr_uniform=False,
+                            halflives=[500, 1000, 2000], omega=7.0, interval=(0.2, 0.7))
+
+
+def recipe_h16() -> TrainConfig:
+    return _imagenet_recipe("pMF-H/16", P_mean=0.0, cfg_beta=1.0, max_t=0.6, tr_uniform=True,
+                            halflives=[500, 1000, 2000], omega=7.0, interval=(0.2, 0.6))
+
+
+def recipe_b32() -> TrainConfig:
+    return _imagenet_recipe("pMF-B/32", P_mean=0.8, cfg_beta=1.0, max_t=0.8, tr_uniform=False,
+                            halflives=[500, 1000, 2000], omega=6.5, interval=(0.1, 0.7))
+
+
+def recipe_l32() -> TrainConfig:
+    return _imagenet_recipe("pMF-L/32", P_mean=0.0, cfg_beta=1.0, max_t=0.6, tr_uniform=False,
+                            halflives=[500, 1000, 2000], omega=7.5, interval=(0.2, 0.6))
+
+
+def recipe_h32() -> TrainConfig:
+    return _imagenet_recipe("pMF-H/32", P_mean=0.0, cfg_beta=1.0, max_t=0.6, tr_uniform=True,
+                            halflives=[500, 1000, 2000], omega=5.5, interval=(0.1, 0.6))
+
+
+def recipe_mnist() -> TrainConfig:
+    """The CPU recipe of spec section 9: pMF-MNIST/7 on MNIST-5k, batch 64, Muon 1e-2, EMA 0.99."""
+    return TrainConfig(
+        arch="pMF-MNIST/7", data="mnist-5k", batch_size=64, steps=1200,
+        loss=LossConfig(P_mean=0.8, P_std=0.8), optim=OptimConfig(name="muon", lr=1e-2),
+        ema=EMAConfig(halflives_kimg=[], decays=[0.99, 0.999]),
+        sample=SampleConfig(every=200, count=100, omega=3.0, t_min=0.1, t_max=0.8),
+        out="runs/mnist", log_every=20, ckpt_every=200, keep_last=2, device="cpu")
+
+
+def recipe_tiny() -> TrainConfig:
+    """A seconds-long CPU run of the 0.4M-parameter pMF-Tiny/4 on 32x32 digits, for tests and smoke checks."""
+    return TrainConfig(
+        arch="pMF-Tiny/4", data="digits", batch_size=16, steps=20,
+        optim=OptimConfig(name="muon", lr=1e-2), ema=EMAConfig(halflives_kimg=[0.5], decays=[0.9]),
+        sample=SampleConfig(every=10, count=16), out="runs/tiny", log_every=5, ckpt_every=10, keep_last=2,
+        device="cpu")
+
+
+RECIPES = {
+    "pMF-B/16": recipe_b16, "pMF-L/16": recipe_l16, "pMF-H/16": recipe_h16,
+    "pMF-B/32": recipe_b32, "pMF-L/32": recipe_l32, "pMF-H/32": recipe_h32,
+    "mnist": recipe_mnist, "tiny": recipe_tiny,
+}
+
+
+def recipe(name: str) -> TrainConfig:
+    """A fresh TrainConfig of a named recipe (the ImageNet names match the model presets)."""
+    if name not in RECIPES:
+        raise PMFError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+    return RECIPES[name]()
