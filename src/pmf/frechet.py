@@ -57,17 +57,19 @@ def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **met
 
 
 def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) from a reference ``.npz`` (ours, torch-fidelity's, pytorch-fid's: keys ``mu``, ``sigma``)."""
+    """(mu, sigma) from a reference ``.npz``: keys ``mu``/``sigma`` (ours, ADM's, torch-fidelity's) or
+    ``ref_mu``/``ref_sigma`` (the pMF JAX release)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise PMFError(f"reference statistics not found: {str(path)!r} (make them with `pmf refstats`, or see "
                        "docs/evaluation.md for the ImageNet files)")
     try:
         with np.load(path) as d:
-            if "mu" not in d or "sigma" not in d:
+            keys = next((k for k in (("mu", "sigma"), ("ref_mu", "ref_sigma")) if k[0] in d and k[1] in d), None)
+            if keys is None:
                 raise PMFError(f"{str(path)!r} has keys {sorted(d.keys())}, but reference statistics need "
-                               "'mu' and 'sigma'")
-            mu, sigma = np.asarray(d["mu"], np.float64), np.asarray(d["sigma"], np.float64)
+                               "'mu' and 'sigma' (or the JAX release's 'ref_mu' and 'ref_sigma')")
+            mu, sigma = np.asarray(d[keys[0]], np.float64), np.asarray(d[keys[1]], np.float64)
     except (OSError, ValueError) as err:
         if isinstance(err, PMFError):
             raise
@@ -75,3 +77,38 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
         raise PMFError(f"{str(path)!r}: mu {list(mu.shape)} and sigma {list(sigma.shape)} do not fit together")
     return mu, sigma
+
+
+class StatsAccumulator:
+    """Streaming (mu, sigma) of features: float64 sums of x and x x^T, so shards can be summed across
+    processes (``all_reduce``) without gathering the features themselves."""
+
+    def __init__(self, dim: int):
+        self.n, self.sum, self.outer = 0, np.zeros(dim), np.zeros((dim, dim))
+
+    def update(self, features) -> None:
+        f = np.asarray(features, dtype=np.float64)
+        self.n += len(f)
+        self.sum += f.sum(axis=0)
+        self.outer += f.T @ f
+
+    def all_reduce(self) -> None:
+        """Sum the statistics of all processes (no-op in one process)."""
+        import torch
+        import torch.distributed as dist
+
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dim = len(self.sum)
+            flat = torch.from_numpy(np.concatenate([[self.n], self.sum, self.outer.ravel()]))
+            if dist.get_backend() == "nccl":
+                flat = flat.cuda()
+            dist.all_reduce(flat)
+            flat = flat.cpu().numpy()
+            self.n, self.sum, self.outer = int(round(flat[0])), flat[1:dim + 1], flat[dim + 1:].reshape(dim, dim)
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.n < 2:
+            raise PMFError(f"need at least 2 images for statistics, got {self.n}")
+        mu = self.sum / self.n
+        sigma = (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
+        return mu, (sigma + sigma.T) / 2
