@@ -59,6 +59,10 @@ def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **met
 def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) from a reference ``.npz``: keys ``mu``/``sigma`` (ours, ADM's, torch-fidelity's) or
     ``ref_mu``/``ref_sigma`` (the pMF JAX release)."""
+    if str(path).startswith(("hf:", "http://", "https://")):
+        from .checkpoint import resolve
+
+        path = resolve(path)  # downloaded once into the hub cache
     path = Path(path).expanduser()
     if not path.is_file():
         raise PMFError(f"reference statistics not found: {str(path)!r} (make them with `pmf refstats`, or see "
