@@ -59,7 +59,7 @@ def pack_folder(root: str | Path, out: str | Path, size: int, *, workers: int | 
         final = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8,
                                           shape=(len(keep), size, size, 3))
         for start in range(0, len(keep), 4096):
-            final[start:start + 4096] = images[start:start + 4096]
+            final[start:start + 4096] = images[start:min(start + 4096, len(keep))]
         final.flush()
         del images, final
         tmp.unlink()
