@@ -79,3 +79,33 @@ def test_ddp_gradients_equal_single_process_on_concatenated_batch(tmp_path):
     local = Draws(**{f: getattr(parts[0], f) for f in parts[0].__dataclass_fields__})
     pmf_loss(model, x[:B_LOCAL], y[:B_LOCAL], local, num_classes=10)["loss"].backward()
     assert not torch.allclose(model.u_final_layer.linear.weight.grad, reference["u_final_layer.linear.weight"])
+
+
+
+def _train_worker(rank: int, port: int, out: str) -> None:
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from pmf.distributed import cleanup
+    from pmf.train import train
+    from test_train import tiny_config
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    summary = train(tiny_config(out, steps=2, ckpt_every=2, sample=dict(every=0)), progress=False)
+    torch.save(summary, os.path.join(out, f"summary{rank}.pt"))
+    cleanup()
+
+
+def test_trainer_runs_under_two_processes(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_train_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2  # written by rank 0 only
+    s0, s1 = (torch.load(tmp_path / f"summary{r}.pt") for r in range(WORLD))
+    assert s0["loss_u"] == s1["loss_u"]  # metrics are all-reduced means over the two ranks
+    assert (tmp_path / "checkpoints" / "step_00000002.pt").is_file()
