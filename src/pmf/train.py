@@ -285,7 +285,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         metrics = {"loss": loss.detach(), "loss_u": res["loss_u"], "loss_v": res.get("loss_v", loss.new_zeros(()))}
-        metrics.update({k: v.detach() for k, v in res.items() if k.startswith("loss_") and v.dim() == 0})
+        metrics.update({k: v.detach() for k, v in res.items()
+                        if k.startswith("loss_") and torch.is_tensor(v) and v.dim() == 0})
         if cfg.optim.grad_clip is not None:
             metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
