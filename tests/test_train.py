@@ -144,3 +144,25 @@ def test_recipes_match_the_release_table():
         assert cfg.batch_size == 1024 and cfg.optim.lr == 1e-3 and cfg.optim.schedule == "constant"
         assert cfg.optim.betas == (0.9, 0.95) and cfg.ema.halflives_kimg == [500, 1000, 2000]
         assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_perceptual_term_is_built_from_the_config_and_enters_the_loss(tmp_path, monkeypatch):
+    import pmf.perceptual as P
+
+    seen = {}
+
+    def fake_build(config, device):
+        seen["config"] = config
+
+        def term(x_pred, x, t):
+            seen["calls"] = seen.get("calls", 0) + 1
+            per = (x_pred - x).pow(2).flatten(1).mean(1) * (t < config.max_t)
+            return per, {"loss_fake": per.mean().detach()}
+        return term
+
+    monkeypatch.setattr(P, "build_perceptual", fake_build)
+    cfg = tiny_config(tmp_path / "run", steps=2, perceptual=dict(lpips=True, convnext=False, max_t=0.7))
+    train(cfg, progress=False)
+    assert seen["calls"] == 2 and seen["config"].lpips and seen["config"].max_t == 0.7
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("loss_fake" in r for r in rows)
