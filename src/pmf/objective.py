@@ -26,6 +26,7 @@ from .errors import PMFError
 from .nn.layers import attention_backend
 
 T_CLIP = 0.05
+JVP_MODES = ("split", "fused", "inline")
 
 
 @dataclass
@@ -135,6 +136,16 @@ def adaptive_weight(loss: torch.Tensor, norm_p: float = 1.0, norm_eps: float = 0
     return loss / (loss.detach() + norm_eps).pow(norm_p)
 
 
+def velocity_tangent(z, out, t, dz, dout, prediction: str = "x") -> torch.Tensor:
+    """Tangent of ``to_velocity(z, out, t)`` along (dz, dout, dt = 1): (dz - dout) / c - (z - out) c' / c^2,
+    c = clip(t, 0.05, 1), c' = 1 strictly inside the clip range, else 0 (torch's clamp rule, bounds excluded)."""
+    if prediction == "u":
+        return dout
+    c = _bc(t.clamp(T_CLIP, 1.0))
+    dc = _bc(((t > T_CLIP) & (t < 1.0)).to(c.dtype))
+    return (dz - dout) / c - (z - out) * dc / (c * c)
+
+
 def compound_velocity(u, du_dt, t, r) -> torch.Tensor:
     """V = u + (t - r) sg(du/dt) (spec 3.7)."""
     return u + _bc(t - r) * du_dt.detach()
@@ -154,16 +165,23 @@ def _v_prediction(net, z, t, omega, y, prediction):
 
 
 @torch.no_grad()
-def guidance_velocities(net, z, t, y, w, *, num_classes: int, prediction: str = "x"):
+def guidance_velocities(net, z, t, y, w, *, num_classes: int, prediction: str = "x", drop=None):
     """(v_c, v_u): conditional v at scale w and unconditional v (null label, omega = 1), in one batched
-    pass; v_u is skipped (returned as v_c) when every w is 1, since it then has no effect on v_g."""
-    if bool((w == 1).all()):
+    pass. The unconditional rows are computed only where they change v_g, i.e. where w != 1 and the sample
+    is not label-dropped (``drop`` [B] bool, optional); elsewhere v_u is returned as v_c."""
+    need = w != 1
+    if drop is not None:
+        need = need & ~drop
+    idx = need.nonzero().squeeze(1)  # (k,) one host sync; the pass has a data-dependent batch of B + k
+    if idx.numel() == 0:
         v_c = _v_prediction(net, z, t, w, y, prediction)
         return v_c, v_c
-    null = torch.full_like(y, num_classes)
-    v = _v_prediction(net, torch.cat([z, z]), torch.cat([t, t]), torch.cat([w, torch.ones_like(w)]),
+    null = torch.full_like(y[idx], num_classes)
+    v = _v_prediction(net, torch.cat([z, z[idx]]), torch.cat([t, t[idx]]), torch.cat([w, torch.ones_like(w[idx])]),
                       torch.cat([y, null]), prediction)
-    return v.chunk(2)
+    B = z.shape[0]
+    v_c = v[:B]
+    return v_c, v_c.index_copy(0, idx, v[B:])
 
 
 def u_total_derivative(net, z, t, r, omega, t_min, t_max, y, tangent_z, *, prediction: str = "x"):
@@ -188,8 +206,8 @@ def pmf_loss(model, x: torch.Tensor, y: torch.Tensor, draws: Draws, *, num_class
     intermediates ``z``, ``v_t``, ``v_c``, ``v_u``, ``v_g``, ``u``, ``du_dt``, ``V``, ``v``, ``x_pred``."""
     if prediction not in ("x", "u"):
         raise PMFError(f"prediction must be 'x' or 'u', got {prediction!r}")
-    if jvp not in ("split", "fused"):
-        raise PMFError(f"jvp must be 'split' or 'fused', got {jvp!r}")
+    if jvp not in JVP_MODES:
+        raise PMFError(f"jvp must be one of {', '.join(map(repr, JVP_MODES))}, got {jvp!r}")
     if x.shape[0] != y.shape[0] or draws.t.shape[0] != x.shape[0]:
         raise PMFError(f"batch sizes differ: images {x.shape[0]}, labels {y.shape[0]}, draws {draws.t.shape[0]}")
     net = unwrap(model)
@@ -198,7 +216,7 @@ def pmf_loss(model, x: torch.Tensor, y: torch.Tensor, draws: Draws, *, num_class
     v_t = (z - x) / _bc(t.clamp(T_CLIP, 1.0))  # (B, C, H, W)
 
     w = guidance_scale_in_interval(draws.omega, t, draws.t_min, draws.t_max)  # (B,)
-    v_c, v_u = guidance_velocities(net, z, t, y, w, num_classes=num_classes, prediction=prediction)
+    v_c, v_u = guidance_velocities(net, z, t, y, w, num_classes=num_classes, prediction=prediction, drop=draws.drop)
     v_g = guided_target(v_t, v_c, v_u, w, draws.drop)
     y_in = torch.where(draws.drop, torch.full_like(y, num_classes), y)
     cond = (draws.omega, draws.t_min, draws.t_max, y_in)
@@ -207,6 +225,11 @@ def pmf_loss(model, x: torch.Tensor, y: torch.Tensor, draws: Draws, *, num_class
         _, du_dt = u_total_derivative(net, z, t, r, *cond, v_c, prediction=prediction)
         x_u, x_v = model(z, t - r, *cond)
         u = to_velocity(z, x_u, t, prediction)
+    elif jvp == "inline":
+        x_u, x_v, dx_u = model(z, t - r, *cond, tangents=(v_c, torch.ones_like(t)))
+        u = to_velocity(z, x_u, t, prediction)
+        with torch.no_grad():
+            du_dt = velocity_tangent(z, x_u.detach(), t, v_c, dx_u, prediction)
     else:
         with fwAD.dual_level(), attention_backend("math"):
             z_d, t_d = fwAD.make_dual(z, v_c), fwAD.make_dual(t, torch.ones_like(t))

@@ -51,6 +51,27 @@ class RMSNorm(nn.Module):
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return (x * self.weight.to(x.dtype)).to(dtype)
 
+    def jvp(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y, dy): y = forward(x) (with autograd as enabled), dy = its tangent along dx (no graph):
+        dy = w rs (dx - x rs^2 mean(x dx)), rs = rsqrt(mean(x^2) + eps)."""
+        y = self.forward(x)
+        with torch.no_grad():
+            xf, dxf = upcast(x), upcast(dx)
+            rs = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+            dy = (dxf - xf * (rs * rs * (xf * dxf).mean(-1, keepdim=True))) * rs * self.weight.to(xf.dtype)
+        return y, dy.to(dx.dtype)
+
+
+def linear_tangent(layer: nn.Linear, dx: torch.Tensor) -> torch.Tensor:
+    """Tangent of a linear layer (the bias drops out); call under no_grad."""
+    return F.linear(dx, layer.weight)
+
+
+def silu_tangent(a: torch.Tensor, da: torch.Tensor) -> torch.Tensor:
+    """d silu(a) = sigmoid(a) (1 + a (1 - sigmoid(a))) da."""
+    s = torch.sigmoid(a)
+    return s * (1 + a * (1 - s)) * da
+
 
 def rope_angles(grid_size: int, head_dim: int, theta: float = 10000.0) -> torch.Tensor:
     """Angles [grid^2, head_dim/2] of the release's 2D RoPE: slots j < hd/4 rotate with the row, the rest
@@ -109,6 +130,41 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
 
 
+    def jvp(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y, dy) as ``RMSNorm.jvp``. The primal uses the selected backend (SDPA by default, so it keeps
+        its fused backward); the tangent is computed from detached primals without a graph."""
+        B, T, D = x.shape
+
+        def heads(t):
+            return t.view(B, T, self.num_heads, self.head_dim)
+
+        with torch.no_grad():
+            dq, dk = heads(linear_tangent(self.q_proj, dx)), heads(linear_tangent(self.k_proj, dx))
+        q, dq = self.q_norm.jvp(heads(self.q_proj(x)), dq)  # (B, T, H, hd) each
+        k, dk = self.k_norm.jvp(heads(self.k_proj(x)), dk)
+        v = heads(self.v_proj(x))
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        q, k = self._rotate(q), self._rotate(k)
+        out = F.scaled_dot_product_attention(q, k, v) if _ATTN_BACKEND == "sdpa" else math_attention(q, k, v)
+        y = self.out_proj(out.transpose(1, 2).reshape(B, T, D))
+        with torch.no_grad():
+            dv = heads(linear_tangent(self.v_proj, dx)).transpose(1, 2)
+            dq, dk = self._rotate(dq.transpose(1, 2)), self._rotate(dk.transpose(1, 2))
+            dout = attention_tangent(q.detach(), k.detach(), v.detach(), dq, dk, dv)
+            dy = linear_tangent(self.out_proj, dout.transpose(1, 2).reshape(B, T, D))
+        return y, dy
+
+
+def attention_tangent(q, k, v, dq, dk, dv) -> torch.Tensor:
+    """Tangent of softmax(q k^T / sqrt(hd)) v along (dq, dk, dv), all [B, H, T, hd], with a float32 softmax:
+    dP = P * (dS - rowsum(P * dS)), dO = dP v + P dv."""
+    scale = q.shape[-1] ** -0.5
+    probs = torch.softmax(upcast(torch.matmul(q, k.transpose(-1, -2)) * scale), dim=-1)  # (B, H, T, T)
+    ds = upcast((torch.matmul(dq, k.transpose(-1, -2)) + torch.matmul(q, dk.transpose(-1, -2))) * scale)
+    dp = probs * (ds - (probs * ds).sum(-1, keepdim=True))
+    return torch.matmul(dp.to(v.dtype), v) + torch.matmul(probs.to(dv.dtype), dv)  # (B, H, T, hd)
+
+
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(hd)) v with a float32 softmax; differentiable in forward and reverse mode."""
     scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # (B, H, T, T)
@@ -128,6 +184,16 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
+    def jvp(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = self.w1(x), self.w3(x)
+        y = self.w2(F.silu(a) * b)
+        with torch.no_grad():
+            a, b = a.detach(), b.detach()
+            da, db = linear_tangent(self.w1, dx), linear_tangent(self.w3, dx)
+            dh = silu_tangent(a, da) * b + F.silu(a) * db
+            dy = linear_tangent(self.w2, dh)
+        return y, dy
+
 
 class Block(nn.Module):
     """Pre-norm transformer block whose residual branches are scaled by zero-initialised gates."""
@@ -145,6 +211,17 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x)) * self.attn_scale
         return x + self.mlp(self.norm2(x)) * self.mlp_scale
 
+    def jvp(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block(x), its tangent along dx); the tangent carries no graph."""
+        a, da = self.attn.jvp(*self.norm1.jvp(x, dx))
+        x = x + a * self.attn_scale
+        with torch.no_grad():
+            dx = dx + da * self.attn_scale
+        m, dm = self.mlp.jvp(*self.norm2.jvp(x, dx))
+        with torch.no_grad():
+            dx = dx + dm * self.mlp_scale
+        return x + m * self.mlp_scale, dx
+
 
 class ScalarEmbedder(nn.Module):
     """Sinusoidal features [cos(s f_k), sin(s f_k)], f_k = 10000^(-k/(dim/2)), then Linear-SiLU-Linear."""
@@ -161,6 +238,17 @@ class ScalarEmbedder(nn.Module):
         args = s[:, None] * self.freqs.to(s.dtype)[None]  # (B, freq_dim/2)
         feats = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, freq_dim)
         return self.mlp(feats.to(self.mlp[0].weight.dtype))  # (B, D)
+
+    def tangent(self, s: torch.Tensor, ds: torch.Tensor) -> torch.Tensor:
+        """Tangent [B, D] of the embedding along a scalar tangent ds [B]; call under no_grad."""
+        s, ds = upcast(s), upcast(ds)
+        freqs = self.freqs.to(s.dtype)[None]
+        args, dargs = s[:, None] * freqs, ds[:, None] * freqs  # (B, freq_dim/2)
+        dtype = self.mlp[0].weight.dtype
+        feats = torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(dtype)
+        dfeats = torch.cat([-torch.sin(args) * dargs, torch.cos(args) * dargs], dim=-1).to(dtype)
+        da = silu_tangent(self.mlp[0](feats), linear_tangent(self.mlp[0], dfeats))
+        return linear_tangent(self.mlp[2], da)
 
 
 class LabelEmbedder(nn.Module):
@@ -185,6 +273,12 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj2(self.proj1(x)).flatten(2).transpose(1, 2)  # (B, T, D), row-major patches
 
+    def tangent(self, dx: torch.Tensor) -> torch.Tensor:
+        """Tangent of the (affine) embedding along dx; call under no_grad."""
+        p1, p2 = self.proj1, self.proj2
+        d = F.conv2d(F.conv2d(dx, p1.weight, None, p1.stride), p2.weight)
+        return d.flatten(2).transpose(1, 2)  # (B, T, D)
+
 
 class FinalLayer(nn.Module):
     """RMSNorm then a (zero-initialised) linear map of each token to p*p*C values."""
@@ -196,3 +290,9 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm(x))
+
+    def jvp(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, dy = self.norm.jvp(x, dx)
+        with torch.no_grad():
+            dy = linear_tangent(self.linear, dy)
+        return self.linear(y), dy

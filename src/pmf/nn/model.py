@@ -130,21 +130,52 @@ class PMFDiT(nn.Module):
             x = block(x)
         return self.unpatchify(final(x[:, -self.config.num_patches:]))
 
-    def trunk(self, z, h, omega, t_min, t_max, y) -> torch.Tensor:
-        """Validated embedding and the shared blocks: (B, 20 + T, D)."""
+    def _batched_inputs(self, z, h, omega, t_min, t_max, y) -> tuple:
         B = z.shape[0]
         h, omega, t_min, t_max = (as_batch(v, B, z.device, n) for v, n in
                                   ((h, "h"), (omega, "omega"), (t_min, "t_min"), (t_max, "t_max")))
         y = as_batch(y, B, z.device, "y", dtype=torch.long)
         self.check_inputs(z, h, omega, t_min, t_max, y)
-        x = self.embed(z, h, omega, t_min, t_max, y)
+        return z, h, omega, t_min, t_max, y
+
+    def trunk(self, z, h, omega, t_min, t_max, y) -> torch.Tensor:
+        """Validated embedding and the shared blocks: (B, 20 + T, D)."""
+        x = self.embed(*self._batched_inputs(z, h, omega, t_min, t_max, y))
         for block in self.shared_blocks:
             x = block(x)
         return x
 
-    def forward(self, z, h, omega, t_min, t_max, y, heads: str = "uv"):
+    def forward_with_tangent(self, z, h, omega, t_min, t_max, y, dz, dh, heads: str = "uv"):
+        """(x_u, x_v, dx_u): the predictions of ``forward`` (with autograd as enabled) and the tangent of
+        x_u along (dz [B, C, H, W], dh [B]) (no graph), propagated block by block next to the primal, so
+        that one pass yields both; only the u-head carries a tangent."""
+        if "u" not in heads:
+            raise PMFError("the tangent is that of the u-head: heads must include 'u'")
+        z, h, omega, t_min, t_max, y = self._batched_inputs(z, h, omega, t_min, t_max, y)
+        x = self.embed(z, h, omega, t_min, t_max, y)  # (B, S, D)
+        c, B = self.config, z.shape[0]
+        with torch.no_grad():
+            d_time = self.h_embedder.tangent(h, as_batch(dh, B, z.device, "dh"))  # (B, D)
+            d_patch = self.x_embedder.tangent(dz)  # (B, T, D)
+            d_prefix = d_patch.new_zeros(B, c.num_prefix_tokens - c.time_tokens, d_patch.shape[-1])
+            dx = torch.cat([d_prefix, d_time[:, None].to(d_patch.dtype).expand(-1, c.time_tokens, -1), d_patch], 1)
+        for block in self.shared_blocks:
+            x, dx = block.jvp(x, dx)
+        trunk = x
+        for block in self.u_heads:
+            x, dx = block.jvp(x, dx)
+        n = c.num_patches
+        x_u, dx_u = self.u_final_layer.jvp(x[:, -n:], dx[:, -n:])
+        x_v = self.run_head(trunk, "v") if "v" in heads and self.has_v_head else None
+        return self.unpatchify(x_u), x_v, self.unpatchify(dx_u)
+
+    def forward(self, z, h, omega, t_min, t_max, y, heads: str = "uv", tangents=None):
         """Image-space predictions (x_u, x_v), each (B, C, H, W); x_v is None without a v-head or when
-        ``heads == "u"``; x_u is None when ``heads == "v"``."""
+        ``heads == "u"``; x_u is None when ``heads == "v"``. With ``tangents=(dz, dh)`` the result is
+        ``forward_with_tangent``'s (x_u, x_v, dx_u) (routed through ``forward`` so that wrappers such as
+        DDP see one ordinary call)."""
+        if tangents is not None:
+            return self.forward_with_tangent(z, h, omega, t_min, t_max, y, *tangents, heads=heads)
         x = self.trunk(z, h, omega, t_min, t_max, y)
         x_u = self.run_head(x, "u") if "u" in heads else None
         x_v = self.run_head(x, "v") if "v" in heads and self.has_v_head else None

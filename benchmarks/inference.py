@@ -1,0 +1,148 @@
+"""One-step sampling throughput and peak memory: our fast path against a re-creation of the released
+PyTorch port's computation (fp32, einsum softmax attention, complex RoPE; ``pmf.nn.reference``), on the
+same weights in the same process, with the max abs difference between their images (in [-1, 1]).
+
+Our path: SDPA attention, the u-head only, ``inference_mode``, optionally bf16 autocast
+(``--precision bf16``), ``torch.compile`` (``--compile``) and CUDA graphs (``--cuda-graphs``, GPU only,
+through compile's "reduce-overhead" mode). Both paths are timed alternately (median of ``--repeats``).
+
+    python benchmarks/inference.py                                 # pMF-S/4, CPU, fp32
+    python benchmarks/inference.py --preset pMF-B/16 --device cuda --precision bf16 --compile \\
+        --batch 256 --sweep 1,16,64,256 --json inference_b16.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+
+import common
+from pmf import build_model, load_release_state_dict, release_state_dict
+from pmf.nn.reference import ReleasePortNet, release_generate
+from pmf.sampling import sample
+
+GUIDANCE = dict(omega=7.5, t_min=0.1, t_max=0.8)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="pMF-S/4")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--sweep", default=None, help="comma-separated batch sizes to time as well, e.g. 1,16,64")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", "--dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="our path only; the release re-creation always runs in fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile our network")
+    p.add_argument("--cuda-graphs", action="store_true", help="with --compile on CUDA: mode='reduce-overhead'")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    p.add_argument("--memory-child", choices=["ours", "release"], help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+class Bench:
+    """Both generators on the same (random, non-trivial) weights and the same noise and labels."""
+
+    def __init__(self, args, dev: torch.device):
+        torch.manual_seed(args.seed)
+        src = build_model(args.preset, v_head=False)
+        with torch.no_grad():  # non-zero gates and output layer, so that every block shapes the image
+            for name, p in src.named_parameters():
+                if name.endswith(("attn_scale", "mlp_scale")) or "final_layer.linear.weight" in name:
+                    p.normal_(0, 0.05)
+        sd = release_state_dict(src)
+        self.cfg = cfg = src.config
+        self.model = load_release_state_dict(build_model(args.preset, v_head=False), sd).to(dev).eval()
+        self.model.validate_inputs = False  # no host syncs for value checks in the timed call
+        self.release = ReleasePortNet(cfg, eval_mode=True).load_release(sd).to(dev).eval()
+        self.net = self.model
+        if args.compile:
+            mode = "reduce-overhead" if args.cuda_graphs and dev.type == "cuda" else None
+            self.net = torch.compile(self.model, mode=mode)
+        self.autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if args.precision == "bf16" \
+            else contextlib.nullcontext
+        self.dev, self.seed = dev, args.seed
+
+    def inputs(self, batch: int):
+        c = self.cfg
+        g = torch.Generator(device=self.dev).manual_seed(self.seed + batch)
+        noise = c.noise_scale * torch.randn(batch, c.in_channels, c.input_size, c.input_size, generator=g,
+                                            device=self.dev)
+        labels = torch.randint(c.num_classes, (batch,), generator=g, device=self.dev)
+        return noise, labels
+
+    def ours(self, noise, labels) -> torch.Tensor:
+        with torch.inference_mode(), self.autocast():
+            return sample(self.net, noise, labels, **GUIDANCE).float()
+
+    def released(self, noise, labels) -> torch.Tensor:
+        return release_generate(self.release, noise, labels, **GUIDANCE)
+
+
+def memory_child(args) -> None:
+    dev = common.setup(args.device, args.threads)
+    bench = Bench(args, dev)
+    fn = bench.ours if args.memory_child == "ours" else bench.released
+    fn(*bench.inputs(1))  # warm-up at batch 1
+    noise, labels = bench.inputs(args.batch)
+    print(common.json.dumps({"peak": common.measure_peak(lambda: fn(noise, labels), dev)}))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.memory_child:
+        memory_child(args)
+        return {}
+    dev = common.setup(args.device, args.threads)
+    bench = Bench(args, dev)
+    batches = sorted({args.batch, *(int(b) for b in args.sweep.split(","))} if args.sweep else {args.batch})
+    rows = []
+    for batch in batches:
+        noise, labels = bench.inputs(batch)
+        diff = (bench.ours(noise, labels) - bench.released(noise, labels)).abs().max().item()
+        times = common.time_interleaved({"ours": lambda n=noise, y=labels: bench.ours(n, y),
+                                         "release": lambda n=noise, y=labels: bench.released(n, y)},
+                                        dev, warmup=args.warmup, repeats=args.repeats)
+        rows.append({"batch": batch, "ours_s": round(times["ours"], 5), "release_s": round(times["release"], 5),
+                     "ours_images_per_s": round(batch / times["ours"], 2),
+                     "release_images_per_s": round(batch / times["release"], 2),
+                     "speedup": round(times["release"] / times["ours"], 3), "max_abs_diff": diff})
+        print(rows[-1], file=sys.stderr)
+    main_row = next(r for r in rows if r["batch"] == args.batch)
+
+    peaks = {"ours": None, "release": None}
+    if not args.no_memory:
+        if dev.type == "cuda":
+            noise, labels = bench.inputs(args.batch)
+            peaks = {"ours": common.measure_peak(lambda: bench.ours(noise, labels), dev),
+                     "release": common.measure_peak(lambda: bench.released(noise, labels), dev)}
+        else:
+            child = list(argv if argv is not None else sys.argv[1:])
+            peaks = {k: common.run_child(Path(__file__), child + ["--memory-child", k])["peak"] for k in peaks}
+
+    result = {
+        "benchmark": "inference", "preset": args.preset, "batch": args.batch, "device": common.device_name(dev),
+        "precision": args.precision, "compile": args.compile, "cuda_graphs": args.cuda_graphs,
+        "threads": torch.get_num_threads() if dev.type == "cpu" else None, "timer": common.timer_name(dev),
+        "torch": torch.__version__,
+        "guidance": GUIDANCE,
+        "speedup": main_row["speedup"], "max_abs_diff": main_row["max_abs_diff"],
+        "ours_images_per_s": main_row["ours_images_per_s"], "release_images_per_s": main_row["release_images_per_s"],
+        "ours_peak_mib": common.mib(peaks["ours"]), "release_peak_mib": common.mib(peaks["release"]),
+        "memory_ratio": None if peaks["release"] is None else round(peaks["ours"] / max(peaks["release"], 1), 3),
+        "sweep": rows,
+    }
+    common.write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""``pmf export-generator``: the one-step generator of a checkpoint as a ``torch.export`` program (``.pt2``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_model
+from ..errors import PMFError
+from ..export import export_generator, save_generator
+from ..nn.model import build_model
+from .sample import add_common_model_args
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("export-generator", help="export the one-step generator (u-head only) with torch.export",
+                       description="Write a .pt2 program mapping (unit noise [B,C,H,W], labels [B], omega [B], "
+                       "t_min [B], t_max [B]) to images in [-1, 1], and a JSON file describing its inputs. "
+                       "Load it with torch.export.load(PATH).module().")
+    add_common_model_args(p)
+    p.add_argument("--out", required=True, help="output .pt2 file")
+    p.add_argument("--static-batch", type=int, default=None,
+                   help="trace for this batch size only (default: any batch size)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    if out.suffix != ".pt2":
+        raise PMFError(f"--out must end in .pt2, got {str(out)!r}")
+    if args.static_batch is not None and args.static_batch < 1:
+        raise PMFError(f"--static-batch must be >= 1, got {args.static_batch}")
+    if args.checkpoint == "random":
+        if args.arch is None:
+            raise PMFError("--checkpoint random needs --arch")
+        model = build_model(args.arch).to(args.device).eval()
+    else:
+        model = load_model(args.checkpoint, arch=args.arch, ema=args.ema, device=args.device)
+    cfg = model.config
+    noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale
+    program = export_generator(model, noise_scale=noise_scale, batch=args.static_batch or 2,
+                               dynamic_batch=args.static_batch is None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_generator(program, out)
+    shape = [cfg.in_channels, cfg.input_size, cfg.input_size]
+    info = {"inputs": {"eps": ["B", *shape], "labels": ["B"], "omega": ["B"], "t_min": ["B"], "t_max": ["B"]},
+            "output": ["B", *shape], "noise_scale": noise_scale, "num_classes": cfg.num_classes,
+            "null_label": cfg.num_classes, "batch": args.static_batch or "dynamic", "torch": torch.__version__,
+            "model_config": cfg.to_dict()}
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0

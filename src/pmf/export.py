@@ -1,0 +1,62 @@
+"""Export of the one-step generator (spec section 4 with N = 1: one u-head pass) as a ``torch.export``
+program that runs without this package: (unit noise, labels, omega, t_min, t_max) -> images in [-1, 1]."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+from torch import nn
+
+from .nn.model import PMFDiT
+from .objective import to_velocity
+
+
+class OneStepGenerator(nn.Module):
+    """images = z - u(z, h = 1, omega, t_min, t_max, y) with z = noise_scale * eps (t = 1, r = 0);
+    eps [B, C, H, W] standard normal, labels [B] int64, omega / t_min / t_max [B]. u-head only."""
+
+    def __init__(self, model: PMFDiT, noise_scale: float | None = None):
+        super().__init__()
+        cfg = dataclasses.replace(model.config, v_head=False)
+        self.net = PMFDiT(cfg).to(next(model.parameters()).device)
+        own = self.net.state_dict()
+        self.net.load_state_dict({k: v for k, v in model.state_dict().items() if k in own}, strict=True)
+        self.net.validate_inputs = False  # value checks are data-dependent control flow; shapes stay checked
+        self.net.eval().requires_grad_(False)
+        self.noise_scale = float(cfg.noise_scale if noise_scale is None else noise_scale)
+
+    def forward(self, eps: torch.Tensor, labels: torch.Tensor, omega: torch.Tensor, t_min: torch.Tensor,
+                t_max: torch.Tensor) -> torch.Tensor:
+        z = self.noise_scale * eps  # (B, C, H, W)
+        t = torch.ones_like(omega)  # (B,) one step from t = 1 to r = 0, so h = 1
+        x_u, _ = self.net(z, t, omega, t_min, t_max, labels, heads="u")
+        return z - to_velocity(z, x_u, t)  # (B, C, H, W), as ``pmf.sampling.sample`` with steps=1
+
+
+def example_inputs(config, batch: int = 2, device=None) -> tuple[torch.Tensor, ...]:
+    """Inputs of the generator's signature (batch >= 2, so that the batch dimension is traced as dynamic)."""
+    eps = torch.randn(batch, config.in_channels, config.input_size, config.input_size, device=device)
+    labels = torch.zeros(batch, dtype=torch.long, device=device)
+    full = [torch.full((batch,), v, device=device) for v in (1.0, 0.0, 1.0)]
+    return (eps, labels, *full)
+
+
+def export_generator(model: PMFDiT, *, noise_scale: float | None = None, batch: int = 2,
+                     dynamic_batch: bool = True) -> torch.export.ExportedProgram:
+    """The one-step generator of ``model`` as a ``torch.export`` program (dynamic batch size by default)."""
+    gen = OneStepGenerator(model, noise_scale)
+    device = next(gen.parameters()).device
+    args = example_inputs(gen.net.config, max(batch, 2), device)
+    dynamic = None
+    if dynamic_batch:
+        b = torch.export.Dim("batch", min=1, max=1 << 16)
+        dynamic = ({0: b}, {0: b}, {0: b}, {0: b}, {0: b})
+    with torch.no_grad():
+        return torch.export.export(gen, args, dynamic_shapes=dynamic)
+
+
+def save_generator(program: torch.export.ExportedProgram, path: str | os.PathLike) -> None:
+    """Write a ``.pt2`` file; load it with ``torch.export.load(path).module()``."""
+    torch.export.save(program, str(path))
