@@ -9,7 +9,13 @@ reducer hook. The only pass with gradients is ONE ordinary forward through the (
 model, which yields u and v; DDP then all-reduces the gradients of that single backward exactly as for a
 plain classifier. Because du/dt is stop-gradient, d loss / d theta flows only through u (inside
 V = u + (t - r) sg(du/dt)) and v, so this "split" form has the same gradient as one forward-mode pass
-with gradients (``jvp="fused"``), which we keep for measurement and as a check. Batch-level rules
+with gradients (``jvp="fused"``), which we keep for measurement and as a check. The default,
+``jvp="inline"``, is exact too and cheaper: the ONE forward with grad also carries the tangent of u along
+(v_c, dt = 1), propagated block by block by explicit tangent rules (``PMFDiT.forward_with_tangent``) from
+detached primals under no_grad, so the trunk and u-head primal are computed once, attention keeps SDPA and
+its fused backward, and the tangent records no graph. (It calls the blocks' ``jvp`` methods, so per-block
+wrappers such as activation checkpointing by patched ``Block.forward`` do not apply to the trunk and
+u-head; use ``"split"`` there.) Batch-level rules
 (the first floor(B * data_proportion) samples use r = t, the first k samples are label-dropped) apply per
 device batch, as in the release's pmap training.
 """
@@ -197,9 +203,12 @@ def u_total_derivative(net, z, t, r, omega, t_min, t_max, y, tangent_z, *, predi
 
 
 def pmf_loss(model, x: torch.Tensor, y: torch.Tensor, draws: Draws, *, num_classes: int, norm_p: float = 1.0,
-             norm_eps: float = 0.01, prediction: str = "x", jvp: str = "split", perceptual=None) -> dict:
+             norm_eps: float = 0.01, prediction: str = "x", jvp: str = "inline", perceptual=None) -> dict:
     """The pMF loss of one batch with given draws (spec 3). x [B, C, H, W] in [-1, 1], y [B] labels.
 
+    ``jvp``: how du/dt is computed, all exact (``JVP_MODES``): "inline" (default, the fastest measured, see
+    docs/speed.md), "split" (torch.func.jvp under no_grad, then a forward with grad) or "fused" (one
+    forward-mode AD pass with grad).
     ``perceptual``: optional callable (x_pred, x, t) -> (per-sample term [B], dict of logs), already
     masked, weighted and scaled. Returns a dict with ``loss`` (scalar), the logged means ``loss_u`` and
     ``loss_v``, ``per_sample`` [B] (loss = per_sample.mean()), the raw per-sample sums, and the
