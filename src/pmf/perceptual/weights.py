@@ -103,7 +103,7 @@ def resolve_convnext(path: str | None, timm_name: str, download: bool) -> tuple[
     explicit, origin = _explicit(path, CONVNEXT_ENV)
     how = (f"download {hf_url(timm_name)} and point convnext_weights (--convnext-weights) or ${CONVNEXT_ENV} "
            f"at it, or fill the Hugging Face cache on a connected machine with "
-           f"`huggingface-cli download {hf_repo(timm_name)} {CONVNEXT_FILE}` and copy ~/.cache/huggingface")
+           f"`hf download {hf_repo(timm_name)} {CONVNEXT_FILE}` and copy ~/.cache/huggingface")
     if explicit is not None:
         if explicit.is_file():
             return explicit, None
