@@ -41,14 +41,15 @@ def test_sliced_wasserstein_zero_on_itself_and_sees_a_shift():
     assert 0.5 < shifted < 2.0  # mean |cos| projection of a shift of 2 in 3-D
 
 
+@pytest.mark.parametrize("jvp", ["split", "fused"])
 @pytest.mark.parametrize("prediction", ["x", "u"])
-def test_mlp_trains_through_pmf_loss(prediction):
+def test_mlp_trains_through_pmf_loss(prediction, jvp):
     dim = 5
     model = ToyMLP(dim, width=32, depth=3, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     x = torch.randn(16, dim, 1, 1, generator=g)
     draws = toy_draws(16, dim, fm_fraction=0.25, noise_scale=1.0, generator=g)
-    out = pmf_loss(model, x, torch.zeros(16, dtype=torch.long), draws, num_classes=1, prediction=prediction)
+    out = pmf_loss(model, x, torch.zeros(16, dtype=torch.long), draws, num_classes=1, prediction=prediction, jvp=jvp)
     out["loss"].backward()
     assert out["V"].shape == x.shape and torch.isfinite(out["loss"])
     assert all(p.grad is not None for p in model.parameters())
