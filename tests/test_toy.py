@@ -41,7 +41,7 @@ def test_sliced_wasserstein_zero_on_itself_and_sees_a_shift():
     assert 0.5 < shifted < 2.0  # mean |cos| projection of a shift of 2 in 3-D
 
 
-@pytest.mark.parametrize("jvp", ["split", "fused"])
+@pytest.mark.parametrize("jvp", ["split", "fused", "inline"])
 @pytest.mark.parametrize("prediction", ["x", "u"])
 def test_mlp_trains_through_pmf_loss(prediction, jvp):
     dim = 5
@@ -93,3 +93,20 @@ def test_time_input_carries_the_tangent_of_t():
     eps = 1e-6
     fd = (model(z, t + eps - r, 1 + t + eps)[0] - model(z, t - eps - r, 1 + t - eps)[0]) / (2 * eps)
     assert torch.allclose(tangent, fd, atol=1e-6)
+
+
+@pytest.mark.parametrize("prediction", ["x", "u"])
+def test_inline_tangent_matches_split(prediction):
+    """The MLP's hand-written tangent (pmf_loss's default "inline" form) equals torch.func.jvp's."""
+    dim = 6
+    model = ToyMLP(dim, width=32, depth=4, generator=torch.Generator().manual_seed(0)).double()
+    with torch.no_grad():
+        model.out.weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(32, dim, 1, 1, generator=g).double()
+    draws = toy_draws(32, dim, fm_fraction=0.25, noise_scale=1.0, generator=g)
+    draws = type(draws)(**{k: v.double() if v.is_floating_point() else v for k, v in vars(draws).items()})
+    y = torch.zeros(32, dtype=torch.long)
+    outs = {j: pmf_loss(model, x, y, draws, num_classes=1, prediction=prediction, jvp=j) for j in ("split", "inline")}
+    assert torch.allclose(outs["inline"]["du_dt"], outs["split"]["du_dt"], atol=1e-10)
+    assert torch.allclose(outs["inline"]["loss"], outs["split"]["loss"], atol=1e-12)

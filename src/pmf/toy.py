@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .errors import PMFError
-from .objective import Draws, pmf_loss
+from .objective import JVP_MODES, Draws, pmf_loss
 from .sampling import sample
 
 PREDICTIONS = ("x", "u")
@@ -50,6 +50,7 @@ class ToyConfig:
     eval_samples: int = 4096
     projections: int = 256  # directions of the sliced Wasserstein distance
     loss_window: float = 0.1  # the final loss averages this trailing share of the steps
+    jvp: str = "split"  # pmf_loss's du/dt form; all are exact, the published numbers used "split"
     seed: int = 0
     dims_list: list[int] = field(init=False, repr=False)
 
@@ -69,6 +70,8 @@ class ToyConfig:
             raise PMFError(f"fm_fraction must be in [0, 1), got {self.fm_fraction}")
         if not 0.0 < self.loss_window <= 1.0:
             raise PMFError(f"loss_window must be in (0, 1], got {self.loss_window}")
+        if self.jvp not in JVP_MODES:
+            raise PMFError(f"jvp must be one of {JVP_MODES}, got {self.jvp!r}")
         if self.lr <= 0 or self.noise_scale <= 0:
             raise PMFError(f"lr and noise_scale must be positive, got {self.lr} and {self.noise_scale}")
 
@@ -124,20 +127,36 @@ class ToyMLP(nn.Module):
                     layer.bias.zero_()
             self.out.weight.zero_()  # x- and u-prediction both start from 0
 
-    def _features(self, s: torch.Tensor) -> torch.Tensor:
+    def _features(self, s: torch.Tensor, ds: torch.Tensor | None = None) -> torch.Tensor:
+        """[s, sin(f s), cos(f s)] (B, 1 + 2F), or its tangent along ds [B]."""
         ang = s[:, None] * self.freqs  # (B, F)
-        return torch.cat([s[:, None], torch.sin(ang), torch.cos(ang)], 1)  # (B, 1 + 2F)
+        if ds is None:
+            return torch.cat([s[:, None], torch.sin(ang), torch.cos(ang)], 1)
+        return torch.cat([torch.ones_like(s[:, None]), self.freqs * torch.cos(ang), -self.freqs * torch.sin(ang)],
+                         1) * ds[:, None]
 
-    def forward(self, z, h, omega, t_min=None, t_max=None, y=None, heads: str = "u"):
+    def forward(self, z, h, omega, t_min=None, t_max=None, y=None, heads: str = "u", tangents=None):
+        """(x_u, None); with ``tangents=(dz, dh)`` also the tangent of x_u (no graph): (x_u, None, dx_u),
+        the form ``pmf_loss(jvp="inline")`` asks for. t moves with h (r is fixed)."""
         B = z.shape[0]
         h = torch.as_tensor(h, dtype=z.dtype, device=z.device).expand(B)  # (B,)
         omega = torch.as_tensor(omega, dtype=z.dtype, device=z.device).expand(B)  # (B,)
         t = h + (omega - 1 - h.detach())  # (B,) value t, tangent of h (r has none)
         times = torch.cat([self._features(t), self._features(h)], 1)  # (B, 2 + 4F)
-        a = torch.relu(self.z_in(z.reshape(B, -1)) + self.time_in(times))  # (B, width)
+        pre = [self.z_in(z.reshape(B, -1)) + self.time_in(times)]  # (B, width)
         for layer in self.layers:
-            a = torch.relu(layer(a))  # (B, width)
-        return self.out(a).reshape(z.shape), None  # (B, D, 1, 1)
+            pre.append(layer(torch.relu(pre[-1])))  # (B, width)
+        out = self.out(torch.relu(pre[-1])).reshape(z.shape)  # (B, D, 1, 1)
+        if tangents is None:
+            return out, None
+        with torch.no_grad():
+            dz, dh = tangents
+            dh = torch.as_tensor(dh, dtype=z.dtype, device=z.device).expand(B)
+            dtimes = torch.cat([self._features(t, dh), self._features(h, dh)], 1)  # (B, 2 + 4F)
+            da = dz.reshape(B, -1) @ self.z_in.weight.T + dtimes @ self.time_in.weight.T  # (B, width)
+            for layer, p in zip([*self.layers, self.out], pre):
+                da = (da * (p > 0)) @ layer.weight.T  # ReLU mask, then the next linear map
+        return out, None, da.reshape(z.shape)
 
 
 def toy_draws(batch: int, dim: int, *, fm_fraction: float, noise_scale: float,
@@ -188,8 +207,7 @@ def train(cfg: ToyConfig, dim: int, prediction: str, A: torch.Tensor,
         x = (swiss_roll(cfg.batch_size, data_gen) @ A.T).reshape(cfg.batch_size, dim, 1, 1)  # (B, D, 1, 1)
         draws = toy_draws(cfg.batch_size, dim, fm_fraction=cfg.fm_fraction, noise_scale=cfg.noise_scale,
                           generator=data_gen)
-        # "split": du/dt by torch.func.jvp; the MLP defines no tangent rules for the "inline" form
-        out = pmf_loss(model, x, y, draws, num_classes=1, prediction=prediction, jvp="split")
+        out = pmf_loss(model, x, y, draws, num_classes=1, prediction=prediction, jvp=cfg.jvp)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
