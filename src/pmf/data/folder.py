@@ -45,7 +45,7 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
     """uint8 [size, size, 3]: decode fully (truncated files raise), convert to RGB, ADM center crop."""
     with Image.open(path) as im:
         im.load()
-        return np.asarray(adm_center_crop(to_rgb(im), size), dtype=np.uint8)
+        return np.array(adm_center_crop(to_rgb(im), size), dtype=np.uint8)  # a writable copy
 
 
 class FolderDataset(torch.utils.data.Dataset):
