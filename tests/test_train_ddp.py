@@ -10,13 +10,14 @@ images, labels and the concatenation of the two ranks' draws therefore computes 
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pmf.config import model_config
 from pmf.nn.model import PMFDiT
-from pmf.objective import Draws, pmf_loss, sample_draws
+from pmf.objective import JVP_MODES, Draws, pmf_loss, sample_draws
 
 TINY = dict(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=2, aux_head_depth=1, num_heads=2)
 B_LOCAL, WORLD = 6, 2
@@ -43,26 +44,27 @@ def _draws(x_local: torch.Tensor, rank: int) -> Draws:
     return d
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
+def _worker(rank: int, init_file: str, out_dir: str, jvp: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     model, x, y = _setup()
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
-    out = pmf_loss(ddp, x[sl], y[sl], _draws(x[sl], rank), num_classes=10)
+    out = pmf_loss(ddp, x[sl], y[sl], _draws(x[sl], rank), num_classes=10, jvp=jvp)
     out["loss"].backward()
     torch.save({n: p.grad for n, p in model.named_parameters()}, os.path.join(out_dir, f"grad{rank}.pt"))
     dist.destroy_process_group()
 
 
-def test_ddp_gradients_equal_single_process_on_concatenated_batch(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+@pytest.mark.parametrize("jvp", JVP_MODES)
+def test_ddp_gradients_equal_single_process_on_concatenated_batch(tmp_path, jvp):
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), jvp), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"grad{r}.pt") for r in range(WORLD)]
 
     model, x, y = _setup()
     parts = [_draws(x[r * B_LOCAL:(r + 1) * B_LOCAL], r) for r in range(WORLD)]
     draws = Draws(**{f: torch.cat([getattr(p, f) for p in parts]) for f in parts[0].__dataclass_fields__})
-    pmf_loss(model, x, y, draws, num_classes=10)["loss"].backward()
+    pmf_loss(model, x, y, draws, num_classes=10, jvp=jvp)["loss"].backward()
     reference = {n: p.grad for n, p in model.named_parameters()}
 
     assert set(ranks[0]) == set(reference)
@@ -77,7 +79,7 @@ def test_ddp_gradients_equal_single_process_on_concatenated_batch(tmp_path):
     # A broken synchronisation (each rank keeping its local gradient) would differ from the reference.
     model.zero_grad()
     local = Draws(**{f: getattr(parts[0], f) for f in parts[0].__dataclass_fields__})
-    pmf_loss(model, x[:B_LOCAL], y[:B_LOCAL], local, num_classes=10)["loss"].backward()
+    pmf_loss(model, x[:B_LOCAL], y[:B_LOCAL], local, num_classes=10, jvp=jvp)["loss"].backward()
     assert not torch.allclose(model.u_final_layer.linear.weight.grad, reference["u_final_layer.linear.weight"])
 
 

@@ -273,7 +273,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         lr = set_lr(optimizer, lr_factor(step, cfg.optim, cfg.steps))
         with autocast:
             res = pmf_loss(net, x, y, draws, num_classes=mcfg.num_classes, norm_p=L.norm_p, norm_eps=L.norm_eps,
-                           prediction=L.prediction, jvp=L.jvp, perceptual=perceptual)
+                           prediction=L.prediction, perceptual=perceptual, **({"jvp": L.jvp} if L.jvp else {}))
         loss = res["loss"]
         bad = D.all_reduce_max((~torch.isfinite(loss.detach())).float())
         if bad.item() > 0:

@@ -30,7 +30,7 @@ class LossConfig:
     norm_p: float = 1.0
     norm_eps: float = 0.01
     prediction: str = "x"
-    jvp: str = "split"
+    jvp: str | None = None  # how du/dt is computed (pmf.objective.JVP_MODES); None: pmf_loss's default
 
     def __post_init__(self) -> None:
         _check(self.P_std > 0, "loss.P_std", self.P_std, "> 0")
@@ -39,7 +39,9 @@ class LossConfig:
         _check(0 <= self.class_dropout_prob <= 1, "loss.class_dropout_prob", self.class_dropout_prob, "in [0, 1]")
         _check(self.norm_eps > 0, "loss.norm_eps", self.norm_eps, "> 0")
         _check(self.prediction in ("x", "u"), "loss.prediction", self.prediction, "'x' or 'u'")
-        _check(self.jvp in ("split", "fused"), "loss.jvp", self.jvp, "'split' or 'fused'")
+        from .objective import JVP_MODES
+
+        _check(self.jvp is None or self.jvp in JVP_MODES, "loss.jvp", self.jvp, f"None or one of {JVP_MODES}")
 
 
 @dataclass

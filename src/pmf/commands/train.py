@@ -52,6 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--jvp", choices=["split", "fused", "inline"], default=None,
+                   help="how du/dt is computed (all exact; default: pmf_loss's default)")
     p.add_argument("--ema-halflives", default=None, help="comma-separated half-lives in kimg, e.g. 500,1000,2000")
     p.add_argument("--ema-decays", default=None, help="comma-separated constant decays, e.g. 0.99,0.999")
     p.add_argument("--log-every", type=int, default=None)
@@ -93,6 +95,8 @@ def config_from_args(args) -> TrainConfig:
     optim = {"lr": args.lr, "name": args.optimizer, "schedule": args.schedule, "warmup_steps": args.warmup_steps,
              "grad_clip": args.grad_clip}
     data["optim"].update({k: v for k, v in optim.items() if v is not None})
+    if args.jvp is not None:
+        data["loss"]["jvp"] = args.jvp
     if args.ema_halflives is not None:
         data["ema"]["halflives_kimg"] = _floats(args.ema_halflives, "--ema-halflives")
     if args.ema_decays is not None:
