@@ -228,8 +228,12 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         start = int(state["step"])
         D.print0(f"resumed from {resume_path} at step {start}", info=info)
     del state
+    jvp = cfg.loss.jvp
     if cfg.grad_checkpointing:
         enable_activation_checkpointing(model)
+        # the inline du/dt form runs the blocks' own tangent code, not Block.forward, so it would bypass
+        # the recomputation: use the split form, which has the same gradients
+        jvp = jvp or "split"
     if cfg.compile:
         model.compile()
     net = D.wrap_ddp(model, info)
@@ -271,9 +275,11 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
                              cfg_max=L.cfg_max, cfg_beta=L.cfg_beta, class_dropout_prob=L.class_dropout_prob,
                              noise_scale=mcfg.noise_scale, tr_uniform=L.tr_uniform, generator=gen)
         lr = set_lr(optimizer, lr_factor(step, cfg.optim, cfg.steps))
+        if hasattr(perceptual, "manual_seed"):  # the random crops follow the same per-(step, rank) seed
+            perceptual.manual_seed(step_seed(cfg.seed + 1, step, info.rank))
         with autocast:
             res = pmf_loss(net, x, y, draws, num_classes=mcfg.num_classes, norm_p=L.norm_p, norm_eps=L.norm_eps,
-                           prediction=L.prediction, perceptual=perceptual, **({"jvp": L.jvp} if L.jvp else {}))
+                           prediction=L.prediction, perceptual=perceptual, **({"jvp": jvp} if jvp else {}))
         loss = res["loss"]
         bad = D.all_reduce_max((~torch.isfinite(loss.detach())).float())
         if bad.item() > 0:

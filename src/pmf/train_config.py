@@ -148,6 +148,8 @@ class TrainConfig:
             _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
         _check(self.precision in ("fp32", "bf16"), "precision", self.precision, "'fp32' or 'bf16'")
         _check(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
+        _check(not (self.grad_checkpointing and self.loss.jvp == "inline"), "loss.jvp", self.loss.jvp,
+               "'split' or 'fused' with grad_checkpointing (the inline form bypasses the recomputed blocks)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
