@@ -18,6 +18,12 @@ def add_perceptual_args(p) -> None:
     g.add_argument("--lpips-lambda", type=float, default=None)
     g.add_argument("--convnext-lambda", type=float, default=None)
     g.add_argument("--perceptual-max-t", type=float, default=None)
+    g.add_argument("--lpips-weights", default=None, help="local VGG16 (torchvision) or full LPIPS weight file "
+                   "(else $PMF_LPIPS_VGG_WEIGHTS, else the torch-hub cache)")
+    g.add_argument("--convnext-weights", default=None, help="local ConvNeXt-V2-Base weight file "
+                   "(else $PMF_CONVNEXT_WEIGHTS, else the Hugging Face cache)")
+    g.add_argument("--no-download", action="store_true", default=None,
+                   help="never fetch missing perceptual weights; stop with a message naming the files instead")
 
 
 def apply_perceptual_args(cfg: TrainConfig, args) -> None:
@@ -25,7 +31,9 @@ def apply_perceptual_args(cfg: TrainConfig, args) -> None:
         cfg.perceptual = None
         return
     flags = {"lpips": args.lpips, "convnext": args.convnext, "lpips_lambda": args.lpips_lambda,
-             "convnext_lambda": args.convnext_lambda, "max_t": args.perceptual_max_t}
+             "convnext_lambda": args.convnext_lambda, "max_t": args.perceptual_max_t,
+             "lpips_weights": args.lpips_weights, "convnext_weights": args.convnext_weights,
+             "download": False if args.no_download else None}
     given = {k: v for k, v in flags.items() if v is not None}
     if given:
         base = dict(cfg.perceptual or {"lpips": False, "convnext": False, "lpips_lambda": 0.4,
