@@ -4,7 +4,6 @@ classifier score; grid sweeps over guidance scale, interval and EMA with a table
 
 from __future__ import annotations
 
-import datetime
 import itertools
 import math
 import os
@@ -51,20 +50,12 @@ class EvalSettings:
 # ---- processes ---------------------------------------------------------------------------------------------
 
 def setup_processes(device: str | None = None) -> tuple[int, int, torch.device]:
-    """(rank, world size, device): joins the ``torchrun`` process group when ``WORLD_SIZE > 1`` (NCCL on CUDA,
-    gloo on CPU); a plain process is rank 0 of 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
-    dev = torch.device("cuda", local if world > 1 else torch.device(device or "cuda").index or 0) if cuda \
-        else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=60))
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), dev
-    return 0, 1, dev
+    """(rank, world size, device) of this process (``pmf.distributed.setup``: the ``torchrun`` process group
+    when ``WORLD_SIZE > 1``, NCCL on CUDA, gloo on CPU; a plain process is rank 0 of 1)."""
+    from .distributed import setup
+
+    info = setup(device)
+    return (*rank_world(), info.device)
 
 
 def rank_world() -> tuple[int, int]:
