@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -74,6 +75,7 @@ class _StepBatches(torch.utils.data.Sampler):
 
 def batches(data, order: DataOrder, start: int, stop: int, num_workers: int, pin: bool):
     """Yield (uint8 images [b, H, W, C], int64 labels [b]) for steps start..stop-1."""
+    num_workers = min(num_workers, os.cpu_count() or 1)  # more decoding processes than cores only slow down
     if isinstance(data, FolderDataset):
         loader = torch.utils.data.DataLoader(data, batch_sampler=_StepBatches(order, start, stop),
                                              num_workers=num_workers, pin_memory=pin,

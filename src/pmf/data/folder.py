@@ -3,6 +3,7 @@ name in sorted order), any image format PIL reads, ADM center crop to the traini
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,8 @@ class FolderDataset(torch.utils.data.Dataset):
             j = (index + offset) % len(self.paths)
             try:
                 return torch.from_numpy(load_image(self.paths[j], self.size)), int(self.labels[j])
-            except Exception:  # PIL raises OSError, SyntaxError, ValueError... for damaged files
+            except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for damaged files
                 self.skipped += 1
+                print(f"warning: skipping unreadable image {self.paths[j]} ({type(err).__name__}: {err}); "
+                      "`pmf pack` checks every file once and reports the count", file=sys.stderr)
         raise PMFError(f"none of the {len(self.paths)} images in {str(self.root)!r} could be read")
