@@ -54,7 +54,9 @@ def test_inline_tangent_equals_forward_mode_ad_float64(prediction):
     m = _float64_tiny()
     B = 4
     z = torch.randn(B, 3, 8, 8, dtype=torch.float64)
-    t = torch.tensor([0.9, 0.5, 0.03, 1.0], dtype=torch.float64)  # 0.03: below the clip, zero clip derivative
+    # 0.03: below the clip, zero clip derivative. Exactly at a clip bound (t = 0.05 or 1) the derivative is a
+    # convention that differs between torch releases (and JAX takes 1/2), and training never draws it.
+    t = torch.tensor([0.9, 0.5, 0.03, 0.97], dtype=torch.float64)
     r = torch.tensor([0.2, 0.5, 0.0, 0.4], dtype=torch.float64)
     om = torch.tensor([2.0, 1.0, 7.5, 3.0], dtype=torch.float64)
     tmin, tmax = torch.full((B,), 0.1, dtype=torch.float64), torch.full((B,), 0.8, dtype=torch.float64)
