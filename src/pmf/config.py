@@ -9,6 +9,15 @@ from dataclasses import dataclass
 from .errors import PMFError
 
 
+def dataclass_from_dict(cls, data: dict, where: str):
+    """``cls(**data)`` for a config dataclass, refusing unknown keys with a message naming ``where``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise PMFError(f"unknown {where} fields {unknown}; known fields: {sorted(known)}")
+    return cls(**data)
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a pmfDiT. Validated on construction; messages name the field."""
@@ -94,11 +103,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PMFError(f"unknown ModelConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "ModelConfig")
 
 
 def _imagenet(depth: int, width: int, heads: int, patch: int, noise_scale: float) -> dict:

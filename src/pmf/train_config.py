@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .config import PRESETS
+from .config import PRESETS, dataclass_from_dict
 from .errors import PMFError
 
 
@@ -138,7 +138,7 @@ class TrainConfig:
         for name, cls in (("loss", LossConfig), ("optim", OptimConfig), ("ema", EMAConfig), ("sample", SampleConfig)):
             value = getattr(self, name)
             if isinstance(value, dict):
-                setattr(self, name, _from_dict(cls, value, name))
+                setattr(self, name, dataclass_from_dict(cls, value, name))
         if self.arch not in PRESETS:
             raise PMFError(f"unknown architecture {self.arch!r}; known presets: {', '.join(PRESETS)}")
         for name in ("batch_size", "steps"):
@@ -156,15 +156,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        return _from_dict(cls, data, "TrainConfig")
+        return dataclass_from_dict(cls, data, "TrainConfig")
 
-
-def _from_dict(cls, data: dict, where: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise PMFError(f"unknown {where} fields {unknown}; known fields: {sorted(known)}")
-    return cls(**data)
 
 
 def _imagenet_recipe(arch: str, *, P_mean: float, cfg_beta: float, max_t: float, tr_uniform: bool,

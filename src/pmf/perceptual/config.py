@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
+from ..config import dataclass_from_dict
 from ..errors import PMFError
 
 CONVNEXT_V2_BASE = "convnextv2_base.fcmae_ft_in22k_in1k"  # ImageNet-22k fine-tuned, 224 px
@@ -64,8 +64,4 @@ class PerceptualConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PerceptualConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PMFError(f"unknown perceptual fields {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "perceptual")
