@@ -1,5 +1,6 @@
 """Muon (Newton-Schulz orthogonalisation, the release's parameter split), its Adam side, schedules."""
 
+import io
 import math
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from pmf.config import model_config
 from pmf.nn.model import PMFDiT
-from pmf.optim import Muon, build_optimizer, lr_factor, newton_schulz, set_lr, split_parameters
+from pmf.optim import Muon, build_optimizer, lr_factor, newton_schulz, newton_schulz_batched, set_lr, split_parameters
 from pmf.train_config import OptimConfig
 
 
@@ -63,6 +64,9 @@ def test_build_optimizer_and_schedules():
     assert isinstance(build_optimizer(model, OptimConfig(name="adamw", lr=1e-3)), torch.optim.AdamW)
     opt = build_optimizer(model, OptimConfig(name="muon", lr=1e-2, adam_lr=1e-3))
     assert [g["kind"] for g in opt.param_groups] == ["muon", "adam"]
+    assert opt.foreach and not build_optimizer(model, OptimConfig(foreach=False)).foreach
+    with pytest.raises(ValueError, match="optim.foreach"):
+        OptimConfig(foreach="no")
     assert set_lr(opt, 0.5) == 5e-3 and opt.param_groups[1]["lr"] == 5e-4
     const, warm = OptimConfig(), OptimConfig(schedule="warmup", warmup_steps=10)
     cos = OptimConfig(schedule="cosine", warmup_steps=10, min_lr_ratio=0.1)
@@ -70,3 +74,101 @@ def test_build_optimizer_and_schedules():
     assert lr_factor(0, warm, 100) == 0.1 and lr_factor(9, warm, 100) == 1.0 and lr_factor(50, warm, 100) == 1.0
     assert lr_factor(10, cos, 100) == pytest.approx(1.0) and lr_factor(100, cos, 100) == pytest.approx(0.1)
     assert lr_factor(55, cos, 100) == pytest.approx(0.55)
+
+
+@pytest.mark.parametrize("shape", [(12, 12), (20, 8), (8, 20)])
+def test_batched_newton_schulz_equals_the_per_matrix_one(shape):
+    G = torch.randn((3, *shape), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    G[1] *= 100.0  # per-matrix normalisation: one large matrix does not rescale the others
+    X = newton_schulz_batched(G, dtype=torch.float64)
+    assert X.shape == G.shape
+    for Gi, Xi in zip(G, X):
+        torch.testing.assert_close(Xi, newton_schulz(Gi, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+# Muon matrices: same shapes (batched), tall, wide, a lone shape; Adam: 1-D, 3-D, 4-D.
+MUON_SHAPES = [(12, 12), (12, 12), (12, 12), (20, 8), (20, 8), (8, 20), (8, 20), (5, 7)]
+ADAM_SHAPES = [(7,), (7,), (1, 4, 6), (3, 1, 2, 2)]
+
+
+def _params():
+    g = torch.Generator().manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64)) for s in MUON_SHAPES + ADAM_SHAPES]
+
+
+def _optimizer(params, foreach, weight_decay):
+    n = len(MUON_SHAPES)
+    return Muon([dict(params=params[:n], kind="muon", lr=0.05), dict(params=params[n:], kind="adam", lr=0.01)],
+                weight_decay=weight_decay, ns_dtype=torch.float64, foreach=foreach)
+
+
+def _run(params, opt, steps: range):
+    """Steps with gradients that depend only on the step number; params 0 and 8 have none on some steps."""
+    for step in steps:
+        g = torch.Generator().manual_seed(100 + step)
+        for i, p in enumerate(params):
+            p.grad = None if i in (0, 8) and step % 3 == 1 else torch.randn(p.shape, generator=g, dtype=p.dtype)
+        opt.step()
+
+
+def _assert_same(params_a, params_b, opt_a=None, opt_b=None):
+    for a, b in zip(params_a, params_b):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    if opt_a is not None:
+        for a, b in zip(params_a, params_b):
+            sa, sb = opt_a.state[a], opt_b.state[b]
+            assert sa.keys() == sb.keys()
+            for k in sa:
+                torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_foreach_step_equals_the_per_parameter_step(weight_decay):
+    pa, pb = _params(), _params()
+    opt_a, opt_b = _optimizer(pa, False, weight_decay), _optimizer(pb, True, weight_decay)
+    _run(pa, opt_a, range(6))
+    _run(pb, opt_b, range(6))
+    assert (pa[0] - _params()[0]).abs().max() > 1e-3  # the steps did move the weights
+    assert float(opt_a.state[pa[8]]["step"]) == 4 and float(opt_a.state[pa[9]]["step"]) == 6
+    _assert_same(pa, pb, opt_a, opt_b)
+
+
+def test_a_parameter_without_gradient_is_left_alone():
+    params = _params()
+    opt = _optimizer(params, True, 0.1)
+    before = params[0].detach().clone()
+    _run(params, opt, [1])  # step 1: params 0 and 8 have no gradient
+    assert torch.equal(params[0], before) and params[0] not in opt.state and params[8] not in opt.state
+
+
+@pytest.mark.parametrize("writer,reader", [(False, True), (True, False)])
+def test_a_checkpoint_of_one_step_implementation_resumes_in_the_other(writer, reader):
+    full = _params()
+    _run(full, _optimizer(full, writer, 0.1), range(7))
+
+    first = _params()
+    opt = _optimizer(first, writer, 0.1)
+    _run(first, opt, range(4))
+    buf = io.BytesIO()
+    torch.save({"params": [p.detach() for p in first], "optimizer": opt.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    resumed = [torch.nn.Parameter(t.clone()) for t in ckpt["params"]]
+    opt_r = _optimizer(resumed, reader, 0.1)
+    opt_r.load_state_dict(ckpt["optimizer"])
+    assert opt_r.foreach is reader  # the implementation is not part of the state
+    _run(resumed, opt_r, range(4, 7))
+    _assert_same(full, resumed)
+
+
+def test_foreach_step_in_float32_with_float32_newton_schulz_stays_close():
+    pa, pb = [[torch.nn.Parameter(p.detach().float()) for p in _params()] for _ in range(2)]
+    opt_a, opt_b = _optimizer(pa, False, 0.1), _optimizer(pb, True, 0.1)
+    opt_a.ns_dtype = opt_b.ns_dtype = torch.float32
+    for params, opt in ((pa, opt_a), (pb, opt_b)):
+        for step in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
+            opt.step()
+    for a, b in zip(pa, pb):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -20,6 +20,13 @@ How our ``Muon`` differs from the release's (optax) Muon:
   results on all ranks); nothing is sharded.
 - Adam side. Same betas (0.9, 0.95), eps 1e-8, no weight decay, standard bias correction; ``adam_lr`` may
   differ from the Muon learning rate (the release uses one learning rate for both).
+
+Two implementations of one step, chosen by ``Muon(..., foreach=...)``, give the same result to float rounding
+and share the state layout (a checkpoint of one resumes in the other). The per-parameter path loops in Python.
+The batched path (default) stacks the Nesterov updates of all Muon matrices of one (shape, dtype, device) into
+[n, m, k] and runs Newton-Schulz once on the stack with batched matmuls; momentum, weight decay and the Adam
+side use ``torch._foreach_*`` multi-tensor ops. A pMF network has many matrices of the same shape (each
+block's q/k/v/out projections, the SwiGLU w1/w3 and w2), so the batched path runs few, large kernels.
 """
 
 from __future__ import annotations
@@ -48,18 +55,50 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-8, dtype=torc
     return (X.T if transposed else X).to(G.dtype)
 
 
+def newton_schulz_batched(G: torch.Tensor, steps: int = 5, eps: float = 1e-8, dtype=torch.float32) -> torch.Tensor:
+    """``newton_schulz`` of every matrix of a stack G [n, m, k] at once: per-matrix Frobenius normalisation,
+    batched matmuls; returns [n, m, k]."""
+    X = G.to(dtype)
+    transposed = X.shape[-2] > X.shape[-1]
+    if transposed:
+        X = X.mT  # [n, k, m]: the Gram matrices are the smaller ones
+    X = (X / (torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True) + eps)).contiguous()
+    n, r, k = X.shape
+    # Buffers reused across the iterations: a stack is large, and fresh allocations of that size are
+    # fresh pages to fault in on a CPU.
+    A, B, Y = X.new_empty(n, r, r), X.new_empty(n, r, r), X.new_empty(n, r, k)
+    a, b, c = NS_COEFFS
+    for _ in range(steps):
+        torch.bmm(X, X.mT, out=A)
+        torch.baddbmm(A, A, A, beta=b, alpha=c, out=B)  # b A + c A A
+        torch.baddbmm(X, B, X, beta=a, out=Y)  # a X + B X
+        X, Y = Y, X
+    return (X.mT if transposed else X).to(G.dtype)
+
+
+def _buckets(params: list[torch.Tensor], key) -> list[list[torch.Tensor]]:
+    """``params`` split by ``key(p)``, first-seen order kept."""
+    out: dict = {}
+    for p in params:
+        out.setdefault(key(p), []).append(p)
+    return list(out.values())
+
+
 class Muon(torch.optim.Optimizer):
     """One optimiser with two kinds of parameter groups: ``kind="muon"`` (2-D weights; Nesterov momentum,
     Newton-Schulz orthogonalisation, shape scaling) and ``kind="adam"`` (Adam with bias correction).
-    Both support decoupled weight decay. ``lr`` of each group may be changed by a schedule between steps."""
+    Both support decoupled weight decay. ``lr`` of each group may be changed by a schedule between steps.
+    ``foreach`` picks the batched / multi-tensor step (same results as the per-parameter loop, faster); it is
+    an attribute of the optimiser, not of its groups, so loading a state dict does not change it."""
 
     def __init__(self, groups: list[dict], *, lr: float = 1e-3, momentum: float = 0.95, ns_steps: int = 5,
                  betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
-                 ns_dtype=torch.float32):
+                 ns_dtype=torch.float32, foreach: bool = True):
         defaults = dict(lr=lr, momentum=momentum, ns_steps=ns_steps, betas=betas, eps=eps,
                         weight_decay=weight_decay, kind="adam")
         super().__init__(groups, defaults)
         self.ns_dtype = ns_dtype
+        self.foreach = foreach
         for group in self.param_groups:
             if group["kind"] not in ("muon", "adam"):
                 raise PMFError(f"parameter group kind must be 'muon' or 'adam', got {group['kind']!r}")
@@ -73,34 +112,84 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g, state = p.grad, self.state[p]
-                if wd:
-                    p.mul_(1 - lr * wd)
-                if group["kind"] == "muon":
-                    beta = group["momentum"]
-                    if not state:
-                        state["momentum"] = torch.zeros_like(p)
-                    m = state["momentum"]
-                    m.lerp_(g, 1 - beta)  # m <- beta m + (1 - beta) g
-                    update = newton_schulz(g.lerp(m, beta), group["ns_steps"], dtype=self.ns_dtype)
-                    p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.shape[0] / p.shape[1])))
-                else:
-                    b1, b2 = group["betas"]
-                    if not state:
-                        state["step"] = torch.zeros((), dtype=torch.float64)
-                        state["exp_avg"] = torch.zeros_like(p)
-                        state["exp_avg_sq"] = torch.zeros_like(p)
-                    state["step"] += 1
-                    t = float(state["step"])
-                    state["exp_avg"].lerp_(g, 1 - b1)
-                    state["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
-                    denom = (state["exp_avg_sq"] / (1 - b2**t)).sqrt_().add_(group["eps"])
-                    p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - b1**t))
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if group["kind"] == "muon":
+                (self._muon_foreach if self.foreach else self._muon_single)(group, params)
+            else:
+                (self._adam_foreach if self.foreach else self._adam_single)(group, params)
         return loss
+
+    def _muon_state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["momentum"] = torch.zeros_like(p)
+        return state
+
+    def _adam_state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float64)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        return state
+
+    def _muon_single(self, group: dict, params: list[torch.Tensor]) -> None:
+        lr, wd, beta = group["lr"], group["weight_decay"], group["momentum"]
+        for p in params:
+            g, m = p.grad, self._muon_state(p)["momentum"]
+            if wd:
+                p.mul_(1 - lr * wd)
+            m.lerp_(g, 1 - beta)  # m <- beta m + (1 - beta) g
+            update = newton_schulz(g.lerp(m, beta), group["ns_steps"], dtype=self.ns_dtype)
+            p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.shape[0] / p.shape[1])))
+
+    def _muon_foreach(self, group: dict, params: list[torch.Tensor]) -> None:
+        lr, wd, beta = group["lr"], group["weight_decay"], group["momentum"]
+        for ps in _buckets(params, lambda p: (p.shape, p.dtype, p.device)):
+            grads = [p.grad for p in ps]
+            moms = [self._muon_state(p)["momentum"] for p in ps]
+            if wd:
+                torch._foreach_mul_(ps, 1 - lr * wd)
+            torch._foreach_lerp_(moms, grads, 1 - beta)
+            nesterov = torch.stack(torch._foreach_lerp(grads, moms, beta))  # [n, m, k]
+            update = newton_schulz_batched(nesterov, group["ns_steps"], dtype=self.ns_dtype)
+            out, inp = ps[0].shape
+            torch._foreach_add_(ps, update.unbind(0), alpha=-lr * math.sqrt(max(1.0, out / inp)))
+
+    def _adam_single(self, group: dict, params: list[torch.Tensor]) -> None:
+        lr, wd, eps, (b1, b2) = group["lr"], group["weight_decay"], group["eps"], group["betas"]
+        for p in params:
+            g, state = p.grad, self._adam_state(p)
+            if wd:
+                p.mul_(1 - lr * wd)
+            state["step"] += 1
+            t = float(state["step"])
+            state["exp_avg"].lerp_(g, 1 - b1)
+            state["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (state["exp_avg_sq"] / (1 - b2**t)).sqrt_().add_(eps)
+            p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - b1**t))
+
+    def _adam_foreach(self, group: dict, params: list[torch.Tensor]) -> None:
+        lr, wd, eps, (b1, b2) = group["lr"], group["weight_decay"], group["eps"], group["betas"]
+        for ps in _buckets(params, lambda p: (p.dtype, p.device)):
+            grads = [p.grad for p in ps]
+            states = [self._adam_state(p) for p in ps]
+            if wd:
+                torch._foreach_mul_(ps, 1 - lr * wd)
+            steps = [s["step"] for s in states]
+            torch._foreach_add_(steps, 1)
+            # Step counts may differ within a bucket (a parameter without a gradient skips a step).
+            ts = [float(t) for t in steps]
+            exp_avg, exp_avg_sq = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+            torch._foreach_lerp_(exp_avg, grads, 1 - b1)
+            torch._foreach_mul_(exp_avg_sq, b2)
+            torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - b2)
+            denom = torch._foreach_div(exp_avg_sq, [1 - b2**t for t in ts])
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(ps, exp_avg, denom, [-lr / (1 - b1**t) for t in ts])
 
 
 def split_parameters(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
@@ -116,13 +205,13 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
     """The optimiser of ``cfg``; each group records its ``base_lr`` for the schedule."""
     if cfg.name == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.weight_decay, foreach=cfg.foreach)
     else:
         muon, adam = split_parameters(model)
         groups = [dict(params=muon, kind="muon", lr=cfg.lr),
                   dict(params=adam, kind="adam", lr=cfg.adam_lr if cfg.adam_lr is not None else cfg.lr)]
         opt = Muon([g for g in groups if g["params"]], momentum=cfg.momentum, ns_steps=cfg.ns_steps,
-                   betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+                   betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=cfg.foreach)
     for group in opt.param_groups:
         group["base_lr"] = group["lr"]
     return opt

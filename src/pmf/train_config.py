@@ -56,6 +56,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     momentum: float = 0.95  # Muon momentum (Nesterov)
     ns_steps: int = 5
+    foreach: bool = True  # batched Muon / multi-tensor Adam and AdamW step; same results as the per-parameter loop
     schedule: str = "constant"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
@@ -70,6 +71,7 @@ class OptimConfig:
                "two numbers in [0, 1)")
         _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "in [0, 1)")
         _check(self.ns_steps >= 1, "optim.ns_steps", self.ns_steps, ">= 1")
+        _check(isinstance(self.foreach, bool), "optim.foreach", self.foreach, "true or false")
         _check(self.schedule in ("constant", "warmup", "cosine"), "optim.schedule", self.schedule,
                "'constant', 'warmup' or 'cosine'")
         _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
@@ -148,8 +150,9 @@ class TrainConfig:
             _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
         _check(self.precision in ("fp32", "bf16"), "precision", self.precision, "'fp32' or 'bf16'")
         _check(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
-        _check(not (self.grad_checkpointing and self.loss.jvp == "inline"), "loss.jvp", self.loss.jvp,
-               "'split' or 'fused' with grad_checkpointing (the inline form bypasses the recomputed blocks)")
+        # the backward recomputation runs outside forward-mode AD, so it cannot rebuild the dual pass
+        _check(not (self.grad_checkpointing and self.loss.jvp == "fused"), "loss.jvp", self.loss.jvp,
+               "None, 'inline' or 'split' with grad_checkpointing")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
