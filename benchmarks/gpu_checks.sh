@@ -2,7 +2,8 @@
 # Every GPU check of the project in one run, for a machine with one CUDA GPU and PyTorch installed (no network
 # needed). Results go to $OUT (default gpu-results/): the device, the GPU-marked tests, and the JSON of each
 # benchmark (pMF-B/16 at 256 px: training step in bf16 for each du/dt form, one-step inference in fp32 and
-# bf16). Each command has its own time limit so that one hang does not eat the whole budget; about 10 minutes.
+# bf16, the Muon optimiser step). Each command has its own time limit so that one hang does not eat the
+# whole budget; about 10 minutes.
 # Usage: OUT=gpu-results bash benchmarks/gpu_checks.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -36,4 +37,6 @@ run inference_b16_fp32 90 python benchmarks/inference.py --preset pMF-B/16 --dev
     --sweep 1,16,64,256 --json "$OUT/inference_b16_fp32.json"
 run inference_b16_bf16 120 python benchmarks/inference.py --preset pMF-B/16 --device cuda --precision bf16 \
     --batch 256 --sweep 1,16,64,256 --json "$OUT/inference_b16_bf16.json"
+run optimizer_b16 60 python benchmarks/optimizer_step.py --preset pMF-B/16 --device cuda --repeats 10 \
+    --json "$OUT/optimizer_b16.json"
 echo "results in $OUT"

@@ -22,7 +22,9 @@ import torch
 
 import common
 from pmf import build_model, objective
+from pmf.nn.layers import tangent_attention
 from pmf.objective import pmf_loss, sample_draws
+from pmf.train import enable_activation_checkpointing
 
 JVP_MODES = getattr(objective, "JVP_MODES", ("split", "fused"))
 
@@ -37,7 +39,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", "--dtype", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: autocast with fp32 weights (norms, rotations, softmax and 1/t stay fp32)")
     p.add_argument("--jvp", default=None, choices=JVP_MODES, help="du/dt form (default: pmf_loss's default)")
+    p.add_argument("--tangent-attention", default="math", choices=["math", "triton"],
+                   help="attention tangent of the inline du/dt form: exact math or the fused Triton kernel")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (plain and pMF steps)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="activation checkpointing of every block (plain and pMF steps)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
@@ -60,6 +66,8 @@ class Bench:
             for name, p in self.model.named_parameters():
                 if name.endswith(("attn_scale", "mlp_scale")) or "final_layer.linear.weight" in name:
                     p.normal_(0, 0.05)
+        if args.grad_checkpointing:
+            enable_activation_checkpointing(self.model)
         self.net = torch.compile(self.model) if args.compile else self.model
         cfg = self.model.config
         g = torch.Generator(device=dev).manual_seed(args.seed)
@@ -71,12 +79,13 @@ class Bench:
         self.z = (1 - d.t.view(-1, 1, 1, 1)) * self.x + d.t.view(-1, 1, 1, 1) * d.noise
         self.num_classes = cfg.num_classes
         self.jvp = {} if args.jvp is None else {"jvp": args.jvp}
+        self.tangent_attention = args.tangent_attention
         self.autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if args.precision == "bf16" \
             else contextlib.nullcontext
 
     def pmf(self):
         self.model.zero_grad(set_to_none=True)
-        with self.autocast():
+        with self.autocast(), tangent_attention(self.tangent_attention):
             out = pmf_loss(self.net, self.x, self.y, self.draws, num_classes=self.num_classes, **self.jvp)
         out["loss"].backward()
 
@@ -135,6 +144,7 @@ def main(argv=None) -> dict:
 
     flops = {"pmf": None, "plain": None}
     if not args.no_flops and not args.compile:
+        bench.tangent_attention = "math"  # the FLOP counter does not see Triton kernels
         flops = {k: count_flops(getattr(bench, k)) for k in flops}
     peak = common.peak_flops(dev, args.precision)
 
@@ -144,7 +154,9 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "train_step",
         "preset": args.preset, "batch": args.batch, "device": common.device_name(dev),
-        "precision": args.precision, "jvp": args.jvp or "default", "compile": args.compile,
+        "precision": args.precision, "jvp": args.jvp or "default",
+        "tangent_attention": args.tangent_attention, "compile": args.compile,
+        "grad_checkpointing": args.grad_checkpointing,
         "threads": torch.get_num_threads() if dev.type == "cpu" else None, "timer": common.timer_name(dev),
         "torch": torch.__version__,
         "pmf_step_s": round(times["pmf"], 5), "plain_step_s": round(times["plain"], 5),

@@ -13,9 +13,9 @@ with gradients (``jvp="fused"``), which we keep for measurement and as a check. 
 ``jvp="inline"``, is exact too and cheaper: the ONE forward with grad also carries the tangent of u along
 (v_c, dt = 1), propagated block by block by explicit tangent rules (``PMFDiT.forward_with_tangent``) from
 detached primals under no_grad, so the trunk and u-head primal are computed once, attention keeps SDPA and
-its fused backward, and the tangent records no graph. (It calls the blocks' ``jvp`` methods, so per-block
-wrappers such as activation checkpointing by patched ``Block.forward`` do not apply to the trunk and
-u-head; use ``"split"`` there.) Batch-level rules
+its fused backward, and the tangent records no graph. (Activation checkpointing applies to the blocks'
+``jvp`` as to their ``forward``; the backward recomputes the primal only. ``"fused"`` cannot be
+checkpointed.) Batch-level rules
 (the first floor(B * data_proportion) samples use r = t, the first k samples are label-dropped) apply per
 device batch, as in the release's pmap training.
 """

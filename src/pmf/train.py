@@ -114,16 +114,13 @@ def check_data(data, config: ModelConfig, name: str) -> None:
         raise PMFError(f"image folders are read as RGB but the model takes {config.in_channels} channels")
 
 
-def enable_activation_checkpointing(model: torch.nn.Module) -> None:
-    """Recompute each transformer block in the backward pass (only when gradients are recorded, so the
-    no-grad guidance and JVP passes run normally). State-dict keys are unchanged."""
-    from torch.utils.checkpoint import checkpoint
-
+def enable_activation_checkpointing(model: torch.nn.Module, enabled: bool = True) -> None:
+    """Recompute each transformer block in the backward pass, on every du/dt path (``Block.forward`` and
+    ``Block.jvp``; only when gradients are recorded, so the no-grad guidance and JVP passes run normally).
+    State-dict keys are unchanged."""
     for block in model.modules():
         if isinstance(block, Block):
-            def forward(x, _fwd=block.forward):
-                return checkpoint(_fwd, x, use_reentrant=False) if torch.is_grad_enabled() else _fwd(x)
-            block.forward = forward
+            block.checkpointing = enabled
 
 
 def build_perceptual_loss(cfg: TrainConfig, device):
@@ -233,9 +230,6 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     jvp = cfg.loss.jvp
     if cfg.grad_checkpointing:
         enable_activation_checkpointing(model)
-        # the inline du/dt form runs the blocks' own tangent code, not Block.forward, so it would bypass
-        # the recomputation: use the split form, which has the same gradients
-        jvp = jvp or "split"
     if cfg.compile:
         model.compile()
     net = D.wrap_ddp(model, info)

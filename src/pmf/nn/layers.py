@@ -31,6 +31,28 @@ def current_attention_backend() -> str:
     return _ATTN_BACKEND
 
 
+# Tangent of attention in ``Attention.jvp``: "math" (exact, materialises [B, H, T, T]) or "triton" (the fused
+# kernel of ``pmf.nn.triton_attention``: O(T) memory, equal up to float rounding; CUDA or TRITON_INTERPRET=1).
+_TANGENT_ATTN = "math"
+
+
+@contextlib.contextmanager
+def tangent_attention(name: str):
+    """Temporarily select the attention tangent of ``Attention.jvp``: ``"math"`` or ``"triton"``."""
+    global _TANGENT_ATTN
+    if name not in ("math", "triton"):
+        raise ValueError(f"tangent attention must be 'math' or 'triton', got {name!r}")
+    previous, _TANGENT_ATTN = _TANGENT_ATTN, name
+    try:
+        yield
+    finally:
+        _TANGENT_ATTN = previous
+
+
+def current_tangent_attention() -> str:
+    return _TANGENT_ATTN
+
+
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """Half-precision tensors to float32 (norms, rotations and softmax stay in fp32 as in the release);
     float32 and float64 unchanged."""
@@ -150,7 +172,11 @@ class Attention(nn.Module):
         with torch.no_grad():
             dv = heads(linear_tangent(self.v_proj, dx)).transpose(1, 2)
             dq, dk = self._rotate(dq.transpose(1, 2)), self._rotate(dk.transpose(1, 2))
-            dout = attention_tangent(q.detach(), k.detach(), v.detach(), dq, dk, dv)
+            if _TANGENT_ATTN == "triton":
+                from .triton_attention import attention_tangent_triton as tangent
+            else:
+                tangent = attention_tangent
+            dout = tangent(q.detach(), k.detach(), v.detach(), dq, dk, dv)
             dy = linear_tangent(self.out_proj, dout.transpose(1, 2).reshape(B, T, D))
         return y, dy
 
@@ -185,18 +211,58 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
     def jvp(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b = self.w1(x), self.w3(x)
-        y = self.w2(F.silu(a) * b)
+        # the primal runs forward's autograd ops in forward's order: a checkpointed Block recomputes its
+        # saved tensors with forward
+        a = self.w1(x)
+        s = F.silu(a)
+        b = self.w3(x)
+        y = self.w2(s * b)
         with torch.no_grad():
-            a, b = a.detach(), b.detach()
+            a, s, b = a.detach(), s.detach(), b.detach()
             da, db = linear_tangent(self.w1, dx), linear_tangent(self.w3, dx)
-            dh = silu_tangent(a, da) * b + F.silu(a) * db
+            dh = silu_tangent(a, da) * b + s * db
             dy = linear_tangent(self.w2, dh)
         return y, dy
 
 
+class _Recomputation:
+    """Second context of ``checkpoint(context_fn=...)``: marks a block's backward recomputation and runs it
+    under the attention backend of the original call (re-enterable: a retained graph recomputes again)."""
+
+    def __init__(self):
+        self.backend, self.active = _ATTN_BACKEND, False
+
+    def __enter__(self):
+        global _ATTN_BACKEND
+        self.active, self.previous, _ATTN_BACKEND = True, _ATTN_BACKEND, self.backend
+
+    def __exit__(self, *exc):
+        global _ATTN_BACKEND
+        self.active, _ATTN_BACKEND = False, self.previous
+
+
+def checkpointed(fn, recompute, *args):
+    """``fn(*args)`` keeping only ``args`` for backward, where ``recompute(*args)`` rebuilds the saved tensors
+    (it must save the same tensors in the same order as ``fn``; non-reentrant checkpointing checks their
+    shapes). Under ``torch.compile`` the compiler chooses what to recompute."""
+    from torch.utils.checkpoint import checkpoint
+
+    if torch.compiler.is_compiling():
+        return checkpoint(fn, *args, use_reentrant=False)
+    again = _Recomputation()
+
+    def run(*a):
+        return (recompute if again.active else fn)(*a)
+
+    return checkpoint(run, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), again))
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block whose residual branches are scaled by zero-initialised gates."""
+    """Pre-norm transformer block whose residual branches are scaled by zero-initialised gates.
+
+    With ``checkpointing`` set (a plain attribute, not in the state dict), ``forward`` and ``jvp`` keep only
+    their inputs for backward when gradients are recorded, and the backward recomputes the primal alone: the
+    tangent of ``jvp`` is held constant, records no graph and saves nothing."""
 
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, num_rotated: int, grid_size: int):
         super().__init__()
@@ -206,13 +272,25 @@ class Block(nn.Module):
         self.mlp = SwiGLU(dim, mlp_hidden)
         self.attn_scale = nn.Parameter(torch.zeros(dim))
         self.mlp_scale = nn.Parameter(torch.zeros(dim))
+        self.checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpointed(self._forward, self._forward, x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x)) * self.attn_scale
         return x + self.mlp(self.norm2(x)) * self.mlp_scale
 
     def jvp(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(block(x), its tangent along dx); the tangent carries no graph."""
+        if self.checkpointing and torch.is_grad_enabled():
+            # _jvp's primal saves what _forward saves, in the same order (tests/test_checkpointing.py)
+            return checkpointed(self._jvp, lambda x, dx: (self._forward(x), dx), x, dx)
+        return self._jvp(x, dx)
+
+    def _jvp(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a, da = self.attn.jvp(*self.norm1.jvp(x, dx))
         x = x + a * self.attn_scale
         with torch.no_grad():
