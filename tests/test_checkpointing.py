@@ -65,7 +65,8 @@ def test_checkpointing_gives_the_same_loss_du_dt_and_gradients_float64(jvp):
     assert all(g.abs().max() > 0 for name, g in ref_grads.items() if "_scale" in name)  # every block mattered
 
 
-def test_block_jvp_primal_saves_what_forward_saves():
+@pytest.mark.parametrize("tail", [None, 64])
+def test_block_jvp_primal_saves_what_forward_saves(tail):
     # the checkpointed jvp rebuilds its saved tensors with forward: same tensors, same order
     block = _model().shared_blocks[1]
     x = torch.randn(2, 84, 64, dtype=torch.float64)
@@ -77,7 +78,7 @@ def test_block_jvp_primal_saves_what_forward_saves():
             fn(*args)
         return packed
 
-    fwd, jvp = saved(block._forward, x), saved(block._jvp, x, dx)
+    fwd, jvp = saved(block._forward, x, tail), saved(block._jvp, x, dx, tail)
     assert len(fwd) == len(jvp) > 10
     for i, (a, b) in enumerate(zip(fwd, jvp)):
         assert a.shape == b.shape and torch.equal(a, b), i
@@ -91,9 +92,9 @@ def test_inline_checkpointing_recomputes_the_primal_only_and_saves_less(monkeypa
     def counting(name):
         real = getattr(Block, name)
 
-        def counted(self, *args):
+        def counted(self, *args, **kwargs):
             calls.append(name)
-            return real(self, *args)
+            return real(self, *args, **kwargs)
         return counted
 
     for name in ("_forward", "_jvp"):

@@ -140,3 +140,25 @@ def test_bf16_autocast_inference_stays_close(tiny_model):
     assert fast.dtype == torch.float32 or fast.dtype == torch.bfloat16
     err = (fast.float() - ref).abs().max().item()
     assert 0 < err <= 5e-2  # bf16 matmuls: visibly different bits, well within a uint8 level or two
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+def test_block_tail_computes_the_last_rows_exactly(backend):
+    # a head's last block computes only the patch rows: equal to those rows of the full block, primal and tangent
+    torch.manual_seed(0)
+    m = pmf.build_model("pMF-Tiny/4").double()
+    block = m.u_heads[-1]
+    with torch.no_grad():
+        block.attn_scale.normal_(0, 0.5)
+        block.mlp_scale.normal_(0, 0.5)
+    n = m.config.num_patches
+    x = torch.randn(3, m.config.num_prefix_tokens + n, m.config.hidden_size, dtype=torch.float64)
+    dx = torch.randn_like(x)
+    with pmf.nn.layers.attention_backend(backend):
+        full, tail = block(x), block(x, tail=n)
+        (y_full, dy_full), (y_tail, dy_tail) = block.jvp(x, dx), block.jvp(x, dx, tail=n)
+    assert tail.shape == (3, n, m.config.hidden_size)
+    assert (tail - full[:, -n:]).abs().max() <= 1e-12
+    assert (y_tail - y_full[:, -n:]).abs().max() <= 1e-12 and (dy_tail - dy_full[:, -n:]).abs().max() <= 1e-12
+    with pytest.raises(ValueError, match="tail"):
+        block(x, tail=n + 1)  # the rotated (patch) tokens only

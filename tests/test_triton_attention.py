@@ -57,6 +57,12 @@ def _kernel_errors() -> dict:
     out = attention_tangent_triton(q, k, v, dq, dk, dv, block_m=16, block_n=32)
     result["strided"] = rel(out, layers.attention_tangent(q, k, v, dq, dk, dv))
 
+    # queries over the last 64 of 84 tokens only (a head's last block computes the patch rows alone)
+    q, dq = (torch.randn(2, 3, 64, 16, generator=g) for _ in range(2))
+    k, v, dk, dv = (torch.randn(2, 3, 84, 16, generator=g) for _ in range(4))
+    out = attention_tangent_triton(q, k, v, dq, dk, dv, block_m=16, block_n=32)
+    result["tail"] = {"shape": list(out.shape), "err": rel(out, layers.attention_tangent(q, k, v, dq, dk, dv))}
+
     torch.manual_seed(0)
     model = pmf.build_model("pMF-Tiny/4")  # T = 82 tokens, head dim 16: default 64 x 64 tiles, ragged
     with torch.no_grad():
@@ -103,6 +109,11 @@ def test_kernel_matches_attention_tangent(child, case):
 
 def test_kernel_reads_strided_inputs(child):
     assert child["strided"] <= 1e-5
+
+
+def test_kernel_takes_fewer_queries_than_keys(child):
+    assert child["tail"]["shape"] == [2, 3, 64, 16]
+    assert child["tail"]["err"] <= 1e-5
 
 
 def test_model_tangent_with_triton_selector_equals_math(child):

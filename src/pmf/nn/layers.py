@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -134,41 +135,56 @@ class Attention(nn.Module):
         self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
 
     def _rotate(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.num_rotated
+        """RoPE on the last ``num_rotated`` positions of x [B, H, L, hd]; L may be shorter (the last L)."""
+        n, L = self.num_rotated, x.shape[2]
+        if L <= n:
+            return apply_rope(x, self.rope_cos[n - L:], self.rope_sin[n - L:])
         rotated = apply_rope(x[:, :, -n:], self.rope_cos, self.rope_sin)  # (B, H, n, hd)
         return torch.cat([x[:, :, :-n], rotated], dim=2)  # (B, H, T, hd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_tail(self, tail: int | None, T: int) -> None:
+        if tail is not None and not 0 < tail <= min(self.num_rotated, T):
+            raise ValueError(f"tail must be in [1, {min(self.num_rotated, T)}], got {tail}")
+
+    def forward(self, x: torch.Tensor, tail: int | None = None) -> torch.Tensor:
+        """Attention over all T tokens of x [B, T, D]; with ``tail`` only the last ``tail`` tokens (image
+        patches) are queried: the output is [B, tail, D], equal to the last rows of the full output."""
         B, T, D = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, self.head_dim))  # (B, T, H, hd)
+        self._check_tail(tail, T)
+        xq = x if tail is None else x[:, -tail:]
+        Tq = xq.shape[1]
+        q = self.q_norm(self.q_proj(xq).view(B, Tq, self.num_heads, self.head_dim))  # (B, Tq, H, hd)
         k = self.k_norm(self.k_proj(x).view(B, T, self.num_heads, self.head_dim))  # (B, T, H, hd)
         v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim)  # (B, T, H, hd)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T or Tq, hd)
         q, k = self._rotate(q), self._rotate(k)
         if _ATTN_BACKEND == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, hd)
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, Tq, hd)
         else:
             out = math_attention(q, k, v)
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+        return self.out_proj(out.transpose(1, 2).reshape(B, Tq, D))  # (B, Tq, D)
 
-
-    def jvp(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(y, dy) as ``RMSNorm.jvp``. The primal uses the selected backend (SDPA by default, so it keeps
-        its fused backward); the tangent is computed from detached primals without a graph."""
+    def jvp(self, x: torch.Tensor, dx: torch.Tensor, tail: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y, dy) as ``RMSNorm.jvp`` (``tail`` as in ``forward``). The primal uses the selected backend (SDPA
+        by default, so it keeps its fused backward); the tangent is computed from detached primals without a
+        graph. The primal runs forward's autograd ops in forward's order (checkpointed recomputation)."""
         B, T, D = x.shape
+        self._check_tail(tail, T)
+        xq, dxq = (x, dx) if tail is None else (x[:, -tail:], dx[:, -tail:])
+        Tq = xq.shape[1]
 
         def heads(t):
-            return t.view(B, T, self.num_heads, self.head_dim)
+            return t.view(B, t.shape[1], self.num_heads, self.head_dim)
 
         with torch.no_grad():
-            dq, dk = heads(linear_tangent(self.q_proj, dx)), heads(linear_tangent(self.k_proj, dx))
-        q, dq = self.q_norm.jvp(heads(self.q_proj(x)), dq)  # (B, T, H, hd) each
+            dq, dk = heads(linear_tangent(self.q_proj, dxq)), heads(linear_tangent(self.k_proj, dx))
+        q, dq = self.q_norm.jvp(heads(self.q_proj(xq)), dq)  # (B, Tq, H, hd) each
         k, dk = self.k_norm.jvp(heads(self.k_proj(x)), dk)
         v = heads(self.v_proj(x))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
         q, k = self._rotate(q), self._rotate(k)
         out = F.scaled_dot_product_attention(q, k, v) if _ATTN_BACKEND == "sdpa" else math_attention(q, k, v)
-        y = self.out_proj(out.transpose(1, 2).reshape(B, T, D))
+        y = self.out_proj(out.transpose(1, 2).reshape(B, Tq, D))
         with torch.no_grad():
             dv = heads(linear_tangent(self.v_proj, dx)).transpose(1, 2)
             dq, dk = self._rotate(dq.transpose(1, 2)), self._rotate(dk.transpose(1, 2))
@@ -177,7 +193,7 @@ class Attention(nn.Module):
             else:
                 tangent = attention_tangent
             dout = tangent(q.detach(), k.detach(), v.detach(), dq, dk, dv)
-            dy = linear_tangent(self.out_proj, dout.transpose(1, 2).reshape(B, T, D))
+            dy = linear_tangent(self.out_proj, dout.transpose(1, 2).reshape(B, Tq, D))
         return y, dy
 
 
@@ -274,24 +290,32 @@ class Block(nn.Module):
         self.mlp_scale = nn.Parameter(torch.zeros(dim))
         self.checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tail: int | None = None) -> torch.Tensor:
+        """The block on x [B, T, D]. With ``tail`` only the last ``tail`` tokens' outputs are computed
+        ([B, tail, D], equal to those rows of the full output): a last block whose other rows are discarded
+        skips their queries, output projection and MLP."""
         if self.checkpointing and torch.is_grad_enabled():
-            return checkpointed(self._forward, self._forward, x)
-        return self._forward(x)
+            fn = functools.partial(self._forward, tail=tail)
+            return checkpointed(fn, fn, x)
+        return self._forward(x, tail)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x)) * self.attn_scale
+    def _forward(self, x: torch.Tensor, tail: int | None = None) -> torch.Tensor:
+        a = self.attn(self.norm1(x), tail)
+        x = (x if tail is None else x[:, -tail:]) + a * self.attn_scale
         return x + self.mlp(self.norm2(x)) * self.mlp_scale
 
-    def jvp(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(block(x), its tangent along dx); the tangent carries no graph."""
+    def jvp(self, x: torch.Tensor, dx: torch.Tensor, tail: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block(x), its tangent along dx), ``tail`` as in ``forward``; the tangent carries no graph."""
         if self.checkpointing and torch.is_grad_enabled():
             # _jvp's primal saves what _forward saves, in the same order (tests/test_checkpointing.py)
-            return checkpointed(self._jvp, lambda x, dx: (self._forward(x), dx), x, dx)
-        return self._jvp(x, dx)
+            return checkpointed(functools.partial(self._jvp, tail=tail),
+                                lambda x, dx: (self._forward(x, tail), dx), x, dx)
+        return self._jvp(x, dx, tail)
 
-    def _jvp(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, da = self.attn.jvp(*self.norm1.jvp(x, dx))
+    def _jvp(self, x: torch.Tensor, dx: torch.Tensor, tail: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        a, da = self.attn.jvp(*self.norm1.jvp(x, dx), tail)
+        if tail is not None:
+            x, dx = x[:, -tail:], dx[:, -tail:]
         x = x + a * self.attn_scale
         with torch.no_grad():
             dx = dx + da * self.attn_scale

@@ -126,9 +126,10 @@ class PMFDiT(nn.Module):
     def run_head(self, x: torch.Tensor, head: str) -> torch.Tensor:
         """Run the ``"u"`` or ``"v"`` head on the shared-trunk output x (B, S, D); returns (B, C, H, W)."""
         blocks, final = (self.u_heads, self.u_final_layer) if head == "u" else (self.v_heads, self.v_final_layer)
-        for block in blocks:
-            x = block(x)
-        return self.unpatchify(final(x[:, -self.config.num_patches:]))
+        n = self.config.num_patches
+        for i, block in enumerate(blocks):  # the last block computes the patch rows only
+            x = block(x, tail=n if i == len(blocks) - 1 else None)
+        return self.unpatchify(final(x[:, -n:]))
 
     def _batched_inputs(self, z, h, omega, t_min, t_max, y) -> tuple:
         B = z.shape[0]
@@ -162,9 +163,9 @@ class PMFDiT(nn.Module):
         for block in self.shared_blocks:
             x, dx = block.jvp(x, dx)
         trunk = x
-        for block in self.u_heads:
-            x, dx = block.jvp(x, dx)
         n = c.num_patches
+        for i, block in enumerate(self.u_heads):  # the last block computes the patch rows only
+            x, dx = block.jvp(x, dx, tail=n if i == len(self.u_heads) - 1 else None)
         x_u, dx_u = self.u_final_layer.jvp(x[:, -n:], dx[:, -n:])
         x_v = self.run_head(trunk, "v") if "v" in heads and self.has_v_head else None
         return self.unpatchify(x_u), x_v, self.unpatchify(dx_u)

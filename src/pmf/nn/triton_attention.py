@@ -54,7 +54,7 @@ if triton is not None:
         sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
         sdq_b, sdq_h, sdq_t, sdq_d, sdk_b, sdk_h, sdk_t, sdk_d, sdv_b, sdv_h, sdv_t, sdv_d,
         so_b, so_h, so_t, so_d,
-        num_heads, seq_len, head_dim, qk_scale,
+        num_heads, q_len, kv_len, head_dim, qk_scale,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
         PRECISION: tl.constexpr,
     ):
@@ -66,7 +66,7 @@ if triton is not None:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
-        mask_m = offs_m < seq_len
+        mask_m = offs_m < q_len
         mask_d = offs_d < head_dim
 
         rows = mask_m[:, None] & mask_d[None, :]
@@ -86,9 +86,9 @@ if triton is not None:
         acc_o = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)  # sum_j p_j v_j
         acc_t = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)  # sum_j p_j (ds_j v_j + dv_j)
 
-        for start_n in range(0, seq_len, BLOCK_N):
+        for start_n in range(0, kv_len, BLOCK_N):
             cols = start_n + offs_n
-            mask_n = cols < seq_len
+            mask_n = cols < kv_len
             keys = mask_n[:, None] & mask_d[None, :]
             k = tl.load(k_base + cols[:, None] * sk_t + offs_d[None, :] * sk_d, mask=keys, other=0.0)
             dk = tl.load(dk_base + cols[:, None] * sdk_t + offs_d[None, :] * sdk_d, mask=keys, other=0.0)
@@ -130,17 +130,19 @@ def _launch_config(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, in
 
 def attention_tangent_triton(q, k, v, dq, dk, dv, *, block_m: int | None = None,
                              block_n: int | None = None) -> torch.Tensor:
-    """``attention_tangent`` (all tensors [B, H, T, hd]) as one fused kernel: float32 softmax statistics and
-    accumulators, O(T) memory. Inputs of one dtype (float32, bfloat16 or float16), any strides; the result
-    [B, H, T, hd] has that dtype. ``block_m`` / ``block_n`` override the tile sizes (powers of two >= 16)."""
+    """``attention_tangent`` as one fused kernel: q, dq [B, H, Tq, hd], k, v, dk, dv [B, H, Tk, hd]; float32
+    softmax statistics and accumulators, O(Tq + Tk) memory. Inputs of one dtype (float32, bfloat16 or
+    float16), any strides; the result [B, H, Tq, hd] has that dtype. ``block_m`` / ``block_n`` override the
+    tile sizes (powers of two >= 16)."""
     tensors = (q, k, v, dq, dk, dv)
     if triton is None:
         raise PMFError("tangent attention 'triton' needs the triton package (pip install triton)")
     if not triton_available(*tensors):
         raise PMFError("tangent attention 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before triton "
                        f"is imported); got tensors on {q.device}")
-    if any(t.shape != q.shape for t in tensors) or q.dim() != 4:
-        raise PMFError(f"attention_tangent_triton: q, k, v, dq, dk, dv must share one [B, H, T, hd] shape, got "
+    if (q.dim() != 4 or dq.shape != q.shape or any(t.shape != k.shape for t in (v, dk, dv))
+            or k.dim() != 4 or k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]):
+        raise PMFError("attention_tangent_triton: q, dq must be [B, H, Tq, hd] and k, v, dk, dv [B, H, Tk, hd], got "
                        f"{[tuple(t.shape) for t in tensors]}")
     dtype = q.dtype
     if dtype not in _DTYPES or any(t.dtype != dtype for t in tensors):
@@ -165,7 +167,7 @@ def attention_tangent_triton(q, k, v, dq, dk, dv, *, block_m: int | None = None,
         _tangent_kernel[grid](
             q, k, v, dq, dk, dv, out,
             *q.stride(), *k.stride(), *v.stride(), *dq.stride(), *dk.stride(), *dv.stride(), *out.stride(),
-            H, T, hd, hd ** -0.5,
+            H, T, k.shape[2], hd, hd ** -0.5,
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=max(16, triton.next_power_of_2(hd)), UPCAST=upcast,
             PRECISION=precision, num_warps=warps, num_stages=stages,
         )
