@@ -3,8 +3,9 @@ PyTorch port's computation (fp32, einsum softmax attention, complex RoPE; ``pmf.
 same weights in the same process, with the max abs difference between their images (in [-1, 1]).
 
 Our path: SDPA attention, the u-head only, ``inference_mode``, optionally bf16 autocast
-(``--precision bf16``), ``torch.compile`` (``--compile``) and CUDA graphs (``--cuda-graphs``, GPU only,
-through compile's "reduce-overhead" mode). Both paths are timed alternately (median of ``--repeats``).
+(``--precision bf16``), ``torch.compile`` with frozen weights and one graph per batch size (``--compile``)
+and CUDA graphs (``--cuda-graphs``, GPU only): ``pmf.sampling.prepare_sampler``, as ``pmf sample --compile``.
+Both paths are timed alternately (median of ``--repeats``).
 
     python benchmarks/inference.py                                 # pMF-S/4, CPU, fp32
     python benchmarks/inference.py --preset pMF-B/16 --device cuda --precision bf16 --compile \\
@@ -23,7 +24,7 @@ import torch
 import common
 from pmf import build_model, load_release_state_dict, release_state_dict
 from pmf.nn.reference import ReleasePortNet, release_generate
-from pmf.sampling import sample
+from pmf.sampling import prepare_sampler, sample
 
 GUIDANCE = dict(omega=7.5, t_min=0.1, t_max=0.8)
 
@@ -37,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", "--dtype", default="fp32", choices=["fp32", "bf16"],
                    help="our path only; the release re-creation always runs in fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile our network")
-    p.add_argument("--cuda-graphs", action="store_true", help="with --compile on CUDA: mode='reduce-overhead'")
+    p.add_argument("--cuda-graphs", action="store_true", help="with --compile on CUDA: CUDA-graph replay")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
@@ -64,14 +65,8 @@ class Bench:
         self.model.validate_inputs = False  # no host syncs for value checks in the timed call
         self.release = ReleasePortNet(cfg, eval_mode=True).load_release(sd).to(dev).eval()
         self.net = self.model
-        if args.compile:
-            import torch._inductor.config as inductor_config
-
-            # weights become constants of the compiled graph (folded, prepacked for oneDNN on a CPU);
-            # safe here because the timed calls run under inference_mode
-            inductor_config.freezing = True
-            mode = "reduce-overhead" if args.cuda_graphs and dev.type == "cuda" else None
-            self.net = torch.compile(self.model, mode=mode)
+        if args.compile:  # what `pmf sample --compile [--cuda-graphs]` runs: frozen weights, static shapes
+            self.net = prepare_sampler(self.model, compile=True, cuda_graphs=args.cuda_graphs and dev.type == "cuda")
         self.autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if args.precision == "bf16" \
             else contextlib.nullcontext
         self.dev, self.seed = dev, args.seed
@@ -96,8 +91,8 @@ def memory_child(args) -> None:
     dev = common.setup(args.device, args.threads)
     bench = Bench(args, dev)
     fn = bench.ours if args.memory_child == "ours" else bench.released
-    fn(*bench.inputs(1))  # warm-up at batch 1
     noise, labels = bench.inputs(args.batch)
+    fn(noise, labels)  # warm-up at the measured batch size: a compiled path compiles its graph for it here
     print(common.json.dumps({"peak": common.measure_peak(lambda: fn(noise, labels), dev)}))
 
 

@@ -96,10 +96,10 @@ def _params():
     return [torch.nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64)) for s in MUON_SHAPES + ADAM_SHAPES]
 
 
-def _optimizer(params, foreach, weight_decay):
+def _optimizer(params, foreach, weight_decay, max_stack=32):
     n = len(MUON_SHAPES)
     return Muon([dict(params=params[:n], kind="muon", lr=0.05), dict(params=params[n:], kind="adam", lr=0.01)],
-                weight_decay=weight_decay, ns_dtype=torch.float64, foreach=foreach)
+                weight_decay=weight_decay, ns_dtype=torch.float64, foreach=foreach, max_stack=max_stack)
 
 
 def _run(params, opt, steps: range):
@@ -122,10 +122,11 @@ def _assert_same(params_a, params_b, opt_a=None, opt_b=None):
                 torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_foreach_step_equals_the_per_parameter_step(weight_decay):
+@pytest.mark.parametrize("weight_decay, max_stack", [(0.0, 32), (0.1, 32), (0.1, 2)])
+def test_foreach_step_equals_the_per_parameter_step(weight_decay, max_stack):
+    # max_stack=2 splits the three 12 x 12 matrices into two batched calls
     pa, pb = _params(), _params()
-    opt_a, opt_b = _optimizer(pa, False, weight_decay), _optimizer(pb, True, weight_decay)
+    opt_a, opt_b = _optimizer(pa, False, weight_decay), _optimizer(pb, True, weight_decay, max_stack)
     _run(pa, opt_a, range(6))
     _run(pb, opt_b, range(6))
     assert (pa[0] - _params()[0]).abs().max() > 1e-3  # the steps did move the weights

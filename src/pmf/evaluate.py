@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .errors import PMFError
 from .images import save_image
-from .sampling import generate
+from .sampling import PRECISIONS, generate
 
 
 @dataclass
@@ -34,12 +34,15 @@ class EvalSettings:
     t_max: float = 1.0
     noise_scale: float | None = None  # None: the model's
     batch_size: int = 64
+    precision: str = "fp32"  # "bf16": sample under bf16 autocast
 
     def __post_init__(self) -> None:
         if self.num_images < 2:
             raise PMFError(f"num_images must be >= 2, got {self.num_images}")
         if self.batch_size < 1 or self.steps < 1:
             raise PMFError(f"batch_size and steps must be >= 1, got {self.batch_size} and {self.steps}")
+        if self.precision not in PRECISIONS:
+            raise PMFError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.omega <= 0:
             raise PMFError(f"omega must be positive, got {self.omega}")
         if not 0 <= self.t_min <= self.t_max <= 1:
@@ -105,7 +108,7 @@ def run_samples(model, settings: EvalSettings, *, featurize: Callable[[np.ndarra
     for batch_idx, images in generate(model, idx, labels, seed=settings.seed, batch_size=settings.batch_size,
                                       steps=settings.steps, omega=settings.omega, t_min=settings.t_min,
                                       t_max=settings.t_max, noise_scale=noise_scale, device=device,
-                                      progress=progress and rank == 0):
+                                      progress=progress and rank == 0, precision=settings.precision):
         images = images.numpy()
         batch_labels = (np.asarray(batch_idx) % cfg.num_classes).astype(np.int64)
         out["index"].append(np.asarray(batch_idx, np.int64))

@@ -89,16 +89,20 @@ class Muon(torch.optim.Optimizer):
     Newton-Schulz orthogonalisation, shape scaling) and ``kind="adam"`` (Adam with bias correction).
     Both support decoupled weight decay. ``lr`` of each group may be changed by a schedule between steps.
     ``foreach`` picks the batched / multi-tensor step (same results as the per-parameter loop, faster); it is
-    an attribute of the optimiser, not of its groups, so loading a state dict does not change it."""
+    an attribute of the optimiser, not of its groups, so loading a state dict does not change it. The batched
+    step orthogonalises at most ``max_stack`` matrices of one shape per call, which bounds its extra memory."""
 
     def __init__(self, groups: list[dict], *, lr: float = 1e-3, momentum: float = 0.95, ns_steps: int = 5,
                  betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
-                 ns_dtype=torch.float32, foreach: bool = True):
+                 ns_dtype=torch.float32, foreach: bool = True, max_stack: int = 32):
         defaults = dict(lr=lr, momentum=momentum, ns_steps=ns_steps, betas=betas, eps=eps,
                         weight_decay=weight_decay, kind="adam")
         super().__init__(groups, defaults)
         self.ns_dtype = ns_dtype
         self.foreach = foreach
+        if max_stack < 1:
+            raise PMFError(f"max_stack must be >= 1, got {max_stack}")
+        self.max_stack = max_stack  # matrices per batched Newton-Schulz call
         for group in self.param_groups:
             if group["kind"] not in ("muon", "adam"):
                 raise PMFError(f"parameter group kind must be 'muon' or 'adam', got {group['kind']!r}")
@@ -147,7 +151,9 @@ class Muon(torch.optim.Optimizer):
 
     def _muon_foreach(self, group: dict, params: list[torch.Tensor]) -> None:
         lr, wd, beta = group["lr"], group["weight_decay"], group["momentum"]
-        for ps in _buckets(params, lambda p: (p.shape, p.dtype, p.device)):
+        buckets = _buckets(params, lambda p: (p.shape, p.dtype, p.device))
+        chunks = [ps[i:i + self.max_stack] for ps in buckets for i in range(0, len(ps), self.max_stack)]
+        for ps in chunks:  # a bounded stack: its Newton-Schulz buffers are a few of its own size
             grads = [p.grad for p in ps]
             moms = [self._muon_state(p)["momentum"] for p in ps]
             if wd:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -43,6 +44,32 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 1, 
     return z
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def prepare_sampler(model, *, compile: bool = False, cuda_graphs: bool = False):
+    """The network as ``sample`` / ``generate`` should call it: unchanged, or with ``compile`` a
+    ``torch.compile`` of it with inductor freezing (weights folded into the graph as constants, prepacked
+    for oneDNN/MKL on a CPU) and one static graph per batch size (a last, smaller batch compiles once more).
+    For inference only: the compiled graph keeps the weights it saw, so load them before and do not change
+    them after. ``cuda_graphs`` adds CUDA-graph replay (GPU). The result still has ``config``."""
+    if cuda_graphs and not compile:
+        raise PMFError("CUDA graphs come with compile: pass compile=True as well")
+    if not compile:
+        return model
+    options = {"freezing": True, **({"triton.cudagraphs": True} if cuda_graphs else {})}
+    return torch.compile(model, dynamic=False, options=options)
+
+
+def precision_context(precision: str, device: torch.device):
+    """bf16 autocast (norms, rotations, softmax and the 1/t division stay float32) or nothing for fp32."""
+    if precision not in PRECISIONS:
+        raise PMFError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def image_seed(seed: int, index: int) -> int:
     """A 63-bit seed for image ``index`` of a run with ``seed``, independent of batching and ranks."""
     return (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 1) % (2**63 - 1)
@@ -72,11 +99,13 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 def generate(model, indices: Sequence[int], labels: torch.Tensor, *, seed: int, batch_size: int = 64,
              steps: int = 1, omega=1.0, t_min=0.0, t_max=1.0, noise_scale: float = 1.0, device=None,
-             progress: bool = True) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yield (indices, uint8 images [b, H, W, C]) in batches; image i depends only on (seed, i, label)."""
+             progress: bool = True, precision: str = "fp32") -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield (indices, uint8 images [b, H, W, C]) in batches; image i depends only on (seed, i, label).
+    ``precision="bf16"`` samples under bf16 autocast; ``model`` may come from ``prepare_sampler``."""
     cfg = model.config
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
     device = device or next(model.parameters()).device
+    precision_context(precision, device)  # check the name before any work
     indices = list(indices)
     labels = torch.as_tensor(labels, dtype=torch.long)
     if labels.shape != (len(indices),):
@@ -85,8 +114,9 @@ def generate(model, indices: Sequence[int], labels: torch.Tensor, *, seed: int, 
     for start in range(0, len(indices), batch_size):
         idx = indices[start:start + batch_size]
         noise = image_noise(idx, shape, seed=seed, noise_scale=noise_scale, device=device)
-        x = sample(model, noise, labels[start:start + batch_size].to(device), steps=steps, omega=omega,
-                   t_min=t_min, t_max=t_max)
+        with precision_context(precision, device):
+            x = sample(model, noise, labels[start:start + batch_size].to(device), steps=steps, omega=omega,
+                       t_min=t_min, t_max=t_max)
         bar.update(len(idx))
         yield idx, to_uint8(x)
     bar.close()

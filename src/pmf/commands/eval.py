@@ -17,6 +17,7 @@ from ..checkpoint import load_model
 from ..data import BUILTIN
 from ..errors import PMFError
 from ..nn.model import build_model
+from ..sampling import prepare_sampler
 from .sample import add_common_model_args
 
 
@@ -114,8 +115,10 @@ def run(args) -> int:
             if args.arch is None:
                 raise PMFError("--checkpoint random needs --arch")
             torch.manual_seed(args.seed)
-            return build_model(args.arch).to(device).eval()
-        return load_model(args.checkpoint, arch=args.arch, ema=ema, device=device)
+            net = build_model(args.arch).to(device).eval()
+        else:
+            net = load_model(args.checkpoint, arch=args.arch, ema=ema, device=device)
+        return prepare_sampler(net, compile=args.compile, cuda_graphs=args.cuda_graphs)
 
     model = load(emas[0])
     mode = choose_mode(args, model)
@@ -134,7 +137,8 @@ def run(args) -> int:
 
     def settings(c, n):
         return EvalSettings(num_images=n, seed=args.seed, steps=args.steps, omega=c["omega"], t_min=c["t_min"],
-                            t_max=c["t_max"], noise_scale=args.noise_scale, batch_size=args.batch_size)
+                            t_max=c["t_max"], noise_scale=args.noise_scale, batch_size=args.batch_size,
+                            precision=args.precision)
 
     def score(c, n, final):
         nonlocal model
