@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one run, for a machine with one CUDA GPU and PyTorch installed (no network
-# needed). Results go to $OUT (default gpu-results/): the device, the GPU-marked tests, and the JSON of each
-# benchmark (pMF-B/16 at 256 px: training step in bf16 for each du/dt form, one-step inference in fp32 and
-# bf16, the Muon optimiser step). Each command has its own time limit so that one hang does not eat the
-# whole budget; about 10 minutes.
+# needed). Results go to $OUT (default gpu-results/): the device, the JSON of each benchmark (pMF-B/16 at 256 px:
+# the training step in bf16, inline du/dt first, then with the Triton tangent and the split form; one-step
+# inference in bf16 compiled and in fp32; the Muon optimiser step) and the GPU-marked tests. The acceptance
+# figures run first. Each command has its own time limit so that one hang does not eat the whole budget:
+# under 13 minutes if every command ran to its limit, usually far less.
 # Usage: OUT=gpu-results bash benchmarks/gpu_checks.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -28,15 +29,18 @@ for mod in ("numpy", "PIL", "safetensors", "tqdm", "pytest", "sklearn", "mlxtend
     except ImportError:
         print("MISSING", mod)
 PY
-run gpu_tests 240 python -m pytest -q -m gpu -p no:cacheprovider tests
-for jvp in inline split fused; do
-    run "train_b16_bf16_$jvp" 120 python benchmarks/train_step.py --preset pMF-B/16 --batch 64 --device cuda \
-        --precision bf16 --jvp "$jvp" --repeats 10 --json "$OUT/train_b16_bf16_$jvp.json"
-done
+# acceptance figures first (train ratio + MFU in bf16, inference speedup), then the rest
+run train_b16_bf16_inline 120 python benchmarks/train_step.py --preset pMF-B/16 --batch 64 --device cuda \
+    --precision bf16 --jvp inline --repeats 10 --json "$OUT/train_b16_bf16_inline.json"
+run inference_b16_bf16_compile 150 python benchmarks/inference.py --preset pMF-B/16 --device cuda --precision bf16 \
+    --compile --batch 256 --sweep 16,64,256 --json "$OUT/inference_b16_bf16_compile.json"
 run inference_b16_fp32 90 python benchmarks/inference.py --preset pMF-B/16 --device cuda --batch 64 \
     --sweep 1,16,64,256 --json "$OUT/inference_b16_fp32.json"
-run inference_b16_bf16 120 python benchmarks/inference.py --preset pMF-B/16 --device cuda --precision bf16 \
-    --batch 256 --sweep 1,16,64,256 --json "$OUT/inference_b16_bf16.json"
-run optimizer_b16 60 python benchmarks/optimizer_step.py --preset pMF-B/16 --device cuda --repeats 10 \
+run gpu_tests 180 python -m pytest -q -m gpu -p no:cacheprovider tests
+run train_b16_bf16_inline_triton 90 python benchmarks/train_step.py --preset pMF-B/16 --batch 64 --device cuda \
+    --precision bf16 --jvp inline --tangent-attention triton --repeats 10 --json "$OUT/train_b16_bf16_triton.json"
+run train_b16_bf16_split 90 python benchmarks/train_step.py --preset pMF-B/16 --batch 64 --device cuda \
+    --precision bf16 --jvp split --repeats 10 --json "$OUT/train_b16_bf16_split.json"
+run optimizer_b16 45 python benchmarks/optimizer_step.py --preset pMF-B/16 --device cuda --repeats 10 \
     --json "$OUT/optimizer_b16.json"
 echo "results in $OUT"
