@@ -2,7 +2,7 @@
 
 The tangent of O = softmax(S) V, S = q k^T / sqrt(hd), along (dq, dk, dv) is
 dO = dP V + P dV with dP = P * (dS - rowsum(P * dS)), dS = (dq k^T + q dk^T) / sqrt(hd)
-(``pmf.nn.layers.attention_tangent`` materialises these [B, H, T, T] tensors). Per query row, with
+(``pmf.nn.attention.attention_tangent`` materialises these [B, H, T, T] tensors). Per query row, with
 unnormalised weights p_j = exp(s_j - m) and l = sum_j p_j:
 
     O = sum_j p_j v_j / l,   mu = sum_j p_j ds_j / l,   dO = sum_j p_j (ds_j v_j + dv_j) / l - mu O,
