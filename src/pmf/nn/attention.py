@@ -12,48 +12,48 @@ from torch import nn
 
 from .common import RMSNorm, linear_tangent, upcast
 
+
+class _Switch:
+    """A process-wide choice among named implementations, changed for the duration of a ``with`` block."""
+
+    def __init__(self, what: str, choices: tuple[str, ...]):
+        self.what, self.choices, self.value = what, choices, choices[0]
+
+    @contextlib.contextmanager
+    def use(self, name: str):
+        if name not in self.choices:
+            raise ValueError(f"{self.what} must be {' or '.join(map(repr, self.choices))}, got {name!r}")
+        previous, self.value = self.value, name
+        try:
+            yield
+        finally:
+            self.value = previous
+
+
 # Attention backend: "sdpa" (fused kernels, no forward-mode AD rule on most backends) or "math"
 # (matmul + softmax, supports forward-mode AD). The objective switches to "math" around its JVP.
-_ATTN_BACKEND = "sdpa"
+_BACKEND = _Switch("attention backend", ("sdpa", "math"))
+# Tangent of attention in ``Attention.jvp``: "math" (exact, materialises [B, H, T, T]) or "triton" (the fused
+# kernel of ``pmf.nn.triton_attention``: O(T) memory, equal up to float rounding; CUDA or TRITON_INTERPRET=1).
+_TANGENT = _Switch("tangent attention", ("math", "triton"))
 
 
-@contextlib.contextmanager
 def attention_backend(name: str):
-    """Temporarily select the attention implementation: ``"sdpa"`` or ``"math"``."""
-    global _ATTN_BACKEND
-    if name not in ("sdpa", "math"):
-        raise ValueError(f"attention backend must be 'sdpa' or 'math', got {name!r}")
-    previous, _ATTN_BACKEND = _ATTN_BACKEND, name
-    try:
-        yield
-    finally:
-        _ATTN_BACKEND = previous
+    """Temporarily select the attention implementation: ``"sdpa"`` (default) or ``"math"``."""
+    return _BACKEND.use(name)
 
 
 def current_attention_backend() -> str:
-    return _ATTN_BACKEND
+    return _BACKEND.value
 
 
-# Tangent of attention in ``Attention.jvp``: "math" (exact, materialises [B, H, T, T]) or "triton" (the fused
-# kernel of ``pmf.nn.triton_attention``: O(T) memory, equal up to float rounding; CUDA or TRITON_INTERPRET=1).
-_TANGENT_ATTN = "math"
-
-
-@contextlib.contextmanager
 def tangent_attention(name: str):
-    """Temporarily select the attention tangent of ``Attention.jvp``: ``"math"`` or ``"triton"``."""
-    global _TANGENT_ATTN
-    if name not in ("math", "triton"):
-        raise ValueError(f"tangent attention must be 'math' or 'triton', got {name!r}")
-    previous, _TANGENT_ATTN = _TANGENT_ATTN, name
-    try:
-        yield
-    finally:
-        _TANGENT_ATTN = previous
+    """Temporarily select the attention tangent of ``Attention.jvp``: ``"math"`` (default) or ``"triton"``."""
+    return _TANGENT.use(name)
 
 
 def current_tangent_attention() -> str:
-    return _TANGENT_ATTN
+    return _TANGENT.value
 
 
 def rope_angles(grid_size: int, head_dim: int, theta: float = 10000.0) -> torch.Tensor:
@@ -118,7 +118,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim)  # (B, T, H, hd)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T or Tq, hd)
         q, k = self._rotate(q), self._rotate(k)
-        if _ATTN_BACKEND == "sdpa":
+        if _BACKEND.value == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v)  # (B, H, Tq, hd)
         else:
             out = math_attention(q, k, v)
@@ -143,12 +143,12 @@ class Attention(nn.Module):
         v = heads(self.v_proj(x))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
         q, k = self._rotate(q), self._rotate(k)
-        out = F.scaled_dot_product_attention(q, k, v) if _ATTN_BACKEND == "sdpa" else math_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v) if _BACKEND.value == "sdpa" else math_attention(q, k, v)
         y = self.out_proj(out.transpose(1, 2).reshape(B, Tq, D))
         with torch.no_grad():
             dv = heads(linear_tangent(self.v_proj, dx)).transpose(1, 2)
             dq, dk = self._rotate(dq.transpose(1, 2)), self._rotate(dk.transpose(1, 2))
-            if _TANGENT_ATTN == "triton":
+            if _TANGENT.value == "triton":
                 from .triton_attention import attention_tangent_triton as tangent
             else:
                 tangent = attention_tangent
