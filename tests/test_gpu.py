@@ -101,3 +101,16 @@ def test_inline_checkpointing_gradients_on_cuda(tiny_model, fixtures_dir):
     assert plain.keys() == ckpt.keys()
     for name in plain:
         assert rel_err(ckpt[name], plain[name]) <= 1e-5, name
+
+
+def test_trainer_with_the_triton_tangent_matches_the_math_tangent(tmp_path):
+    pytest.importorskip("triton")
+    from pmf.train import train
+    from pmf.train_config import LossConfig
+    from test_train import losses, tiny_config
+
+    for name in ("math", "triton"):
+        train(tiny_config(tmp_path / name, steps=3, device="cuda", loss=LossConfig(tangent_attention=name)),
+              progress=False)
+    for a, b in zip(losses(tmp_path / "math"), losses(tmp_path / "triton")):
+        assert a[0] == b[0] and abs(a[1] - b[1]) <= 1e-4 * abs(a[1]) and abs(a[2] - b[2]) <= 1e-4 * abs(a[2])

@@ -196,3 +196,20 @@ def test_kernel_on_cuda_at_b16_shape(dtype, tol, monkeypatch):
 if __name__ == "__main__":
     torch.set_num_threads(1)
     print(json.dumps(_kernel_errors()))
+
+
+def test_training_config_takes_the_triton_tangent_for_the_inline_form_only(tmp_path, monkeypatch):
+    from pmf.train import train
+    from pmf.train_config import LossConfig
+    from test_train import tiny_config
+
+    assert LossConfig(tangent_attention="triton").tangent_attention == "triton"
+    with pytest.raises(PMFError, match="loss.jvp"):
+        LossConfig(tangent_attention="triton", jvp="split")
+    with pytest.raises(PMFError, match="loss.tangent_attention"):
+        LossConfig(tangent_attention="flash")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cfg = tiny_config(tmp_path / "run", loss=LossConfig(tangent_attention="triton"))
+    with pytest.raises(PMFError, match="CUDA device"):  # refused before any step on a CPU
+        train(cfg, progress=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

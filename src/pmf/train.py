@@ -23,7 +23,7 @@ from .data import ArrayData, FolderDataset, open_training_data
 from .ema import EMASet
 from .errors import PMFError
 from .images import save_grid
-from .nn.layers import Block
+from .nn.layers import Block, tangent_attention
 from .nn.model import PMFDiT
 from .objective import pmf_loss, sample_draws
 from .optim import build_optimizer, lr_factor, set_lr
@@ -228,6 +228,12 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         D.print0(f"resumed from {resume_path} at step {start}", info=info)
     del state
     jvp = cfg.loss.jvp
+    if cfg.loss.tangent_attention == "triton":
+        from .nn.triton_attention import triton_available
+
+        if not triton_available(torch.empty(0, device=device)):
+            raise PMFError(f"loss.tangent_attention 'triton' needs the triton package and a CUDA device (training "
+                           f"on {device}); use 'math'")
     if cfg.grad_checkpointing:
         enable_activation_checkpointing(model)
     if cfg.compile:
@@ -273,7 +279,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         lr = set_lr(optimizer, lr_factor(step, cfg.optim, cfg.steps))
         if hasattr(perceptual, "manual_seed"):  # the random crops follow the same per-(step, rank) seed
             perceptual.manual_seed(step_seed(cfg.seed + 1, step, info.rank))
-        with autocast:
+        with autocast, tangent_attention(L.tangent_attention):
             res = pmf_loss(net, x, y, draws, num_classes=mcfg.num_classes, norm_p=L.norm_p, norm_eps=L.norm_eps,
                            prediction=L.prediction, perceptual=perceptual, **({"jvp": jvp} if jvp else {}))
         loss = res["loss"]

@@ -31,6 +31,7 @@ class LossConfig:
     norm_eps: float = 0.01
     prediction: str = "x"
     jvp: str | None = None  # how du/dt is computed (pmf.objective.JVP_MODES); None: pmf_loss's default
+    tangent_attention: str = "math"  # attention's tangent in the inline du/dt: "math" or "triton" (CUDA kernel)
 
     def __post_init__(self) -> None:
         _check(self.P_std > 0, "loss.P_std", self.P_std, "> 0")
@@ -42,6 +43,10 @@ class LossConfig:
         from .objective import JVP_MODES
 
         _check(self.jvp is None or self.jvp in JVP_MODES, "loss.jvp", self.jvp, f"None or one of {JVP_MODES}")
+        _check(self.tangent_attention in ("math", "triton"), "loss.tangent_attention", self.tangent_attention,
+               "'math' or 'triton'")
+        _check(self.tangent_attention == "math" or self.jvp in (None, "inline"), "loss.jvp", self.jvp,
+               "None or 'inline' with loss.tangent_attention 'triton' (the kernel serves the inline du/dt only)")
 
 
 @dataclass

@@ -62,6 +62,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--jvp", choices=["split", "fused", "inline"], default=None,
                    help="how du/dt is computed (all exact; default: pmf_loss's default)")
+    p.add_argument("--tangent-attention", choices=["math", "triton"], default=None,
+                   help="attention's tangent in the inline du/dt: math (default) or the fused Triton kernel (CUDA)")
     p.add_argument("--ema-halflives", default=None, help="comma-separated half-lives in kimg, e.g. 500,1000,2000")
     p.add_argument("--ema-decays", default=None, help="comma-separated constant decays, e.g. 0.99,0.999")
     p.add_argument("--log-every", type=int, default=None)
@@ -105,6 +107,8 @@ def config_from_args(args) -> TrainConfig:
     data["optim"].update({k: v for k, v in optim.items() if v is not None})
     if args.jvp is not None:
         data["loss"]["jvp"] = args.jvp
+    if args.tangent_attention is not None:
+        data["loss"]["tangent_attention"] = args.tangent_attention
     if args.ema_halflives is not None:
         data["ema"]["halflives_kimg"] = _floats(args.ema_halflives, "--ema-halflives")
     if args.ema_decays is not None:
