@@ -15,7 +15,6 @@ Both paths are timed alternately (median of ``--repeats``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 import common
 from pmf import build_model, load_release_state_dict, release_state_dict
 from pmf.nn.reference import ReleasePortNet, release_generate
-from pmf.sampling import prepare_sampler, sample
+from pmf.sampling import precision_context, prepare_sampler, sample
 
 GUIDANCE = dict(omega=7.5, t_min=0.1, t_max=0.8)
 
@@ -67,8 +66,7 @@ class Bench:
         self.net = self.model
         if args.compile:  # what `pmf sample --compile [--cuda-graphs]` runs: frozen weights, static shapes
             self.net = prepare_sampler(self.model, compile=True, cuda_graphs=args.cuda_graphs and dev.type == "cuda")
-        self.autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if args.precision == "bf16" \
-            else contextlib.nullcontext
+        self.autocast = precision_context(args.precision, dev)  # as `pmf sample --precision`
         self.dev, self.seed = dev, args.seed
 
     def inputs(self, batch: int):
@@ -80,7 +78,7 @@ class Bench:
         return noise, labels
 
     def ours(self, noise, labels) -> torch.Tensor:
-        with torch.inference_mode(), self.autocast():
+        with torch.inference_mode(), self.autocast:
             return sample(self.net, noise, labels, **GUIDANCE).float()
 
     def released(self, noise, labels) -> torch.Tensor:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .errors import PMFError
 from .images import save_image
-from .sampling import PRECISIONS, generate
+from .sampling import check_precision, generate
 
 
 @dataclass
@@ -41,8 +41,7 @@ class EvalSettings:
             raise PMFError(f"num_images must be >= 2, got {self.num_images}")
         if self.batch_size < 1 or self.steps < 1:
             raise PMFError(f"batch_size and steps must be >= 1, got {self.batch_size} and {self.steps}")
-        if self.precision not in PRECISIONS:
-            raise PMFError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         if self.omega <= 0:
             raise PMFError(f"omega must be positive, got {self.omega}")
         if not 0 <= self.t_min <= self.t_max <= 1:

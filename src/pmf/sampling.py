@@ -61,10 +61,15 @@ def prepare_sampler(model, *, compile: bool = False, cuda_graphs: bool = False):
     return torch.compile(model, dynamic=False, options=options)
 
 
-def precision_context(precision: str, device: torch.device):
-    """bf16 autocast (norms, rotations, softmax and the 1/t division stay float32) or nothing for fp32."""
+def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise PMFError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def precision_context(precision: str, device: torch.device):
+    """bf16 autocast (norms, rotations, softmax and the 1/t division stay float32) or nothing for fp32; the
+    context can be entered again after each exit."""
+    check_precision(precision)
     if precision == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -105,7 +110,7 @@ def generate(model, indices: Sequence[int], labels: torch.Tensor, *, seed: int, 
     cfg = model.config
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
     device = device or next(model.parameters()).device
-    precision_context(precision, device)  # check the name before any work
+    amp = precision_context(precision, device)  # checks the name before any work
     indices = list(indices)
     labels = torch.as_tensor(labels, dtype=torch.long)
     if labels.shape != (len(indices),):
@@ -114,7 +119,7 @@ def generate(model, indices: Sequence[int], labels: torch.Tensor, *, seed: int, 
     for start in range(0, len(indices), batch_size):
         idx = indices[start:start + batch_size]
         noise = image_noise(idx, shape, seed=seed, noise_scale=noise_scale, device=device)
-        with precision_context(precision, device):
+        with amp:
             x = sample(model, noise, labels[start:start + batch_size].to(device), steps=steps, omega=omega,
                        t_min=t_min, t_max=t_max)
         bar.update(len(idx))

@@ -18,7 +18,7 @@ from ..data import BUILTIN
 from ..errors import PMFError
 from ..nn.model import build_model
 from ..sampling import prepare_sampler
-from .sample import add_common_model_args
+from .sample import add_common_model_args, add_sampling_speed_args
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -46,6 +46,7 @@ def add_parser(sub) -> None:
                        "for a grid, sweep.json, sweep.md and sweep.png). Under torchrun each rank generates its "
                        "own slice of the images: torchrun --nproc_per_node=8 --no-python pmf eval ...")
     add_common_model_args(p)
+    add_sampling_speed_args(p)
     p.add_argument("--offline", action="store_true", help="the offline score: a classifier trained on --dataset "
                    "(accuracy and Frechet distance in its features), no Inception weights needed")
     p.add_argument("--dataset", default="mnist-5k", choices=BUILTIN, help="built-in dataset of the offline score")

@@ -47,6 +47,10 @@ def add_common_model_args(p: argparse.ArgumentParser) -> None:
                    "default: the first EMA)")
     p.add_argument("--noise-scale", type=float, default=None, help="default: the preset's / recorded value")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def add_sampling_speed_args(p: argparse.ArgumentParser) -> None:
+    """Precision and compilation of the sampler (``pmf sample``, ``pmf eval``)."""
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="fp32 (default) or bf16 autocast (faster on GPUs and CPUs with AMX; images differ slightly)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network with frozen weights, one "
@@ -58,6 +62,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint in one (or a few) forward passes",
                        description="Write PNGs, grid.png and samples.npz (uint8 images, int64 labels).")
     add_common_model_args(p)
+    add_sampling_speed_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--classes", default=None, help="classes to sample, e.g. '0-9' or '1,207,360' "
                    "(default: all classes of a model with <= 100 classes, else 8 random ones)")
