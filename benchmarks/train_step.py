@@ -22,7 +22,7 @@ import torch
 
 import common
 from pmf import build_model, objective
-from pmf.nn.layers import tangent_attention
+from pmf.nn.layers import TANGENT_ATTENTIONS, tangent_attention
 from pmf.objective import pmf_loss, sample_draws
 from pmf.train import enable_activation_checkpointing
 
@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", "--dtype", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: autocast with fp32 weights (norms, rotations, softmax and 1/t stay fp32)")
     p.add_argument("--jvp", default=None, choices=JVP_MODES, help="du/dt form (default: pmf_loss's default)")
-    p.add_argument("--tangent-attention", default="math", choices=["math", "triton"],
+    p.add_argument("--tangent-attention", default="math", choices=list(TANGENT_ATTENTIONS),
                    help="attention tangent of the inline du/dt form: exact math or the fused Triton kernel")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (plain and pMF steps)")
     p.add_argument("--grad-checkpointing", action="store_true",

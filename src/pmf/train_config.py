@@ -43,8 +43,10 @@ class LossConfig:
         from .objective import JVP_MODES
 
         _check(self.jvp is None or self.jvp in JVP_MODES, "loss.jvp", self.jvp, f"None or one of {JVP_MODES}")
-        _check(self.tangent_attention in ("math", "triton"), "loss.tangent_attention", self.tangent_attention,
-               "'math' or 'triton'")
+        from .nn.attention import TANGENT_ATTENTIONS
+
+        _check(self.tangent_attention in TANGENT_ATTENTIONS, "loss.tangent_attention", self.tangent_attention,
+               " or ".join(map(repr, TANGENT_ATTENTIONS)))
         _check(self.tangent_attention == "math" or self.jvp in (None, "inline"), "loss.jvp", self.jvp,
                "None or 'inline' with loss.tangent_attention 'triton' (the kernel serves the inline du/dt only)")
 

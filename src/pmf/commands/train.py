@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import PMFError
+from ..nn.attention import TANGENT_ATTENTIONS
 from ..train_config import RECIPES, TrainConfig, recipe
 
 
@@ -62,7 +63,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--jvp", choices=["split", "fused", "inline"], default=None,
                    help="how du/dt is computed (all exact; default: pmf_loss's default)")
-    p.add_argument("--tangent-attention", choices=["math", "triton"], default=None,
+    p.add_argument("--tangent-attention", choices=list(TANGENT_ATTENTIONS), default=None,
                    help="attention's tangent in the inline du/dt: math (default) or the fused Triton kernel (CUDA)")
     p.add_argument("--ema-halflives", default=None, help="comma-separated half-lives in kimg, e.g. 500,1000,2000")
     p.add_argument("--ema-decays", default=None, help="comma-separated constant decays, e.g. 0.99,0.999")

@@ -32,10 +32,12 @@ class _Switch:
 
 # Attention backend: "sdpa" (fused kernels, no forward-mode AD rule on most backends) or "math"
 # (matmul + softmax, supports forward-mode AD). The objective switches to "math" around its JVP.
-_BACKEND = _Switch("attention backend", ("sdpa", "math"))
+ATTENTION_BACKENDS = ("sdpa", "math")
+_BACKEND = _Switch("attention backend", ATTENTION_BACKENDS)
 # Tangent of attention in ``Attention.jvp``: "math" (exact, materialises [B, H, T, T]) or "triton" (the fused
 # kernel of ``pmf.nn.triton_attention``: O(T) memory, equal up to float rounding; CUDA or TRITON_INTERPRET=1).
-_TANGENT = _Switch("tangent attention", ("math", "triton"))
+TANGENT_ATTENTIONS = ("math", "triton")
+_TANGENT = _Switch("tangent attention", TANGENT_ATTENTIONS)
 
 
 def attention_backend(name: str):
@@ -118,10 +120,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim)  # (B, T, H, hd)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T or Tq, hd)
         q, k = self._rotate(q), self._rotate(k)
-        if _BACKEND.value == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, Tq, hd)
-        else:
-            out = math_attention(q, k, v)
+        out = attend(q, k, v)  # (B, H, Tq, hd)
         return self.out_proj(out.transpose(1, 2).reshape(B, Tq, D))  # (B, Tq, D)
 
     def jvp(self, x: torch.Tensor, dx: torch.Tensor, tail: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +142,7 @@ class Attention(nn.Module):
         v = heads(self.v_proj(x))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
         q, k = self._rotate(q), self._rotate(k)
-        out = F.scaled_dot_product_attention(q, k, v) if _BACKEND.value == "sdpa" else math_attention(q, k, v)
+        out = attend(q, k, v)
         y = self.out_proj(out.transpose(1, 2).reshape(B, Tq, D))
         with torch.no_grad():
             dv = heads(linear_tangent(self.v_proj, dx)).transpose(1, 2)
@@ -165,6 +164,11 @@ def attention_tangent(q, k, v, dq, dk, dv) -> torch.Tensor:
     ds = upcast((torch.matmul(dq, k.transpose(-1, -2)) + torch.matmul(q, dk.transpose(-1, -2))) * scale)
     dp = probs * (ds - (probs * ds).sum(-1, keepdim=True))
     return torch.matmul(dp.to(v.dtype), v) + torch.matmul(probs.to(dv.dtype), dv)  # (B, H, T, hd)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd)) v with the selected backend (``attention_backend``)."""
+    return F.scaled_dot_product_attention(q, k, v) if _BACKEND.value == "sdpa" else math_attention(q, k, v)
 
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

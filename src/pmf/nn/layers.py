@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import (
+    TANGENT_ATTENTIONS,
     Attention,
     apply_rope,
     attention_backend,
@@ -26,7 +27,8 @@ from .attention import (
 from .common import RMSNorm, linear_tangent, silu_tangent, upcast
 
 __all__ = [
-    "Attention", "Block", "FinalLayer", "LabelEmbedder", "PatchEmbed", "RMSNorm", "ScalarEmbedder", "SwiGLU",
+    "TANGENT_ATTENTIONS", "Attention", "Block", "FinalLayer", "LabelEmbedder", "PatchEmbed", "RMSNorm",
+    "ScalarEmbedder", "SwiGLU",
     "apply_rope", "attention_backend", "attention_tangent", "checkpointed", "current_attention_backend",
     "current_tangent_attention", "linear_tangent", "math_attention", "rope_angles", "silu_tangent",
     "tangent_attention", "upcast",

@@ -127,9 +127,15 @@ class PMFDiT(nn.Module):
         """Run the ``"u"`` or ``"v"`` head on the shared-trunk output x (B, S, D); returns (B, C, H, W)."""
         blocks, final = (self.u_heads, self.u_final_layer) if head == "u" else (self.v_heads, self.v_final_layer)
         n = self.config.num_patches
-        for i, block in enumerate(blocks):  # the last block computes the patch rows only
-            x = block(x, tail=n if i == len(blocks) - 1 else None)
+        for block, tail in self._with_tails(blocks):
+            x = block(x, tail=tail)
         return self.unpatchify(final(x[:, -n:]))
+
+    def _with_tails(self, blocks: nn.ModuleList):
+        """(block, tail) of a head's blocks: the last computes the patch rows only (the final layer reads
+        nothing else), the others every row."""
+        last = len(blocks) - 1
+        return ((block, self.config.num_patches if i == last else None) for i, block in enumerate(blocks))
 
     def _batched_inputs(self, z, h, omega, t_min, t_max, y) -> tuple:
         B = z.shape[0]
@@ -164,8 +170,8 @@ class PMFDiT(nn.Module):
             x, dx = block.jvp(x, dx)
         trunk = x
         n = c.num_patches
-        for i, block in enumerate(self.u_heads):  # the last block computes the patch rows only
-            x, dx = block.jvp(x, dx, tail=n if i == len(self.u_heads) - 1 else None)
+        for block, tail in self._with_tails(self.u_heads):
+            x, dx = block.jvp(x, dx, tail=tail)
         x_u, dx_u = self.u_final_layer.jvp(x[:, -n:], dx[:, -n:])
         x_v = self.run_head(trunk, "v") if "v" in heads and self.has_v_head else None
         return self.unpatchify(x_u), x_v, self.unpatchify(dx_u)
