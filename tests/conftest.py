@@ -9,6 +9,16 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("PMF_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: small CPU work runs several times faster on one thread than on a busy
+    shared pool. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not (FIXTURES / "net_tiny.pt").exists():

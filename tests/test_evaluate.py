@@ -19,13 +19,7 @@ from pmf.inception import WEIGHTS_FILE, find_weights, inception_score
 ARCH = "pMF-Tiny/4"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU work runs faster on one thread than on two busy ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_model(seed: int = 0) -> torch.nn.Module:

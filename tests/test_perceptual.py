@@ -30,13 +30,7 @@ PARITY_CROP = 64
 ATTO = "convnextv2_atto"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convolutions run several times faster on one thread than on a busy shared pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(**overrides) -> PerceptualLoss:

@@ -12,14 +12,7 @@ from pmf import quality  # noqa: E402
 from pmf.data import load_builtin  # noqa: E402
 from pmf.errors import PMFError  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU work runs faster on one thread than on two busy ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")
