@@ -67,9 +67,10 @@ def resize_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_s
     scale - 0.5. A float64 evaluation differs from the release by up to ~1e-5 on a [-1, 1] image (sample
     positions off by ~start * 6e-8 px); this one by ~3e-7. Returned in ``dtype``."""
     f32 = torch.float32
-    scale = out_size / length.to(device=device, dtype=f32)[:, None, None]  # (B, 1, 1)
+    length = length.to(device=device, dtype=f32)[:, None, None]  # (B, 1, 1)
+    scale = torch.full_like(length, out_size) / length  # a true division (number / tensor multiplies by 1 / x)
     translation = -start.to(device=device, dtype=f32)[:, None, None] * scale  # (B, 1, 1)
-    inv_scale = 1.0 / scale  # input pixels per output pixel
+    inv_scale = torch.ones_like(scale) / scale  # input pixels per output pixel
     widen = inv_scale.clamp_min(1.0)  # antialiasing: the kernel is stretched by 1 / scale when downsampling
     o = torch.arange(out_size, device=device, dtype=f32)[None, :, None]  # (1, O, 1)
     sample = (o + 0.5) * inv_scale - translation * inv_scale - 0.5  # (B, O, 1): input coordinate of o
