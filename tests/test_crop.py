@@ -191,3 +191,12 @@ def test_box_draw_distributions_follow_the_area_and_aspect_ranges():
     top, _, h, _ = boxes.double().T
     rel = ((top + 0.5) / (H - h + 1))[H - h >= 100]  # randint(0, H - h) over a wide range: ~uniform on (0, 1)
     assert rel.numel() > 30000 and abs(rel.mean() - 0.5) < 5e-3 and abs(rel.std() - 1 / math.sqrt(12)) < 5e-3
+
+
+def test_crop_runs_in_float32_under_a_bf16_autocast():
+    x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    boxes = torch.tensor([[3, 4, 30, 40], [0, 0, 48, 48]])
+    ref = crop_resize(x, boxes, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = crop_resize(x, boxes, 32)
+    assert out.dtype == torch.float32 and torch.equal(out, ref)

@@ -20,6 +20,7 @@ sum 1 (a row whose sum is at most 1000 float32 epsilons is zeroed), and rows who
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 
@@ -95,10 +96,16 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.T
     if B and bool((boxes[:, 2:] < 1).any()):
         raise PMFError(f"crop boxes need h, w >= 1, got {boxes[boxes[:, 2:].min(dim=1).values < 1][0].tolist()}")
     boxes = boxes.to(images.device)
-    ry = resize_matrix(boxes[:, 0], boxes[:, 2], H, size, images.dtype, images.device)  # (B, S, H)
-    rx = resize_matrix(boxes[:, 1], boxes[:, 3], W, size, images.dtype, images.device)  # (B, S, W)
-    rows = torch.einsum("bsh,bchw->bcsw", ry, images)  # (B, C, S, W): one batched matmul
-    return torch.einsum("bcsw,btw->bcst", rows, rx)  # (B, C, S, S)
+    # float32 at least (as the release, which trains in float32), also under a bf16 autocast
+    dtype = images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
+    ry = resize_matrix(boxes[:, 0], boxes[:, 2], H, size, dtype, images.device)  # (B, S, H)
+    rx = resize_matrix(boxes[:, 1], boxes[:, 3], W, size, dtype, images.device)  # (B, S, W)
+    device_type = images.device.type
+    off = torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext()
+    with off:
+        rows = torch.einsum("bsh,bchw->bcsw", ry, images.to(dtype))  # (B, C, S, W): one batched matmul
+        out = torch.einsum("bcsw,btw->bcst", rows, rx)  # (B, C, S, S)
+    return out.to(images.dtype)
 
 
 def paired_random_resized_crop(a: torch.Tensor, b: torch.Tensor, size: int, *, scale=(0.08, 1.0),
