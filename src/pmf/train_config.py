@@ -171,9 +171,16 @@ class TrainConfig:
 
 
 def _imagenet_recipe(arch: str, *, P_mean: float, cfg_beta: float, max_t: float, tr_uniform: bool,
-                     halflives: list[float], omega: float, interval: tuple[float, float]) -> TrainConfig:
+                     halflives: list[float], omega: float, interval: tuple[float, float],
+                     convnext_max_t: float | None = None) -> TrainConfig:
     """A released ImageNet recipe (spec sections 4 and 6): batch 1024, 320 epochs of 1,281,167 images,
-    Muon at 1e-3 constant, Adam betas (0.9, 0.95), LPIPS 0.4 + ConvNeXt 0.1 perceptual losses."""
+    Muon at 1e-3 constant, Adam betas (0.9, 0.95), LPIPS 0.4 + ConvNeXt 0.1 perceptual losses.
+
+    ``max_t`` is the release config's ``perceptual_max_t`` (both terms); ``convnext_max_t`` the H configs'
+    field of that name (the ConvNeXt term only; docs/perceptual.md)."""
+    perceptual = dict(lpips=True, convnext=True, lpips_lambda=0.4, convnext_lambda=0.1, max_t=max_t)
+    if convnext_max_t is not None:
+        perceptual["convnext_max_t"] = convnext_max_t
     steps = 320 * 1281167 // 1024
     return TrainConfig(
         arch=arch, data="data/imagenet256.pmfpack" if arch.endswith("/16") else "data/imagenet512.pmfpack",
@@ -181,7 +188,7 @@ def _imagenet_recipe(arch: str, *, P_mean: float, cfg_beta: float, max_t: float,
         loss=LossConfig(P_mean=P_mean, P_std=0.8, cfg_beta=cfg_beta, tr_uniform=tr_uniform),
         optim=OptimConfig(name="muon", lr=1e-3), ema=EMAConfig(halflives_kimg=halflives),
         sample=SampleConfig(every=5000, count=64, omega=omega, t_min=interval[0], t_max=interval[1]),
-        perceptual=dict(lpips=True, convnext=True, lpips_lambda=0.4, convnext_lambda=0.1, max_t=max_t),
+        perceptual=perceptual,
         out=f"runs/{arch.replace('/', '-')}", log_every=100, ckpt_every=5000, precision="bf16", num_workers=8)
 
 
@@ -196,7 +203,7 @@ def recipe_l16() -> TrainConfig:
 
 
 def recipe_h16() -> TrainConfig:
-    return _imagenet_recipe("pMF-H/16", P_mean=0.0, cfg_beta=1.0, max_t=0.6, tr_uniform=True,
+    return _imagenet_recipe("pMF-H/16", P_mean=0.0, cfg_beta=1.0, max_t=1.0, convnext_max_t=0.6, tr_uniform=True,
                             halflives=[500, 1000, 2000], omega=7.0, interval=(0.2, 0.6))
 
 
@@ -211,7 +218,7 @@ def recipe_l32() -> TrainConfig:
 
 
 def recipe_h32() -> TrainConfig:
-    return _imagenet_recipe("pMF-H/32", P_mean=0.0, cfg_beta=1.0, max_t=0.6, tr_uniform=True,
+    return _imagenet_recipe("pMF-H/32", P_mean=0.0, cfg_beta=1.0, max_t=1.0, convnext_max_t=0.6, tr_uniform=True,
                             halflives=[500, 1000, 2000], omega=5.5, interval=(0.1, 0.6))
 
 
