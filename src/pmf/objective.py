@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from .distributed import unwrap
 from .errors import PMFError
 from .nn.layers import attention_backend
 
@@ -155,11 +156,6 @@ def velocity_tangent(z, out, t, dz, dout, prediction: str = "x") -> torch.Tensor
 def compound_velocity(u, du_dt, t, r) -> torch.Tensor:
     """V = u + (t - r) sg(du/dt) (spec 3.7)."""
     return u + _bc(t - r) * du_dt.detach()
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP wrapper (no-grad passes must not go through DDP)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def _v_prediction(net, z, t, omega, y, prediction):

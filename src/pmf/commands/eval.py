@@ -101,11 +101,13 @@ def choose_mode(args, model) -> str:
 
 
 def run(args) -> int:
-    from ..evaluate import EvalSettings, best_row, evaluate, grid, plot, progress_bar, setup_processes, table
+    from ..distributed import broadcast_object, setup
+    from ..evaluate import EvalSettings, best_row, evaluate, grid, plot, progress_bar, table
     from ..frechet import load_stats
 
     created = not dist.is_initialized()
-    rank, world, device = setup_processes(args.device)
+    info = setup(args.device)
+    rank, world, device = info.rank, info.world_size, info.device
     created = created and dist.is_initialized()
     progress = not args.no_progress
     emas = args.emas.split(",") if args.emas else [args.ema]
@@ -172,11 +174,7 @@ def run(args) -> int:
         print(table(rows, metric))
     chosen = combos[0]
     if len(combos) > 1:
-        best = rows.index(best_row(rows, metric)) if rank == 0 else None
-        if dist.is_initialized():
-            box = [best]
-            dist.broadcast_object_list(box, src=0)
-            best = box[0]
+        best = broadcast_object(rows.index(best_row(rows, metric)) if rank == 0 else None)
         chosen = combos[best]
     if len(combos) == 1 or args.fast:
         metrics = score(chosen, num_images, final=True)
