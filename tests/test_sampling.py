@@ -103,3 +103,17 @@ def test_bf16_sampling_is_close_and_precision_is_checked(tiny_model, tiny_releas
     assert rc == 0
     # the CLI draws its noise per image index like generate: the same six bf16 images
     assert np.array_equal(np.load(tmp_path / "o" / "samples.npz")["images"], bf16.numpy())
+
+
+def test_image_seeds_and_first_noise_values_are_pinned():
+    """Published samples depend on the per-image seeds: these values are today's and must never change."""
+    from pmf.sampling import image_labels, image_noise, image_seed
+
+    pinned = {(0, 0): 1, (0, 1): 4564476756301768123, (1, 0): 2177342782468422679, (3, 12345): 194439710052553355,
+              (2**40, 7): 425038451427359513}
+    assert {key: image_seed(*key) for key in pinned} == pinned
+    noise = image_noise([0, 1, 5], (1, 4, 4), seed=0)
+    expected = torch.tensor([[-1.5255959033966064, -0.7502318024635315], [-0.37621787190437317, -0.9262668490409851],
+                             [-0.14029118418693542, -0.8651410937309265]])
+    assert torch.equal(noise[:, 0, 0, :2], expected)
+    assert image_labels(range(5), 1000, seed=0).tolist() == [505, 181, 711, 263, 755]
