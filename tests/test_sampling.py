@@ -8,7 +8,7 @@ import pmf
 from conftest import load_npz
 from pmf.cli import main
 from pmf.errors import PMFError
-from pmf.sampling import generate, image_noise, prepare_sampler, sample
+from pmf.sampling import generate, image_labels, image_noise, image_seed, prepare_sampler, sample
 
 
 @pytest.mark.parametrize("steps", [1, 2])
@@ -107,8 +107,6 @@ def test_bf16_sampling_is_close_and_precision_is_checked(tiny_model, tiny_releas
 
 def test_image_seeds_and_first_noise_values_are_pinned():
     """Published samples depend on the per-image seeds: these values are today's and must never change."""
-    from pmf.sampling import image_labels, image_noise, image_seed
-
     pinned = {(0, 0): 1, (0, 1): 4564476756301768123, (1, 0): 2177342782468422679, (3, 12345): 194439710052553355,
               (2**40, 7): 425038451427359513}
     assert {key: image_seed(*key) for key in pinned} == pinned
