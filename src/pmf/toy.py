@@ -30,6 +30,7 @@ from torch import nn
 from .errors import PMFError
 from .objective import JVP_MODES, Draws, pmf_loss
 from .sampling import sample
+from .seeds import TOY, derive_seed
 
 PREDICTIONS = ("x", "u")
 
@@ -187,10 +188,7 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int, gener
 
 def _gen(seed: int, *parts: int) -> torch.Generator:
     """A generator for one named stream of a run (seed, dim, purpose): the same for x and u."""
-    s = seed
-    for p in parts:
-        s = (s * 1_000_003 + p) % (2**63 - 1)
-    return torch.Generator().manual_seed(s)
+    return torch.Generator().manual_seed(derive_seed(seed, *parts, stream=TOY))
 
 
 def train(cfg: ToyConfig, dim: int, prediction: str, A: torch.Tensor,
