@@ -115,3 +115,16 @@ def test_image_seeds_and_first_noise_values_are_pinned():
                              [-0.14029118418693542, -0.8651410937309265]])
     assert torch.equal(noise[:, 0, 0, :2], expected)
     assert image_labels(range(5), 1000, seed=0).tolist() == [505, 181, 711, 263, 755]
+
+
+def test_random_checkpoint_is_seeded_and_needs_an_arch():
+    from pmf.commands.sample import model_from_arg
+
+    a = model_from_arg("random", arch="pMF-Tiny/4", ema=None, device="cpu", seed=3)
+    torch.manual_seed(123)
+    b = model_from_arg("random", arch="pMF-Tiny/4", ema=None, device="cpu", seed=3)
+    c = model_from_arg("random", arch="pMF-Tiny/4", ema=None, device="cpu", seed=4)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert not all(torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
+    with pytest.raises(PMFError, match="needs --arch"):
+        model_from_arg("random", arch=None, ema=None, device="cpu")

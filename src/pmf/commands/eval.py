@@ -9,16 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from .. import __version__
-from ..checkpoint import load_model
 from ..data import BUILTIN
 from ..errors import PMFError
-from ..nn.model import build_model
 from ..sampling import prepare_sampler
-from .sample import add_common_model_args, add_sampling_speed_args
+from .sample import add_common_model_args, add_sampling_speed_args, model_from_arg
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -114,13 +111,7 @@ def run(args) -> int:
     combos = grid(_floats(args.omega, "--omega"), _intervals(args.interval), emas)
 
     def load(ema):
-        if args.checkpoint == "random":
-            if args.arch is None:
-                raise PMFError("--checkpoint random needs --arch")
-            torch.manual_seed(args.seed)
-            net = build_model(args.arch).to(device).eval()
-        else:
-            net = load_model(args.checkpoint, arch=args.arch, ema=ema, device=device)
+        net = model_from_arg(args.checkpoint, arch=args.arch, ema=ema, device=device, seed=args.seed)
         return prepare_sampler(net, compile=args.compile, cuda_graphs=args.cuda_graphs)
 
     model = load(emas[0])
