@@ -124,13 +124,13 @@ def enable_activation_checkpointing(model: torch.nn.Module, enabled: bool = True
 
 def build_perceptual_loss(cfg: TrainConfig, device):
     """The optional perceptual term (imported lazily: the core trains without the extras)."""
-    if not cfg.perceptual or not (cfg.perceptual.get("lpips") or cfg.perceptual.get("convnext")):
+    if cfg.perceptual is None or not cfg.perceptual.enabled:
         return None
     try:
-        from .perceptual import PerceptualConfig, build_perceptual
+        from .perceptual import build_perceptual
     except ImportError as err:
         raise PMFError(f"perceptual losses need `pip install 'pixel-meanflow[perceptual]'` ({err})") from None
-    return build_perceptual(PerceptualConfig(**cfg.perceptual), device)
+    return build_perceptual(cfg.perceptual, device)
 
 
 class MetricsLog:
