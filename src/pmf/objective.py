@@ -31,7 +31,7 @@ import torch.autograd.forward_ad as fwAD
 
 from .distributed import unwrap
 from .errors import PMFError
-from .nn.layers import attention_backend
+from .nn.attention import attention_backend
 
 T_CLIP = 0.05
 JVP_MODES = ("split", "fused", "inline")

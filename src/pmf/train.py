@@ -23,7 +23,8 @@ from .data import ArrayData, FolderDataset, open_training_data
 from .ema import EMASet
 from .errors import PMFError
 from .images import save_grid
-from .nn.layers import Block, tangent_attention
+from .nn.attention import tangent_attention
+from .nn.layers import Block
 from .nn.model import PMFDiT
 from .objective import pmf_loss, sample_draws
 from .optim import build_optimizer, lr_factor, set_lr

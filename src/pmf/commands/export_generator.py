@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PMFError
-from ..export import export_generator, save_generator
+from ..generator_export import export_generator, save_generator
 from .sample import add_common_model_args, model_from_arg
 
 
