@@ -1,23 +1,8 @@
 """The pMF training objective (spec section 3) as pure tensor functions, plus ``pmf_loss``.
 
 Shapes: images are [B, C, H, W]; per-sample scalars are [B]. Time runs from data (t = 0) to noise (t = 1).
-
-Why this formulation is correct under data-parallel training: every pass whose result is held constant
-(the guidance target v_g, the tangent v_c and the total derivative du/dt, all stop-gradient in the
-release) runs under ``torch.no_grad`` on the unwrapped module, so it records no graph and fires no DDP
-reducer hook. The only pass with gradients is ONE ordinary forward through the (possibly DDP-wrapped)
-model, which yields u and v; DDP then all-reduces the gradients of that single backward exactly as for a
-plain classifier. Because du/dt is stop-gradient, d loss / d theta flows only through u (inside
-V = u + (t - r) sg(du/dt)) and v, so this "split" form has the same gradient as one forward-mode pass
-with gradients (``jvp="fused"``), which we keep for measurement and as a check. The default,
-``jvp="inline"``, is exact too and cheaper: the ONE forward with grad also carries the tangent of u along
-(v_c, dt = 1), propagated block by block by explicit tangent rules (``PMFDiT.forward_with_tangent``) from
-detached primals under no_grad, so the trunk and u-head primal are computed once, attention keeps SDPA and
-its fused backward, and the tangent records no graph. (Activation checkpointing applies to the blocks'
-``jvp`` as to their ``forward``; the backward recomputes the primal only. ``"fused"`` cannot be
-checkpointed.) Batch-level rules
-(the first floor(B * data_proportion) samples use r = t, the first k samples are label-dropped) apply per
-device batch, as in the release's pmap training.
+Only one forward pass carries gradients, so DDP sees an ordinary model (docs/training.md, "The loss under
+data-parallel training"); docs/speed.md compares the exact du/dt forms (``JVP_MODES``).
 """
 
 from __future__ import annotations
