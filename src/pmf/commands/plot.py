@@ -44,6 +44,12 @@ def plot_runs(runs: list[str], out: str | Path, keys: list[str], log_y: bool = F
     except ImportError:
         raise PMFError("plots need matplotlib: pip install 'pixel-meanflow[plot]'") from None
     data = {str(r): read_metrics(r) for r in runs}
+    known = sorted({k for rows in data.values() for row in rows for k, v in row.items()
+                    if k != "step" and isinstance(v, (int, float))})
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise PMFError(f"no metric {', '.join(map(repr, unknown))} in {', '.join(data)}; known keys: "
+                       f"{', '.join(known) or '(none: the metrics files are empty)'}")
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for name, rows in data.items():

@@ -1,0 +1,58 @@
+"""The ``pmf`` command line: one-line errors for user mistakes, refusals of outputs that would be wrong, and
+the settings the commands report (no training here; see test_cli_train.py)."""
+
+import json
+
+import pytest
+import torch
+
+import pmf
+from pmf.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ARCH = "pMF-Tiny/4"
+
+
+def random_model(seed: int = 0) -> torch.nn.Module:
+    """A tiny pMF whose zero-initialised output layers are perturbed, so images depend on the noise."""
+    model = pmf.build_model(ARCH)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def train_ckpt(tmp_path_factory):
+    """Our checkpoint format with a recipe sampling setting and two EMAs."""
+    model = random_model()
+    path = tmp_path_factory.mktemp("ckpt") / "step.pt"
+    state = model.state_dict()
+    emas = {"d0.9": random_model(1).state_dict(), "d0.99": state}
+    train_config = {"arch": ARCH, "sample": {"omega": 2.0, "t_min": 0.2, "t_max": 0.7}}
+    torch.save({"format": "pixel-meanflow", "model_config": model.config.to_dict(), "model": state, "ema": emas,
+                "train_config": train_config}, path)
+    return path
+
+
+def test_export_refuses_unknown_suffixes(tmp_path, train_ckpt, capsys):
+    out = tmp_path / "x.onnx"
+    assert main(["export", str(train_ckpt), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'.onnx'" in err and ".safetensors" in err and ".pt" in err and not out.exists()
+    assert main(["export", str(train_ckpt), str(tmp_path / "x.pt"), "--format", "safetensors"]) == 2
+    assert main(["export", str(train_ckpt), str(tmp_path / "x.pt")]) == 0 and (tmp_path / "x.pt").is_file()
+
+
+def test_plot_refuses_unknown_keys(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 2.0, "loss_u": 1 / s}) + "\n"
+                                               for s in range(1, 4)))
+    out = tmp_path / "l.png"
+    assert main(["plot", str(run), "--keys", "loss_x", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'loss_x'" in err and "loss, loss_u" in err and not out.exists()
