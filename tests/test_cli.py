@@ -56,3 +56,32 @@ def test_plot_refuses_unknown_keys(tmp_path, capsys):
     assert main(["plot", str(run), "--keys", "loss_x", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "'loss_x'" in err and "loss, loss_u" in err and not out.exists()
+
+
+def _sample(tmp_path, *extra, out=None):
+    return main(["sample", "--checkpoint", "random", "--arch", ARCH, "--per-class", "1", "--no-png",
+                 "--out", str(out or tmp_path / "s"), *extra])
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, capsys, monkeypatch, train_ckpt):
+    assert _sample(tmp_path, "--classes", "9-0") == 2
+    assert "--classes range '9-0' is empty" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert _sample(tmp_path, out=afile) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(train_ckpt), "--offline", "--out", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["train", "--recipe", "tiny", "--out", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in (["sample", "--checkpoint", "random", "--arch", ARCH, "--out", str(tmp_path / "c")],
+                 ["eval", "--checkpoint", str(train_ckpt), "--offline", "--out", str(tmp_path / "e")],
+                 ["train", "--recipe", "tiny", "--out", str(tmp_path / "t")],
+                 ["export-generator", "--checkpoint", "random", "--arch", ARCH, "--out", str(tmp_path / "g.pt2")]):
+        assert main([*argv, "--device", "cuda"]) == 2, argv
+        err = capsys.readouterr().err
+        assert "no CUDA GPU is visible" in err and len(err.strip().splitlines()) == 1, err
+    assert main(["sample", "--checkpoint", "random", "--arch", ARCH, "--out", str(tmp_path / "c"),
+                 "--device", "gpu0"]) == 2
+    assert "not a device name" in capsys.readouterr().err

@@ -64,7 +64,10 @@ def run(args) -> int:
     from ..checkpoint import load_model
     from ..train import train
     from ..train_config import recipe_mnist
+    from ._args import check_device, output_folder
 
+    args.device = check_device(args.device)
+    output_folder(args.out)
     if args.threads is not None:
         if args.threads < 1:
             raise PMFError(f"--threads must be >= 1, got {args.threads}")

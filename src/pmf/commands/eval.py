@@ -18,6 +18,7 @@ from ..data import BUILTIN
 from ..errors import PMFError
 from ..nn.model import build_model
 from ..sampling import prepare_sampler
+from ._args import check_device, output_folder
 from .sample import add_common_model_args, add_sampling_speed_args
 
 
@@ -104,6 +105,9 @@ def run(args) -> int:
     from ..evaluate import EvalSettings, best_row, evaluate, grid, plot, progress_bar, setup_processes, table
     from ..frechet import load_stats
 
+    args.device = check_device(args.device)
+    if args.out is not None and Path(args.out).is_file():
+        raise PMFError(f"--out {args.out!r} is a file; give a folder (it is created if missing)")
     created = not dist.is_initialized()
     rank, world, device = setup_processes(args.device)
     created = created and dist.is_initialized()
@@ -133,7 +137,7 @@ def run(args) -> int:
     search_images = args.fast or num_images
     out = Path(args.out) if args.out else default_out(args.checkpoint)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        output_folder(out)
     metric = "fid" if mode == "inception" else "frechet"
 
     def settings(c, n):

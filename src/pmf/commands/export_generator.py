@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
@@ -11,6 +10,7 @@ from ..checkpoint import load_model
 from ..errors import PMFError
 from ..export import export_generator, save_generator
 from ..nn.model import build_model
+from ._args import check_device, output_file
 from .sample import add_common_model_args
 
 
@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    out = Path(args.out)
+    out = output_file(args.out)
+    args.device = check_device(args.device)
     if out.suffix != ".pt2":
         raise PMFError(f"--out must end in .pt2, got {str(out)!r}")
     if args.static_batch is not None and args.static_batch < 1:
@@ -42,7 +43,6 @@ def run(args) -> int:
     noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale
     program = export_generator(model, noise_scale=noise_scale, batch=args.static_batch or 2,
                                dynamic_batch=args.static_batch is None)
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_generator(program, out)
     shape = [cfg.in_channels, cfg.input_size, cfg.input_size]
     info = {"inputs": {"eps": ["B", *shape], "labels": ["B"], "omega": ["B"], "t_min": ["B"], "t_max": ["B"]},

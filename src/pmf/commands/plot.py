@@ -63,8 +63,9 @@ def plot_runs(runs: list[str], out: str | Path, keys: list[str], log_y: bool = F
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from ._args import output_file
+
+    out = output_file(out)
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out

@@ -108,7 +108,8 @@ def add_parser(sub) -> None:
     p.add_argument("--inception-weights", default=None)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--workers", type=int, default=4, help="image decoding processes")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when a GPU is visible, "
+                   "else cpu)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -122,6 +123,10 @@ def run(args) -> int:
 
     if args.size < 1:
         raise PMFError(f"--size must be positive, got {args.size}")
+    from ._args import check_device, output_file
+
+    args.device = check_device(args.device)
+    output_file(args.out)
     created = not dist.is_initialized()
     rank, world, device = setup_processes(args.device)
     created = created and dist.is_initialized()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +14,7 @@ from ..errors import PMFError
 from ..images import save_grid, save_image
 from ..nn.model import build_model
 from ..sampling import PRECISIONS, generate, image_labels, prepare_sampler
+from ._args import check_device, output_folder
 
 
 def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
@@ -25,13 +25,14 @@ def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
     for part in text.split(","):
         part = part.strip()
         try:
-            if "-" in part:
-                lo, hi = (int(v) for v in part.split("-"))
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
+            lo, hi = (int(v) for v in part.split("-")) if "-" in part else (int(part), int(part))
         except ValueError:
             raise PMFError(f"--classes takes numbers and ranges like '0-9' or '1,5,7', got {part!r}") from None
+        if lo > hi:
+            raise PMFError(f"--classes range {part!r} is empty: write the lower class first ({hi}-{lo})")
+        out.extend(range(lo, hi + 1))
+    if not out:
+        raise PMFError("--classes names no class")
     bad = [c for c in out if not 0 <= c < num_classes]
     if bad:
         raise PMFError(f"class {bad[0]} out of range [0, {num_classes - 1}]")
@@ -46,7 +47,8 @@ def add_common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema", default=None, help="which EMA of a training checkpoint ('raw' for the raw weights; "
                    "default: the first EMA)")
     p.add_argument("--noise-scale", type=float, default=None, help="default: the preset's / recorded value")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when a GPU is visible, "
+                   "else cpu)")
 
 
 def add_sampling_speed_args(p: argparse.ArgumentParser) -> None:
@@ -80,6 +82,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if args.per_class < 1:
         raise PMFError(f"--per-class must be >= 1, got {args.per_class}")
+    args.device = check_device(args.device)
+    out = output_folder(args.out)
     if args.checkpoint == "random":
         if args.arch is None:
             raise PMFError("--checkpoint random needs --arch")
@@ -95,8 +99,6 @@ def run(args) -> int:
         classes = list(range(cfg.num_classes)) if cfg.num_classes <= 100 else \
             image_labels(range(8), cfg.num_classes, seed=args.seed).tolist()
     labels = torch.tensor([c for c in classes for _ in range(args.per_class)], dtype=torch.long)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     images = []
     for idx, batch in generate(model, range(len(labels)), labels[: len(labels)], seed=args.seed,
                                batch_size=args.batch_size, steps=args.steps, omega=args.omega, t_min=args.t_min,

@@ -97,6 +97,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ._args import output_file, output_folder
+
+    if args.out:
+        output_folder(args.out)
+    if args.figure:
+        output_file(args.figure, "--figure")
     workers = args.workers if args.workers is not None else (1 if args.quick else min(2, os.cpu_count() or 1))
     if args.threads < 1 or workers < 1:
         raise PMFError(f"--threads and --workers must be >= 1, got {args.threads} and {workers}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import PMFError
 from ..nn.attention import TANGENT_ATTENTIONS
 from ..train_config import RECIPES, TrainConfig, recipe
+from ._args import check_device
 
 
 def add_perceptual_args(p) -> None:
@@ -126,6 +127,10 @@ def run(args) -> int:
     from ..train import train
 
     cfg = config_from_args(args)
+    if cfg.device is not None:
+        check_device(cfg.device)
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise PMFError(f"--out {cfg.out!r} is a file; give a run folder (it is created if missing)")
     try:
         summary = train(cfg, resume=args.resume)
     finally:

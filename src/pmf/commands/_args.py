@@ -1,0 +1,51 @@
+"""Shared argument helpers of the ``pmf`` commands: one spelling, one default and one check per concept
+(device, output folder, ...), so that every command treats them the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import PMFError
+
+
+def check_device(text: str | None) -> str:
+    """The device to run on: ``text`` or, for None, cuda when a GPU is visible else cpu; a one-line error for
+    a device that is not there."""
+    if text is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise PMFError(f"--device {text!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PMFError(f"--device {text}: no CUDA GPU is visible to PyTorch (torch.cuda.is_available() is "
+                           "False: a CPU-only build, or no driver); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise PMFError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise PMFError(f"--device {text}: MPS is not available on this machine; use --device cpu")
+    return text
+
+
+def output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as an output folder, created if missing; a one-line error when it is a file or cannot be made."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise PMFError(f"{flag} {str(path)!r} is a file; give a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PMFError(f"cannot create the output folder {str(path)!r}: {err.strerror or err}") from None
+    return path
+
+
+def output_file(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as an output file whose folder is created; a one-line error when it names a folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise PMFError(f"{flag} {str(path)!r} is a folder; give a file name")
+    output_folder(path.parent, flag=f"the folder of {flag}")
+    return path
