@@ -85,3 +85,23 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys, monkeypatch, train_
     assert main(["sample", "--checkpoint", "random", "--arch", ARCH, "--out", str(tmp_path / "c"),
                  "--device", "gpu0"]) == 2
     assert "not a device name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--omega", "0"], "--omega must be > 0"),
+    (["--t-min", "0.8", "--t-max", "0.2"], "t_min <= t_max"),
+    (["--steps", "0"], "--steps must be >= 1"),
+])
+def test_sampling_flags_are_checked_before_any_work(tmp_path, capsys, train_ckpt, flags, message):
+    assert _sample(tmp_path, *flags) == 2
+    err = capsys.readouterr().err
+    assert message in err and "sampling" not in err and "%" not in err  # no progress bar started
+    assert not (tmp_path / "s").exists()
+    eval_flags = [f.replace("--t-min", "--interval") for f in flags if f != "--t-max"]
+    if eval_flags[0] == "--interval":
+        eval_flags = ["--interval", "0.8:0.2"]
+    assert main(["eval", "--checkpoint", str(train_ckpt), "--offline", "--out", str(tmp_path / "e"),
+                 "--num-images", "20", *eval_flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "%" not in err
+    assert not (tmp_path / "e").exists()

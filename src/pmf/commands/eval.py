@@ -18,7 +18,7 @@ from ..data import BUILTIN
 from ..errors import PMFError
 from ..nn.model import build_model
 from ..sampling import prepare_sampler
-from ._args import check_device, output_folder
+from ._args import check_device, check_guidance, output_folder
 from .sample import add_common_model_args, add_sampling_speed_args
 
 
@@ -106,6 +106,15 @@ def run(args) -> int:
     from ..frechet import load_stats
 
     args.device = check_device(args.device)
+    omegas, intervals = _floats(args.omega, "--omega"), _intervals(args.interval)
+    for omega in omegas:
+        check_guidance(omega=omega, steps=args.steps)
+    for lo, hi in intervals:
+        check_guidance(t_min=lo, t_max=hi)
+    for name in ("num_images", "fast", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < (2 if name != "batch_size" else 1):
+            raise PMFError(f"--{name.replace('_', '-')} must be >= {2 if name != 'batch_size' else 1}, got {value}")
     if args.out is not None and Path(args.out).is_file():
         raise PMFError(f"--out {args.out!r} is a file; give a folder (it is created if missing)")
     created = not dist.is_initialized()
@@ -113,7 +122,7 @@ def run(args) -> int:
     created = created and dist.is_initialized()
     progress = not args.no_progress
     emas = args.emas.split(",") if args.emas else [args.ema]
-    combos = grid(_floats(args.omega, "--omega"), _intervals(args.interval), emas)
+    combos = grid(omegas, intervals, emas)
 
     def load(ema):
         if args.checkpoint == "random":

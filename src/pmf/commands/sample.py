@@ -14,7 +14,7 @@ from ..errors import PMFError
 from ..images import save_grid, save_image
 from ..nn.model import build_model
 from ..sampling import PRECISIONS, generate, image_labels, prepare_sampler
-from ._args import check_device, output_folder
+from ._args import check_device, check_guidance, output_folder
 
 
 def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
@@ -82,6 +82,9 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if args.per_class < 1:
         raise PMFError(f"--per-class must be >= 1, got {args.per_class}")
+    if args.batch_size < 1:
+        raise PMFError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_guidance(omega=args.omega, t_min=args.t_min, t_max=args.t_max, steps=args.steps)
     args.device = check_device(args.device)
     out = output_folder(args.out)
     if args.checkpoint == "random":
