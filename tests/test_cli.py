@@ -105,3 +105,73 @@ def test_sampling_flags_are_checked_before_any_work(tmp_path, capsys, train_ckpt
     err = capsys.readouterr().err
     assert message in err and "%" not in err
     assert not (tmp_path / "e").exists()
+
+
+def _images(folder):
+    import numpy as np
+
+    return np.load(folder / "samples.npz")["images"]
+
+
+def test_sample_defaults_to_the_checkpoints_setting(tmp_path, capsys, train_ckpt):
+    import numpy as np
+
+    ck = ["--checkpoint", str(train_ckpt), "--classes", "1,2", "--per-class", "1", "--no-png", "--device", "cpu"]
+    assert main(["sample", *ck, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "sampling: omega 2, interval [0.2, 0.7], 1 step(s), EMA d0.9 (the training recipe's sampling setting)" \
+        in out
+    assert main(["sample", *ck, "--out", str(tmp_path / "b"), "--omega", "2", "--t-min", "0.2", "--t-max", "0.7",
+                 "--ema", "d0.9"]) == 0
+    assert np.array_equal(_images(tmp_path / "a"), _images(tmp_path / "b"))
+    capsys.readouterr()
+    assert main(["sample", *ck, "--out", str(tmp_path / "c"), "--omega", "3", "--ema", "d0.99"]) == 0
+    out = capsys.readouterr().out
+    assert "sampling: omega 3, interval [0.2, 0.7], 1 step(s), EMA d0.99" in out and "omega, EMA from the flags" in out
+    assert main(["sample", *ck, "--out", str(tmp_path / "d"), "--omega", "3", "--t-min", "0.2", "--t-max", "0.7",
+                 "--ema", "d0.99"]) == 0
+    assert np.array_equal(_images(tmp_path / "c"), _images(tmp_path / "d"))
+    assert not np.array_equal(_images(tmp_path / "a"), _images(tmp_path / "c"))
+    settings = json.loads((tmp_path / "c" / "sample_settings.json").read_text())
+    assert (settings["omega"], settings["t_min"], settings["t_max"], settings["ema"]) == (3.0, 0.2, 0.7, "d0.99")
+
+
+def test_sample_uses_the_released_setting_of_a_released_preset(tmp_path, capsys, fixtures_dir, monkeypatch):
+    import pmf.sampling
+
+    monkeypatch.setitem(pmf.sampling.RELEASED_SAMPLING, ARCH, dict(omega=6.5, t_min=0.1, t_max=0.7,
+                                                                     ema_halflife_kimg=2000))
+    assert main(["sample", "--checkpoint", str(fixtures_dir / "net_tiny.pt"), "--classes", "0", "--per-class", "1",
+                 "--no-png", "--out", str(tmp_path / "r")]) == 0
+    assert f"sampling: omega 6.5, interval [0.1, 0.7], 1 step(s) (the released setting of {ARCH})" \
+        in capsys.readouterr().out
+
+
+@pytest.fixture
+def fake_offline(monkeypatch):
+    """The offline score without training its classifier: records the images it was given."""
+    import pmf.quality
+
+    seen = []
+
+    def offline_scores(images, labels, *, dataset="mnist-5k", **kw):
+        seen.append(images)
+        return {"accuracy": 0.5, "frechet": float(len(seen)), "frechet_real_floor": 0.1, "accuracy_real_floor": 0.9,
+                "frechet_class_means": 2.0, "dataset": dataset}
+
+    monkeypatch.setattr(pmf.quality, "offline_scores", offline_scores)
+    return seen
+
+
+def test_eval_defaults_to_the_checkpoints_setting_and_sweeps(tmp_path, capsys, train_ckpt, fake_offline):
+    base = ["eval", "--checkpoint", str(train_ckpt), "--offline", "--num-images", "10", "--no-progress",
+            "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert "sampling: omega 2, interval [0.2, 0.7], 1 step(s), EMA d0.9" in capsys.readouterr().out
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert (m["settings"]["omega"], m["settings"]["t_min"], m["settings"]["t_max"], m["ema"]) == (2.0, 0.2, 0.7,
+                                                                                                "d0.9")
+    assert main([*base, "--out", str(tmp_path / "b"), "--omega", "1,3", "--emas", "d0.9,d0.99"]) == 0
+    rows = json.loads((tmp_path / "b" / "sweep.json").read_text())["rows"]
+    assert [(r["ema"], r["omega"], r["t_min"], r["t_max"]) for r in rows] == [
+        ("d0.9", 1.0, 0.2, 0.7), ("d0.9", 3.0, 0.2, 0.7), ("d0.99", 1.0, 0.2, 0.7), ("d0.99", 3.0, 0.2, 0.7)]

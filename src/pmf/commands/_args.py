@@ -63,3 +63,37 @@ def check_guidance(*, omega: float | None = None, t_min: float | None = None, t_
             raise PMFError(f"{name} must be in [0, 1], got {value:g}")
     if t_min is not None and t_max is not None and t_min > t_max:
         raise PMFError(f"the guidance interval needs t_min <= t_max, got [{t_min:g}, {t_max:g}]")
+
+
+def load_for_sampling(args, device, ema: str | None = None):
+    """``pmf.checkpoint.LoadedCheckpoint`` of ``--checkpoint`` (``random``: an untrained ``--arch`` model seeded
+    by ``--seed``, sampled without guidance by default); ``ema`` overrides ``--ema``."""
+    from ..checkpoint import LoadedCheckpoint, load_checkpoint
+    from ..nn.model import build_model
+    from ..sampling import SamplingSetting
+
+    if args.checkpoint == "random":
+        if args.arch is None:
+            raise PMFError("--checkpoint random needs --arch")
+        torch.manual_seed(args.seed)
+        model = build_model(args.arch).to(device).eval()
+        return LoadedCheckpoint(model, args.arch, None, SamplingSetting(source="an untrained model: no guidance"))
+    return load_checkpoint(args.checkpoint, arch=args.arch, ema=ema or args.ema, device=device)
+
+
+def sampling_setting(loaded, *, omega: float | None = None, t_min: float | None = None, t_max: float | None = None,
+                     steps: int | None = None):
+    """The checkpoint's default setting (``loaded.setting``) with each field the user gave replaced; the EMA is
+    the one actually loaded. ``describe()`` says where the values came from."""
+    from dataclasses import replace
+
+    base = loaded.setting
+    given = {k: v for k, v in (("omega", omega), ("t_min", t_min), ("t_max", t_max), ("steps", steps))
+             if v is not None}
+    source = base.source
+    changed = [k for k, v in given.items() if v != getattr(base, k)]
+    if loaded.ema != base.ema:
+        changed.append("EMA")
+    if changed:
+        source = f"{source}; {', '.join(changed)} from the flags"
+    return replace(base, **given, ema=loaded.ema, source=source)

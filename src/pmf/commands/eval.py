@@ -9,16 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from .. import __version__
-from ..checkpoint import load_model
 from ..data import BUILTIN
 from ..errors import PMFError
-from ..nn.model import build_model
 from ..sampling import prepare_sampler
-from ._args import check_device, check_guidance, output_folder
+from ._args import check_device, check_guidance, load_for_sampling, output_folder, sampling_setting
 from .sample import add_common_model_args, add_sampling_speed_args
 
 
@@ -56,13 +53,14 @@ def add_parser(sub) -> None:
                    "$PMF_INCEPTION_WEIGHTS, then torch-fidelity's torch hub cache)")
     p.add_argument("--num-images", type=int, default=None, help="images per evaluation (default 50000 for FID, "
                    "1000 offline); image i has class i %% num_classes")
-    p.add_argument("--omega", default="1", help="guidance scale(s), comma-separated for a sweep (default 1)")
-    p.add_argument("--interval", default="0:1", help="guidance interval(s) T_MIN:T_MAX, comma-separated "
-                   "(default 0:1)")
+    p.add_argument("--omega", default=None, help="guidance scale(s), comma-separated for a sweep (default: the "
+                   "checkpoint's setting: the released one for released models, else the training recipe's)")
+    p.add_argument("--interval", default=None, help="guidance interval(s) T_MIN:T_MAX, comma-separated "
+                   "(default: the checkpoint's)")
     p.add_argument("--emas", default=None, help="EMA names to sweep, comma-separated (overrides --ema)")
     p.add_argument("--fast", type=int, default=None, metavar="N", help="sweep with N images per setting, then "
                    "evaluate the best setting with --num-images")
-    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 1: one forward pass)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default=None, help="output folder (default: eval-<checkpoint name> beside the "
@@ -106,10 +104,12 @@ def run(args) -> int:
     from ..frechet import load_stats
 
     args.device = check_device(args.device)
-    omegas, intervals = _floats(args.omega, "--omega"), _intervals(args.interval)
-    for omega in omegas:
-        check_guidance(omega=omega, steps=args.steps)
-    for lo, hi in intervals:
+    omegas = _floats(args.omega, "--omega") if args.omega is not None else None
+    intervals = _intervals(args.interval) if args.interval is not None else None
+    check_guidance(steps=args.steps)
+    for omega in omegas or []:
+        check_guidance(omega=omega)
+    for lo, hi in intervals or []:
         check_guidance(t_min=lo, t_max=hi)
     for name in ("num_images", "fast", "batch_size"):
         value = getattr(args, name)
@@ -122,19 +122,26 @@ def run(args) -> int:
     created = created and dist.is_initialized()
     progress = not args.no_progress
     emas = args.emas.split(",") if args.emas else [args.ema]
-    combos = grid(omegas, intervals, emas)
 
     def load(ema):
-        if args.checkpoint == "random":
-            if args.arch is None:
-                raise PMFError("--checkpoint random needs --arch")
-            torch.manual_seed(args.seed)
-            net = build_model(args.arch).to(device).eval()
-        else:
-            net = load_model(args.checkpoint, arch=args.arch, ema=ema, device=device)
-        return prepare_sampler(net, compile=args.compile, cuda_graphs=args.cuda_graphs)
+        return prepare_sampler(load_for_sampling(args, device, ema).model, compile=args.compile,
+                               cuda_graphs=args.cuda_graphs)
 
-    model = load(emas[0])
+    loaded = load_for_sampling(args, device, emas[0])
+    base = sampling_setting(loaded, steps=args.steps)  # the checkpoint's setting; the flags below may sweep it
+    emas[0] = loaded.ema  # the checkpoint's default EMA when none was named
+    args.steps = base.steps
+    combos = grid(omegas or [base.omega], intervals or [(base.t_min, base.t_max)], emas)
+    if len(combos) == 1:
+        c = combos[0]
+        chosen_setting = sampling_setting(loaded, omega=c["omega"], t_min=c["t_min"], t_max=c["t_max"],
+                                          steps=args.steps)
+        if rank == 0:
+            print(f"sampling: {chosen_setting.describe()}", flush=True)
+    elif rank == 0:
+        print(f"sampling: a sweep of {len(combos)} settings; the checkpoint's own is {base.describe()}", flush=True)
+    model = prepare_sampler(loaded.model, compile=args.compile, cuda_graphs=args.cuda_graphs)
+    del loaded
     mode = choose_mode(args, model)
     inception = None
     if mode == "inception":

@@ -8,13 +8,11 @@ import json
 import numpy as np
 import torch
 
-from ..checkpoint import load_model
 from ..config import PRESETS
 from ..errors import PMFError
 from ..images import save_grid, save_image
-from ..nn.model import build_model
 from ..sampling import PRECISIONS, generate, image_labels, prepare_sampler
-from ._args import check_device, check_guidance, output_folder
+from ._args import check_device, check_guidance, load_for_sampling, output_folder, sampling_setting
 
 
 def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
@@ -45,7 +43,7 @@ def add_common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=list(PRESETS), help="architecture of a release-format file "
                    "(default: recorded in our checkpoints, inferred from the shapes otherwise)")
     p.add_argument("--ema", default=None, help="which EMA of a training checkpoint ('raw' for the raw weights; "
-                   "default: the first EMA)")
+                   "default: the EMA of the checkpoint's sampling setting)")
     p.add_argument("--noise-scale", type=float, default=None, help="default: the preset's / recorded value")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when a GPU is visible, "
                    "else cpu)")
@@ -69,10 +67,11 @@ def add_parser(sub) -> None:
     p.add_argument("--classes", default=None, help="classes to sample, e.g. '0-9' or '1,207,360' "
                    "(default: all classes of a model with <= 100 classes, else 8 random ones)")
     p.add_argument("--per-class", type=int, default=8, help="images per class (default 8)")
-    p.add_argument("--steps", type=int, default=1, help="sampling steps (default 1: one forward pass)")
-    p.add_argument("--omega", type=float, default=1.0, help="guidance scale, an input of the network (default 1)")
-    p.add_argument("--t-min", type=float, default=0.0, help="guidance interval start (default 0)")
-    p.add_argument("--t-max", type=float, default=1.0, help="guidance interval end (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 1: one forward pass)")
+    p.add_argument("--omega", type=float, default=None, help="guidance scale, an input of the network (default: "
+                   "the checkpoint's setting: the released one for released models, else the training recipe's)")
+    p.add_argument("--t-min", type=float, default=None, help="guidance interval start (default: the checkpoint's)")
+    p.add_argument("--t-max", type=float, default=None, help="guidance interval end (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="image i uses its own generator from (seed, i)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-png", action="store_true", help="write only grid.png and samples.npz")
@@ -87,14 +86,10 @@ def run(args) -> int:
     check_guidance(omega=args.omega, t_min=args.t_min, t_max=args.t_max, steps=args.steps)
     args.device = check_device(args.device)
     out = output_folder(args.out)
-    if args.checkpoint == "random":
-        if args.arch is None:
-            raise PMFError("--checkpoint random needs --arch")
-        torch.manual_seed(args.seed)
-        model = build_model(args.arch).to(args.device).eval()
-    else:
-        model = load_model(args.checkpoint, arch=args.arch, ema=args.ema, device=args.device)
-    cfg = model.config
+    loaded = load_for_sampling(args, args.device)
+    setting = sampling_setting(loaded, omega=args.omega, t_min=args.t_min, t_max=args.t_max, steps=args.steps)
+    print(f"sampling: {setting.describe()}", flush=True)
+    model, cfg = loaded.model, loaded.model.config
     model = prepare_sampler(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
     noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale
     classes = parse_classes(args.classes, cfg.num_classes)
@@ -104,8 +99,8 @@ def run(args) -> int:
     labels = torch.tensor([c for c in classes for _ in range(args.per_class)], dtype=torch.long)
     images = []
     for idx, batch in generate(model, range(len(labels)), labels[: len(labels)], seed=args.seed,
-                               batch_size=args.batch_size, steps=args.steps, omega=args.omega, t_min=args.t_min,
-                               t_max=args.t_max, noise_scale=noise_scale, device=args.device,
+                               batch_size=args.batch_size, steps=setting.steps, omega=setting.omega,
+                               t_min=setting.t_min, t_max=setting.t_max, noise_scale=noise_scale, device=args.device,
                                precision=args.precision):
         images.append(batch.numpy())
         if not args.no_png:
@@ -115,7 +110,9 @@ def run(args) -> int:
     np.savez(out / "samples.npz", images=images, labels=labels.numpy())
     save_grid(images, out / "grid.png", nrow=args.per_class)
     settings = {k: v for k, v in vars(args).items() if k != "func"}
-    (out / "sample_settings.json").write_text(json.dumps({**settings, "noise_scale": noise_scale,
+    resolved = {"omega": setting.omega, "t_min": setting.t_min, "t_max": setting.t_max, "steps": setting.steps,
+                "ema": setting.ema, "setting": setting.describe()}
+    (out / "sample_settings.json").write_text(json.dumps({**settings, **resolved, "noise_scale": noise_scale,
                                                           "classes": classes}, indent=2))
     print(f"wrote {len(images)} images, grid.png and samples.npz to {out}")
     return 0
