@@ -175,3 +175,14 @@ def test_eval_defaults_to_the_checkpoints_setting_and_sweeps(tmp_path, capsys, t
     rows = json.loads((tmp_path / "b" / "sweep.json").read_text())["rows"]
     assert [(r["ema"], r["omega"], r["t_min"], r["t_max"]) for r in rows] == [
         ("d0.9", 1.0, 0.2, 0.7), ("d0.9", 3.0, 0.2, 0.7), ("d0.99", 1.0, 0.2, 0.7), ("d0.99", 3.0, 0.2, 0.7)]
+
+
+def test_eval_refuses_an_offline_dataset_that_does_not_fit(tmp_path, capsys, fake_offline):
+    # an MNIST-sized model (28x28, one channel, 10 classes) judged by the 8x8 digits classifier
+    argv = ["eval", "--checkpoint", "random", "--arch", "pMF-MNIST/7", "--offline", "--num-images", "10",
+            "--no-progress", "--device", "cpu", "--out", str(tmp_path / "e")]
+    assert main([*argv, "--dataset", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert "digits cannot judge this model" in err and "8x8" in err and "28x28" in err
+    assert not fake_offline and not (tmp_path / "e" / "metrics.json").exists()
+    assert main([*argv, "--dataset", "mnist-5k"]) == 0 and len(fake_offline) == 1

@@ -99,6 +99,26 @@ def choose_mode(args, model) -> str:
     raise AssertionError("unreachable")
 
 
+def check_offline_dataset(config, dataset: str) -> None:
+    """Refuse an offline score whose classifier cannot read the model's images: the classifier sees the data
+    set's own size (a model trained on it zero-padded by up to a quarter is cropped back), one channel (RGB is
+    averaged, as gray training data are repeated to RGB) and its classes."""
+    from ..data import load_builtin
+
+    ref = load_builtin(dataset, split="test")
+    size, channels, classes = ref.images.shape[1], ref.images.shape[3], ref.num_classes
+    problems = []
+    if not size <= config.input_size <= size + size // 4:
+        problems.append(f"its images are {size}x{size}, the model's {config.input_size}x{config.input_size}")
+    if config.in_channels not in (channels, 3):
+        problems.append(f"its images have {channels} channel(s), the model's {config.in_channels}")
+    if config.num_classes != classes:
+        problems.append(f"it has {classes} classes, the model {config.num_classes}")
+    if problems:
+        raise PMFError(f"the offline score of {dataset} cannot judge this model: {'; '.join(problems)}. Use "
+                       f"--dataset with the data the model was trained on, or FID (--ref)")
+
+
 def run(args) -> int:
     from ..evaluate import EvalSettings, best_row, evaluate, grid, plot, progress_bar, setup_processes, table
     from ..frechet import load_stats
@@ -143,6 +163,8 @@ def run(args) -> int:
     model = prepare_sampler(loaded.model, compile=args.compile, cuda_graphs=args.cuda_graphs)
     del loaded
     mode = choose_mode(args, model)
+    if mode == "offline":
+        check_offline_dataset(model.config, args.dataset)
     inception = None
     if mode == "inception":
         from ..inception import find_weights, load_inception
