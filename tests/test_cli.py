@@ -186,3 +186,34 @@ def test_eval_refuses_an_offline_dataset_that_does_not_fit(tmp_path, capsys, fak
     assert "digits cannot judge this model" in err and "8x8" in err and "28x28" in err
     assert not fake_offline and not (tmp_path / "e" / "metrics.json").exists()
     assert main([*argv, "--dataset", "mnist-5k"]) == 0 and len(fake_offline) == 1
+
+
+def test_toy_checks_matplotlib_first_and_writes_results_before_the_figure(tmp_path, capsys, monkeypatch):
+    import sys
+
+    import pmf.commands.toy as toy
+    from pmf.errors import PMFError
+
+    calls = []
+
+    def fake_run_toy(cfg, progress, **kw):
+        calls.append(cfg)
+        rows = [{"dim": d, "prediction": p, "distance": 1.0, "distance_full": 1.0, "off_manifold": 0.0,
+                 "final_loss": 0.5} for d in cfg.dims_list for p in cfg.predictions]
+        return rows, {}
+
+    monkeypatch.setattr(toy, "run_toy", fake_run_toy)
+    monkeypatch.setattr(toy, "reference_floor", lambda cfg: 0.01)
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "matplotlib", None)  # not installed
+        assert main(["toy", "--quick", "--out", str(tmp_path / "a"), "--no-progress"]) == 2
+        assert "needs matplotlib" in capsys.readouterr().err and not calls
+        assert main(["toy", "--quick", "--out", str(tmp_path / "b"), "--no-progress", "--no-plot"]) == 0
+        assert (tmp_path / "b" / "metrics.json").is_file() and len(calls) == 1
+
+    def broken_figure(*a, **kw):
+        raise PMFError("figure failed")
+
+    monkeypatch.setattr(toy, "plot_grid", broken_figure)
+    assert main(["toy", "--quick", "--out", str(tmp_path / "c"), "--no-progress"]) == 2
+    assert (tmp_path / "c" / "metrics.json").is_file()

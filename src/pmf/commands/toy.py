@@ -41,8 +41,7 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_grid(samples: dict, dims: list[int], preds: list[str], path: Path, *, points: int = 2000) -> None:
-    """Scatter plots of the 2-D projections: rows x-pred / u-pred, columns D."""
+def _pyplot():
     try:
         import matplotlib
 
@@ -50,6 +49,12 @@ def plot_grid(samples: dict, dims: list[int], preds: list[str], path: Path, *, p
         import matplotlib.pyplot as plt
     except ImportError:
         raise PMFError("the figure needs matplotlib (pip install 'pixel-meanflow[plot]'), or pass --no-plot") from None
+    return plt
+
+
+def plot_grid(samples: dict, dims: list[int], preds: list[str], path: Path, *, points: int = 2000) -> None:
+    """Scatter plots of the 2-D projections: rows x-pred / u-pred, columns D."""
+    plt = _pyplot()
     fig, axes = plt.subplots(len(preds), len(dims), figsize=(1.9 * len(dims), 1.9 * len(preds)), squeeze=False)
     for i, pred in enumerate(preds):
         for j, dim in enumerate(dims):
@@ -111,6 +116,9 @@ def run(args) -> int:
     if args.dims is not None:
         overrides["dims"] = parse_dims(args.dims)
     cfg = quick_config(**overrides) if args.quick else ToyConfig(**overrides)
+    figure = Path(args.figure) if args.figure else (Path(args.out) / "toy.png" if args.out else None)
+    if figure is not None and not args.no_plot:
+        _pyplot()  # the optional dependency is checked before minutes of training
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     bar = tqdm(total=cfg.steps * len(cfg.dims_list) * len(cfg.predictions), disable=args.no_progress,
@@ -131,15 +139,14 @@ def run(args) -> int:
     floor = reference_floor(cfg)
     print(format_table(results))
     print(f"2-D SW between two independent roll sets of {cfg.eval_samples}: {floor:.3g}; wall time {wall:.0f} s")
-    figure = Path(args.figure) if args.figure else (Path(args.out) / "toy.png" if args.out else None)
-    if figure is not None and not args.no_plot:
-        plot_grid(samples, cfg.dims_list, list(cfg.predictions), figure)
-        print(f"wrote {figure}")
-    if args.out:
+    if args.out:  # the results first: a failing figure must not lose them
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         settings = {**cfg.settings(), "threads": args.threads, "workers": workers, "quick": args.quick}
         doc = {"results": results, "settings": settings, "reference_distance": floor, "wall_seconds": wall}
         (out / "metrics.json").write_text(json.dumps(doc, indent=2))
         print(f"wrote {out / 'metrics.json'}")
+    if figure is not None and not args.no_plot:
+        plot_grid(samples, cfg.dims_list, list(cfg.predictions), figure)
+        print(f"wrote {figure}")
     return 0
