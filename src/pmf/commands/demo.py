@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import PMFError
-from .train import add_perceptual_args, apply_perceptual_args
+from .train import add_perceptual_args, apply_perceptual_args, guard_run_folder
 
 DEFAULT_STEPS = 800
 
@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-score", action="store_true", help="skip the offline quality score")
     p.add_argument("--resume", default=None, help="'auto' to continue an interrupted demo in --out")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds an earlier demo "
+                   "(deletes its checkpoints and metrics)")
     add_perceptual_args(p)
     p.set_defaults(func=run)
 
@@ -68,6 +70,7 @@ def run(args) -> int:
 
     args.device = check_device(args.device)
     output_folder(args.out)
+    guard_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.threads is not None:
         if args.threads < 1:
             raise PMFError(f"--threads must be >= 1, got {args.threads}")

@@ -78,6 +78,8 @@ def add_parser(sub) -> None:
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--resume", default=None, help="'auto' (newest checkpoint of --out), a run folder or a file")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in a run folder that has checkpoints "
+                   "(deletes its checkpoints, metrics, samples and summary)")
     add_perceptual_args(p)
     p.set_defaults(func=run)
 
@@ -122,6 +124,39 @@ def config_from_args(args) -> TrainConfig:
     return cfg
 
 
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "summary.json", "samples", "tensorboard", "config.json")
+
+
+def guard_run_folder(out: str | Path, *, resume: str | None, overwrite: bool, flag: str = "--out") -> None:
+    """Refuse to start a fresh run over a run folder with checkpoints (it would restart at step 0 and truncate
+    metrics.jsonl); ``overwrite`` deletes that run's outputs first (on rank 0 only)."""
+    import os
+    import shutil
+
+    from ..checkpoint import list_checkpoints
+
+    out = Path(out)
+    if resume not in (None, "", "none"):
+        if overwrite:
+            raise PMFError("--resume and --overwrite contradict each other: pick one")
+        return
+    found = list_checkpoints(out / "checkpoints")
+    if not found:
+        return
+    if not overwrite:
+        raise PMFError(f"{flag} {str(out)!r} already holds a run (checkpoints up to step {found[-1][0]}); continue "
+                       "it with --resume auto, or start afresh with --overwrite (deletes its checkpoints and "
+                       "metrics)")
+    if int(os.environ.get("RANK", "0")) == 0:
+        for name in RUN_OUTPUTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        print(f"--overwrite: deleted the earlier run's outputs in {out}", flush=True)
+
+
 def run(args) -> int:
     from ..distributed import cleanup
     from ..train import train
@@ -131,6 +166,7 @@ def run(args) -> int:
         check_device(cfg.device)
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise PMFError(f"--out {cfg.out!r} is a file; give a run folder (it is created if missing)")
+    guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
     try:
         summary = train(cfg, resume=args.resume)
     finally:
