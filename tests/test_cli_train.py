@@ -2,6 +2,11 @@
 holds a run is not restarted silently, Ctrl-C names the command that resumes, the data decide the classes."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,3 +37,33 @@ def test_a_run_folder_with_checkpoints_is_not_restarted_silently(tmp_path, capsy
     assert main(tiny(out, "--steps", "2", "--ckpt-every", "2", "--overwrite")) == 0
     steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 2 and not (out / "checkpoints" / "step_00000004.pt").exists()
+
+
+def test_ctrl_c_saves_and_prints_the_command_that_resumes(tmp_path, capsys):
+    import shlex
+
+    out = tmp_path / "run"
+    argv = tiny(out, "--steps", "100000", "--ckpt-every", "2", "--log-every", "1")
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pmf.cli", *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoints" / "step_00000002.pt").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    line = next(ln for ln in stderr.splitlines() if ln.startswith("pmf train: interrupted"))
+    step = int(line.split("at step ")[1].split(";")[0])
+    assert step >= 2 and str(out / "checkpoints" / f"step_{step:08d}.pt") in line  # saved at the interrupt
+    command = next(ln for ln in stderr.splitlines() if ln.startswith("resume with: ")).removeprefix("resume with: ")
+    words = shlex.split(command)
+    assert words == ["pmf", *argv, "--resume", "auto"]
+    capsys.readouterr()
+    assert main([*words[1:], "--steps", str(step + 1)]) == 0  # the printed command, one step further
+    assert f"resumed from {out / 'checkpoints' / f'step_{step:08d}.pt'} at step {step}" in capsys.readouterr().out
+    assert (out / "checkpoints" / f"step_{step + 1:08d}.pt").is_file()

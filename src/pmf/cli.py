@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for messages that repeat it
     try:
         return int(args.func(args) or 0)
     except PMFError as err:

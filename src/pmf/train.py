@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -196,6 +197,19 @@ def load_resume(path: Path, mcfg: ModelConfig, cfg: TrainConfig) -> dict:
     return obj
 
 
+# Set (by the command line's Ctrl-C handler) to stop after the running step with a checkpoint. Only for one
+# process: under torchrun the ranks could see Ctrl-C at different steps, and a checkpoint is a collective.
+stop_requested = threading.Event()
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on request after ``step`` steps; ``checkpoint`` holds that step (None: nothing saved)."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        super().__init__(f"interrupted after step {step}")
+        self.step, self.checkpoint = step, checkpoint
+
+
 def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True) -> dict:
     """Train per ``cfg``; ``resume`` is None, ``"auto"`` (newest checkpoint in the run folder, if any), a
     run folder or a checkpoint file. Returns a summary (last checkpoint, steps, seconds, last losses)."""
@@ -315,6 +329,11 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
             grid.save(model, emas, out / "samples" / f"step_{done:08d}.png")
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             last_ckpt = save(done) or last_ckpt
+        if stop_requested.is_set() and info.world_size == 1:
+            if last_saved != done:
+                last_ckpt = save(done) or last_ckpt
+            bar.close()
+            raise TrainingInterrupted(done, last_ckpt)
     bar.close()
     seconds = time.perf_counter() - t_start
     ran = max(cfg.steps - start, 0)

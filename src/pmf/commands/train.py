@@ -3,7 +3,13 @@ flags; runs as one process or under ``torchrun`` (DDP)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shlex
+import signal
+import sys
+import threading
 from pathlib import Path
 
 from ..errors import PMFError
@@ -157,6 +163,60 @@ def guard_run_folder(out: str | Path, *, resume: str | None, overwrite: bool, fl
         print(f"--overwrite: deleted the earlier run's outputs in {out}", flush=True)
 
 
+@contextlib.contextmanager
+def stop_after_step():
+    """The first Ctrl-C asks the training loop to stop after the running step and save a checkpoint; a second
+    one stops at once. Under torchrun (or off the main thread) Ctrl-C keeps its default effect."""
+    from .. import train as T
+
+    if os.environ.get("WORLD_SIZE", "1") != "1" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        if T.stop_requested.is_set():
+            raise KeyboardInterrupt
+        T.stop_requested.set()
+        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    T.stop_requested.clear()
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        T.stop_requested.clear()
+
+
+def resume_command(argv: list[str] | None) -> str:
+    """The command line that continues this run: the original one with ``--resume auto`` (and without
+    ``--overwrite``, which would delete the run)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not (a.startswith("--resume=") or a == "--overwrite"):
+            kept.append(a)
+    return shlex.join(["pmf", *kept, "--resume", "auto"])
+
+
+def report_interrupt(stop: KeyboardInterrupt, cfg: TrainConfig, argv: list[str] | None) -> None:
+    from ..checkpoint import latest_checkpoint
+
+    ckpt = getattr(stop, "checkpoint", None) or latest_checkpoint(Path(cfg.out) / "checkpoints")
+    where = f"at step {stop.step}" if hasattr(stop, "step") else "mid-step"
+    if ckpt is None:
+        print(f"pmf train: interrupted {where}; no checkpoint was saved yet, so there is nothing to resume",
+              file=sys.stderr)
+        return
+    print(f"pmf train: interrupted {where}; the last checkpoint is {ckpt}\nresume with: {resume_command(argv)}",
+          file=sys.stderr, flush=True)
+
+
 def run(args) -> int:
     from ..distributed import cleanup
     from ..train import train
@@ -168,7 +228,11 @@ def run(args) -> int:
         raise PMFError(f"--out {cfg.out!r} is a file; give a run folder (it is created if missing)")
     guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
     try:
-        summary = train(cfg, resume=args.resume)
+        with stop_after_step():
+            summary = train(cfg, resume=args.resume)
+    except KeyboardInterrupt as stop:
+        report_interrupt(stop, cfg, getattr(args, "argv", None))
+        return 130
     finally:
         cleanup()
     print(json.dumps(summary, indent=2))
