@@ -67,3 +67,59 @@ def test_ctrl_c_saves_and_prints_the_command_that_resumes(tmp_path, capsys):
     assert main([*words[1:], "--steps", str(step + 1)]) == 0  # the printed command, one step further
     assert f"resumed from {out / 'checkpoints' / f'step_{step:08d}.pt'} at step {step}" in capsys.readouterr().out
     assert (out / "checkpoints" / f"step_{step + 1:08d}.pt").is_file()
+
+
+def image_folder(root, classes: int, size: int, per_class: int = 2):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c:02d}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"c{c:02d}" / f"{i}.png")
+    return root
+
+
+def model_config_of(out):
+    from pmf.checkpoint import list_checkpoints, read_file
+
+    return read_file(list_checkpoints(out / "checkpoints")[-1][1])["model_config"]
+
+
+@pytest.mark.parametrize("classes", [2, 12])
+def test_the_model_takes_its_classes_from_an_image_folder(tmp_path, capsys, classes):
+    data = image_folder(tmp_path / "data", classes, 32)
+    (data / "c00" / "notes.txt").write_text("not an image")
+    out = tmp_path / "run"
+    argv = tiny(out, "--data", str(data), "--steps", "1", "--batch-size", "4", "--num-workers", "0")
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"{2 * classes} images, {classes} classes, 32x32, 3 channels; skipped 1 files that are not images" \
+        in printed and f"model pMF-Tiny/4 with num_classes={classes}" in printed
+    assert model_config_of(out)["num_classes"] == classes
+    assert main([*argv[:argv.index("--steps")], "--steps", "2", "--batch-size", "4", "--num-workers", "0",
+                 "--resume", "auto"]) == 0  # the same inference on resume: the checkpoint fits
+
+
+def test_image_size_and_flags(tmp_path, capsys):
+    data = image_folder(tmp_path / "data", 2, 30)
+    base = tiny(tmp_path / "a", "--data", str(data), "--steps", "1", "--batch-size", "4", "--num-workers", "0")
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "30x30" in err and "patch size 4" in err and "--image-size" in err
+    assert main([*base, "--image-size", "28"]) == 0
+    assert model_config_of(tmp_path / "a")["input_size"] == 28
+    assert main(tiny(tmp_path / "b", "--data", str(data), "--steps", "1", "--batch-size", "4", "--num-workers", "0",
+                     "--image-size", "16", "--num-classes", "5")) == 0
+    cfg = model_config_of(tmp_path / "b")
+    assert (cfg["input_size"], cfg["num_classes"]) == (16, 5)
+
+
+def test_an_unreadable_file_is_named_once(tmp_path, capsys):
+    data = image_folder(tmp_path / "data", 2, 32, per_class=3)
+    broken = data / "c01" / "9.png"
+    broken.write_bytes((data / "c01" / "0.png").read_bytes()[:40])  # truncated
+    assert main(tiny(tmp_path / "r", "--data", str(data), "--steps", "6", "--batch-size", "4",
+                     "--num-workers", "0")) == 0  # 24 draws over 7 files: the broken one is met several times
+    assert capsys.readouterr().err.count(f"skipping unreadable image {broken}") == 1

@@ -103,7 +103,8 @@ def check_data(data, config: ModelConfig, name: str) -> None:
         raise PMFError(f"dataset {name!r} holds no images")
     if labels.min() < 0 or labels.max() >= config.num_classes:
         raise PMFError(f"dataset {name!r} has labels in [{labels.min()}, {labels.max()}] but the model has "
-                       f"{config.num_classes} classes; set model_overrides num_classes={int(labels.max()) + 1}")
+                       f"{config.num_classes} classes; pass --num-classes {int(labels.max()) + 1} "
+                       "(model_overrides num_classes)")
     if isinstance(data, ArrayData):
         _, h, w, c = data.images.shape
         if (h, w) != (config.input_size, config.input_size):

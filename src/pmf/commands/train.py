@@ -59,6 +59,11 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default=None, help="built-in name (mnist-5k, digits), image folder, .pmfpack folder "
                    "(see `pmf pack`) or .npz/.npy file")
     p.add_argument("--arch", default=None, help="model preset, e.g. pMF-B/16")
+    p.add_argument("--num-classes", type=int, default=None, help="classes of the model (default: found in the data)")
+    p.add_argument("--channels", type=int, default=None, help="image channels of the model (default: 3 for RGB "
+                   "data, the preset's for gray data, which is repeated to RGB for an RGB model)")
+    p.add_argument("--image-size", type=int, default=None, help="image size of the model (default: the data's "
+                   "when all images have one size, else the preset's; images are center-cropped to it)")
     p.add_argument("--out", default=None, help="run folder (checkpoints, metrics.jsonl, samples)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="global batch over all processes")
@@ -217,6 +222,37 @@ def report_interrupt(stop: KeyboardInterrupt, cfg: TrainConfig, argv: list[str] 
           file=sys.stderr, flush=True)
 
 
+def fit_model_to_data(cfg: TrainConfig, args) -> str:
+    """Set ``cfg.model_overrides`` so that the model has the data's classes, channels and image size (or those
+    of --num-classes / --channels / --image-size) where the preset differs; returns what was found."""
+    from ..config import model_config
+    from ..data.probe import probe
+
+    facts = probe(cfg.data)
+    mcfg = model_config(cfg.arch, **cfg.model_overrides)
+    for flag in ("num_classes", "channels", "image_size"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise PMFError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    want = {"num_classes": args.num_classes or facts.classes}
+    if args.channels is not None:
+        want["in_channels"] = args.channels
+    elif facts.channels != mcfg.in_channels and not (facts.channels == 1 and mcfg.in_channels == 3):
+        want["in_channels"] = facts.channels
+    size = args.image_size or facts.size
+    if size is not None and size != mcfg.input_size:
+        if size % mcfg.patch_size:
+            source = "--image-size" if args.image_size else f"the data's images are {size}x{size}:"
+            raise PMFError(f"{source} {size} is not a multiple of the patch size {mcfg.patch_size} of {cfg.arch}; "
+                           f"pass --image-size with a multiple of {mcfg.patch_size} (images are center-cropped "
+                           "to it), or pick another --arch")
+        want["input_size"] = size
+    changed = {k: v for k, v in want.items() if getattr(mcfg, k) != v}
+    cfg.model_overrides = {**cfg.model_overrides, **changed}
+    model = f"model {cfg.arch}" + (f" with {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")
+    return f"data {facts.describe()}; {model}"
+
+
 def run(args) -> int:
     from ..distributed import cleanup
     from ..train import train
@@ -227,6 +263,9 @@ def run(args) -> int:
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise PMFError(f"--out {cfg.out!r} is a file; give a run folder (it is created if missing)")
     guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
+    found = fit_model_to_data(cfg, args)
+    if os.environ.get("RANK", "0") == "0":
+        print(found, flush=True)
     try:
         with stop_after_step():
             summary = train(cfg, resume=args.resume)
