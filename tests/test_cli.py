@@ -217,3 +217,10 @@ def test_toy_checks_matplotlib_first_and_writes_results_before_the_figure(tmp_pa
     monkeypatch.setattr(toy, "plot_grid", broken_figure)
     assert main(["toy", "--quick", "--out", str(tmp_path / "c"), "--no-progress"]) == 2
     assert (tmp_path / "c" / "metrics.json").is_file()
+
+
+def test_export_generator_help_says_the_output_is_not_clipped(capsys):
+    with pytest.raises(SystemExit):
+        main(["export-generator", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "NOT clipped" in text and "pmf.sampling.to_uint8" in text

@@ -17,8 +17,9 @@ from .sample import add_common_model_args
 def add_parser(sub) -> None:
     p = sub.add_parser("export-generator", help="export the one-step generator (u-head only) with torch.export",
                        description="Write a .pt2 program mapping (unit noise [B,C,H,W], labels [B], omega [B], "
-                       "t_min [B], t_max [B]) to images in [-1, 1], and a JSON file describing its inputs. "
-                       "Load it with torch.export.load(PATH).module().")
+                       "t_min [B], t_max [B]) to images on the [-1, 1] scale, NOT clipped (a one-step sample can "
+                       "overshoot): clip to [-1, 1] before converting, as pmf.sampling.to_uint8 does. Also writes a "
+                       "JSON file describing its inputs. Load it with torch.export.load(PATH).module().")
     add_common_model_args(p)
     p.add_argument("--out", required=True, help="output .pt2 file")
     p.add_argument("--static-batch", type=int, default=None,
@@ -46,7 +47,8 @@ def run(args) -> int:
     save_generator(program, out)
     shape = [cfg.in_channels, cfg.input_size, cfg.input_size]
     info = {"inputs": {"eps": ["B", *shape], "labels": ["B"], "omega": ["B"], "t_min": ["B"], "t_max": ["B"]},
-            "output": ["B", *shape], "noise_scale": noise_scale, "num_classes": cfg.num_classes,
+            "output": ["B", *shape], "output_range": "the [-1, 1] scale, not clipped: clip before converting",
+            "noise_scale": noise_scale, "num_classes": cfg.num_classes,
             "null_label": cfg.num_classes, "batch": args.static_batch or "dynamic", "torch": torch.__version__,
             "model_config": cfg.to_dict()}
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))
