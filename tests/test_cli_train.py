@@ -123,3 +123,12 @@ def test_an_unreadable_file_is_named_once(tmp_path, capsys):
     assert main(tiny(tmp_path / "r", "--data", str(data), "--steps", "6", "--batch-size", "4",
                      "--num-workers", "0")) == 0  # 24 draws over 7 files: the broken one is met several times
     assert capsys.readouterr().err.count(f"skipping unreadable image {broken}") == 1
+
+
+def test_header_and_progress_bar_show_what_matters(tmp_path, capsys):
+    assert main(tiny(tmp_path / "r", "--steps", "2", "--log-every", "1")) == 0
+    captured = capsys.readouterr()
+    header = next(ln for ln in captured.out.splitlines() if ln.startswith("training "))
+    assert "pMF-Tiny/4 (0.4" in header and "M parameters" in header and "on digits (" in header
+    assert "10 classes" in header and "| cpu, fp32 | 2 steps, batch 16" in header
+    assert "loss_u=" in captured.err and "loss_v=" in captured.err and "loss=" not in captured.err

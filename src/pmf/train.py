@@ -266,6 +266,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" and device.type == "cuda" \
         else contextlib.nullcontext()
     L = cfg.loss
+    D.print0(run_header(cfg, model, data, device, start), info=info)
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not (progress and info.is_main))
     sums: dict[str, torch.Tensor] = {}
     n_acc, t_log, t_start, last_ckpt, last = 0, time.perf_counter(), time.perf_counter(), None, {}
@@ -324,7 +325,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
             last = {k: D.all_reduce_mean(v / n_acc).item() for k, v in sums.items()}
             ips = n_acc * cfg.batch_size / max(now - t_log, 1e-9)
             log.write({"step": done, **last, "lr": lr, "img_per_s": ips, "time": now - t_start})
-            bar.set_postfix(loss=f"{last['loss']:.4g}", img_s=f"{ips:.0f}")
+            # loss_u / loss_v, not the adaptive-weighted loss (near 2 by construction, spec section 3)
+            bar.set_postfix(loss_u=f"{last['loss_u']:.4g}", loss_v=f"{last['loss_v']:.4g}", img_s=f"{ips:.0f}")
             sums, n_acc, t_log = {}, 0, now
         if grid is not None and done % cfg.sample.every == 0:
             grid.save(model, emas, out / "samples" / f"step_{done:08d}.png")
@@ -343,6 +345,17 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     if info.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def run_header(cfg: TrainConfig, model: torch.nn.Module, data, device, start: int) -> str:
+    """One line before the first step: model, parameters, data, device, precision, steps."""
+    params = sum(p.numel() for p in model.parameters())
+    classes = len(getattr(data, "class_names", []) or []) or model.config.num_classes
+    precision = cfg.precision if device.type == "cuda" else "fp32"
+    steps = f"steps {start} -> {cfg.steps}" if start else f"{cfg.steps} steps"
+    return (f"training {cfg.arch} ({params / 1e6:.2f}M parameters, {model.config.input_size}px) on {cfg.data} "
+            f"({len(data.labels):,} images, {classes} classes) | {device}, {precision} | {steps}, "
+            f"batch {cfg.batch_size}")
 
 
 def _cpu(state: dict) -> dict:
