@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
                        description="Trains pMF-MNIST/7 (1.4M parameters, 28x28, patch 7) with the full pMF objective "
                        "on the 4,500 training digits of MNIST-5k: batch 64, Muon lr 1e-2, EMA 0.99. Then scores 1,000 "
                        "one-step samples with the offline classifier. The length is a step count so results are "
-                       "reproducible; about 7 minutes on two idle cores at 1.9 steps/s.")
+                       "reproducible; minutes on two idle CPU cores (measured figures: README).")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
     p.add_argument("--seed", type=int, default=0)
