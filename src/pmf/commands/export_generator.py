@@ -10,7 +10,7 @@ from ..checkpoint import load_model
 from ..errors import PMFError
 from ..export import export_generator, save_generator
 from ..nn.model import build_model
-from ._args import check_device, output_file
+from ._args import add_out, check_device, output_file
 from .sample import add_common_model_args
 
 
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
                        "overshoot): clip to [-1, 1] before converting, as pmf.sampling.to_uint8 does. Also writes a "
                        "JSON file describing its inputs. Load it with torch.export.load(PATH).module().")
     add_common_model_args(p)
-    p.add_argument("--out", required=True, help="output .pt2 file")
+    add_out(p, required=True, help="output .pt2 file (required)")
     p.add_argument("--static-batch", type=int, default=None,
                    help="trace for this batch size only (default: any batch size)")
     p.set_defaults(func=run)

@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 from ..errors import PMFError
+from ._args import add_out
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("plot", help="draw loss curves of training runs to PNG",
                        description="Reads RUN/metrics.jsonl (or the given .jsonl files) and plots each key.")
     p.add_argument("runs", nargs="+", help="run folders or metrics.jsonl files")
-    p.add_argument("--out", default="losses.png", help="output PNG (default losses.png)")
+    add_out(p, default="losses.png", help="output PNG (default losses.png)")
     p.add_argument("--keys", default="loss_u,loss_v", help="comma-separated metrics (default loss_u,loss_v)")
     p.add_argument("--log-y", action="store_true", help="logarithmic y axis")
     p.set_defaults(func=run)

@@ -12,7 +12,22 @@ from ..config import PRESETS
 from ..errors import PMFError
 from ..images import save_grid, save_image
 from ..sampling import PRECISIONS, generate, image_labels, prepare_sampler
-from ._args import check_device, check_guidance, load_for_sampling, output_folder, sampling_setting
+from ._args import (
+    add_batch_size,
+    add_checkpoint,
+    add_device,
+    add_ema,
+    add_guidance,
+    add_out,
+    add_progress,
+    add_seed,
+    check_device,
+    check_guidance,
+    load_for_sampling,
+    one_guidance,
+    output_folder,
+    sampling_setting,
+)
 
 
 def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
@@ -37,16 +52,14 @@ def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
     return out
 
 
-def add_common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, hf:OWNER/REPO/FILE, URL, or 'random' "
-                   "(an untrained model of --arch, to try the pipeline)")
+def add_common_model_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
+    add_checkpoint(p)
     p.add_argument("--arch", choices=list(PRESETS), help="architecture of a release-format file "
                    "(default: recorded in our checkpoints, inferred from the shapes otherwise)")
-    p.add_argument("--ema", default=None, help="which EMA of a training checkpoint ('raw' for the raw weights; "
-                   "default: the EMA of the checkpoint's sampling setting)")
-    p.add_argument("--noise-scale", type=float, default=None, help="default: the preset's / recorded value")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when a GPU is visible, "
-                   "else cpu)")
+    add_ema(p, sweep=sweep)
+    p.add_argument("--noise-scale", type=float, default=None, help="noise scale (default: the preset's / "
+                   "recorded value)")
+    add_device(p)
 
 
 def add_sampling_speed_args(p: argparse.ArgumentParser) -> None:
@@ -63,17 +76,15 @@ def add_parser(sub) -> None:
                        description="Write PNGs, grid.png and samples.npz (uint8 images, int64 labels).")
     add_common_model_args(p)
     add_sampling_speed_args(p)
-    p.add_argument("--out", required=True, help="output folder")
+    add_out(p, default="runs/sample", help="output folder (default runs/sample)")
     p.add_argument("--classes", default=None, help="classes to sample, e.g. '0-9' or '1,207,360' "
                    "(default: all classes of a model with <= 100 classes, else 8 random ones)")
     p.add_argument("--per-class", type=int, default=8, help="images per class (default 8)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default 1: one forward pass)")
-    p.add_argument("--omega", type=float, default=None, help="guidance scale, an input of the network (default: "
-                   "the checkpoint's setting: the released one for released models, else the training recipe's)")
-    p.add_argument("--t-min", type=float, default=None, help="guidance interval start (default: the checkpoint's)")
-    p.add_argument("--t-max", type=float, default=None, help="guidance interval end (default: the checkpoint's)")
-    p.add_argument("--seed", type=int, default=0, help="image i uses its own generator from (seed, i)")
-    p.add_argument("--batch-size", type=int, default=64)
+    add_guidance(p)
+    add_seed(p, help="image i uses its own generator from (seed, i) (default 0)")
+    add_batch_size(p)
+    add_progress(p)
     p.add_argument("--no-png", action="store_true", help="write only grid.png and samples.npz")
     p.set_defaults(func=run)
 
@@ -83,11 +94,12 @@ def run(args) -> int:
         raise PMFError(f"--per-class must be >= 1, got {args.per_class}")
     if args.batch_size < 1:
         raise PMFError(f"--batch-size must be >= 1, got {args.batch_size}")
-    check_guidance(omega=args.omega, t_min=args.t_min, t_max=args.t_max, steps=args.steps)
+    omega, t_min, t_max = one_guidance(args)
+    check_guidance(omega=omega, t_min=t_min, t_max=t_max, steps=args.steps)
     args.device = check_device(args.device)
     out = output_folder(args.out)
     loaded = load_for_sampling(args, args.device)
-    setting = sampling_setting(loaded, omega=args.omega, t_min=args.t_min, t_max=args.t_max, steps=args.steps)
+    setting = sampling_setting(loaded, omega=omega, t_min=t_min, t_max=t_max, steps=args.steps)
     print(f"sampling: {setting.describe()}", flush=True)
     model, cfg = loaded.model, loaded.model.config
     model = prepare_sampler(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
@@ -101,7 +113,7 @@ def run(args) -> int:
     for idx, batch in generate(model, range(len(labels)), labels[: len(labels)], seed=args.seed,
                                batch_size=args.batch_size, steps=setting.steps, omega=setting.omega,
                                t_min=setting.t_min, t_max=setting.t_max, noise_scale=noise_scale, device=args.device,
-                               precision=args.precision):
+                               precision=args.precision, progress=not args.no_progress):
         images.append(batch.numpy())
         if not args.no_png:
             for i, im in zip(idx, batch.numpy()):
