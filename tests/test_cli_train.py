@@ -94,7 +94,7 @@ def test_the_model_takes_its_classes_from_an_image_folder(tmp_path, capsys, clas
     out = tmp_path / "run"
     argv = tiny(out, "--data", str(data), "--steps", "1", "--batch-size", "4", "--num-workers", "0")
     assert main(argv) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert f"{2 * classes} images, {classes} classes, 32x32, 3 channels; skipped 1 files that are not images" \
         in printed and f"model pMF-Tiny/4 with num_classes={classes}" in printed
     assert model_config_of(out)["num_classes"] == classes
@@ -128,7 +128,8 @@ def test_an_unreadable_file_is_named_once(tmp_path, capsys):
 def test_header_and_progress_bar_show_what_matters(tmp_path, capsys):
     assert main(tiny(tmp_path / "r", "--steps", "2", "--log-every", "1")) == 0
     captured = capsys.readouterr()
-    header = next(ln for ln in captured.out.splitlines() if ln.startswith("training "))
+    header = next(ln for ln in captured.err.splitlines() if ln.startswith("training "))
+    assert json.loads(captured.out)["steps"] == 2  # stdout stays the JSON summary
     assert "pMF-Tiny/4 (0.4" in header and "M parameters" in header and "on digits (" in header
     assert "10 classes" in header and "| cpu, fp32 | 2 steps, batch 16" in header
     assert "loss_u=" in captured.err and "loss_v=" in captured.err and "loss=" not in captured.err

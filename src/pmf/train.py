@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -266,7 +267,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" and device.type == "cuda" \
         else contextlib.nullcontext()
     L = cfg.loss
-    D.print0(run_header(cfg, model, data, device, start), info=info)
+    D.print0(run_header(cfg, model, data, device, start), info=info, file=sys.stderr)  # stdout: the summary
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not (progress and info.is_main))
     sums: dict[str, torch.Tensor] = {}
     n_acc, t_log, t_start, last_ckpt, last = 0, time.perf_counter(), time.perf_counter(), None, {}

@@ -283,7 +283,7 @@ def run(args) -> int:
     guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
     found = fit_model_to_data(cfg, args)
     if os.environ.get("RANK", "0") == "0":
-        print(found, flush=True)
+        print(found, file=sys.stderr, flush=True)  # stdout carries only the JSON summary
     try:
         with stop_after_step():
             summary = train(cfg, resume=args.resume, progress=not args.no_progress)
