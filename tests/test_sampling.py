@@ -118,13 +118,23 @@ def test_image_seeds_and_first_noise_values_are_pinned():
 
 
 def test_random_checkpoint_is_seeded_and_needs_an_arch():
-    from pmf.commands.sample import model_from_arg
+    from argparse import Namespace
 
-    a = model_from_arg("random", arch="pMF-Tiny/4", ema=None, device="cpu", seed=3)
+    from pmf.commands._args import load_for_sampling
+
+    def model_from_arg(arch, seed=None):
+        args = Namespace(checkpoint="random", arch=arch, ema=None, **({} if seed is None else {"seed": seed}))
+        return load_for_sampling(args, "cpu").model
+
+    a = model_from_arg("pMF-Tiny/4", seed=3)
     torch.manual_seed(123)
-    b = model_from_arg("random", arch="pMF-Tiny/4", ema=None, device="cpu", seed=3)
-    c = model_from_arg("random", arch="pMF-Tiny/4", ema=None, device="cpu", seed=4)
+    b = model_from_arg("pMF-Tiny/4", seed=3)
+    c = model_from_arg("pMF-Tiny/4", seed=4)
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     assert not all(torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
+    torch.manual_seed(123)
+    d = model_from_arg("pMF-Tiny/4")  # a command without --seed (export-generator) seeds with 0
+    e = model_from_arg("pMF-Tiny/4", seed=0)
+    assert all(torch.equal(v, e.state_dict()[k]) for k, v in d.state_dict().items())
     with pytest.raises(PMFError, match="needs --arch"):
-        model_from_arg("random", arch=None, ema=None, device="cpu")
+        model_from_arg(None)

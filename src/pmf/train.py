@@ -9,6 +9,8 @@ import contextlib
 import json
 import math
 import os
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -102,7 +104,8 @@ def check_data(data, config: ModelConfig, name: str) -> None:
         raise PMFError(f"dataset {name!r} holds no images")
     if labels.min() < 0 or labels.max() >= config.num_classes:
         raise PMFError(f"dataset {name!r} has labels in [{labels.min()}, {labels.max()}] but the model has "
-                       f"{config.num_classes} classes; set model_overrides num_classes={int(labels.max()) + 1}")
+                       f"{config.num_classes} classes; pass --num-classes {int(labels.max()) + 1} "
+                       "(model_overrides num_classes)")
     if isinstance(data, ArrayData):
         _, h, w, c = data.images.shape
         if (h, w) != (config.input_size, config.input_size):
@@ -196,6 +199,19 @@ def load_resume(path: Path, mcfg: ModelConfig, cfg: TrainConfig) -> dict:
     return obj
 
 
+# Set (by the command line's Ctrl-C handler) to stop after the running step with a checkpoint. Only for one
+# process: under torchrun the ranks could see Ctrl-C at different steps, and a checkpoint is a collective.
+stop_requested = threading.Event()
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on request after ``step`` steps; ``checkpoint`` holds that step (None: nothing saved)."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        super().__init__(f"interrupted after step {step}")
+        self.step, self.checkpoint = step, checkpoint
+
+
 def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True) -> dict:
     """Train per ``cfg``; ``resume`` is None, ``"auto"`` (newest checkpoint in the run folder, if any), a
     run folder or a checkpoint file. Returns a summary (last checkpoint, steps, seconds, last losses)."""
@@ -251,6 +267,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" and device.type == "cuda" \
         else contextlib.nullcontext()
     L = cfg.loss
+    D.print0(run_header(cfg, model, data, device, start), info=info, file=sys.stderr)  # stdout: the summary
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not (progress and info.is_main))
     sums: dict[str, torch.Tensor] = {}
     n_acc, t_log, t_start, last_ckpt, last = 0, time.perf_counter(), time.perf_counter(), None, {}
@@ -309,12 +326,18 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
             last = {k: D.all_reduce_mean(v / n_acc).item() for k, v in sums.items()}
             ips = n_acc * cfg.batch_size / max(now - t_log, 1e-9)
             log.write({"step": done, **last, "lr": lr, "img_per_s": ips, "time": now - t_start})
-            bar.set_postfix(loss=f"{last['loss']:.4g}", img_s=f"{ips:.0f}")
+            # loss_u / loss_v, not the adaptive-weighted loss (near 2 by construction, spec section 3)
+            bar.set_postfix(loss_u=f"{last['loss_u']:.4g}", loss_v=f"{last['loss_v']:.4g}", img_s=f"{ips:.0f}")
             sums, n_acc, t_log = {}, 0, now
         if grid is not None and done % cfg.sample.every == 0:
             grid.save(model, emas, out / "samples" / f"step_{done:08d}.png")
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             last_ckpt = save(done) or last_ckpt
+        if stop_requested.is_set() and info.world_size == 1:
+            if last_saved != done:
+                last_ckpt = save(done) or last_ckpt
+            bar.close()
+            raise TrainingInterrupted(done, last_ckpt)
     bar.close()
     seconds = time.perf_counter() - t_start
     ran = max(cfg.steps - start, 0)
@@ -323,6 +346,17 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     if info.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def run_header(cfg: TrainConfig, model: torch.nn.Module, data, device, start: int) -> str:
+    """One line before the first step: model, parameters, data, device, precision, steps."""
+    params = sum(p.numel() for p in model.parameters())
+    classes = len(getattr(data, "class_names", []) or []) or model.config.num_classes
+    precision = cfg.precision if device.type == "cuda" else "fp32"
+    steps = f"steps {start} -> {cfg.steps}" if start else f"{cfg.steps} steps"
+    return (f"training {cfg.arch} ({params / 1e6:.2f}M parameters, {model.config.input_size}px) on {cfg.data} "
+            f"({len(data.labels):,} images, {classes} classes) | {device}, {precision} | {steps}, "
+            f"batch {cfg.batch_size}")
 
 
 def _cpu(state: dict) -> dict:

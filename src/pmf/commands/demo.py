@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from ..errors import PMFError
-from .train import add_perceptual_args, apply_perceptual_args
+from ._args import add_device, add_num_images, add_out, add_progress, add_seed, deprecated
+from .train import add_perceptual_args, apply_perceptual_args, guard_run_folder
 
 DEFAULT_STEPS = 800
 
@@ -21,19 +22,26 @@ def add_parser(sub) -> None:
                        description="Trains pMF-MNIST/7 (1.4M parameters, 28x28, patch 7) with the full pMF objective "
                        "on the 4,500 training digits of MNIST-5k: batch 64, Muon lr 1e-2, EMA 0.99. Then scores 1,000 "
                        "one-step samples with the offline classifier. The length is a step count so results are "
-                       "reproducible; about 7 minutes on two idle cores at 1.9 steps/s.")
-    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+                       "reproducible; minutes on two idle CPU cores (measured figures: README).")
+    add_out(p, default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--omega", type=float, default=3.0, help="guidance scale of the scored samples (default 3)")
-    p.add_argument("--t-min", type=float, default=0.1, help="guidance interval start (default 0.1)")
-    p.add_argument("--t-max", type=float, default=0.8, help="guidance interval end (default 0.8)")
-    p.add_argument("--num-samples", type=int, default=1000, help="scored samples, balanced over classes")
+    add_seed(p)
+    p.add_argument("--omega", type=float, default=3.0, help="guidance scale of the scored samples, recorded in the "
+                   "checkpoint as its sampling setting (default 3)")
+    p.add_argument("--interval", default="0.1:0.8", metavar="T_MIN:T_MAX", help="guidance interval of the scored "
+                   "samples (default 0.1:0.8)")
+    deprecated(p, "--t-min", "t_min", type=float)
+    deprecated(p, "--t-max", "t_max", type=float)
+    add_num_images(p, default=1000, help="scored samples, balanced over classes (default 1000)")
+    deprecated(p, "--num-samples", "num_images", type=int)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice; 1 is "
                    "faster on a machine busy with other work)")
-    p.add_argument("--device", default="cpu")
+    add_device(p)
+    add_progress(p)
     p.add_argument("--no-score", action="store_true", help="skip the offline quality score")
     p.add_argument("--resume", default=None, help="'auto' to continue an interrupted demo in --out")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds an earlier demo "
+                   "(deletes its checkpoints and metrics)")
     add_perceptual_args(p)
     p.set_defaults(func=run)
 
@@ -64,7 +72,19 @@ def run(args) -> int:
     from ..checkpoint import load_model
     from ..train import train
     from ..train_config import recipe_mnist
+    from ._args import check_device, check_guidance, intervals, output_folder
 
+    args.device = check_device(args.device)
+    pairs = intervals(args.interval)
+    if len(pairs) != 1:
+        raise PMFError(f"--interval takes one T_MIN:T_MAX pair here, got {args.interval!r}")
+    t_min = args.t_min if getattr(args, "t_min", None) is not None else pairs[0][0]
+    t_max = args.t_max if getattr(args, "t_max", None) is not None else pairs[0][1]
+    check_guidance(omega=args.omega, t_min=t_min, t_max=t_max)
+    if args.num_images < 10:
+        raise PMFError(f"--num-images must be >= 10 (one per class), got {args.num_images}")
+    output_folder(args.out)
+    guard_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.threads is not None:
         if args.threads < 1:
             raise PMFError(f"--threads must be >= 1, got {args.threads}")
@@ -72,25 +92,25 @@ def run(args) -> int:
     cfg = recipe_mnist()
     cfg.steps, cfg.seed, cfg.out, cfg.device = args.steps, args.seed, args.out, args.device
     cfg.ema.decays = [0.99, 0.995]
-    cfg.sample.omega, cfg.sample.t_min, cfg.sample.t_max = args.omega, args.t_min, args.t_max
+    cfg.sample.omega, cfg.sample.t_min, cfg.sample.t_max = args.omega, t_min, t_max
     cfg.ckpt_every = max(1, min(200, args.steps))
     apply_perceptual_args(cfg, args)
     cfg.__post_init__()
     out = Path(args.out)
     t0 = time.perf_counter()
-    summary = train(cfg, resume=args.resume)
+    summary = train(cfg, resume=args.resume, progress=not args.no_progress)
     train_seconds = time.perf_counter() - t0
     ckpt = summary["last_checkpoint"]
     report = {"steps": cfg.steps, "train_seconds": train_seconds, "steps_per_s": summary["steps_per_s"],
               "threads": torch.get_num_threads(), "checkpoint": ckpt, "ema": "d0.99"}
     if not args.no_score:
         model = load_model(ckpt, ema="d0.99", device=args.device)
-        settings = [(args.omega, args.t_min, args.t_max), (1.0, 0.0, 1.0)]
-        report["scores"] = score(model, out, n=args.num_samples, seed=args.seed + 1, settings=settings)
+        settings = [(args.omega, t_min, t_max), (1.0, 0.0, 1.0)]
+        report["scores"] = score(model, out, n=args.num_images, seed=args.seed + 1, settings=settings)
     report["total_seconds"] = time.perf_counter() - t0
     (out / "demo_metrics.json").write_text(json.dumps(report, indent=2))
     print(f"trained {cfg.steps} steps in {train_seconds / 60:.1f} min ({summary['steps_per_s']:.2f} steps/s); "
           f"metrics in {out / 'demo_metrics.json'}")
-    print(f"sample from it: pmf sample --checkpoint {ckpt} --out {out / 'samples_cli'} --omega {args.omega:g} "
-          f"--t-min {args.t_min:g} --t-max {args.t_max:g}")
+    print(f"sample from it (the checkpoint records omega {args.omega:g} on [{t_min:g}, {t_max:g}]): "
+          f"pmf sample --checkpoint {ckpt} --out {out / 'samples_cli'}")
     return 0

@@ -15,26 +15,22 @@ from .. import __version__
 from ..data import BUILTIN
 from ..errors import PMFError
 from ..sampling import prepare_sampler
-from .sample import add_common_model_args, add_sampling_speed_args, model_from_arg
-
-
-def _floats(text: str, name: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise PMFError(f"{name} takes numbers separated by commas, got {text!r}") from None
-
-
-def _intervals(text: str) -> list[tuple[float, float]]:
-    out = []
-    for part in text.split(","):
-        try:
-            lo, hi = (float(v) for v in part.split(":"))
-        except ValueError:
-            raise PMFError(f"--interval takes T_MIN:T_MAX pairs separated by commas, e.g. '0.1:0.8,0.2:0.7', "
-                           f"got {part!r}") from None
-        out.append((lo, hi))
-    return out
+from ._args import (
+    add_batch_size,
+    add_guidance,
+    add_num_images,
+    add_out,
+    add_progress,
+    add_seed,
+    check_device,
+    check_guidance,
+    intervals,
+    load_for_sampling,
+    numbers,
+    output_folder,
+    sampling_setting,
+)
+from .sample import add_common_model_args, add_sampling_speed_args
 
 
 def add_parser(sub) -> None:
@@ -42,7 +38,7 @@ def add_parser(sub) -> None:
                        description="Evaluate a checkpoint. Writes OUT/metrics.json with the exact settings (and, "
                        "for a grid, sweep.json, sweep.md and sweep.png). Under torchrun each rank generates its "
                        "own slice of the images: torchrun --nproc_per_node=8 --no-python pmf eval ...")
-    add_common_model_args(p)
+    add_common_model_args(p, sweep=True)
     add_sampling_speed_args(p)
     p.add_argument("--offline", action="store_true", help="the offline score: a classifier trained on --dataset "
                    "(accuracy and Frechet distance in its features), no Inception weights needed")
@@ -50,22 +46,18 @@ def add_parser(sub) -> None:
     p.add_argument("--ref", default=None, help="reference statistics .npz (mu, sigma) for FID; see `pmf refstats`")
     p.add_argument("--inception-weights", default=None, help="local Inception weights file (default: "
                    "$PMF_INCEPTION_WEIGHTS, then torch-fidelity's torch hub cache)")
-    p.add_argument("--num-images", type=int, default=None, help="images per evaluation (default 50000 for FID, "
-                   "1000 offline); image i has class i %% num_classes")
-    p.add_argument("--omega", default="1", help="guidance scale(s), comma-separated for a sweep (default 1)")
-    p.add_argument("--interval", default="0:1", help="guidance interval(s) T_MIN:T_MAX, comma-separated "
-                   "(default 0:1)")
-    p.add_argument("--emas", default=None, help="EMA names to sweep, comma-separated (overrides --ema)")
+    add_num_images(p, help="images per evaluation (default 50000 for FID, 1000 offline); image i has class "
+                   "i %% num_classes")
+    add_guidance(p, sweep=True)
     p.add_argument("--fast", type=int, default=None, metavar="N", help="sweep with N images per setting, then "
                    "evaluate the best setting with --num-images")
-    p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", default=None, help="output folder (default: eval-<checkpoint name> beside the "
-                   "checkpoint)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 1: one forward pass)")
+    add_seed(p, help="image i uses its own generator from (seed, i) (default 0)")
+    add_batch_size(p)
+    add_out(p, default="runs/eval", help="output folder (default runs/eval)")
     p.add_argument("--save-png", action="store_true", help="keep the final evaluation's images as PNGs")
     p.add_argument("--save-npz", action="store_true", help="keep them as samples.npz (gathered on rank 0)")
-    p.add_argument("--no-progress", action="store_true")
+    add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -97,25 +89,75 @@ def choose_mode(args, model) -> str:
     raise AssertionError("unreachable")
 
 
+def check_offline_dataset(config, dataset: str) -> None:
+    """Refuse an offline score whose classifier cannot read the model's images: the classifier sees the data
+    set's own size (a model trained on it zero-padded by up to a quarter is cropped back), one channel (RGB is
+    averaged, as gray training data are repeated to RGB) and its classes."""
+    from ..data import load_builtin
+
+    ref = load_builtin(dataset, split="test")
+    size, channels, classes = ref.images.shape[1], ref.images.shape[3], ref.num_classes
+    problems = []
+    if not size <= config.input_size <= size + size // 4:
+        problems.append(f"its images are {size}x{size}, the model's {config.input_size}x{config.input_size}")
+    if config.in_channels not in (channels, 3):
+        problems.append(f"its images have {channels} channel(s), the model's {config.in_channels}")
+    if config.num_classes != classes:
+        problems.append(f"it has {classes} classes, the model {config.num_classes}")
+    if problems:
+        raise PMFError(f"the offline score of {dataset} cannot judge this model: {'; '.join(problems)}. Use "
+                       f"--dataset with the data the model was trained on, or FID (--ref)")
+
+
 def run(args) -> int:
     from ..distributed import broadcast_object, setup
     from ..evaluate import EvalSettings, best_row, evaluate, grid, plot, progress_bar, table
     from ..frechet import load_stats
 
+    args.device = check_device(args.device)
+    omegas, pairs = numbers(args.omega, "--omega"), intervals(args.interval)
+    check_guidance(steps=args.steps)
+    for omega in omegas or []:
+        check_guidance(omega=omega)
+    for lo, hi in pairs or []:
+        check_guidance(t_min=lo, t_max=hi)
+    check_guidance(t_min=args.t_min, t_max=args.t_max)
+    for name in ("num_images", "fast", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < (2 if name != "batch_size" else 1):
+            raise PMFError(f"--{name.replace('_', '-')} must be >= {2 if name != 'batch_size' else 1}, got {value}")
+    if args.out is not None and Path(args.out).is_file():
+        raise PMFError(f"--out {args.out!r} is a file; give a folder (it is created if missing)")
     created = not dist.is_initialized()
     info = setup(args.device)
     rank, world, device = info.rank, info.world_size, info.device
     created = created and dist.is_initialized()
     progress = not args.no_progress
-    emas = args.emas.split(",") if args.emas else [args.ema]
-    combos = grid(_floats(args.omega, "--omega"), _intervals(args.interval), emas)
+    emas = [e.strip() for e in args.ema.split(",") if e.strip()] if args.ema else [None]
 
     def load(ema):
-        net = model_from_arg(args.checkpoint, arch=args.arch, ema=ema, device=device, seed=args.seed)
-        return prepare_sampler(net, compile=args.compile, cuda_graphs=args.cuda_graphs)
+        return prepare_sampler(load_for_sampling(args, device, ema).model, compile=args.compile,
+                               cuda_graphs=args.cuda_graphs)
 
-    model = load(emas[0])
+    loaded = load_for_sampling(args, device, emas[0])
+    base = sampling_setting(loaded, steps=args.steps)  # the checkpoint's setting; the flags below may sweep it
+    emas[0] = loaded.ema  # the checkpoint's default EMA when none was named
+    args.steps = base.steps
+    one = (args.t_min if args.t_min is not None else base.t_min, args.t_max if args.t_max is not None else base.t_max)
+    combos = grid(omegas or [base.omega], pairs or [one], emas)
+    if len(combos) == 1:
+        c = combos[0]
+        chosen_setting = sampling_setting(loaded, omega=c["omega"], t_min=c["t_min"], t_max=c["t_max"],
+                                          steps=args.steps)
+        if rank == 0:
+            print(f"sampling: {chosen_setting.describe()}", flush=True)
+    elif rank == 0:
+        print(f"sampling: a sweep of {len(combos)} settings; the checkpoint's own is {base.describe()}", flush=True)
+    model = prepare_sampler(loaded.model, compile=args.compile, cuda_graphs=args.cuda_graphs)
+    del loaded
     mode = choose_mode(args, model)
+    if mode == "offline":
+        check_offline_dataset(model.config, args.dataset)
     inception = None
     if mode == "inception":
         from ..inception import find_weights, load_inception
@@ -126,7 +168,7 @@ def run(args) -> int:
     search_images = args.fast or num_images
     out = Path(args.out) if args.out else default_out(args.checkpoint)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        output_folder(out)
     metric = "fid" if mode == "inception" else "frechet"
 
     def settings(c, n):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+
+from ._args import add_out, add_progress, add_workers, legacy_positionals
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("pack", help="preprocess an image folder (ImageNet layout) into a packed uint8 array",
@@ -9,9 +13,11 @@ def add_parser(sub) -> None:
                        "(memory-mapped at training time), labels.npy and meta.json. Unreadable files are skipped "
                        "and counted.")
     p.add_argument("folder", help="image folder with one sub-folder per class")
-    p.add_argument("out", help="output folder (.pmfpack is appended if missing)")
+    add_out(p, help="output folder (.pmfpack is appended if missing; required)")
     p.add_argument("--size", type=int, required=True, help="training resolution, e.g. 256")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default min(8, CPUs))")
+    add_workers(p, help="decoding processes (default min(8, CPUs))")
+    add_progress(p)
+    p.add_argument("legacy", nargs="*", help=argparse.SUPPRESS)  # the old form `pmf pack FOLDER OUT`
     p.set_defaults(func=run)
 
 
@@ -19,9 +25,10 @@ def run(args) -> int:
     from ..data.packed import pack_folder
     from ..errors import PMFError
 
+    legacy_positionals(args, ("out",))
     if args.size < 1:
         raise PMFError(f"--size must be positive, got {args.size}")
-    stats = pack_folder(args.folder, args.out, args.size, workers=args.workers)
+    stats = pack_folder(args.folder, args.out, args.size, workers=args.workers, progress=not args.no_progress)
     print(f"packed {stats['packed']} images into {stats['out']}; skipped {stats['skipped']} unreadable files")
     for f in stats["skipped_files"][:20]:
         print(f"  skipped: {f}")

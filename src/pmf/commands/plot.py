@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 from ..errors import PMFError
+from ._args import add_out
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("plot", help="draw loss curves of training runs to PNG",
                        description="Reads RUN/metrics.jsonl (or the given .jsonl files) and plots each key.")
     p.add_argument("runs", nargs="+", help="run folders or metrics.jsonl files")
-    p.add_argument("--out", default="losses.png", help="output PNG (default losses.png)")
+    add_out(p, default="losses.png", help="output PNG (default losses.png)")
     p.add_argument("--keys", default="loss_u,loss_v", help="comma-separated metrics (default loss_u,loss_v)")
     p.add_argument("--log-y", action="store_true", help="logarithmic y axis")
     p.set_defaults(func=run)
@@ -44,6 +45,12 @@ def plot_runs(runs: list[str], out: str | Path, keys: list[str], log_y: bool = F
     except ImportError:
         raise PMFError("plots need matplotlib: pip install 'pixel-meanflow[plot]'") from None
     data = {str(r): read_metrics(r) for r in runs}
+    known = sorted({k for rows in data.values() for row in rows for k, v in row.items()
+                    if k != "step" and isinstance(v, (int, float))})
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise PMFError(f"no metric {', '.join(map(repr, unknown))} in {', '.join(data)}; known keys: "
+                       f"{', '.join(known) or '(none: the metrics files are empty)'}")
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for name, rows in data.items():
@@ -57,8 +64,9 @@ def plot_runs(runs: list[str], out: str | Path, keys: list[str], log_y: bool = F
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from ._args import output_file
+
+    out = output_file(out)
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out

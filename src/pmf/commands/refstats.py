@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from ..data import BUILTIN
 from ..data.transforms import adm_center_crop, to_rgb
 from ..errors import PMFError
+from ._args import add_batch_size, add_device, add_out, add_progress, add_workers
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 
@@ -102,14 +103,15 @@ def add_parser(sub) -> None:
                        "array file or built-in set at --size pixels (ADM center crop), for `pmf eval --ref`.")
     p.add_argument("source", help="image folder, .pmfpack folder, .npz/.npy file or built-in name")
     p.add_argument("--size", type=int, required=True, help="resolution the model generates (e.g. 256)")
-    p.add_argument("--out", required=True, help="output .npz")
+    add_out(p, required=True, help="output .npz (required)")
     p.add_argument("--split", default="train", choices=["train", "test", "all"], help="split of a built-in set")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    p.add_argument("--inception-weights", default=None)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--workers", type=int, default=4, help="image decoding processes")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--inception-weights", default=None, help="local Inception weights file (default: "
+                   "$PMF_INCEPTION_WEIGHTS, then torch-fidelity's torch hub cache)")
+    add_batch_size(p, default=100, help="images per Inception pass (default 100)")
+    add_workers(p, default=4, help="image decoding processes (default 4)")
+    add_device(p)
+    add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -122,6 +124,10 @@ def run(args) -> int:
 
     if args.size < 1:
         raise PMFError(f"--size must be positive, got {args.size}")
+    from ._args import check_device, output_file
+
+    args.device = check_device(args.device)
+    output_file(args.out)
     created = not dist.is_initialized()
     info = setup(args.device)
     rank, device = info.rank, info.device

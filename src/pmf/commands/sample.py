@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..checkpoint import load_model
 from ..config import PRESETS
 from ..errors import PMFError
 from ..images import save_grid, save_image
-from ..nn.model import PMFDiT, build_model
 from ..sampling import PRECISIONS, generate, image_labels, prepare_sampler
+from ._args import (
+    add_batch_size,
+    add_checkpoint,
+    add_device,
+    add_ema,
+    add_guidance,
+    add_out,
+    add_progress,
+    add_seed,
+    check_device,
+    check_guidance,
+    load_for_sampling,
+    one_guidance,
+    output_folder,
+    sampling_setting,
+)
 
 
 def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
@@ -25,39 +38,28 @@ def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
     for part in text.split(","):
         part = part.strip()
         try:
-            if "-" in part:
-                lo, hi = (int(v) for v in part.split("-"))
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
+            lo, hi = (int(v) for v in part.split("-")) if "-" in part else (int(part), int(part))
         except ValueError:
             raise PMFError(f"--classes takes numbers and ranges like '0-9' or '1,5,7', got {part!r}") from None
+        if lo > hi:
+            raise PMFError(f"--classes range {part!r} is empty: write the lower class first ({hi}-{lo})")
+        out.extend(range(lo, hi + 1))
+    if not out:
+        raise PMFError("--classes names no class")
     bad = [c for c in out if not 0 <= c < num_classes]
     if bad:
         raise PMFError(f"class {bad[0]} out of range [0, {num_classes - 1}]")
     return out
 
 
-def add_common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, hf:OWNER/REPO/FILE, URL, or 'random' "
-                   "(an untrained model of --arch, to try the pipeline)")
+def add_common_model_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
+    add_checkpoint(p)
     p.add_argument("--arch", choices=list(PRESETS), help="architecture of a release-format file "
                    "(default: recorded in our checkpoints, inferred from the shapes otherwise)")
-    p.add_argument("--ema", default=None, help="which EMA of a training checkpoint ('raw' for the raw weights; "
-                   "default: the first EMA)")
-    p.add_argument("--noise-scale", type=float, default=None, help="default: the preset's / recorded value")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-
-
-def model_from_arg(checkpoint: str, *, arch: str | None, ema: str | None, device, seed: int = 0) -> PMFDiT:
-    """The model named by ``--checkpoint`` (eval mode): a checkpoint we can read, or for ``random`` an
-    untrained model of ``arch`` whose weights follow ``torch.manual_seed(seed)``."""
-    if checkpoint == "random":
-        if arch is None:
-            raise PMFError("--checkpoint random needs --arch")
-        torch.manual_seed(seed)
-        return build_model(arch).to(device).eval()
-    return load_model(checkpoint, arch=arch, ema=ema, device=device)
+    add_ema(p, sweep=sweep)
+    p.add_argument("--noise-scale", type=float, default=None, help="noise scale (default: the preset's / "
+                   "recorded value)")
+    add_device(p)
 
 
 def add_sampling_speed_args(p: argparse.ArgumentParser) -> None:
@@ -74,16 +76,15 @@ def add_parser(sub) -> None:
                        description="Write PNGs, grid.png and samples.npz (uint8 images, int64 labels).")
     add_common_model_args(p)
     add_sampling_speed_args(p)
-    p.add_argument("--out", required=True, help="output folder")
+    add_out(p, default="runs/sample", help="output folder (default runs/sample)")
     p.add_argument("--classes", default=None, help="classes to sample, e.g. '0-9' or '1,207,360' "
                    "(default: all classes of a model with <= 100 classes, else 8 random ones)")
     p.add_argument("--per-class", type=int, default=8, help="images per class (default 8)")
-    p.add_argument("--steps", type=int, default=1, help="sampling steps (default 1: one forward pass)")
-    p.add_argument("--omega", type=float, default=1.0, help="guidance scale, an input of the network (default 1)")
-    p.add_argument("--t-min", type=float, default=0.0, help="guidance interval start (default 0)")
-    p.add_argument("--t-max", type=float, default=1.0, help="guidance interval end (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="image i uses its own generator from (seed, i)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 1: one forward pass)")
+    add_guidance(p)
+    add_seed(p, help="image i uses its own generator from (seed, i) (default 0)")
+    add_batch_size(p)
+    add_progress(p)
     p.add_argument("--no-png", action="store_true", help="write only grid.png and samples.npz")
     p.set_defaults(func=run)
 
@@ -91,8 +92,16 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if args.per_class < 1:
         raise PMFError(f"--per-class must be >= 1, got {args.per_class}")
-    model = model_from_arg(args.checkpoint, arch=args.arch, ema=args.ema, device=args.device, seed=args.seed)
-    cfg = model.config
+    if args.batch_size < 1:
+        raise PMFError(f"--batch-size must be >= 1, got {args.batch_size}")
+    omega, t_min, t_max = one_guidance(args)
+    check_guidance(omega=omega, t_min=t_min, t_max=t_max, steps=args.steps)
+    args.device = check_device(args.device)
+    out = output_folder(args.out)
+    loaded = load_for_sampling(args, args.device)
+    setting = sampling_setting(loaded, omega=omega, t_min=t_min, t_max=t_max, steps=args.steps)
+    print(f"sampling: {setting.describe()}", flush=True)
+    model, cfg = loaded.model, loaded.model.config
     model = prepare_sampler(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
     noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale
     classes = parse_classes(args.classes, cfg.num_classes)
@@ -100,13 +109,11 @@ def run(args) -> int:
         classes = list(range(cfg.num_classes)) if cfg.num_classes <= 100 else \
             image_labels(range(8), cfg.num_classes, seed=args.seed).tolist()
     labels = torch.tensor([c for c in classes for _ in range(args.per_class)], dtype=torch.long)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     images = []
     for idx, batch in generate(model, range(len(labels)), labels[: len(labels)], seed=args.seed,
-                               batch_size=args.batch_size, steps=args.steps, omega=args.omega, t_min=args.t_min,
-                               t_max=args.t_max, noise_scale=noise_scale, device=args.device,
-                               precision=args.precision):
+                               batch_size=args.batch_size, steps=setting.steps, omega=setting.omega,
+                               t_min=setting.t_min, t_max=setting.t_max, noise_scale=noise_scale, device=args.device,
+                               precision=args.precision, progress=not args.no_progress):
         images.append(batch.numpy())
         if not args.no_png:
             for i, im in zip(idx, batch.numpy()):
@@ -115,7 +122,9 @@ def run(args) -> int:
     np.savez(out / "samples.npz", images=images, labels=labels.numpy())
     save_grid(images, out / "grid.png", nrow=args.per_class)
     settings = {k: v for k, v in vars(args).items() if k != "func"}
-    (out / "sample_settings.json").write_text(json.dumps({**settings, "noise_scale": noise_scale,
+    resolved = {"omega": setting.omega, "t_min": setting.t_min, "t_max": setting.t_max, "steps": setting.steps,
+                "ema": setting.ema, "setting": setting.describe()}
+    (out / "sample_settings.json").write_text(json.dumps({**settings, **resolved, "noise_scale": noise_scale,
                                                           "classes": classes}, indent=2))
     print(f"wrote {len(images)} images, grid.png and samples.npz to {out}")
     return 0

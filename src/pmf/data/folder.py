@@ -51,12 +51,14 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
 
 class FolderDataset(torch.utils.data.Dataset):
     """Decodes images on the fly (use ``pmf pack`` to avoid decoding during long GPU runs). An unreadable
-    file is replaced by the next readable one, and counted in ``skipped`` of the worker that met it."""
+    file is replaced by the next readable one, counted in ``skipped`` of the worker that met it, and named in
+    one warning per file for the whole run (a flag per file in shared memory, seen by every worker)."""
 
     def __init__(self, root: str | Path, size: int):
         self.root, self.size = Path(root), size
         self.paths, self.labels, self.class_names = scan_folder(root)
         self.skipped = 0
+        self.warned = torch.zeros(len(self.paths), dtype=torch.uint8).share_memory_()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -72,6 +74,9 @@ class FolderDataset(torch.utils.data.Dataset):
                 return torch.from_numpy(load_image(self.paths[j], self.size)), int(self.labels[j])
             except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for damaged files
                 self.skipped += 1
+                if self.warned[j]:
+                    continue
+                self.warned[j] = 1
                 print(f"warning: skipping unreadable image {self.paths[j]} ({type(err).__name__}: {err}); "
                       "`pmf pack` checks every file once and reports the count", file=sys.stderr)
         raise PMFError(f"none of the {len(self.paths)} images in {str(self.root)!r} could be read")

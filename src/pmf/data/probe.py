@@ -1,0 +1,65 @@
+"""What a training data set holds before any model is built: image count, classes, channels and image size,
+so that ``pmf train`` can fit the model to the data (or say why it cannot)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .builtin import BUILTIN, load_builtin
+from .folder import IMAGE_EXTENSIONS, scan_folder
+from .packed import open_training_data
+
+SIZE_SAMPLE = 256  # image headers read to decide whether a folder has one fixed size
+
+
+@dataclass
+class DataFacts:
+    """``size`` None: the images are resized or cropped to the model (built-in sets, folders of mixed sizes)."""
+
+    spec: str
+    images: int
+    classes: int
+    channels: int
+    size: int | None
+    kind: str  # "built-in", "array", "folder"
+    skipped: int = 0  # files in class folders that are not images (by their suffix)
+    note: str = ""
+
+    def describe(self) -> str:
+        size = f"{self.size}x{self.size}" if self.size else self.note or "any size"
+        text = (f"{self.spec}: {self.images:,} images, {self.classes} classes, {size}, "
+                f"{'gray' if self.channels == 1 else f'{self.channels} channels'}")
+        return text + (f"; skipped {self.skipped} files that are not images" if self.skipped else "")
+
+
+def probe(spec: str) -> DataFacts:
+    if spec in BUILTIN:
+        data = load_builtin(spec, split="train")
+        return DataFacts(spec, len(data.labels), data.num_classes, data.images.shape[3], None, "built-in",
+                         note=f"{data.images.shape[1]}x{data.images.shape[2]} resized to the model")
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "meta.json").is_file() and path.suffix != ".pmfpack":
+        paths, labels, classes = scan_folder(path)
+        others = sum(1 for name in classes for p in (path / name).rglob("*")
+                     if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS and not p.name.startswith("."))
+        pick = paths if len(paths) <= SIZE_SAMPLE else [paths[i] for i in
+                                                          np.linspace(0, len(paths) - 1, SIZE_SAMPLE).astype(int)]
+        sizes = set()
+        for p in pick:
+            try:
+                with Image.open(p) as im:
+                    sizes.add(im.size)
+            except Exception:  # unreadable files are reported once when training meets them
+                continue
+        fixed = next(iter(sizes)) if len(sizes) == 1 else None
+        size = fixed[0] if fixed and fixed[0] == fixed[1] else None
+        note = "" if size else ("non-square images, center-cropped to the model" if fixed else
+                                "mixed sizes, center-cropped to the model")
+        return DataFacts(spec, len(paths), len(classes), 3, size, "folder", others, note)
+    data = open_training_data(spec, 0)
+    classes = max(len(data.class_names), int(np.max(data.labels)) + 1 if len(data.labels) else 0)
+    return DataFacts(spec, len(data.labels), classes, data.images.shape[3], data.images.shape[1], "array")

@@ -1,0 +1,226 @@
+"""The ``pmf`` command line: one-line errors for user mistakes, refusals of outputs that would be wrong, and
+the settings the commands report (no training here; see test_cli_train.py)."""
+
+import json
+
+import pytest
+import torch
+
+import pmf
+from pmf.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ARCH = "pMF-Tiny/4"
+
+
+def random_model(seed: int = 0) -> torch.nn.Module:
+    """A tiny pMF whose zero-initialised output layers are perturbed, so images depend on the noise."""
+    model = pmf.build_model(ARCH)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def train_ckpt(tmp_path_factory):
+    """Our checkpoint format with a recipe sampling setting and two EMAs."""
+    model = random_model()
+    path = tmp_path_factory.mktemp("ckpt") / "step.pt"
+    state = model.state_dict()
+    emas = {"d0.9": random_model(1).state_dict(), "d0.99": state}
+    train_config = {"arch": ARCH, "sample": {"omega": 2.0, "t_min": 0.2, "t_max": 0.7}}
+    torch.save({"format": "pixel-meanflow", "model_config": model.config.to_dict(), "model": state, "ema": emas,
+                "train_config": train_config}, path)
+    return path
+
+
+def test_export_refuses_unknown_suffixes(tmp_path, train_ckpt, capsys):
+    out = tmp_path / "x.onnx"
+    assert main(["export", str(train_ckpt), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'.onnx'" in err and ".safetensors" in err and ".pt" in err and not out.exists()
+    assert main(["export", str(train_ckpt), str(tmp_path / "x.pt"), "--format", "safetensors"]) == 2
+    assert main(["export", str(train_ckpt), str(tmp_path / "x.pt")]) == 0 and (tmp_path / "x.pt").is_file()
+
+
+def test_plot_refuses_unknown_keys(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 2.0, "loss_u": 1 / s}) + "\n"
+                                               for s in range(1, 4)))
+    out = tmp_path / "l.png"
+    assert main(["plot", str(run), "--keys", "loss_x", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'loss_x'" in err and "loss, loss_u" in err and not out.exists()
+
+
+def _sample(tmp_path, *extra, out=None):
+    return main(["sample", "--checkpoint", "random", "--arch", ARCH, "--per-class", "1", "--no-png",
+                 "--out", str(out or tmp_path / "s"), *extra])
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, capsys, monkeypatch, train_ckpt):
+    assert _sample(tmp_path, "--classes", "9-0") == 2
+    assert "--classes range '9-0' is empty" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert _sample(tmp_path, out=afile) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(train_ckpt), "--offline", "--out", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["train", "--recipe", "tiny", "--out", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in (["sample", "--checkpoint", "random", "--arch", ARCH, "--out", str(tmp_path / "c")],
+                 ["eval", "--checkpoint", str(train_ckpt), "--offline", "--out", str(tmp_path / "e")],
+                 ["train", "--recipe", "tiny", "--out", str(tmp_path / "t")],
+                 ["export-generator", "--checkpoint", "random", "--arch", ARCH, "--out", str(tmp_path / "g.pt2")]):
+        assert main([*argv, "--device", "cuda"]) == 2, argv
+        err = capsys.readouterr().err
+        assert "no CUDA GPU is visible" in err and len(err.strip().splitlines()) == 1, err
+    assert main(["sample", "--checkpoint", "random", "--arch", ARCH, "--out", str(tmp_path / "c"),
+                 "--device", "gpu0"]) == 2
+    assert "not a device name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--omega", "0"], "--omega must be > 0"),
+    (["--t-min", "0.8", "--t-max", "0.2"], "t_min <= t_max"),
+    (["--steps", "0"], "--steps must be >= 1"),
+])
+def test_sampling_flags_are_checked_before_any_work(tmp_path, capsys, train_ckpt, flags, message):
+    assert _sample(tmp_path, *flags) == 2
+    err = capsys.readouterr().err
+    assert message in err and "sampling" not in err and "%" not in err  # no progress bar started
+    assert not (tmp_path / "s").exists()
+    eval_flags = [f.replace("--t-min", "--interval") for f in flags if f != "--t-max"]
+    if eval_flags[0] == "--interval":
+        eval_flags = ["--interval", "0.8:0.2"]
+    assert main(["eval", "--checkpoint", str(train_ckpt), "--offline", "--out", str(tmp_path / "e"),
+                 "--num-images", "20", *eval_flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "%" not in err
+    assert not (tmp_path / "e").exists()
+
+
+def _images(folder):
+    import numpy as np
+
+    return np.load(folder / "samples.npz")["images"]
+
+
+def test_sample_defaults_to_the_checkpoints_setting(tmp_path, capsys, train_ckpt):
+    import numpy as np
+
+    ck = ["--checkpoint", str(train_ckpt), "--classes", "1,2", "--per-class", "1", "--no-png", "--device", "cpu"]
+    assert main(["sample", *ck, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "sampling: omega 2, interval [0.2, 0.7], 1 step(s), EMA d0.9 (the training recipe's sampling setting)" \
+        in out
+    assert main(["sample", *ck, "--out", str(tmp_path / "b"), "--omega", "2", "--t-min", "0.2", "--t-max", "0.7",
+                 "--ema", "d0.9"]) == 0
+    assert np.array_equal(_images(tmp_path / "a"), _images(tmp_path / "b"))
+    capsys.readouterr()
+    assert main(["sample", *ck, "--out", str(tmp_path / "c"), "--omega", "3", "--ema", "d0.99"]) == 0
+    out = capsys.readouterr().out
+    assert "sampling: omega 3, interval [0.2, 0.7], 1 step(s), EMA d0.99" in out and "omega, EMA from the flags" in out
+    assert main(["sample", *ck, "--out", str(tmp_path / "d"), "--omega", "3", "--t-min", "0.2", "--t-max", "0.7",
+                 "--ema", "d0.99"]) == 0
+    assert np.array_equal(_images(tmp_path / "c"), _images(tmp_path / "d"))
+    assert not np.array_equal(_images(tmp_path / "a"), _images(tmp_path / "c"))
+    settings = json.loads((tmp_path / "c" / "sample_settings.json").read_text())
+    assert (settings["omega"], settings["t_min"], settings["t_max"], settings["ema"]) == (3.0, 0.2, 0.7, "d0.99")
+
+
+def test_sample_uses_the_released_setting_of_a_released_preset(tmp_path, capsys, fixtures_dir, monkeypatch):
+    import pmf.sampling
+
+    monkeypatch.setitem(pmf.sampling.RELEASED_SAMPLING, ARCH, dict(omega=6.5, t_min=0.1, t_max=0.7,
+                                                                     ema_halflife_kimg=2000))
+    assert main(["sample", "--checkpoint", str(fixtures_dir / "net_tiny.pt"), "--classes", "0", "--per-class", "1",
+                 "--no-png", "--out", str(tmp_path / "r")]) == 0
+    assert f"sampling: omega 6.5, interval [0.1, 0.7], 1 step(s) (the released setting of {ARCH})" \
+        in capsys.readouterr().out
+
+
+@pytest.fixture
+def fake_offline(monkeypatch):
+    """The offline score without training its classifier: records the images it was given."""
+    import pmf.quality
+
+    seen = []
+
+    def offline_scores(images, labels, *, dataset="mnist-5k", **kw):
+        seen.append(images)
+        return {"accuracy": 0.5, "frechet": float(len(seen)), "frechet_real_floor": 0.1, "accuracy_real_floor": 0.9,
+                "frechet_class_means": 2.0, "dataset": dataset}
+
+    monkeypatch.setattr(pmf.quality, "offline_scores", offline_scores)
+    return seen
+
+
+def test_eval_defaults_to_the_checkpoints_setting_and_sweeps(tmp_path, capsys, train_ckpt, fake_offline):
+    base = ["eval", "--checkpoint", str(train_ckpt), "--offline", "--num-images", "10", "--no-progress",
+            "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert "sampling: omega 2, interval [0.2, 0.7], 1 step(s), EMA d0.9" in capsys.readouterr().out
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert (m["settings"]["omega"], m["settings"]["t_min"], m["settings"]["t_max"], m["ema"]) == (2.0, 0.2, 0.7,
+                                                                                                "d0.9")
+    assert main([*base, "--out", str(tmp_path / "b"), "--omega", "1,3", "--emas", "d0.9,d0.99"]) == 0
+    rows = json.loads((tmp_path / "b" / "sweep.json").read_text())["rows"]
+    assert [(r["ema"], r["omega"], r["t_min"], r["t_max"]) for r in rows] == [
+        ("d0.9", 1.0, 0.2, 0.7), ("d0.9", 3.0, 0.2, 0.7), ("d0.99", 1.0, 0.2, 0.7), ("d0.99", 3.0, 0.2, 0.7)]
+
+
+def test_eval_refuses_an_offline_dataset_that_does_not_fit(tmp_path, capsys, fake_offline):
+    # an MNIST-sized model (28x28, one channel, 10 classes) judged by the 8x8 digits classifier
+    argv = ["eval", "--checkpoint", "random", "--arch", "pMF-MNIST/7", "--offline", "--num-images", "10",
+            "--no-progress", "--device", "cpu", "--out", str(tmp_path / "e")]
+    assert main([*argv, "--dataset", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert "digits cannot judge this model" in err and "8x8" in err and "28x28" in err
+    assert not fake_offline and not (tmp_path / "e" / "metrics.json").exists()
+    assert main([*argv, "--dataset", "mnist-5k"]) == 0 and len(fake_offline) == 1
+
+
+def test_toy_checks_matplotlib_first_and_writes_results_before_the_figure(tmp_path, capsys, monkeypatch):
+    import sys
+
+    import pmf.commands.toy as toy
+    from pmf.errors import PMFError
+
+    calls = []
+
+    def fake_run_toy(cfg, progress, **kw):
+        calls.append(cfg)
+        rows = [{"dim": d, "prediction": p, "distance": 1.0, "distance_full": 1.0, "off_manifold": 0.0,
+                 "final_loss": 0.5} for d in cfg.dims_list for p in cfg.predictions]
+        return rows, {}
+
+    monkeypatch.setattr(toy, "run_toy", fake_run_toy)
+    monkeypatch.setattr(toy, "reference_floor", lambda cfg: 0.01)
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "matplotlib", None)  # not installed
+        assert main(["toy", "--quick", "--out", str(tmp_path / "a"), "--no-progress"]) == 2
+        assert "needs matplotlib" in capsys.readouterr().err and not calls
+        assert main(["toy", "--quick", "--out", str(tmp_path / "b"), "--no-progress", "--no-plot"]) == 0
+        assert (tmp_path / "b" / "metrics.json").is_file() and len(calls) == 1
+
+    def broken_figure(*a, **kw):
+        raise PMFError("figure failed")
+
+    monkeypatch.setattr(toy, "plot_grid", broken_figure)
+    assert main(["toy", "--quick", "--out", str(tmp_path / "c"), "--no-progress"]) == 2
+    assert (tmp_path / "c" / "metrics.json").is_file()
+
+
+def test_export_generator_help_says_the_output_is_not_clipped(capsys):
+    with pytest.raises(SystemExit):
+        main(["export-generator", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "NOT clipped" in text and "pmf.sampling.to_uint8" in text
