@@ -5,7 +5,7 @@ the inline tangent. Run with ``python -m pytest -m gpu``."""
 import pytest
 import torch
 
-from conftest import load_npz, rel_err
+from helpers import load_npz, rel_err
 from pmf.checkpoint import load_model
 from pmf.objective import Draws, pmf_loss
 from pmf.sampling import sample
