@@ -124,7 +124,8 @@ def test_data_order_splits_global_batches_over_ranks_and_covers_each_epoch():
 def test_recipes_match_the_release_table():
     b16, h16, l16 = recipe("pMF-B/16"), recipe("pMF-H/16"), recipe("pMF-L/16")
     assert (b16.loss.P_mean, b16.loss.P_std, b16.perceptual.max_t, b16.loss.tr_uniform) == (0.8, 0.8, 0.8, False)
-    assert (h16.loss.P_mean, h16.perceptual.max_t, h16.loss.tr_uniform) == (0.0, 0.6, True)
+    assert (h16.loss.P_mean, h16.perceptual.max_t, h16.perceptual.convnext_max_t, h16.loss.tr_uniform) \
+        == (0.0, 1.0, 0.6, True)
     assert l16.loss.cfg_beta == 2.0
     for cfg in (b16, h16, l16):
         assert cfg.batch_size == 1024 and cfg.optim.lr == 1e-3 and cfg.optim.schedule == "constant"

@@ -174,26 +174,26 @@ class TrainConfig:
         return dataclass_from_dict(cls, data, "TrainConfig")
 
 
-
 class ImageNetRecipe(NamedTuple):
     """What differs between the released ImageNet recipes (spec sections 4 and 6)."""
 
     P_mean: float  # centre of the logit-normal time draws
     cfg_beta: float  # exponent of the guidance-scale distribution
-    max_t: float  # perceptual terms are zeroed for t >= max_t
+    max_t: float  # the release's perceptual_max_t: both perceptual terms are zeroed for t >= max_t
     tr_uniform: bool  # 10% of the time draws uniform
     omega: float  # guidance scale of the sample grids
     interval: tuple[float, float]  # guidance interval of the sample grids
+    convnext_max_t: float | None = None  # the H configs' threshold of the ConvNeXt term only (docs/perceptual.md)
 
 
 IMAGENET_RECIPES = {  # one row per released model
-    #            P_mean cfg_beta max_t tr_uniform omega interval
+    #            P_mean cfg_beta max_t tr_uniform omega interval (convnext_max_t)
     "pMF-B/16": ImageNetRecipe(0.8, 1.0, 0.8, False, 7.5, (0.1, 0.8)),
     "pMF-L/16": ImageNetRecipe(0.8, 2.0, 0.8, False, 7.0, (0.2, 0.7)),
-    "pMF-H/16": ImageNetRecipe(0.0, 1.0, 0.6, True, 7.0, (0.2, 0.6)),
+    "pMF-H/16": ImageNetRecipe(0.0, 1.0, 1.0, True, 7.0, (0.2, 0.6), convnext_max_t=0.6),
     "pMF-B/32": ImageNetRecipe(0.8, 1.0, 0.8, False, 6.5, (0.1, 0.7)),
     "pMF-L/32": ImageNetRecipe(0.0, 1.0, 0.6, False, 7.5, (0.2, 0.6)),
-    "pMF-H/32": ImageNetRecipe(0.0, 1.0, 0.6, True, 5.5, (0.1, 0.6)),
+    "pMF-H/32": ImageNetRecipe(0.0, 1.0, 1.0, True, 5.5, (0.1, 0.6), convnext_max_t=0.6),
 }
 
 
@@ -210,7 +210,7 @@ def imagenet_recipe(arch: str) -> TrainConfig:
         optim=OptimConfig(name="muon", lr=1e-3), ema=EMAConfig(halflives_kimg=[500, 1000, 2000]),
         sample=SampleConfig(every=5000, count=64, omega=row.omega, t_min=row.interval[0], t_max=row.interval[1]),
         perceptual=PerceptualConfig(lpips=True, convnext=True, lpips_lambda=0.4, convnext_lambda=0.1,
-                                    max_t=row.max_t),
+                                    max_t=row.max_t, convnext_max_t=row.convnext_max_t),
         out=f"runs/{arch.replace('/', '-')}", log_every=100, ckpt_every=5000, precision="bf16", num_workers=8)
 
 
