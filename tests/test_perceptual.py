@@ -206,7 +206,8 @@ def test_recipes_gate_the_terms_as_the_release_configs(name, lpips_t, convnext_t
     convnext_max_t 0.6, so LPIPS keeps the release's perceptual_max_t default of 1.0 (docs/perceptual.md)."""
     from pmf.train_config import recipe
 
-    cfg = PerceptualConfig.from_dict(recipe(name).perceptual)
+    cfg = recipe(name).perceptual
+    assert isinstance(cfg, PerceptualConfig)
     assert cfg.lpips and cfg.convnext and (cfg.lpips_lambda, cfg.convnext_lambda) == (0.4, 0.1)
     assert (cfg.threshold("lpips"), cfg.threshold("convnext")) == (lpips_t, convnext_t)
 
