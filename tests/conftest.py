@@ -1,7 +1,6 @@
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -40,13 +39,3 @@ def tiny_model(tiny_release_sd):
 
     model = pmf.build_model("pMF-Tiny/4")
     return pmf.load_release_state_dict(model, tiny_release_sd)
-
-
-def load_npz(path: Path) -> dict:
-    return {k: torch.from_numpy(np.asarray(v)) for k, v in np.load(path).items()}
-
-
-def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-    """max |a - ref| / max |ref|."""
-    a, ref = a.double(), ref.double()
-    return ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()

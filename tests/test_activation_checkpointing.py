@@ -5,13 +5,12 @@ import pytest
 import torch
 
 import pmf
-from conftest import rel_err
+from helpers import losses, rel_err, tiny_config
 from pmf import objective as O
 from pmf.errors import PMFError
 from pmf.nn.layers import Block
 from pmf.train import enable_activation_checkpointing, train
 from pmf.train_config import LossConfig, SampleConfig
-from test_train import losses, tiny_config
 
 
 def _model():

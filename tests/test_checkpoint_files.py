@@ -22,7 +22,7 @@ CHILD = textwrap.dedent("""
     import os, signal, sys, torch
     import pmf.checkpoint as C
     sys.path.insert(0, {tests!r})
-    from test_train import tiny_config
+    from helpers import tiny_config
     from pmf.train import train
 
     real_save, calls = torch.save, {{"n": 0}}
@@ -43,8 +43,8 @@ CHILD = textwrap.dedent("""
 
 
 def test_killed_during_save_leaves_previous_checkpoint_and_resume_works(tmp_path):
+    from helpers import losses, tiny_config
     from pmf.train import train
-    from test_train import losses, tiny_config
 
     out = tmp_path / "run"
     code = CHILD.format(tests=os.path.dirname(__file__), out=str(out))
@@ -73,8 +73,8 @@ def test_save_atomic_replaces_and_keep_last(tmp_path):
 
 
 def test_export_ema_to_release_and_safetensors(tmp_path):
+    from helpers import tiny_config
     from pmf.train import train
-    from test_train import tiny_config
 
     train(tiny_config(tmp_path / "run", steps=3), progress=False)
     ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")

@@ -93,12 +93,7 @@ def test_two_gloo_processes_give_the_images_of_one(model_file, tmp_path):
     out = tmp_path / "sharded.npz"
     mp.start_processes(_worker, args=(2, _free_port(), str(model_file), str(out)), nprocs=2, start_method="spawn")
     sharded = dict(np.load(out))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        one = _images(load_model(model_file), 11, 1, omega=2.0)
-    finally:
-        torch.set_num_threads(threads)
+    one = _images(load_model(model_file), 11, 1, omega=2.0)  # one thread: the module's one_thread fixture
     assert np.array_equal(sharded["index"], np.arange(11)) and np.array_equal(sharded["label"], one["label"])
     assert np.array_equal(sharded["images"], one["images"])
     assert np.allclose(sharded["mean"], one["images"].reshape(11, -1).mean(1))

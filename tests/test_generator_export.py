@@ -6,20 +6,26 @@ import pytest
 import torch
 
 import pmf
-from conftest import load_npz
+from helpers import load_npz
 from pmf.cli import main
 from pmf.generator_export import OneStepGenerator
 from pmf.sampling import sample
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def exported(tiny_release_sd, tmp_path_factory):
+    threads = torch.get_num_threads()  # set here: the module's one_thread fixture starts after this one
     torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("export")
-    ckpt = folder / "tiny.pt"
-    torch.save(tiny_release_sd, ckpt)
-    rc = main(["export-generator", "--checkpoint", str(ckpt), "--arch", "pMF-Tiny/4", "--noise-scale", "2.0",
-               "--out", str(folder / "gen.pt2"), "--device", "cpu"])
+    try:
+        folder = tmp_path_factory.mktemp("export")
+        ckpt = folder / "tiny.pt"
+        torch.save(tiny_release_sd, ckpt)
+        rc = main(["export-generator", "--checkpoint", str(ckpt), "--arch", "pMF-Tiny/4", "--noise-scale", "2.0",
+                   "--out", str(folder / "gen.pt2"), "--device", "cpu"])
+    finally:
+        torch.set_num_threads(threads)
     assert rc == 0
     return folder
 

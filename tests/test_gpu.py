@@ -5,7 +5,7 @@ the inline tangent. Run with ``python -m pytest -m gpu``."""
 import pytest
 import torch
 
-from conftest import load_npz, rel_err
+from helpers import load_npz, rel_err
 from pmf.checkpoint import load_model
 from pmf.objective import Draws, pmf_loss
 from pmf.sampling import sample
@@ -57,8 +57,8 @@ def test_bf16_sampling_close_to_fp32(tiny_model):
 
 
 def test_trainer_bf16_on_cuda(tmp_path):
+    from helpers import tiny_config
     from pmf.train import train
-    from test_train import tiny_config
 
     cfg = tiny_config(tmp_path / "run", steps=4, device="cuda", precision="bf16")
     summary = train(cfg, progress=False)
@@ -105,9 +105,9 @@ def test_inline_checkpointing_gradients_on_cuda(tiny_model, fixtures_dir):
 
 def test_trainer_with_the_triton_tangent_matches_the_math_tangent(tmp_path):
     pytest.importorskip("triton")
+    from helpers import losses, tiny_config
     from pmf.train import train
     from pmf.train_config import LossConfig
-    from test_train import losses, tiny_config
 
     for name in ("math", "triton"):
         train(tiny_config(tmp_path / name, steps=3, device="cuda", loss=LossConfig(tangent_attention=name)),

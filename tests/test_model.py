@@ -7,10 +7,12 @@ import pytest
 import torch
 
 import pmf
-from conftest import load_npz
+from helpers import load_npz
 from pmf.errors import PMFError
 from pmf.nn.attention import apply_rope, attention_backend, rope_angles
 from pmf.nn.release import release_rope_freqs, to_release_key
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RELEASED_COUNTS = {  # spec section 5: (inference u-head only, training with v-head)
     "pMF-B/16": (118_234_240, 175_474_304),
@@ -29,7 +31,6 @@ def io(fixtures_dir):
 
 
 def test_fixture1_network_outputs(tiny_model, io):
-    torch.set_num_threads(1)
     m = tiny_model.eval()
     args = (io["x"], io["h"], io["omega"], io["t_min"], io["t_max"], io["y"])
     with torch.no_grad():

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 import pmf
-from conftest import load_npz, rel_err
+from helpers import load_npz, rel_err
 from pmf import objective as O
 from pmf.nn.release import to_release_key
 from pmf.objective import Draws, pmf_loss
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOL = 1e-4
 
@@ -30,7 +32,6 @@ def fixture_draws(d):
 @pytest.mark.parametrize("jvp", ["split", "fused"])
 @pytest.mark.parametrize("setting", ["A", "B", "C"])
 def test_fixture3_loss_intermediates_and_gradients(setting, jvp, tiny_model, fixtures_dir, grads_ref):
-    torch.set_num_threads(1)
     d = load_npz(fixtures_dir / f"loss_{setting}.npz")
     out = pmf_loss(tiny_model, d["x"], d["labels"], fixture_draws(d), num_classes=10, jvp=jvp)
     out["loss"].backward()

@@ -207,6 +207,7 @@ def test_recipes_gate_the_terms_as_the_release_configs(name, lpips_t, convnext_t
     from pmf.train_config import recipe
 
     cfg = recipe(name).perceptual
+    assert isinstance(cfg, PerceptualConfig)
     assert cfg.lpips and cfg.convnext and (cfg.lpips_lambda, cfg.convnext_lambda) == (0.4, 0.1)
     assert (cfg.threshold("lpips"), cfg.threshold("convnext")) == (lpips_t, convnext_t)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import pmf
-from conftest import load_npz
+from helpers import load_npz
 from pmf.cli import main
 from pmf.errors import PMFError
 from pmf.sampling import generate, image_labels, image_noise, image_seed, prepare_sampler, sample

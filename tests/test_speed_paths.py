@@ -5,11 +5,13 @@ import pytest
 import torch
 
 import pmf
-from conftest import load_npz, rel_err
+from helpers import load_npz, rel_err
 from pmf import objective as O
 from pmf.nn.release_port import ReleasePortNet, release_generate
 from pmf.objective import Draws, pmf_loss
 from pmf.sampling import sample
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +20,6 @@ def io(fixtures_dir):
 
 
 def test_release_port_recreation_reproduces_fixture1(tiny_release_sd, io):
-    torch.set_num_threads(1)
     net = ReleasePortNet(pmf.model_config("pMF-Tiny/4")).load_release(tiny_release_sd).eval()
     with torch.no_grad():
         u, v = net(io["x"], io["t"], io["h"], io["omega"], io["t_min"], io["t_max"], io["y"])
@@ -94,7 +95,6 @@ def test_all_jvp_forms_give_the_same_loss_and_gradients_float64():
 
 def test_inline_tangent_reproduces_fixture3_and_its_gradients(tiny_model, fixtures_dir):
     # fixture 3, setting C: the 0.05 clip, dropped samples with r < t, samples outside their interval
-    torch.set_num_threads(1)
     d = load_npz(fixtures_dir / "loss_C.npz")
     draws = Draws(t=d["t"], r=d["r"], noise=d["noise_scale"] * d["e_unit"], omega=d["omega"], t_min=d["t_min"],
                   t_max=d["t_max"], drop=torch.arange(8) < d["num_drop"])

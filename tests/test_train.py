@@ -7,26 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import TINY, losses, tiny_config
 from pmf.checkpoint import list_checkpoints, load_model, read_file
 from pmf.errors import PMFError
 from pmf.train import DataOrder, step_seed, train
-from pmf.train_config import EMAConfig, OptimConfig, SampleConfig, TrainConfig, recipe
-
-TINY = dict(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=2, aux_head_depth=1, num_heads=2)
-
-
-def tiny_config(out, **kw) -> TrainConfig:
-    base = dict(arch="pMF-Tiny/4", model_overrides=dict(TINY), data="digits", batch_size=8, steps=6, seed=3,
-                optim=OptimConfig(lr=1e-2), ema=EMAConfig(halflives_kimg=[0.05], decays=[0.9]),
-                sample=SampleConfig(every=3, count=10), out=str(out), log_every=1, ckpt_every=3, keep_last=5,
-                device="cpu", num_workers=0)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def losses(run_dir) -> list[tuple[int, float, float]]:
-    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss_u"], r["loss_v"]) for r in rows]
+from pmf.train_config import TrainConfig, recipe
 
 
 def test_resume_continues_with_exactly_the_same_losses(tmp_path):

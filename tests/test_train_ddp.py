@@ -15,11 +15,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from helpers import TINY
 from pmf.config import model_config
 from pmf.nn.model import PMFDiT
 from pmf.objective import JVP_MODES, Draws, pmf_loss, sample_draws
 
-TINY = dict(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=2, aux_head_depth=1, num_heads=2)
 B_LOCAL, WORLD = 6, 2
 LOSS_KW = dict(P_mean=0.8, P_std=0.8, data_proportion=0.5, cfg_max=7.0, cfg_beta=1.0, class_dropout_prob=0.3,
                noise_scale=1.0)
@@ -88,9 +88,9 @@ def _train_worker(rank: int, port: int, out: str) -> None:
     import sys
 
     sys.path.insert(0, os.path.dirname(__file__))
+    from helpers import tiny_config
     from pmf.distributed import cleanup
     from pmf.train import train
-    from test_train import tiny_config
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))

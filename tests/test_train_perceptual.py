@@ -4,11 +4,12 @@ and the refusal to start when the real weights are absent."""
 import json
 
 import pytest
-import torch
 
+from helpers import tiny_config
 from pmf.cli import main
 from pmf.train import train
-from test_train import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 pytest.importorskip("timm")
 
@@ -37,7 +38,6 @@ def rows(run):
 
 
 def test_training_with_both_perceptual_terms_resumes_exactly(tmp_path, random_perceptual):
-    torch.set_num_threads(1)
     perc = dict(lpips=True, convnext=True, max_t=0.9)
     full = tmp_path / "full"
     train(tiny_config(full, steps=4, ckpt_every=2, perceptual=perc), progress=False)

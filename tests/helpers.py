@@ -1,0 +1,38 @@
+"""Helpers shared by the test modules (fixtures live in conftest.py)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pmf.train_config import EMAConfig, OptimConfig, SampleConfig, TrainConfig
+
+# a 2-block pMF-Tiny/4 on 8x8 single-channel images
+TINY = dict(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=2, aux_head_depth=1, num_heads=2)
+
+
+def tiny_config(out, **kw) -> TrainConfig:
+    """A seconds-long CPU training run of the TINY model on 8x8 digits, written to ``out``."""
+    base = dict(arch="pMF-Tiny/4", model_overrides=dict(TINY), data="digits", batch_size=8, steps=6, seed=3,
+                optim=OptimConfig(lr=1e-2), ema=EMAConfig(halflives_kimg=[0.05], decays=[0.9]),
+                sample=SampleConfig(every=3, count=10), out=str(out), log_every=1, ckpt_every=3, keep_last=5,
+                device="cpu", num_workers=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def losses(run_dir) -> list[tuple[int, float, float]]:
+    """(step, loss_u, loss_v) of every row of a run's metrics.jsonl."""
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss_u"], r["loss_v"]) for r in rows]
+
+
+def load_npz(path: Path) -> dict:
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in np.load(path).items()}
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |a - ref| / max |ref|."""
+    a, ref = a.double(), ref.double()
+    return ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
