@@ -3,7 +3,14 @@ pass of up to ``max_batch`` images, run in a worker thread so the event loop kee
 
 Image i of a job with seed s uses the noise of ``image_noise([i], seed=s)`` and its own omega, interval and
 class (all per-image inputs of the network), exactly as ``pmf sample --seed s`` computes it; only the number
-of sampling steps must be shared, so the queue is grouped by steps."""
+of sampling steps must be shared, so the queue is grouped by steps.
+
+Bit-exactness: token-level layers see B x tokens rows and give each row the same result whatever the batch,
+but a CPU GEMM with very few rows (the embedders of h, omega and the interval see one row per image) takes
+another kernel path for 1, 2-3 and >= 4 rows (MKL), and the patch-embedding convolution another one for a
+single image (oneDNN), which moves the last bit. So in a merged pass each per-image layer (a linear layer
+with one row per image, a convolution) computes a request's images as ``pmf sample`` does: in a batch of the
+request's own size (``SAMPLE_BATCH`` chunks), each image at its own position."""
 
 from __future__ import annotations
 
@@ -15,9 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from ..errors import PMFError
 from ..sampling import image_noise, precision_context, sample, to_uint8
+
+SAMPLE_BATCH = 64  # pmf sample's default --batch-size: image i is row i % 64 of a batch of that request
 
 
 class ServerBusy(PMFError):
@@ -71,6 +81,11 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.batch_sizes: Counter = Counter()  # images per forward pass -> how many passes had that many
+        self._layout: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None
+        if not pad_batches:  # a compiled graph keeps its own kernels: no per-request row layout there
+            for module in model.modules():
+                if isinstance(module, (nn.Linear, nn.Conv2d)):
+                    module.register_forward_hook(self._rows_as_sample)
 
     # -- the event-loop side ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -157,6 +172,35 @@ class Batcher:
                     p.future.set_result(p.images)
 
     # -- the worker-thread side ---------------------------------------------------------------------------
+    @staticmethod
+    def row_layout(items) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(rows of the pass, their positions in the request's ``pmf sample`` batch, that batch's size) for each
+        request chunk in ``items``."""
+        groups: dict[tuple[int, int], tuple[list[int], list[int], int]] = {}
+        for row, (p, i) in enumerate(items):
+            n, chunk = len(p.job.labels), i // SAMPLE_BATCH
+            size = min(SAMPLE_BATCH, n - chunk * SAMPLE_BATCH)
+            rows, pos, _ = groups.setdefault((id(p), chunk), ([], [], size))
+            rows.append(row)
+            pos.append(i % SAMPLE_BATCH)
+        return [(torch.tensor(r), torch.tensor(q), size) for r, q, size in groups.values()]
+
+    def _rows_as_sample(self, module: nn.Module, args, out):
+        """A per-image layer (a linear layer with input [B, D], a convolution) recomputed per request chunk at
+        its ``pmf sample`` shape."""
+        x = args[0]
+        layout = self._layout
+        per_image = x.dim() == 2 or isinstance(module, nn.Conv2d)
+        if layout is None or not per_image or x.shape[0] != self._rows or len(layout) == 1 and \
+                layout[0][2] == self._rows:
+            return None  # token-level layers, or a pass that is one request's batch already
+        out = out.clone()
+        for rows, pos, size in layout:
+            block = x.new_zeros(size, *x.shape[1:])
+            block[pos] = x[rows]  # the other rows' values do not enter row ``pos``: GEMM rows are independent
+            out[rows] = module.forward(block)[pos]
+        return out
+
     def padded_size(self, n: int) -> int:
         return min(self.max_batch, 1 << (n - 1).bit_length()) if self.pad_batches else n
 
@@ -175,9 +219,13 @@ class Batcher:
             noise, labels, *per_image = (torch.cat([t, t[-1:].expand(size - n, *t.shape[1:])])
                                          for t in (noise, labels, *per_image))
         omega, t_min, t_max = (t.to(self.device) for t in per_image)
-        with precision_context(self.precision, self.device):
-            x = sample(self.model, noise.to(self.device), labels.to(self.device), steps=steps, omega=omega,
-                       t_min=t_min, t_max=t_max)
+        self._layout, self._rows = self.row_layout(items), size
+        try:
+            with precision_context(self.precision, self.device):
+                x = sample(self.model, noise.to(self.device), labels.to(self.device), steps=steps, omega=omega,
+                           t_min=t_min, t_max=t_max)
+        finally:
+            self._layout = None
         self.batch_sizes[n] += 1
         self.last_batch_s = time.perf_counter() - t0
         return to_uint8(x[:n]).numpy()
