@@ -62,7 +62,7 @@ def test_page_generates_the_picked_class(ckpt, tmp_path):  # noqa: F811
             assert "classes" in page.inner_text("#error") and "limit" in page.inner_text("#error")
             page.fill("#count", "8")
             page.click("#generate")
-            page.wait_for_selector("#error[hidden]")
+            page.wait_for_selector("#error", state="hidden")
             page.wait_for_function("document.querySelectorAll('#images figure').length === 8")
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot), full_page=True)
