@@ -37,6 +37,8 @@ def test_page_generates_the_picked_class(ckpt, tmp_path):  # noqa: F811
             page.wait_for_selector("#images figure")  # the page generates the default class on load
             page.fill("#class-search", "7")  # searching narrows the list to one class, which is picked
             page.locator('#class-list button[data-cls="7"]').click()
+            page.fill("#class-search", "")  # all classes again, 7 stays picked
+            assert page.locator("#class-list button.on").inner_text() == "7"
             page.locator("#omega").fill("3.5")  # moves the slider (input event)
             page.fill("#count", "8")
             page.fill("#seed", "42")

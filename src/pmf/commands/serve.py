@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -111,6 +112,9 @@ def run(args) -> int:
     print(f"pmf serve: {info.preset or 'model'} ({info.image_size}px, {len(info.class_names)} classes), defaults "
           f"{info.setting.describe()}; batches of up to {args.max_batch} images; "
           f"http://{args.host}:{args.port}/", flush=True)
+    # The forward pass runs in a worker thread that gives up the GIL in every torch op; with the default 5 ms
+    # switch interval it can wait that long per op to get it back from a busy event loop.
+    sys.setswitchinterval(0.0005)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=args.access_log,
                 timeout_graceful_shutdown=5)
     print("pmf serve: stopped", flush=True)

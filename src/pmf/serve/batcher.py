@@ -83,9 +83,8 @@ class Batcher:
         self.batch_sizes: Counter = Counter()  # images per forward pass -> how many passes had that many
         self._layout: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None
         if not pad_batches:  # a compiled graph keeps its own kernels: no per-request row layout there
-            for module in model.modules():
-                if isinstance(module, (nn.Linear, nn.Conv2d)):
-                    module.register_forward_hook(self._rows_as_sample)
+            for module in self._per_image_layers():
+                module.register_forward_hook(self._rows_as_sample)
 
     # -- the event-loop side ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -172,10 +171,32 @@ class Batcher:
                     p.future.set_result(p.images)
 
     # -- the worker-thread side ---------------------------------------------------------------------------
+    def _per_image_layers(self) -> list[nn.Module]:
+        """The linear layers that see one row per image ([B, D] inputs) and the convolutions, found by a forward
+        pass of two images (token-level layers see [B, T, D])."""
+        found, handles = [], []
+
+        def probe(module, args):
+            x = args[0]
+            if x.shape[0] == 2 and (x.dim() == 2 or isinstance(module, nn.Conv2d)) and module not in found:
+                found.append(module)
+
+        for module in self.model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                handles.append(module.register_forward_pre_hook(probe))
+        try:
+            with torch.inference_mode():
+                sample(self.model, torch.zeros(2, *self.shape, device=self.device),
+                       torch.zeros(2, dtype=torch.long, device=self.device))
+        finally:
+            for h in handles:
+                h.remove()
+        return found
+
     @staticmethod
-    def row_layout(items) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-        """(rows of the pass, their positions in the request's ``pmf sample`` batch, that batch's size) for each
-        request chunk in ``items``."""
+    def row_layout(items) -> list[tuple]:
+        """(rows of the pass, their positions in the request's ``pmf sample`` batch, that batch's size, and
+        the slice of the pass when the rows are the whole batch in order) for each request chunk in ``items``."""
         groups: dict[tuple[int, int], tuple[list[int], list[int], int]] = {}
         for row, (p, i) in enumerate(items):
             n, chunk = len(p.job.labels), i // SAMPLE_BATCH
@@ -183,19 +204,24 @@ class Batcher:
             rows, pos, _ = groups.setdefault((id(p), chunk), ([], [], size))
             rows.append(row)
             pos.append(i % SAMPLE_BATCH)
-        return [(torch.tensor(r), torch.tensor(q), size) for r, q, size in groups.values()]
+        out = []
+        for rows, pos, size in groups.values():
+            whole = pos == list(range(size)) and rows == list(range(rows[0], rows[0] + size))
+            out.append((torch.tensor(rows), torch.tensor(pos), size, slice(rows[0], rows[0] + size) if whole else None))
+        return out
 
     def _rows_as_sample(self, module: nn.Module, args, out):
         """A per-image layer (a linear layer with input [B, D], a convolution) recomputed per request chunk at
         its ``pmf sample`` shape."""
         x = args[0]
         layout = self._layout
-        per_image = x.dim() == 2 or isinstance(module, nn.Conv2d)
-        if layout is None or not per_image or x.shape[0] != self._rows or len(layout) == 1 and \
-                layout[0][2] == self._rows:
-            return None  # token-level layers, or a pass that is one request's batch already
+        if layout is None or x.shape[0] != self._rows or len(layout) == 1 and layout[0][2] == self._rows:
+            return None  # a pass that is one request's batch already
         out = out.clone()
-        for rows, pos, size in layout:
+        for rows, pos, size, whole in layout:
+            if whole is not None:  # the request's batch, in order: its rows as they are
+                out[whole] = module.forward(x[whole])
+                continue
             block = x.new_zeros(size, *x.shape[1:])
             block[pos] = x[rows]  # the other rows' values do not enter row ``pos``: GEMM rows are independent
             out[rows] = module.forward(block)[pos]
@@ -221,7 +247,7 @@ class Batcher:
         omega, t_min, t_max = (t.to(self.device) for t in per_image)
         self._layout, self._rows = self.row_layout(items), size
         try:
-            with precision_context(self.precision, self.device):
+            with torch.inference_mode(), precision_context(self.precision, self.device):
                 x = sample(self.model, noise.to(self.device), labels.to(self.device), steps=steps, omega=omega,
                            t_min=t_min, t_max=t_max)
         finally:
