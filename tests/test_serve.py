@@ -102,7 +102,7 @@ def test_settings_are_per_request(client, model):
 def test_concurrent_requests_share_a_pass_and_keep_their_images(served, model):
     """Requests with different seeds, classes, omegas and intervals merged into one forward pass give the
     images each gives alone; requests with other steps go to another pass."""
-    batcher = Batcher(model, noise_scale=1.0, max_batch=64, max_wait_ms=200)
+    batcher = Batcher(model, noise_scale=1.0, max_batch=64, max_wait_ms=200, exact=True)
     jobs = [ImageJob((3, 1, 4), 5, 2.0, 0.1, 0.9, 1), ImageJob((0, 9), 123, 4.0, 0.2, 0.5, 1),
             ImageJob((2,), 7, 1.0, 0.0, 1.0, 1), ImageJob((5, 6), 8, 2.5, 0.3, 0.7, 2)]
 
@@ -125,7 +125,7 @@ def test_concurrent_requests_share_a_pass_and_keep_their_images(served, model):
 def test_large_request_spans_passes(model, pad):
     """A request larger than --max-batch is split over passes and keeps its images; padded batches (for
     --compile, which gives up the per-request row layout) drop their copies and agree to one level."""
-    batcher = Batcher(model, noise_scale=1.0, max_batch=4, max_wait_ms=0, pad_batches=pad)
+    batcher = Batcher(model, noise_scale=1.0, max_batch=4, max_wait_ms=0, pad_batches=pad, exact=True)
     job = ImageJob((1, 2, 3, 4, 5, 6), 3, 2.0, 0.1, 0.9, 1)
 
     async def go():
@@ -337,9 +337,9 @@ class ServerThread:
 
 
 def test_real_server_batches_concurrent_requests_exactly(ckpt, model):
-    """Through uvicorn: concurrent requests (one of them from a client that hangs up) share passes and each
-    gets its own images; a bad request in the middle gets 422."""
-    app, _, batcher = build(serve_args(ckpt, "--max-wait-ms", "50"))
+    """Through uvicorn with --exact-batching: concurrent requests (one of them from a client that hangs up)
+    share passes and each gets pmf sample's images; a bad request in the middle gets 422."""
+    app, _, batcher = build(serve_args(ckpt, "--max-wait-ms", "50", "--exact-batching"))
     bodies = [{"classes": [i % 10, (3 * i) % 10], "seed": 100 + i, "omega": 1.0 + i / 4, "format": "npz"}
               for i in range(8)]
 
@@ -400,15 +400,16 @@ def test_cli_serves_and_stops_on_ctrl_c(ckpt, tmp_path):
 
 
 def test_merged_pass_is_float_exact(model, monkeypatch):
-    """Before rounding to uint8: every image of a merged pass equals, to the last bit, the same image sampled
-    in a batch of its own request (as pmf sample does). Without the per-request layout of the per-image
-    layers, the few-row GEMMs of the embedders (1, 2-3 or >= 4 rows take different MKL paths) differ.
-    Request sizes are even here: an odd one can also move the last bit of its very last elements (vectorised
-    elementwise kernels finish a tensor with a scalar tail), which is documented and rarely reaches uint8."""
+    """With exact=True (--exact-batching), before rounding to uint8: every image of a merged pass equals, to
+    the last bit, the same image sampled in a batch of its own request (as pmf sample does). Without the
+    per-request layout of the per-image layers, the few-row GEMMs of the embedders differ (1, 2-3 or >= 4 rows
+    take different MKL paths). Request sizes are even here: an odd one can also move the last bit of its very
+    last elements (vectorised elementwise kernels finish a tensor with a scalar tail), documented, and it
+    rarely reaches uint8."""
     from pmf.sampling import image_noise, sample
 
     monkeypatch.setattr("pmf.serve.batcher.to_uint8", lambda x: x.float())
-    batcher = Batcher(model, noise_scale=1.0)
+    batcher = Batcher(model, noise_scale=1.0, exact=True)
     jobs = [ImageJob((1, 2), 2, 3.0, 0.2, 0.8, 1), ImageJob((0, 1, 2, 9), 4, 1.5, 0.1, 0.9, 1),
             ImageJob((5, 6), 3, 1.0, 0.0, 1.0, 1)]
 
@@ -425,3 +426,20 @@ def test_merged_pass_is_float_exact(model, monkeypatch):
                       t_min=j.t_min, t_max=j.t_max)
         assert torch.equal(got[row:row + n], want), f"request of {n} images"
         row += n
+
+
+def test_default_batching_differs_by_at_most_one_level(model):
+    """By default merged passes skip the per-request layout: images agree with pmf sample's to one uint8
+    level (and the per-image layers carry no hooks)."""
+    batcher = Batcher(model, noise_scale=1.0)
+    assert not any(getattr(h, "__self__", None) is batcher for m in model.modules() for h in m._forward_hooks.values())
+    jobs = [ImageJob((4,), 1, 2.0, 0.1, 0.9, 1), ImageJob((1, 2, 3), 2, 3.0, 0.2, 0.8, 1)]
+
+    class P:
+        def __init__(self, job):
+            self.job = job
+
+    got = batcher.run_batch([(P(j), i) for j in jobs for i in range(len(j.labels))], 1)
+    want = np.concatenate([reference(model, list(j.labels), j.seed, omega=j.omega, t_min=j.t_min, t_max=j.t_max)
+                           for j in jobs])
+    assert np.abs(got.astype(int) - want).max() <= 1

@@ -38,6 +38,10 @@ def add_parser(sub) -> None:
     p.add_argument("--max-batch", type=int, default=64, help="most images in one forward pass (1: no batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first queued image waits for "
                    "others to share its forward pass")
+    p.add_argument("--exact-batching", action="store_true", help="in merged passes, compute the per-image layers "
+                   "of each request at pmf sample's batch shape, so that every image equals pmf sample's to the bit "
+                   "(default: merged images may differ by one level in rare pixels; slower on a busy CPU, "
+                   "docs/serve.md)")
     p.add_argument("--max-images", type=int, default=64, help="most images in one request")
     p.add_argument("--max-steps", type=int, default=4, help="most sampling steps a request may ask for")
     p.add_argument("--max-queue", type=int, default=4096, help="most images waiting; more get 503 and Retry-After")
@@ -100,7 +104,7 @@ def build(args):
     model = prepare_sampler(ckpt.model, compile=args.compile)
     batcher = Batcher(model, noise_scale=cfg.noise_scale, device=args.device, precision=args.precision,
                       max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                      pad_batches=args.compile)
+                      pad_batches=args.compile, exact=args.exact_batching)
     app = create_app(batcher, info, ServeLimits(args.max_images, args.max_steps), token=args.token)
     return app, info, batcher
 

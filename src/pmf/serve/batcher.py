@@ -5,12 +5,13 @@ Image i of a job with seed s uses the noise of ``image_noise([i], seed=s)`` and 
 class (all per-image inputs of the network), exactly as ``pmf sample --seed s`` computes it; only the number
 of sampling steps must be shared, so the queue is grouped by steps.
 
-Bit-exactness: token-level layers see B x tokens rows and give each row the same result whatever the batch,
-but a CPU GEMM with very few rows (the embedders of h, omega and the interval see one row per image) takes
-another kernel path for 1, 2-3 and >= 4 rows (MKL), and the patch-embedding convolution another one for a
-single image (oneDNN), which moves the last bit. So in a merged pass each per-image layer (a linear layer
-with one row per image, a convolution) computes a request's images as ``pmf sample`` does: in a batch of the
-request's own size (``SAMPLE_BATCH`` chunks), each image at its own position."""
+Bit-exactness (``exact=True``, ``pmf serve --exact-batching``): token-level layers see B x tokens rows and
+give each row the same result whatever the batch, but a CPU GEMM with very few rows (the embedders of h,
+omega and the interval see one row per image) takes another kernel path for 1, 2-3 and >= 4 rows (MKL), and
+the patch-embedding convolution another one for a single image (oneDNN), which moves the last bit. So with
+``exact`` each per-image layer (a linear layer with one row per image, a convolution) computes a request's
+images in a merged pass as ``pmf sample`` does: in a batch of the request's own size (``SAMPLE_BATCH``
+chunks), each image at its own position."""
 
 from __future__ import annotations
 
@@ -60,10 +61,14 @@ class Batcher:
 
     ``model`` is the network as ``prepare_sampler`` returns it. ``pad_batches`` (for a compiled network,
     one graph per batch size) pads each batch to the next power of two, capped at ``max_batch``, by
-    repeating its last image, so at most log2(max_batch) + 1 graphs are compiled."""
+    repeating its last image, so at most log2(max_batch) + 1 graphs are compiled. ``exact`` computes the
+    per-image layers per request (module docstring): merged passes then give every image to the bit as
+    ``pmf sample`` does, at the cost of a few small extra calls per layer and request; without it a merged
+    image may differ from ``pmf sample``'s by one level in rare pixels. A pass that holds one request's batch
+    is exact either way."""
 
     def __init__(self, model, *, noise_scale: float, device=None, precision: str = "fp32", max_batch: int = 64,
-                 max_wait_ms: float = 5.0, max_queue: int = 4096, pad_batches: bool = False):
+                 max_wait_ms: float = 5.0, max_queue: int = 4096, pad_batches: bool = False, exact: bool = False):
         if max_batch < 1:
             raise PMFError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
@@ -82,7 +87,7 @@ class Batcher:
         self._executor: ThreadPoolExecutor | None = None
         self.batch_sizes: Counter = Counter()  # images per forward pass -> how many passes had that many
         self._layout: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None
-        if not pad_batches:  # a compiled graph keeps its own kernels: no per-request row layout there
+        if exact and not pad_batches:  # a compiled graph keeps its own kernels: no per-request layout there
             for module in self._per_image_layers():
                 module.register_forward_hook(self._rows_as_sample)
 
