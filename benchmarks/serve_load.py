@@ -154,7 +154,9 @@ async def load(url: str, args, num_classes: int) -> dict:
             "failures": len(failures), "failure_kinds": sorted(set(failures))[:5],
             "bad_requests": len(bad_codes), "bad_all_422": all(c == 422 for c in bad_codes),
             "server_passes": health["batches"],
-            "mean_images_per_pass": round(health["images"] / max(1, health["batches"]), 1)}, kept
+            "mean_images_per_pass": round(health["images"] / max(1, health["batches"]), 1),
+            "server_images_per_pass_second": round(health["images"] / max(1e-9, health["pass_seconds"]), 1),
+            "share_of_wall_in_passes": round(health["pass_seconds"] / wall, 2)}, kept
 
 
 def check_exact(ckpt, kept) -> bool:

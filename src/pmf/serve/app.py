@@ -240,7 +240,8 @@ def create_app(batcher: Batcher, info: ModelInfo, limits: ServeLimits = ServeLim
     @app.get("/health")
     async def health():
         return {"status": "ok", "queued": batcher.queued, "batches": sum(batcher.batch_sizes.values()),
-                "images": sum(n * c for n, c in batcher.batch_sizes.items())}
+                "images": sum(n * c for n, c in batcher.batch_sizes.items()),
+                "pass_seconds": round(batcher.pass_seconds, 3)}
 
     @app.get("/info", dependencies=[Depends(authorize)])
     async def get_info():

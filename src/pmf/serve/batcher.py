@@ -86,6 +86,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.batch_sizes: Counter = Counter()  # images per forward pass -> how many passes had that many
+        self.pass_seconds = 0.0  # time in forward passes (noise to uint8), for /health
         self._layout: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None
         if exact and not pad_batches:  # a compiled graph keeps its own kernels: no per-request layout there
             for module in self._per_image_layers():
@@ -258,5 +259,5 @@ class Batcher:
         finally:
             self._layout = None
         self.batch_sizes[n] += 1
-        self.last_batch_s = time.perf_counter() - t0
+        self.pass_seconds += time.perf_counter() - t0
         return to_uint8(x[:n]).numpy()
