@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import json
 import os
@@ -18,33 +17,37 @@ from ..sampling import PRECISIONS
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve one-step generation as a web page and an HTTP API",
                        description="POST /generate, GET /info, GET /health and the page at GET /. Requests that "
-                       "arrive within --max-wait-ms share one forward pass; batching never changes an image. "
-                       "Needs pip install 'pixel-meanflow[serve]'.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       "arrive within --max-wait-ms share one forward pass; each image keeps its own noise "
+                       "(see --exact-batching). Needs pip install 'pixel-meanflow[serve]'.")
     p.add_argument("--checkpoint", required=True, help="checkpoint file, hf:OWNER/REPO/FILE or URL")
     p.add_argument("--arch", default=None, help="architecture of a release-format file (default: recorded or "
                    "inferred)")
     p.add_argument("--ema", default=None, help="which EMA of a training checkpoint ('raw' for the raw weights; "
                    "default: the EMA of the checkpoint's default setting)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fp32, or bf16 autocast "
-                   "(images then differ slightly from fp32 ones)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="default: cuda when available, else cpu")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fp32 (default), or bf16 "
+                   "autocast (images then differ slightly from fp32 ones)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network with frozen weights; "
                    "batches are padded to powers of two so at most log2(--max-batch)+1 graphs compile")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind; any other than loopback needs --token")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1); any other than loopback "
+                   "needs --token")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--token", default=os.environ.get("PMF_SERVE_TOKEN"), help="require 'Authorization: Bearer "
                    "TOKEN' on /info and /generate (default: $PMF_SERVE_TOKEN)")
-    p.add_argument("--max-batch", type=int, default=64, help="most images in one forward pass (1: no batching)")
+    p.add_argument("--max-batch", type=int, default=64, help="most images in one forward pass (default 64; 1: no "
+                   "batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first queued image waits for "
-                   "others to share its forward pass")
+                   "others to share its forward pass (default 5)")
     p.add_argument("--exact-batching", action="store_true", help="in merged passes, compute the per-image layers "
                    "of each request at pmf sample's batch shape, so that every image equals pmf sample's to the bit "
                    "(default: merged images may differ by one level in rare pixels; slower on a busy CPU, "
                    "docs/serve.md)")
-    p.add_argument("--max-images", type=int, default=64, help="most images in one request")
-    p.add_argument("--max-steps", type=int, default=4, help="most sampling steps a request may ask for")
-    p.add_argument("--max-queue", type=int, default=4096, help="most images waiting; more get 503 and Retry-After")
+    p.add_argument("--max-images", type=int, default=64, help="most images in one request (default 64)")
+    p.add_argument("--max-steps", type=int, default=4, help="most sampling steps a request may ask for "
+                   "(default 4)")
+    p.add_argument("--max-queue", type=int, default=4096, help="most images waiting (default 4096); more get "
+                   "503 and Retry-After")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=run)
