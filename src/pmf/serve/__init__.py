@@ -1,0 +1,17 @@
+"""``pmf serve``: one-step generation as an HTTP API and a web page, with dynamic batching.
+
+``batcher`` merges the images of concurrent requests into shared forward passes (each image keeps its own
+noise, so batching never changes an image); ``app`` is the FastAPI application (routes, validation,
+encoding); ``classes`` names the classes of a checkpoint; ``static/`` holds the page."""
+
+from .batcher import Batcher, ImageJob, ServerBusy
+from .classes import class_names
+
+__all__ = ["Batcher", "ImageJob", "ServerBusy", "class_names", "create_app"]
+
+
+def create_app(*args, **kwargs):
+    """The FastAPI application (``pmf.serve.app.create_app``); needs ``pip install 'pixel-meanflow[serve]'``."""
+    from .app import create_app as _create_app
+
+    return _create_app(*args, **kwargs)

@@ -1,0 +1,281 @@
+"""The FastAPI application of ``pmf serve``: POST /generate, GET /info, GET /health and the page at GET /.
+
+Every request is checked before it reaches the batcher; a bad one gets a 422 with one message that names
+the field. Nothing here writes files or opens a path taken from a request: the page is read from package
+data once, at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import io
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .. import __version__
+from ..images import make_grid
+from ..sampling import SamplingSetting
+from .batcher import Batcher, ImageJob, ServerBusy
+
+SEED_MAX = 2**63 - 1
+MAX_BODY = 64 * 1024  # bytes; a request of --max-images classes is far smaller
+STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+          "/style.css": ("style.css", "text/css; charset=utf-8")}
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may ask for."""
+
+    max_images: int = 64  # images per request
+    max_steps: int = 4  # sampling steps per request
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What GET /info says about the model (and what requests are checked against)."""
+
+    preset: str | None
+    image_size: int
+    channels: int
+    class_names: list[str]
+    setting: SamplingSetting  # the defaults of omega, interval, steps (and the EMA they belong to)
+    noise_scale: float
+    ema: str | None  # the weights loaded
+
+
+class RequestProblem(Exception):
+    """A request that cannot be served as asked: answered with 422 and ``"field: message"``."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class GenerateRequest(BaseModel):
+    """The body of POST /generate; fields left out take the checkpoint's defaults (GET /info)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    classes: list[int]
+    seed: int = 0
+    omega: float | None = None
+    t_min: float | None = None
+    t_max: float | None = None
+    steps: int | None = None
+    format: Literal["png", "npz", "json"] = "png"
+
+
+def _check(req: GenerateRequest, info: ModelInfo, limits: ServeLimits) -> ImageJob:
+    """The request as a job, or a ``RequestProblem`` naming the first bad field."""
+    n, k = len(req.classes), len(info.class_names)
+    if n == 0:
+        raise RequestProblem("classes", "give at least one class (one entry per image)")
+    if n > limits.max_images:
+        raise RequestProblem("classes", f"{n} images requested; the limit is {limits.max_images} per request")
+    for i, c in enumerate(req.classes):
+        if not 0 <= c < k:
+            raise RequestProblem(f"classes[{i}]", f"class {c} out of range [0, {k - 1}]")
+    s = info.setting
+    omega = s.omega if req.omega is None else req.omega
+    t_min = s.t_min if req.t_min is None else req.t_min
+    t_max = s.t_max if req.t_max is None else req.t_max
+    steps = s.steps if req.steps is None else req.steps
+    for name, v in (("omega", omega), ("t_min", t_min), ("t_max", t_max)):
+        if not math.isfinite(v):
+            raise RequestProblem(name, f"must be a finite number, got {v}")
+    if omega <= 0:
+        raise RequestProblem("omega", f"must be > 0, got {omega:g}")
+    for name, v in (("t_min", t_min), ("t_max", t_max)):
+        if not 0 <= v <= 1:
+            raise RequestProblem(name, f"must be in [0, 1], got {v:g}")
+    if t_min > t_max:
+        raise RequestProblem("t_min", f"must be <= t_max, got t_min={t_min:g} > t_max={t_max:g}")
+    if not 1 <= steps <= limits.max_steps:
+        raise RequestProblem("steps", f"must be in [1, {limits.max_steps}], got {steps}")
+    if not 0 <= req.seed <= SEED_MAX:
+        raise RequestProblem("seed", f"must be in [0, 2**63 - 1], got {req.seed}")
+    return ImageJob(tuple(req.classes), req.seed, float(omega), float(t_min), float(t_max), int(steps))
+
+
+def _validation_message(err: ValidationError | RequestValidationError) -> tuple[str, str]:
+    """(field, "field: message") of the first problem pydantic found."""
+    first = err.errors()[0]
+    loc = [p for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return "body", "body: not valid JSON (send a JSON object such as {\"classes\": [3]})"
+    field = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
+    field = field or "body"
+    msg = first.get("msg", "invalid")
+    if first.get("type") == "extra_forbidden":
+        msg = "unknown field (fields: classes, seed, omega, t_min, t_max, steps, format)"
+    elif first.get("type") == "missing":
+        msg = "required"
+    elif field == "body":
+        msg = f"send a JSON object such as {{\"classes\": [3]}} ({msg})"
+    return field, f"{field}: {msg}"
+
+
+def parse_request(body: bytes) -> GenerateRequest:
+    """The JSON ``body`` (whatever its content type) as a request, or a ``RequestProblem``."""
+    try:
+        return GenerateRequest.model_validate_json(body)
+    except ValidationError as err:
+        field, message = _validation_message(err)
+        raise RequestProblem(field, message.removeprefix(f"{field}: ")) from None
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused (413) past ``MAX_BODY`` bytes without reading the rest."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _TooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 [H, W, C] image (C = 1 or 3)."""
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def encode(images: np.ndarray, job: ImageJob, fmt: str, info: ModelInfo) -> tuple[bytes | dict, str]:
+    """The response body of ``images`` uint8 [N, H, W, C] in ``fmt`` and its media type."""
+    labels = np.asarray(job.labels, dtype=np.int64)
+    if fmt == "npz":
+        buf = io.BytesIO()
+        np.savez(buf, images=images, labels=labels)
+        return buf.getvalue(), "application/octet-stream"
+    if fmt == "png":
+        return encode_png(make_grid(images, nrow=min(len(images), 8))), "image/png"
+    return {"images": [{"index": i, "label": int(c), "class_name": info.class_names[c],
+                        "png": base64.b64encode(encode_png(im)).decode("ascii")}
+                       for i, (c, im) in enumerate(zip(job.labels, images))],
+            "settings": {"seed": job.seed, "omega": job.omega, "t_min": job.t_min, "t_max": job.t_max,
+                         "steps": job.steps, "ema": info.ema, "noise_scale": info.noise_scale}}, "application/json"
+
+
+def _info_json(info: ModelInfo, limits: ServeLimits, batcher: Batcher, auth: bool) -> dict:
+    s = info.setting
+    return {"preset": info.preset, "image_size": info.image_size, "channels": info.channels,
+            "num_classes": len(info.class_names), "classes": info.class_names,
+            "defaults": {"seed": 0, "omega": s.omega, "t_min": s.t_min, "t_max": s.t_max, "steps": s.steps,
+                         "format": "png", "source": s.source},
+            "ema": info.ema, "noise_scale": info.noise_scale,
+            "limits": {"max_images": limits.max_images, "max_steps": limits.max_steps, "omega_min_exclusive": 0,
+                       "omega_slider_max": max(8.0, math.ceil(2 * s.omega)), "t_min": 0, "t_max": 1,
+                       "seed_max": SEED_MAX, "formats": ["png", "npz", "json"]},
+            "batching": {"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000,
+                         "max_queue": batcher.max_queue},
+            "auth": auth, "version": __version__}
+
+
+def _load_static() -> dict[str, tuple[bytes, str]]:
+    root = resources.files(__package__) / "static"
+    return {route: ((root / name).read_bytes(), media) for route, (name, media) in STATIC.items()}
+
+
+def create_app(batcher: Batcher, info: ModelInfo, limits: ServeLimits = ServeLimits(), *,
+               token: str | None = None) -> FastAPI:
+    """The application; it starts ``batcher`` when it starts and stops it when it shuts down. With
+    ``token``, /info and /generate need ``Authorization: Bearer TOKEN`` (/health and the page do not)."""
+    static = _load_static()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="pmf serve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+
+    def authorize(request: Request) -> None:
+        if token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise _Unauthorized()
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request, err: RequestValidationError):
+        field, message = _validation_message(err)
+        return JSONResponse({"detail": message, "field": field}, status_code=422)
+
+    @app.exception_handler(RequestProblem)
+    async def on_problem(request, err: RequestProblem):
+        return JSONResponse({"detail": str(err), "field": err.field}, status_code=422)
+
+    @app.exception_handler(ServerBusy)
+    async def on_busy(request, err: ServerBusy):
+        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(_Unauthorized)
+    async def on_unauthorized(request, err):
+        return JSONResponse({"detail": "this server needs Authorization: Bearer TOKEN"}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(_TooLarge)
+    async def on_too_large(request, err):
+        return JSONResponse({"detail": f"body: larger than {MAX_BODY} bytes", "field": "body"}, status_code=413)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "queued": batcher.queued, "batches": sum(batcher.batch_sizes.values()),
+                "images": sum(n * c for n, c in batcher.batch_sizes.items()),
+                "pass_seconds": round(batcher.pass_seconds, 3)}
+
+    @app.get("/info", dependencies=[Depends(authorize)])
+    async def get_info():
+        return _info_json(info, limits, batcher, token is not None)
+
+    body_schema = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": GenerateRequest.model_json_schema()}}}}
+
+    @app.post("/generate", dependencies=[Depends(authorize)], openapi_extra=body_schema,
+              responses={200: {"content": {"image/png": {}, "application/octet-stream": {}}}})
+    async def generate(request: Request):
+        t0 = time.perf_counter()
+        req = parse_request(await read_body(request))
+        job = _check(req, info, limits)
+        images = await batcher.generate(job)
+        big = images.size > 256 * 256 * 3
+        body, media = await asyncio.to_thread(encode, images, job, req.format, info) if big else \
+            encode(images, job, req.format, info)
+        ms = (time.perf_counter() - t0) * 1000
+        headers = {"Server-Timing": f"generate;dur={ms:.1f}"}
+        if isinstance(body, dict):
+            return JSONResponse({**body, "time_ms": round(ms, 2)}, headers=headers)
+        return Response(body, media_type=media, headers=headers)
+
+    for route, (content, media) in static.items():
+        def page(content=content, media=media):
+            return Response(content, media_type=media)
+        app.get(route, include_in_schema=False, response_class=HTMLResponse if route == "/" else Response)(page)
+    return app
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass
