@@ -39,10 +39,13 @@ def add_parser(sub) -> None:
                    "batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first queued image waits for "
                    "others to share its forward pass (default 5)")
-    p.add_argument("--exact-batching", action="store_true", help="in merged passes, compute the per-image layers "
-                   "of each request at pmf sample's batch shape, so that every image equals pmf sample's to the bit "
-                   "(default: merged images may differ by one level in rare pixels; slower on a busy CPU, "
-                   "docs/serve.md)")
+    exact = p.add_mutually_exclusive_group()
+    exact.add_argument("--exact-batching", dest="exact_batching", action="store_true", default=True,
+                       help="(default) in merged passes, compute the per-image layers of each request at pmf "
+                       "sample's batch shape, so that every image equals pmf sample's to the bit (docs/serve.md)")
+    exact.add_argument("--fast-batching", dest="exact_batching", action="store_false",
+                       help="merged passes without that layout: faster on a busy CPU, but a merged image may "
+                       "differ from pmf sample's by one uint8 level in rare pixels")
     p.add_argument("--max-images", type=int, default=64, help="most images in one request (default 64)")
     p.add_argument("--max-steps", type=int, default=4, help="most sampling steps a request may ask for "
                    "(default 4)")
