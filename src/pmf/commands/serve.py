@@ -12,6 +12,7 @@ import torch
 
 from ..errors import PMFError
 from ..sampling import PRECISIONS
+from ._args import add_checkpoint, add_device, add_ema, check_device, load_for_sampling
 
 
 def add_parser(sub) -> None:
@@ -19,13 +20,11 @@ def add_parser(sub) -> None:
                        description="POST /generate, GET /info, GET /health and the page at GET /. Requests that "
                        "arrive within --max-wait-ms share one forward pass; each image keeps its own noise "
                        "(see --exact-batching). Needs pip install 'pixel-meanflow[serve]'.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, hf:OWNER/REPO/FILE or URL")
-    p.add_argument("--arch", default=None, help="architecture of a release-format file (default: recorded or "
-                   "inferred)")
-    p.add_argument("--ema", default=None, help="which EMA of a training checkpoint ('raw' for the raw weights; "
-                   "default: the EMA of the checkpoint's default setting)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="default: cuda when available, else cpu")
+    add_checkpoint(p)
+    p.add_argument("--arch", default=None, help="architecture of a release-format file, or of --checkpoint random "
+                   "(default: recorded or inferred)")
+    add_ema(p)
+    add_device(p)
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fp32 (default), or bf16 "
                    "autocast (images then differ slightly from fp32 ones)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network with frozen weights; "
@@ -96,14 +95,14 @@ def build(args):
         import uvicorn  # noqa: F401
     except ImportError:
         raise PMFError("pmf serve needs FastAPI and uvicorn: pip install 'pixel-meanflow[serve]'") from None
-    from ..checkpoint import load_checkpoint
     from ..sampling import prepare_sampler
     from ..serve import Batcher, class_names
     from ..serve.app import ModelInfo, ServeLimits, create_app
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    ckpt = load_checkpoint(args.checkpoint, arch=args.arch, ema=args.ema, device=args.device)
+    args.device = check_device(args.device)
+    ckpt = load_for_sampling(args, args.device)
     cfg = ckpt.model.config
     names = class_names(cfg.num_classes, data=_training_data(args.checkpoint), arch=ckpt.arch)
     info = ModelInfo(ckpt.arch, cfg.input_size, cfg.in_channels, names, ckpt.setting, cfg.noise_scale, ckpt.ema)
