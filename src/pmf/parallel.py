@@ -14,6 +14,7 @@ Every other part of the optimiser is elementwise and runs on the local shards wi
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -211,3 +212,96 @@ def bytes_of(tensors) -> int:
 
 __all__ = ["PARALLEL_MODES", "assign_owners", "build_mesh", "bytes_of", "full", "is_dtensor", "is_sharded", "local",
            "mixed_precision", "ns_cost", "ns_load", "orthogonalize_sharded", "shard_group", "shard_model"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Muon on sharded parameters.
+
+def _sharded_muon_class():
+    from .optim import Muon, newton_schulz_batched
+
+    class ShardedMuon(Muon):
+        """``pmf.optim.Muon`` on FSDP2 / HSDP parameters: the same maths and the same state (momentum and Adam
+        moments are DTensors sharded like their parameters, so a checkpoint resumes under any layout). The
+        elementwise parts run on the local shards; each Muon matrix is orthogonalised whole by one owner rank
+        of its shard group (``orthogonalize_sharded``)."""
+
+        group = None  # the shard group's process group
+
+        @classmethod
+        def adopt(cls, opt: Muon, group) -> ShardedMuon:
+            new = cls.__new__(cls)
+            new.__dict__.update(opt.__dict__)
+            new.group = group
+            return new
+
+        def _orthogonalize(self, group: dict, params: list[torch.Tensor], nesterov: list[torch.Tensor]):
+            steps, dtype, k = group["ns_steps"], self.ns_dtype, self.max_stack
+
+            def ns(stack: torch.Tensor) -> torch.Tensor:
+                return torch.cat([newton_schulz_batched(stack[i:i + k], steps, dtype=dtype)
+                                  for i in range(0, stack.shape[0], k)])
+
+            return orthogonalize_sharded(nesterov, [tuple(p.shape) for p in params], self.group, ns)
+
+        def _muon_step(self, group: dict, params: list[torch.Tensor]) -> None:
+            lr, wd, beta = group["lr"], group["weight_decay"], group["momentum"]
+            ps, grads = [local(p) for p in params], [local(p.grad) for p in params]
+            moms = [local(self._muon_state(p)["momentum"]) for p in params]
+            if wd:
+                torch._foreach_mul_(ps, 1 - lr * wd)
+            torch._foreach_lerp_(moms, grads, 1 - beta)
+            nesterov = torch._foreach_lerp(grads, moms, beta)
+            for p, pl, u in zip(params, ps, self._orthogonalize(group, params, nesterov)):
+                out, inp = p.shape
+                pl.add_(u.to(pl.dtype), alpha=-lr * math.sqrt(max(1.0, out / inp)))
+
+        _muon_foreach = _muon_single = _muon_step
+
+        def _adam_step(self, group: dict, params: list[torch.Tensor]) -> None:
+            lr, wd, eps, (b1, b2) = group["lr"], group["weight_decay"], group["eps"], group["betas"]
+            states = [self._adam_state(p) for p in params]
+            ps, grads = [local(p) for p in params], [local(p.grad) for p in params]
+            exp_avg, exp_avg_sq = [local(s["exp_avg"]) for s in states], [local(s["exp_avg_sq"]) for s in states]
+            if wd:
+                torch._foreach_mul_(ps, 1 - lr * wd)
+            steps = [s["step"] for s in states]
+            torch._foreach_add_(steps, 1)
+            ts = [float(t) for t in steps]
+            torch._foreach_lerp_(exp_avg, grads, 1 - b1)
+            torch._foreach_mul_(exp_avg_sq, b2)
+            torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - b2)
+            denom = torch._foreach_div(exp_avg_sq, [1 - b2**t for t in ts])
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(ps, exp_avg, denom, [-lr / (1 - b1**t) for t in ts])
+
+        _adam_foreach = _adam_single = _adam_step
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            for group in self.param_groups:
+                # every rank of a shard group must take part in the exchange of every matrix
+                params = [p for p in group["params"] if p.grad is not None]
+                if group["kind"] == "muon":
+                    self._muon_step(group, params)
+                elif params:
+                    self._adam_step(group, params)
+            return loss
+
+    return ShardedMuon
+
+
+def build_sharded_optimizer(model: torch.nn.Module, cfg, mesh) -> torch.optim.Optimizer:
+    """``pmf.optim.build_optimizer`` on a sharded model: Muon becomes its sharded form over the mesh's shard
+    group; AdamW (the ablation) is elementwise and runs on DTensors as it is."""
+    from .optim import Muon, build_optimizer
+
+    opt = build_optimizer(model, cfg)
+    if isinstance(opt, Muon):
+        opt = _sharded_muon_class().adopt(opt, shard_group(mesh))
+    return opt
