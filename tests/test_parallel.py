@@ -1,0 +1,241 @@
+"""FSDP2 / HSDP training on CPU processes (gloo): the weights, EMAs and optimiser state after a few steps equal
+those of DDP with the same world size and seed; the sharded Muon equals the single-process optimiser; the
+per-rank state shrinks with the shard count; sharded (DCP) checkpoints are atomic, resume under another
+world size and another --parallel mode, and are read by load_model and pmf export.
+
+Why DDP is the reference: with the same world size every rank reads the same images and draws the same
+losses under both modes (both follow (seed, step, rank)), and both average the gradients over the ranks; the
+only differences are float rounding in the reduction and in the orthogonalisation of each matrix (on one
+owner rank instead of on every rank)."""
+
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from pmf import parallel as P
+from pmf.checkpoint import latest_checkpoint, list_checkpoints, load_model, read_file
+from pmf.errors import PMFError
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_train import tiny_config  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TOL = 1e-5  # relative, per tensor: |a - b| / |b| (Frobenius norms)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(rank: int, world: int, port: int) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+
+
+def _runs_worker(rank: int, world: int, port: int, runs: list) -> None:
+    """Each (out, overrides, resume) of ``runs`` in turn, in one process group; state bytes saved per run."""
+    from pmf.distributed import cleanup
+    from pmf.train import train
+
+    _env(rank, world, port)
+    for out, kw, resume in runs:
+        kw = dict(kw)
+        measure = kw.pop("measure", False)
+        summary = train(tiny_config(out, sample=dict(every=0), **kw), resume=resume, progress=False)
+        if measure:
+            torch.save(_measured, os.path.join(out, f"bytes{rank}.pt"))
+        del summary
+    cleanup()
+
+
+_measured: dict = {}
+
+
+def spawn_runs(world: int, runs: list) -> None:
+    mp.spawn(_runs_worker, args=(world, free_port(), runs), nprocs=world, join=True)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def compare_runs(a, b, tol: float = TOL) -> float:
+    """Max relative difference over the raw weights and every EMA of the newest checkpoints of two runs."""
+    ca, cb = latest_checkpoint(a / "checkpoints"), latest_checkpoint(b / "checkpoints")
+    worst = 0.0
+    for ema in ("raw", "hl0.05", "d0.9"):
+        sa, sb = load_model(ca, ema=ema).state_dict(), load_model(cb, ema=ema).state_dict()
+        assert set(sa) == set(sb)
+        for k in sa:
+            err = rel(sa[k], sb[k])
+            assert err <= tol, (ema, k, err)
+            worst = max(worst, err)
+    return worst
+
+
+def test_fsdp_two_processes_matches_ddp_and_resumes_across_modes(tmp_path):
+    ddp, fsdp, half, mixed = (tmp_path / n for n in ("ddp", "fsdp", "half", "mixed"))
+    spawn_runs(2, [
+        (ddp, dict(parallel="ddp"), None),
+        (fsdp, dict(parallel="fsdp"), None),
+        (half, dict(parallel="fsdp", steps=3), None),
+        (half, dict(parallel="ddp"), "auto"),  # a DCP checkpoint of fsdp x 2 resumed by ddp x 2
+    ])
+    # 6 steps, checkpoints at 3 and 6: fsdp writes sharded folders, ddp single files
+    assert [p.name for _, p in list_checkpoints(fsdp / "checkpoints")] == ["step_00000003", "step_00000006"]
+    assert (fsdp / "checkpoints" / "step_00000006" / "__1_0.distcp").is_file()  # each rank wrote its part
+    worst = compare_runs(fsdp, ddp)
+    compare_runs(half, ddp)
+    print(f"fsdp x 2 vs ddp x 2 after 6 steps: max relative difference {worst:.2e}")
+    # a broken run would not be close: the weights moved from their initial values
+    first = load_model(fsdp / "checkpoints" / "step_00000003", ema="raw").state_dict()
+    last = load_model(fsdp / "checkpoints" / "step_00000006", ema="raw").state_dict()
+    assert rel(first["shared_blocks.0.attn.q_proj.weight"], last["shared_blocks.0.attn.q_proj.weight"]) > 1e-3
+
+    # one process resumes the fsdp x 2 checkpoint of step 3 (without a process group) and continues
+    from pmf.train import train
+
+    single = tmp_path / "single"
+    (single / "checkpoints").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(fsdp / "checkpoints" / "step_00000003", single / "checkpoints" / "step_00000003")
+    summary = train(tiny_config(single, sample=dict(every=0)), resume="auto", progress=False)
+    assert summary["resumed_at"] == 3 and (single / "checkpoints" / "step_00000006.pt").is_file()
+
+
+def test_sharded_checkpoint_is_atomic_and_exports(tmp_path):
+    from pmf.checkpoint import export_ema
+    from pmf.sharded_checkpoint import to_single_file
+
+    run = tmp_path / "run"
+    spawn_runs(2, [(run, dict(parallel="hsdp", shard_size=1, steps=2, ckpt_every=2), None)])
+    ckpts = run / "checkpoints"
+    good = ckpts / "step_00000002"
+    assert latest_checkpoint(ckpts) == good
+    # an interrupted save: the hidden temporary folder, and a folder without its meta, are never picked
+    (ckpts / ".step_00000004.tmp").mkdir()
+    (ckpts / ".step_00000004.tmp" / "__0_0.distcp").write_bytes(b"partial")
+    (ckpts / "step_00000005").mkdir()
+    (ckpts / "step_00000005" / ".metadata").write_bytes(b"partial")
+    assert latest_checkpoint(ckpts) == good
+
+    single = to_single_file(good, tmp_path / "step_00000002.pt")
+    obj = read_file(single)
+    assert obj["step"] == 2 and set(obj["ema"]) == {"hl0.05", "d0.9"} and obj["optimizer"]["state"]
+    a = load_model(good, ema="d0.9").state_dict()
+    b = load_model(single, ema="d0.9").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    release = export_ema(good, tmp_path / "release.pt", ema="raw")
+    assert any(k.startswith("net.") for k in torch.load(release, weights_only=True))
+
+
+def test_fused_du_dt_is_refused_under_fsdp():
+    with pytest.raises(PMFError, match="fused form does not run under FSDP2"):
+        tiny_config("x", parallel="fsdp", loss=dict(jvp="fused"))
+    with pytest.raises(PMFError, match="parallel"):
+        tiny_config("x", parallel="zero3")
+
+
+def test_owner_assignment_balances_newton_schulz_cost():
+    from pmf.config import model_config
+    from pmf.nn.model import PMFDiT
+    from pmf.optim import split_parameters
+
+    model = PMFDiT(model_config("pMF-B/16"))
+    shapes = [tuple(p.shape) for p in split_parameters(model)[0]]
+    total = sum(P.ns_cost(s) for s in shapes)
+    for n in (2, 4, 8):
+        load = P.ns_load(shapes, n)
+        assert sum(load) == total
+        assert max(load) <= 1.1 * total / n, (n, max(load) / total)  # work per rank falls as 1/N
+    assert P.assign_owners(shapes, 4) == P.assign_owners(shapes, 4)
+
+
+def _muon_worker(rank: int, world: int, port: int, out: str) -> None:
+    _env(rank, world, port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model, grads = _muon_setup()
+    mesh = P.build_mesh("fsdp", torch.device("cpu"))
+    P.shard_model(model, mesh)
+    opt = P.build_sharded_optimizer(model, _optim_cfg(), mesh)
+    params = dict(model.named_parameters())
+    from torch.distributed.tensor import distribute_tensor
+
+    for step_grads in grads:
+        for n, p in params.items():
+            p.grad = distribute_tensor(step_grads[n], p.device_mesh, p.placements, src_data_rank=None)
+        opt.step()
+    result = {n: P.full(p.detach()) for n, p in params.items()}
+    # uneven row blocks, fewer rows than ranks, tall and wide matrices, repeated shapes
+    from pmf.optim import newton_schulz_batched
+
+    for i, (m, n) in enumerate(ODD_SHAPES):
+        whole = torch.randn(m, n, generator=torch.Generator().manual_seed(i))
+        start, rows = P._rows(m, world, rank)
+        got = P.orthogonalize_sharded([whole[start:start + rows]], [(m, n)], dist.group.WORLD, newton_schulz_batched)
+        result[f"odd{i}"] = got[0]
+    together = [torch.randn(m, n, generator=torch.Generator().manual_seed(i)) for i, (m, n) in enumerate(ODD_SHAPES)]
+    blocks = [w[P._rows(w.shape[0], world, rank)[0]:][:P._rows(w.shape[0], world, rank)[1]] for w in together]
+    result["together"] = P.orthogonalize_sharded(blocks, ODD_SHAPES, dist.group.WORLD, newton_schulz_batched)
+    result["rows"] = [P._rows(m, world, rank) for m, _ in ODD_SHAPES]
+    torch.save(result, out + f".{rank}")
+    dist.destroy_process_group()
+
+
+ODD_SHAPES = [(5, 7), (13, 4), (3, 3), (1, 6), (5, 7), (9, 9)]
+
+
+def _optim_cfg():
+    from pmf.train_config import OptimConfig
+
+    return OptimConfig(lr=1e-2)
+
+
+def _muon_setup():
+    from pmf.config import model_config
+    from pmf.nn.model import PMFDiT
+
+    torch.manual_seed(0)
+    model = PMFDiT(model_config("pMF-Tiny/4", hidden_size=24, depth=2, aux_head_depth=1, num_heads=2))
+    gen = torch.Generator().manual_seed(3)
+    grads = [{n: torch.randn(p.shape, generator=gen) * 0.05 for n, p in model.named_parameters()} for _ in range(4)]
+    return model, grads
+
+
+@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
+def test_sharded_muon_equals_single_process(tmp_path, world):
+    from pmf.optim import build_optimizer
+
+    out = str(tmp_path / "sharded.pt")
+    mp.spawn(_muon_worker, args=(world, free_port(), out), nprocs=world, join=True)
+    model, grads = _muon_setup()
+    opt = build_optimizer(model, _optim_cfg())
+    for step_grads in grads:
+        for n, p in model.named_parameters():
+            p.grad = step_grads[n].clone()
+        opt.step()
+    sharded = torch.load(out + ".0")
+    for n, p in model.named_parameters():
+        assert rel(sharded[n], p.detach()) <= 1e-5, n
+    assert rel(sharded["shared_blocks.0.mlp.w1.weight"], _muon_setup()[0].shared_blocks[0].mlp.w1.weight) > 1e-3
+
+    from pmf.optim import newton_schulz
+
+    for i, (m, n) in enumerate(ODD_SHAPES):
+        ref = newton_schulz(torch.randn(m, n, generator=torch.Generator().manual_seed(i)))
+        for r in range(world):
+            part = torch.load(out + f".{r}")
+            start, rows = part["rows"][i]
+            assert part[f"odd{i}"].shape == (rows, n) and part["together"][i].shape == (rows, n)
+            torch.testing.assert_close(part[f"odd{i}"], ref[start:start + rows], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(part["together"][i], ref[start:start + rows], rtol=1e-4, atol=1e-5)
