@@ -1,5 +1,8 @@
 """pmfDiT: fixture parity, presets, attention paths, RoPE, input validation."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -7,7 +10,7 @@ import pmf
 from conftest import load_npz
 from pmf.errors import PMFError
 from pmf.nn.layers import apply_rope, attention_backend, rope_angles
-from pmf.nn.release import release_rope_freqs
+from pmf.nn.release import release_rope_freqs, to_release_key
 
 RELEASED_COUNTS = {  # spec section 5: (inference u-head only, training with v-head)
     "pMF-B/16": (118_234_240, 175_474_304),
@@ -130,3 +133,66 @@ def test_bad_config_raises(override, match):
 def test_unknown_preset_lists_known():
     with pytest.raises(PMFError, match="unknown architecture 'pMF-XL/2'.*pMF-B/16"):
         pmf.build_model("pMF-XL/2")
+
+
+def _init_rule(name: str, shape, D: int) -> tuple[str, float]:
+    """(kind, value) of the release's initialiser for a parameter of ours: ('const', c), ('normal', std) or
+    ('xavier', limit), written from the spec (section 5), independently of the model code."""
+    if name.endswith(("attn_scale", "mlp_scale", ".bias")) or name.startswith(("u_final_layer.linear",
+                                                                                 "v_final_layer.linear")):
+        return "const", 0.0
+    if "norm" in name:
+        return "const", 1.0
+    if name == "pos_embed":
+        return "normal", 0.02
+    if name.endswith("_tokens") or name.startswith("y_embedder"):
+        return "normal", D**-0.5
+    if name.startswith("x_embedder"):
+        fan_in, fan_out = int(np.prod(shape[1:])), shape[0]
+        return "xavier", (6 / (fan_in + fan_out)) ** 0.5
+    gain = 1.0 if name.split(".")[0] in ("h_embedder", "omega_embedder", "cfg_t_start_embedder",
+                                         "cfg_t_end_embedder") else 0.32
+    return "normal", gain / shape[1] ** 0.5
+
+
+def test_initialisation_matches_the_release_statistics(fixtures_dir):
+    """Per tensor of pMF-Tiny/4 (training mode), over seeds 0-3: constants equal, std and bounds as the
+    release's constructor gave them (init_stats_tiny.json)."""
+    ref = json.loads((fixtures_dir / "init_stats_tiny.json").read_text())
+    models = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        models.append({to_release_key(k): v for k, v in pmf.build_model("pMF-Tiny/4").state_dict().items()})
+    assert set(ref) == set(models[0]) - {"rope_freqs"}
+    for key, want in ref.items():
+        values = torch.stack([m[key].double() for m in models])
+        assert list(values.shape[1:]) == want["shape"], key
+        if want["min"] == want["max"]:
+            assert (values == want["min"]).all(), key
+            continue
+        n = values[0].numel()
+        std = values.flatten(1).std(dim=1).mean().item()
+        tol = 4 * (0.5 / (4 * n)) ** 0.5 * 2 + 0.01  # two independent 4-seed estimates of the std
+        assert abs(std / want["std"] - 1) < tol, (key, std, want["std"])
+        assert abs(values.mean().item()) < 5 * want["std"] / (4 * n) ** 0.5, key
+        if "x_embedder" in key:  # Xavier-uniform: bounded by the same limit the release reached
+            assert values.abs().max().item() <= max(abs(want["min"]), want["max"]) * 1.01, key
+            assert values.abs().max().item() >= max(abs(want["min"]), want["max"]) * 0.98, key
+
+
+@pytest.mark.parametrize("arch", ["pMF-Tiny/4", "pMF-S/4", "pMF-MNIST/7"])
+def test_initialisation_follows_the_release_rule_for_every_small_preset(arch):
+    torch.manual_seed(0)
+    model = pmf.build_model(arch)
+    D = model.config.hidden_size
+    for name, p in model.named_parameters():
+        kind, value = _init_rule(name, tuple(p.shape), D)
+        x = p.detach().double()
+        if kind == "const":
+            assert (x == value).all(), name
+        elif kind == "xavier":
+            assert x.abs().max() <= value and x.abs().max() > 0.9 * value, name
+            assert abs(x.std().item() / (value / 3**0.5) - 1) < 0.1, name
+        else:
+            tol = 5 * (0.5 / x.numel()) ** 0.5 + 0.02
+            assert abs(x.std().item() / value - 1) < tol, (name, x.std().item(), value)

@@ -3,11 +3,15 @@
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from pmf import build_model, load_release_state_dict
 from pmf.config import model_config
+from pmf.errors import PMFError
 from pmf.nn.model import PMFDiT
+from pmf.nn.release import from_release_key, to_release_key
 from pmf.optim import Muon, build_optimizer, lr_factor, newton_schulz, newton_schulz_batched, set_lr, split_parameters
 from pmf.train_config import OptimConfig
 
@@ -25,36 +29,93 @@ def test_newton_schulz_flattens_the_spectrum_and_keeps_singular_vectors(shape):
     torch.testing.assert_close(newton_schulz(3.0 * G, dtype=torch.float64), X)  # scale invariant
 
 
-def test_split_follows_the_release_rule_every_2d_array_to_muon():
+def test_split_follows_the_release_rule_2d_in_the_flax_layout_to_muon(fixtures_dir):
     model = PMFDiT(model_config("pMF-Tiny/4"))
     muon, adam = split_parameters(model)
     names = {id(p): n for n, p in model.named_parameters()}
     muon_names, adam_names = {names[id(p)] for p in muon}, {names[id(p)] for p in adam}
     assert "shared_blocks.0.attn.q_proj.weight" in muon_names and "u_final_layer.linear.weight" in muon_names
-    assert "y_embedder.embedding_table.weight" in muon_names  # a 2-D array in the release too
+    assert "y_embedder.embedding_table.weight" in adam_names  # [1, N, D] in the release: Adam
     for n in ("x_embedder.proj1.weight", "class_tokens", "pos_embed", "shared_blocks.0.attn_scale",
               "shared_blocks.0.norm1.weight", "u_final_layer.linear.bias"):
         assert n in adam_names, n
     assert len(muon) + len(adam) == len(list(model.parameters()))
+    # Every tensor's label equals the one optax's default rule gave it in the release's layout.
+    labels = dict(s.split("=") for s in np.load(fixtures_dir / "optim_traj_tiny.npz")["meta/labels"])
+    ours = {to_release_key(n): "muon" if n in muon_names else "adam" for n in names.values()}
+    assert ours == labels
 
 
-def test_muon_step_is_a_scaled_orthogonal_matrix_and_adam_side_matches_torch_adam():
-    torch.manual_seed(0)
-    w, b = torch.nn.Parameter(torch.randn(24, 8)), torch.nn.Parameter(torch.randn(8))
-    b_ref = torch.nn.Parameter(b.detach().clone())
-    opt = Muon([dict(params=[w], kind="muon"), dict(params=[b], kind="adam")], lr=0.1, betas=(0.9, 0.95))
-    ref = torch.optim.Adam([b_ref], lr=0.1, betas=(0.9, 0.95), eps=1e-8)
-    for _ in range(4):
-        g = torch.randn(24, 8)
-        gb = torch.randn(8)
-        w0 = w.detach().clone()
-        w.grad, b.grad, b_ref.grad = g, gb.clone(), gb.clone()
+def _fixture_gradients(model, keys, steps):
+    """The fixture's gradients: per step, per key of net_tiny.pt (rope_freqs skipped), in torch layout."""
+    g = torch.Generator().manual_seed(3)
+    params = dict(model.named_parameters())
+    out = []
+    for _ in range(steps):
+        grads = {}
+        for key in keys:
+            p = params[from_release_key(key)]
+            grads[key] = torch.randn(p.shape, generator=g) * (0.01 + 0.1 * torch.rand((), generator=g))
+        out.append(grads)
+    return out
+
+
+@pytest.mark.parametrize("foreach", [True, False], ids=["batched", "per-parameter"])
+def test_release_optimiser_follows_the_optax_trajectory(fixtures_dir, tiny_release_sd, foreach):
+    """optax.contrib.muon(lr=1e-2, adam_b2=0.95) on the fixture weights: parameters after steps 1 and 4
+    within 1e-4 relative per tensor (norm of the difference over the norm of the update)."""
+    ref = np.load(fixtures_dir / "optim_traj_tiny.npz")
+    model = load_release_state_dict(build_model("pMF-Tiny/4"), tiny_release_sd)
+    keys = [k for k in tiny_release_sd if k != "rope_freqs"]
+    params = dict(model.named_parameters())
+    start = {k: params[from_release_key(k)].detach().clone() for k in keys}
+    grads = _fixture_gradients(model, keys, int(ref["meta/steps"]))
+    for k in keys:  # the same random numbers as the fixture
+        assert grads[0][k].double().sum().item() == pytest.approx(float(ref[f"gradsum1/{k}"]), rel=1e-5, abs=1e-6)
+    opt = build_optimizer(model, OptimConfig(name="muon", lr=float(ref["meta/lr"]), foreach=foreach))
+    worst = 0.0
+    for step, step_grads in enumerate(grads, start=1):
+        for k in keys:
+            params[from_release_key(k)].grad = step_grads[k]
         opt.step()
-        ref.step()
+        if step in (1, 4):
+            for k in keys:
+                p, want = params[from_release_key(k)].detach().double(), torch.from_numpy(ref[f"param{step}/{k}"])
+                err = ((p - want.double()).norm() / (want.double() - start[k].double()).norm()).item()
+                worst = max(worst, err)
+                assert err < 1e-4, (step, k, err)
+    assert worst < 1e-4
+
+
+def test_optimiser_state_of_the_earlier_muon_is_refused():
+    model = PMFDiT(model_config("pMF-Tiny/4"))
+    opt = build_optimizer(model, OptimConfig(name="muon", lr=1e-2))
+    state = opt.state_dict()
+    for g in state["param_groups"]:
+        del g["rule"]  # what the earlier Muon saved
+    with pytest.raises(PMFError, match="earlier version"):
+        opt.load_state_dict(state)
+    opt.load_state_dict(build_optimizer(model, OptimConfig(name="muon", lr=1e-2)).state_dict())  # current: fine
+
+
+def test_muon_step_is_a_scaled_orthogonal_matrix_and_adam_side_is_nadam():
+    torch.manual_seed(0)
+    w, b = torch.nn.Parameter(torch.randn(24, 8)), torch.nn.Parameter(torch.randn(8, dtype=torch.float64))
+    opt = Muon([dict(params=[w], kind="muon"), dict(params=[b], kind="adam")], lr=0.1, betas=(0.9, 0.95))
+    b_ref, m, v = b.detach().clone(), torch.zeros(8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64)
+    for t in range(1, 5):
+        g, gb = torch.randn(24, 8), torch.randn(8, dtype=torch.float64)
+        w0 = w.detach().clone()
+        w.grad, b.grad = g, gb.clone()
+        opt.step()
         update = (w0 - w.detach()) / (0.1 * math.sqrt(24 / 8))  # shape scaling sqrt(max(1, out/in))
         s = torch.linalg.svdvals(update)
         assert s.min() > 0.5 and s.max() < 1.3
-        torch.testing.assert_close(b, b_ref)
+        # NAdam as optax's adamw(nesterov=True): the Nesterov mix of m and g, each bias-corrected
+        m, v = 0.9 * m + 0.1 * gb, 0.95 * v + 0.05 * gb**2
+        m_hat = 0.9 * m / (1 - 0.9 ** (t + 1)) + 0.1 * gb / (1 - 0.9**t)
+        b_ref -= 0.1 * m_hat / ((v / (1 - 0.95**t)).sqrt() + 1e-8)
+        torch.testing.assert_close(b.detach(), b_ref, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="2-D"):
         Muon([dict(params=[b], kind="muon")])
 

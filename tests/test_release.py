@@ -82,3 +82,29 @@ def test_safetensors_release_file(tiny_model, tmp_path):
     save_file(sd, tmp_path / "w.safetensors")
     m = load_model(tmp_path / "w.safetensors", arch="pMF-Tiny/4")
     assert torch.equal(m.pos_embed, tiny_model.pos_embed)
+
+
+def test_released_checkpoints_default_to_the_released_setting(tmp_path):
+    import pmf
+    from pmf.config import RELEASED_SAMPLING
+    from pmf.sampling import default_setting
+
+    for arch, rel in RELEASED_SAMPLING.items():
+        cfg = pmf.model_config(arch, v_head=False)
+        s = default_setting(cfg)  # a release-format file: recognised from its config
+        assert (s.omega, s.t_min, s.t_max, s.ema) == (rel["omega"], rel["t_min"], rel["t_max"], None)
+        s = default_setting(cfg, {"arch": arch}, ["hl500", "hl1000", "hl2000"])  # our checkpoint of that recipe
+        assert s.ema == f"hl{rel['ema_halflife_kimg']}" and s.omega == rel["omega"]
+    s = default_setting(pmf.model_config("pMF-B/16", hidden_size=384, num_heads=6))  # not a released model
+    assert (s.omega, s.t_min, s.t_max) == (1.0, 0.0, 1.0)
+    # A CPU recipe's checkpoint: its recipe's grid setting and its first EMA.
+    s = default_setting(pmf.model_config("pMF-MNIST/7"),
+                        {"arch": "pMF-MNIST/7", "sample": {"omega": 3.0, "t_min": 0.1, "t_max": 0.8}}, ["d0.99"])
+    assert (s.omega, s.t_min, s.t_max, s.ema) == (3.0, 0.1, 0.8, "d0.99")
+    # A release-format file loads with the released setting of the preset it fits.
+    model = pmf.build_model("pMF-Tiny/4", v_head=False)
+    torch.save(pmf.release_state_dict(model, prefix="net."), tmp_path / "tiny.pt")
+    loaded = pmf.load_checkpoint(tmp_path / "tiny.pt")
+    assert loaded.arch == "pMF-Tiny/4" and loaded.ema is None and loaded.setting.omega == 1.0
+    with pytest.raises(pmf.CheckpointError, match="training checkpoint"):
+        pmf.load_checkpoint(tmp_path / "tiny.pt", ema="hl1000")

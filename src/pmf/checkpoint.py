@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, model_config
+from .config import ModelConfig, model_config, preset_of
 from .errors import CheckpointError
 from .nn.model import PMFDiT
 from .nn.release import infer_config, load_release_state_dict
+from .sampling import SamplingSetting, default_setting
 
 FORMAT = "pixel-meanflow"
 
@@ -77,31 +79,38 @@ def is_training_checkpoint(obj: dict) -> bool:
     return obj.get("format") == FORMAT
 
 
-def load_model(spec: str | os.PathLike, *, arch: str | None = None, ema: str | None = None,
-               device=None, **overrides) -> PMFDiT:
-    """A model (eval mode) from any checkpoint we can read.
+@dataclass
+class LoadedCheckpoint:
+    """A model read by ``load_checkpoint`` with what the file says about how to sample it."""
 
-    Our checkpoints record their config; ``ema`` picks one of their EMA weight sets (default: the first EMA
-    if any, else the raw weights; ``"raw"`` forces the raw weights). Release-format state dicts use ``arch``
-    (a preset name, with ``overrides``) or, without it, an architecture inferred from the shapes."""
-    from .sharded_checkpoint import is_sharded_checkpoint, read_meta, read_weights
+    model: PMFDiT
+    arch: str | None  # the preset (recorded in our checkpoints, recognised from the shapes otherwise)
+    ema: str | None  # the EMA whose weights were loaded ('raw' for the raw weights; None: a single-weight file)
+    setting: SamplingSetting  # the default sampling setting (released, or the recipe's)
 
-    if is_sharded_checkpoint(spec):  # a DCP folder written by --parallel fsdp/hsdp
-        meta = read_meta(spec)
-        names = meta.get("emas") or []
-        which = (names[0] if names else "raw") if ema in (None, "auto") else ema
-        if which != "raw" and which not in names:
-            raise CheckpointError(f"EMA {ema!r} is not in the checkpoint; it has: {['raw', *names]}")
-        obj = {"format": FORMAT, "model_config": meta["model_config"], "model": read_weights(spec, which)}
-        ema = "raw"
-    else:
-        obj = read_file(spec)
+
+def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: str | None = None,
+                    device=None, **overrides) -> LoadedCheckpoint:
+    """A model (eval mode) from any checkpoint we can read, with its default sampling setting.
+
+    Our checkpoints record their config; ``ema`` picks one of their EMA weight sets (default: the EMA of the
+    default setting, i.e. the released half-life for a released recipe, else the first EMA if any, else the
+    raw weights; ``"raw"`` forces the raw weights). Release-format state dicts use ``arch`` (a preset name,
+    with ``overrides``) or, without it, an architecture inferred from the shapes."""
+    from .sharded_checkpoint import is_sharded_checkpoint, lazy_checkpoint
+
+    obj = lazy_checkpoint(spec) if is_sharded_checkpoint(spec) else read_file(spec)
     if is_training_checkpoint(obj):
         config = ModelConfig.from_dict({**obj["model_config"], **overrides})
+        train_config = obj.get("train_config") or {}
+        if arch is not None and train_config.get("arch") not in (None, arch):
+            raise CheckpointError(f"--arch {arch} contradicts the checkpoint, which records "
+                                  f"{train_config['arch']}; drop --arch")
         emas = obj.get("ema") or {}
+        setting = default_setting(config, train_config, list(emas))
         if ema in (None, "auto"):
-            weights = next(iter(emas.values())) if emas else obj["model"]
-        elif ema == "raw":
+            ema = setting.ema or "raw"
+        if ema == "raw":
             weights = obj["model"]
         elif ema in emas:
             weights = emas[ema]
@@ -114,7 +123,10 @@ def load_model(spec: str | os.PathLike, *, arch: str | None = None, ema: str | N
             model.load_state_dict(weights, strict=True)
         except RuntimeError as err:
             raise CheckpointError(f"checkpoint weights do not fit its recorded config: {str(err)[:500]}") from None
+        found_arch = train_config.get("arch") or preset_of(config)
     else:
+        if ema not in (None, "auto", "raw"):
+            raise CheckpointError(f"--ema {ema} needs a training checkpoint; this file holds one set of weights")
         state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj.get("model", None), dict) \
             or "state_dict" in obj else obj
         if arch is not None:
@@ -124,7 +136,15 @@ def load_model(spec: str | os.PathLike, *, arch: str | None = None, ema: str | N
         else:
             config = infer_config(state, **overrides)
         model = load_release_state_dict(PMFDiT(config), state)
-    return model.to(device).eval()
+        found_arch, ema = arch or preset_of(config), None
+        setting = default_setting(config, {"arch": found_arch} if found_arch else None)
+    return LoadedCheckpoint(model.to(device).eval(), found_arch, ema, setting)
+
+
+def load_model(spec: str | os.PathLike, *, arch: str | None = None, ema: str | None = None,
+               device=None, **overrides) -> PMFDiT:
+    """The model (eval mode) of ``load_checkpoint``: ours, release-format, safetensors, hub or URL."""
+    return load_checkpoint(spec, arch=arch, ema=ema, device=device, **overrides).model
 
 
 # ---------------------------------------------------------------------------------------------------------

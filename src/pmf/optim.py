@@ -1,32 +1,11 @@
-"""Optimisers for pMF training (spec section 6): Muon for 2-D weight matrices with Adam for everything else
-(the release's split), AdamW for the ablation, and learning-rate schedules.
+"""Optimisers for pMF training (spec section 6): the release's optimiser, ``optax.contrib.muon(lr,
+adam_b2=0.95)`` with its defaults, as ``Muon``; AdamW for the ablation; learning-rate schedules.
 
-The release builds its optimiser as ``optax.contrib.muon(learning_rate, adam_b2=0.95)`` with every other
-option at its default. That optimiser sends every 2-D array to Muon and every other array to Adam. In
-PyTorch terms that is: all ``nn.Linear`` weights (attention, SwiGLU, embedder MLPs, final layers) and the
-class-embedding table go to Muon; convolution kernels (4-D), prefix tokens and the position embedding (3-D),
-norm scales, gates and biases (1-D) go to Adam. ``split_parameters`` reproduces this rule (``p.ndim == 2``).
-
-How our ``Muon`` differs from the release's (optax) Muon:
-- Weight layout. Flax stores a dense kernel as [in, out], PyTorch as [out, in]; both orthogonalise the same
-  matrix up to a transpose, and we scale the update by sqrt(max(1, out / in)) as optax does with its layout.
-- Bias correction of the momentum. Optax bias-corrects the momentum before the Nesterov mix; we use the
-  plain exponential average m <- beta m + (1 - beta) g and the Nesterov update beta m + (1 - beta) g.
-  Newton-Schulz normalises its input by the Frobenius norm, so a global scale has no effect; only the
-  relative weight of m and g in the very first steps differs (by the factor 1 - beta^t).
-- Precision. The Newton-Schulz iteration (5 steps, coefficients (3.4445, -4.7750, 2.0315), eps 1e-8)
-  runs in float32 here (bfloat16 is an option) regardless of the parameter dtype.
-- Distribution. Under DDP each process orthogonalises every matrix itself after the all-reduce (identical
-  results on all ranks); nothing is sharded.
-- Adam side. Same betas (0.9, 0.95), eps 1e-8, no weight decay, standard bias correction; ``adam_lr`` may
-  differ from the Muon learning rate (the release uses one learning rate for both).
-
-Two implementations of one step, chosen by ``Muon(..., foreach=...)``, give the same result to float rounding
-and share the state layout (a checkpoint of one resumes in the other). The per-parameter path loops in Python.
-The batched path (default) stacks the Nesterov updates of all Muon matrices of one (shape, dtype, device) into
-[n, m, k] and runs Newton-Schulz once on the stack with batched matmuls; momentum, weight decay and the Adam
-side use ``torch._foreach_*`` multi-tensor ops. A pMF network has many matrices of the same shape (each
-block's q/k/v/out projections, the SwiGLU w1/w3 and w2), so the batched path runs few, large kernels.
+Muon side (2-D arrays in the release's flax layout): ``mu <- beta mu + (1 - beta) g``, optax's bias-corrected
+Nesterov ``beta mu / (1 - beta^(t+1)) + (1 - beta) g / (1 - beta^t)``, 5 Newton-Schulz steps, the factor
+``sqrt(max(1, fan_out / fan_in))``. Adam side (every other array): NAdam-style Adam with betas (0.9, 0.95).
+``tests/test_optim.py`` holds both step paths (per-parameter loop and batched) against the optax trajectory
+in ``tests/fixtures/official/optim_traj_tiny.npz``; docs/training.md lists what remains different.
 """
 
 from __future__ import annotations
@@ -39,6 +18,9 @@ from .errors import PMFError
 from .train_config import OptimConfig
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
+# Written into every parameter group: optimiser state saved under another rule (the earlier Muon of this
+# package: no bias correction, plain Adam, the class table on Muon) is refused on loading.
+RULE = "optax-muon"
 
 
 def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-8, dtype=torch.float32) -> torch.Tensor:
@@ -84,19 +66,59 @@ def _buckets(params: list[torch.Tensor], key) -> list[list[torch.Tensor]]:
     return list(out.values())
 
 
+def muon_momentum_(params: list[torch.Tensor], grads: list[torch.Tensor], moms: list[torch.Tensor], ts: list[float],
+                   *, lr: float, wd: float, beta: float) -> list[torch.Tensor]:
+    """The elementwise part of a Muon step on lists of plain tensors (whole matrices, or matching row shards
+    of them): decoupled weight decay of ``params``, ``m <- beta m + (1 - beta) g`` in place, and the
+    bias-corrected Nesterov mix ``beta m / (1 - beta^(t+1)) + (1 - beta) g / (1 - beta^t)`` (returned), with
+    ``ts`` the step counts after this step."""
+    if wd:
+        torch._foreach_mul_(params, 1 - lr * wd)
+    torch._foreach_lerp_(moms, grads, 1 - beta)
+    nesterov = torch._foreach_mul(moms, [beta / (1 - beta ** (t + 1)) for t in ts])
+    torch._foreach_add_(nesterov, torch._foreach_mul(grads, [(1 - beta) / (1 - beta**t) for t in ts]))
+    return nesterov
+
+
+def adam_update_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
+                 exp_avg_sq: list[torch.Tensor], ts: list[float], *, lr: float, wd: float, eps: float,
+                 betas: tuple[float, float]) -> None:
+    """One NAdam-style Adam step (the Muon optimiser's Adam side) on lists of plain tensors, in place; ``ts``
+    are the step counts after this step. Elementwise, so whole tensors and shards give the same result."""
+    b1, b2 = betas
+    if wd:
+        torch._foreach_mul_(params, 1 - lr * wd)
+    torch._foreach_lerp_(exp_avg, grads, 1 - b1)
+    torch._foreach_mul_(exp_avg_sq, b2)
+    torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - b2)
+    m_hat = torch._foreach_mul(exp_avg, [b1 / (1 - b1 ** (t + 1)) for t in ts])
+    torch._foreach_add_(m_hat, torch._foreach_mul(grads, [(1 - b1) / (1 - b1**t) for t in ts]))
+    denom = torch._foreach_div(exp_avg_sq, [1 - b2**t for t in ts])
+    torch._foreach_sqrt_(denom)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, m_hat, denom, -lr)
+
+
 class Muon(torch.optim.Optimizer):
-    """One optimiser with two kinds of parameter groups: ``kind="muon"`` (2-D weights; Nesterov momentum,
-    Newton-Schulz orthogonalisation, shape scaling) and ``kind="adam"`` (Adam with bias correction).
-    Both support decoupled weight decay. ``lr`` of each group may be changed by a schedule between steps.
-    ``foreach`` picks the batched / multi-tensor step (same results as the per-parameter loop, faster); it is
-    an attribute of the optimiser, not of its groups, so loading a state dict does not change it. The batched
-    step orthogonalises at most ``max_stack`` matrices of one shape per call, which bounds its extra memory."""
+    """The release's optimiser, with two kinds of parameter groups.
+
+    - ``kind="muon"`` (2-D weights): momentum ``m <- beta m + (1 - beta) g``; the bias-corrected Nesterov mix
+      ``beta m / (1 - beta^(t+1)) + (1 - beta) g / (1 - beta^t)`` is orthogonalised by Newton-Schulz and
+      scaled by ``sqrt(max(1, out / in))``.
+    - ``kind="adam"``: NAdam-style Adam, ``m_hat = b1 m / (1 - b1^(t+1)) + (1 - b1) g / (1 - b1^t)``,
+      ``v_hat = v / (1 - b2^t)``, update ``m_hat / (sqrt(v_hat) + eps)``.
+
+    Both support decoupled weight decay (0 in the release). ``lr`` of each group may be changed by a schedule
+    between steps. ``foreach`` picks the batched / multi-tensor step (same results as the per-parameter loop,
+    faster); it is an attribute of the optimiser, not of its groups, so loading a state dict does not change
+    it. The batched step orthogonalises at most ``max_stack`` matrices of one shape per call, which bounds its
+    extra memory. Step counts are kept per parameter, so a parameter without a gradient skips a step."""
 
     def __init__(self, groups: list[dict], *, lr: float = 1e-3, momentum: float = 0.95, ns_steps: int = 5,
                  betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
                  ns_dtype=torch.float32, foreach: bool = True, max_stack: int = 32):
         defaults = dict(lr=lr, momentum=momentum, ns_steps=ns_steps, betas=betas, eps=eps,
-                        weight_decay=weight_decay, kind="adam")
+                        weight_decay=weight_decay, kind="adam", rule=RULE)
         super().__init__(groups, defaults)
         self.ns_dtype = ns_dtype
         self.foreach = foreach
@@ -108,6 +130,19 @@ class Muon(torch.optim.Optimizer):
                 raise PMFError(f"parameter group kind must be 'muon' or 'adam', got {group['kind']!r}")
             if group["kind"] == "muon" and any(p.ndim != 2 for p in group["params"]):
                 raise PMFError("Muon groups take only 2-D weight matrices")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        rules = {g.get("rule") for g in state_dict.get("param_groups", [])}
+        if rules != {RULE}:
+            raise PMFError(
+                "this optimiser state was saved by an earlier version of pixel-meanflow's Muon (the class table "
+                "on Muon, Nesterov without bias correction, plain Adam), which is not the release's optimiser; "
+                "it cannot continue under the current one. Start a new run, or keep the weights by exporting "
+                "them (pmf export) and fine-tuning from there")
+        try:
+            super().load_state_dict(state_dict)
+        except ValueError as err:
+            raise PMFError(f"the optimiser state does not fit this model's parameter groups: {err}") from None
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -125,28 +160,31 @@ class Muon(torch.optim.Optimizer):
                 (self._adam_foreach if self.foreach else self._adam_single)(group, params)
         return loss
 
-    def _muon_state(self, p: torch.Tensor) -> dict:
-        state = self.state[p]
-        if not state:
-            state["momentum"] = torch.zeros_like(p)
-        return state
-
-    def _adam_state(self, p: torch.Tensor) -> dict:
+    def _state(self, p: torch.Tensor, *names: str) -> dict:
         state = self.state[p]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float64)
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
+            for name in names:
+                state[name] = torch.zeros_like(p)
         return state
+
+    def _next_steps(self, params: list[torch.Tensor], *names: str) -> tuple[list[dict], list[float]]:
+        """The state of each parameter with its step count advanced, and the new counts."""
+        states = [self._state(p, *names) for p in params]
+        for s in states:
+            s["step"] += 1
+        return states, [float(s["step"]) for s in states]
 
     def _muon_single(self, group: dict, params: list[torch.Tensor]) -> None:
         lr, wd, beta = group["lr"], group["weight_decay"], group["momentum"]
-        for p in params:
-            g, m = p.grad, self._muon_state(p)["momentum"]
+        states, ts = self._next_steps(params, "momentum")
+        for p, state, t in zip(params, states, ts):
+            g, m = p.grad, state["momentum"]
             if wd:
                 p.mul_(1 - lr * wd)
             m.lerp_(g, 1 - beta)  # m <- beta m + (1 - beta) g
-            update = newton_schulz(g.lerp(m, beta), group["ns_steps"], dtype=self.ns_dtype)
+            nesterov = m * (beta / (1 - beta ** (t + 1))) + g * ((1 - beta) / (1 - beta**t))
+            update = newton_schulz(nesterov, group["ns_steps"], dtype=self.ns_dtype)
             p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.shape[0] / p.shape[1])))
 
     def _muon_foreach(self, group: dict, params: list[torch.Tensor]) -> None:
@@ -154,56 +192,43 @@ class Muon(torch.optim.Optimizer):
         buckets = _buckets(params, lambda p: (p.shape, p.dtype, p.device))
         chunks = [ps[i:i + self.max_stack] for ps in buckets for i in range(0, len(ps), self.max_stack)]
         for ps in chunks:  # a bounded stack: its Newton-Schulz buffers are a few of its own size
-            grads = [p.grad for p in ps]
-            moms = [self._muon_state(p)["momentum"] for p in ps]
-            if wd:
-                torch._foreach_mul_(ps, 1 - lr * wd)
-            torch._foreach_lerp_(moms, grads, 1 - beta)
-            nesterov = torch.stack(torch._foreach_lerp(grads, moms, beta))  # [n, m, k]
-            update = newton_schulz_batched(nesterov, group["ns_steps"], dtype=self.ns_dtype)
+            states, ts = self._next_steps(ps, "momentum")
+            nesterov = muon_momentum_(ps, [p.grad for p in ps], [s["momentum"] for s in states], ts, lr=lr, wd=wd,
+                                      beta=beta)
+            update = newton_schulz_batched(torch.stack(nesterov), group["ns_steps"], dtype=self.ns_dtype)
             out, inp = ps[0].shape
             torch._foreach_add_(ps, update.unbind(0), alpha=-lr * math.sqrt(max(1.0, out / inp)))
 
     def _adam_single(self, group: dict, params: list[torch.Tensor]) -> None:
         lr, wd, eps, (b1, b2) = group["lr"], group["weight_decay"], group["eps"], group["betas"]
-        for p in params:
-            g, state = p.grad, self._adam_state(p)
+        states, ts = self._next_steps(params, "exp_avg", "exp_avg_sq")
+        for p, state, t in zip(params, states, ts):
+            g, m, v = p.grad, state["exp_avg"], state["exp_avg_sq"]
             if wd:
                 p.mul_(1 - lr * wd)
-            state["step"] += 1
-            t = float(state["step"])
-            state["exp_avg"].lerp_(g, 1 - b1)
-            state["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (state["exp_avg_sq"] / (1 - b2**t)).sqrt_().add_(eps)
-            p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - b1**t))
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            m_hat = m * (b1 / (1 - b1 ** (t + 1))) + g * ((1 - b1) / (1 - b1**t))
+            denom = (v / (1 - b2**t)).sqrt_().add_(eps)
+            p.addcdiv_(m_hat, denom, value=-lr)
 
     def _adam_foreach(self, group: dict, params: list[torch.Tensor]) -> None:
         lr, wd, eps, (b1, b2) = group["lr"], group["weight_decay"], group["eps"], group["betas"]
         for ps in _buckets(params, lambda p: (p.dtype, p.device)):
-            grads = [p.grad for p in ps]
-            states = [self._adam_state(p) for p in ps]
-            if wd:
-                torch._foreach_mul_(ps, 1 - lr * wd)
-            steps = [s["step"] for s in states]
-            torch._foreach_add_(steps, 1)
-            # Step counts may differ within a bucket (a parameter without a gradient skips a step).
-            ts = [float(t) for t in steps]
-            exp_avg, exp_avg_sq = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-            torch._foreach_lerp_(exp_avg, grads, 1 - b1)
-            torch._foreach_mul_(exp_avg_sq, b2)
-            torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - b2)
-            denom = torch._foreach_div(exp_avg_sq, [1 - b2**t for t in ts])
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(ps, exp_avg, denom, [-lr / (1 - b1**t) for t in ts])
+            states, ts = self._next_steps(ps, "exp_avg", "exp_avg_sq")
+            adam_update_(ps, [p.grad for p in ps], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                         ts, lr=lr, wd=wd, eps=eps, betas=(b1, b2))
 
 
 def split_parameters(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
-    """(Muon parameters, Adam parameters): the release's rule, every 2-D array to Muon."""
+    """(Muon parameters, Adam parameters) by the release's rule: an array that is 2-D in the release's flax
+    layout goes to Muon. That is every linear weight; the class-embedding table is stored [1, N, D] there
+    (3-D), so it goes to Adam with the convolutions (4-D), tokens (3-D), norms, gates and biases (1-D)."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     muon, adam = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (muon if p.ndim == 2 else adam).append(p)
+            (muon if p.ndim == 2 and id(p) not in tables else adam).append(p)
     return muon, adam
 
 

@@ -218,13 +218,14 @@ __all__ = ["PARALLEL_MODES", "assign_owners", "build_mesh", "bytes_of", "full", 
 # Muon on sharded parameters.
 
 def _sharded_muon_class():
-    from .optim import Muon, newton_schulz_batched
+    from .optim import Muon, adam_update_, muon_momentum_, newton_schulz_batched
 
     class ShardedMuon(Muon):
-        """``pmf.optim.Muon`` on FSDP2 / HSDP parameters: the same maths and the same state (momentum and Adam
-        moments are DTensors sharded like their parameters, so a checkpoint resumes under any layout). The
-        elementwise parts run on the local shards; each Muon matrix is orthogonalised whole by one owner rank
-        of its shard group (``orthogonalize_sharded``)."""
+        """``pmf.optim.Muon`` on FSDP2 / HSDP parameters: the same maths (its elementwise pieces
+        ``muon_momentum_`` and ``adam_update_`` run on the local shards) and the same state (step counts,
+        momentum, Adam moments; the tensors are DTensors sharded like their parameters, so a checkpoint
+        resumes under any layout). Each Muon matrix is orthogonalised whole by one owner rank of its shard
+        group (``orthogonalize_sharded``), same-shape matrices stacked as in the batched single-process step."""
 
         group = None  # the shard group's process group
 
@@ -238,44 +239,29 @@ def _sharded_muon_class():
         def _orthogonalize(self, group: dict, params: list[torch.Tensor], nesterov: list[torch.Tensor]):
             steps, dtype, k = group["ns_steps"], self.ns_dtype, self.max_stack
 
-            def ns(stack: torch.Tensor) -> torch.Tensor:
+            def ns(stack: torch.Tensor) -> torch.Tensor:  # at most max_stack matrices per call, as Muon
                 return torch.cat([newton_schulz_batched(stack[i:i + k], steps, dtype=dtype)
                                   for i in range(0, stack.shape[0], k)])
 
             return orthogonalize_sharded(nesterov, [tuple(p.shape) for p in params], self.group, ns)
 
         def _muon_step(self, group: dict, params: list[torch.Tensor]) -> None:
-            lr, wd, beta = group["lr"], group["weight_decay"], group["momentum"]
-            ps, grads = [local(p) for p in params], [local(p.grad) for p in params]
-            moms = [local(self._muon_state(p)["momentum"]) for p in params]
-            if wd:
-                torch._foreach_mul_(ps, 1 - lr * wd)
-            torch._foreach_lerp_(moms, grads, 1 - beta)
-            nesterov = torch._foreach_lerp(grads, moms, beta)
+            lr = group["lr"]
+            states, ts = self._next_steps(params, "momentum")
+            ps = [local(p) for p in params]
+            nesterov = muon_momentum_(ps, [local(p.grad) for p in params], [local(s["momentum"]) for s in states],
+                                      ts, lr=lr, wd=group["weight_decay"], beta=group["momentum"])
             for p, pl, u in zip(params, ps, self._orthogonalize(group, params, nesterov)):
-                out, inp = p.shape
+                out, inp = p.shape  # the whole matrix's shape
                 pl.add_(u.to(pl.dtype), alpha=-lr * math.sqrt(max(1.0, out / inp)))
 
-        _muon_foreach = _muon_single = _muon_step
-
         def _adam_step(self, group: dict, params: list[torch.Tensor]) -> None:
-            lr, wd, eps, (b1, b2) = group["lr"], group["weight_decay"], group["eps"], group["betas"]
-            states = [self._adam_state(p) for p in params]
-            ps, grads = [local(p) for p in params], [local(p.grad) for p in params]
-            exp_avg, exp_avg_sq = [local(s["exp_avg"]) for s in states], [local(s["exp_avg_sq"]) for s in states]
-            if wd:
-                torch._foreach_mul_(ps, 1 - lr * wd)
-            steps = [s["step"] for s in states]
-            torch._foreach_add_(steps, 1)
-            ts = [float(t) for t in steps]
-            torch._foreach_lerp_(exp_avg, grads, 1 - b1)
-            torch._foreach_mul_(exp_avg_sq, b2)
-            torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - b2)
-            denom = torch._foreach_div(exp_avg_sq, [1 - b2**t for t in ts])
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(ps, exp_avg, denom, [-lr / (1 - b1**t) for t in ts])
+            states, ts = self._next_steps(params, "exp_avg", "exp_avg_sq")
+            adam_update_([local(p) for p in params], [local(p.grad) for p in params],
+                         [local(s["exp_avg"]) for s in states], [local(s["exp_avg_sq"]) for s in states], ts,
+                         lr=group["lr"], wd=group["weight_decay"], eps=group["eps"], betas=group["betas"])
 
+        _muon_foreach = _muon_single = _muon_step
         _adam_foreach = _adam_single = _adam_step
 
         @torch.no_grad()
@@ -285,9 +271,8 @@ def _sharded_muon_class():
                 with torch.enable_grad():
                     loss = closure()
             for group in self.param_groups:
-                # every rank of a shard group must take part in the exchange of every matrix
                 params = [p for p in group["params"] if p.grad is not None]
-                if group["kind"] == "muon":
+                if group["kind"] == "muon":  # every rank of a shard group takes part in every exchange
                     self._muon_step(group, params)
                 elif params:
                     self._adam_step(group, params)

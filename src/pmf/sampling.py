@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from .config import RELEASED_SAMPLING, ModelConfig, preset_of
 from .errors import PMFError
 from .nn.model import as_batch
 from .objective import to_velocity
@@ -23,6 +25,44 @@ def _check_guidance(omega, t_min, t_max, steps) -> None:
         raise PMFError(f"omega must be positive, got {omega}")
     if bool(torch.as_tensor(t_min > t_max).any()):
         raise PMFError(f"t_min must be <= t_max, got t_min={t_min} > t_max={t_max}")
+
+
+@dataclass(frozen=True)
+class SamplingSetting:
+    """A guidance setting with the EMA it belongs to and where it came from (``source``, for messages)."""
+
+    omega: float = 1.0
+    t_min: float = 0.0
+    t_max: float = 1.0
+    steps: int = 1
+    ema: str | None = None  # an EMA name of a training checkpoint ('hl2000', 'd0.99'), None: the file's weights
+    source: str = "no guidance (omega 1 on [0, 1])"
+
+    def describe(self) -> str:
+        ema = f", EMA {self.ema}" if self.ema else ""
+        return (f"omega {self.omega:g}, interval [{self.t_min:g}, {self.t_max:g}], {self.steps} step(s){ema} "
+                f"({self.source})")
+
+
+def default_setting(config: ModelConfig, train_config: dict | None = None,
+                    emas: Sequence[str] = ()) -> SamplingSetting:
+    """The sampling setting a checkpoint should be used with unless the user says otherwise.
+
+    A model of a released preset gets the released setting (spec section 4: omega, interval, and the EMA
+    half-life of the released weights where ``emas`` has it). Otherwise a training checkpoint gets its
+    recipe's sampling setting (``train_config["sample"]``) with its first EMA; anything else omega 1 on [0, 1]."""
+    arch = (train_config or {}).get("arch") or preset_of(config)
+    if arch in RELEASED_SAMPLING:
+        rel = RELEASED_SAMPLING[arch]
+        name = f"hl{rel['ema_halflife_kimg']}"
+        ema = name if name in emas else (next(iter(emas)) if emas else None)
+        return SamplingSetting(rel["omega"], rel["t_min"], rel["t_max"], 1, ema, f"the released setting of {arch}")
+    ema = next(iter(emas)) if emas else None
+    cfg = (train_config or {}).get("sample")
+    if cfg:
+        return SamplingSetting(float(cfg["omega"]), float(cfg["t_min"]), float(cfg["t_max"]), 1, ema,
+                               "the training recipe's sampling setting")
+    return SamplingSetting(ema=ema)
 
 
 @torch.no_grad()

@@ -96,6 +96,20 @@ def train_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, emas) 
     return state
 
 
+def optimizer_rule(optimizer: torch.optim.Optimizer) -> str | None:
+    """The update rule recorded in the optimiser's groups (``pmf.optim.RULE`` for Muon), None for others."""
+    rules = {g.get("rule") for g in optimizer.param_groups}
+    return rules.pop() if len(rules) == 1 else None
+
+
+def check_rule(optimizer: torch.optim.Optimizer, saved_rules: list) -> None:
+    """Refuse optimiser state saved under another Muon rule (``pmf.optim.Muon.load_state_dict``'s check)."""
+    from .optim import Muon
+
+    if isinstance(optimizer, Muon) and set(saved_rules) != {optimizer_rule(optimizer)}:
+        optimizer.load_state_dict({"param_groups": [{"rule": r} for r in saved_rules], "state": {}})  # raises
+
+
 def file_state(obj: dict, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The flat state of a single-file training checkpoint (``step_XXXXXXXX.pt``)."""
     state = {f"model/{k}": v for k, v in obj["model"].items()}
@@ -104,6 +118,7 @@ def file_state(obj: dict, optimizer: torch.optim.Optimizer, model: torch.nn.Modu
     names = _param_names(model)
     order = [p for group in optimizer.param_groups for p in group["params"]]
     saved = obj["optimizer"]
+    check_rule(optimizer, [g.get("rule") for g in saved.get("param_groups", [])])
     index = [i for g in saved["param_groups"] for i in g["params"]]
     if len(index) != len(order):
         raise CheckpointError(f"the checkpoint's optimiser has {len(index)} parameters, this run's {len(order)}")
@@ -137,6 +152,7 @@ def load_sharded(path: str | os.PathLike, model, optimizer, emas) -> dict:
     import torch.distributed.checkpoint as dcp
 
     meta = read_meta(path)
+    check_rule(optimizer, [meta.get("optimizer_rule")])
     ensure_optimizer_state(optimizer, model, stored_tensors(path))
     state = train_state(model, optimizer, emas)
     dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
@@ -233,6 +249,32 @@ def read_weights(path: str | os.PathLike, which: str = "raw") -> dict[str, torch
         raise CheckpointError(f"weights {which!r} are not in {str(path)!r}")
     dcp.load(sd, checkpoint_id=str(path), no_dist=True)
     return {k[len(prefix):]: v for k, v in sd.items()}
+
+
+class _Lazy(dict):
+    """A dict whose entries listed in ``loaders`` are read on first access."""
+
+    def __init__(self, loaders: dict, **fixed):
+        super().__init__(**fixed, **{k: None for k in loaders})
+        self._loaders = loaders
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        if value is None and key in self._loaders:
+            value = self._loaders[key]()
+            self[key] = value
+        return value
+
+
+def lazy_checkpoint(path: str | os.PathLike) -> dict:
+    """A DCP checkpoint as the dict a single-file training checkpoint reads as (format, model_config,
+    train_config, step, ``model`` and ``ema``), each weight set read from disk only when it is looked up."""
+    import functools
+
+    meta = read_meta(path)
+    emas = _Lazy({n: functools.partial(read_weights, path, n) for n in meta.get("emas") or []})
+    return _Lazy({"model": functools.partial(read_weights, path, "raw")}, format=FORMAT, step=meta["step"],
+                 model_config=meta["model_config"], train_config=meta["train_config"], ema=emas)
 
 
 def to_single_file(path: str | os.PathLike, out: str | os.PathLike) -> Path:

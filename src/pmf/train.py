@@ -35,6 +35,7 @@ from .sharded_checkpoint import (
     file_state,
     load_full_into,
     load_sharded,
+    optimizer_rule,
     read_meta,
     train_state,
 )
@@ -290,7 +291,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         path = None
         if saver is not None:  # every rank writes its shards
             meta = dict(step=step, model_config=mcfg.to_dict(), train_config=cfg.to_dict(), emas=emas.names,
-                        world_size=info.world_size, parallel=cfg.parallel)
+                        world_size=info.world_size, parallel=cfg.parallel, optimizer_rule=optimizer_rule(optimizer))
             path = saver.save(step, train_state(model, optimizer, emas), meta)
             last_saved = step
             return path if info.is_main else None

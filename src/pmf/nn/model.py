@@ -58,17 +58,24 @@ class PMFDiT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Release init: linear/conv N(0, 0.32^2/fan_in), embeddings N(0, 1/D), pos N(0, 0.02^2),
-        zero biases, zero gates and zero output layers."""
+        """The release's initialisation (spec section 5): linear weights N(0, 0.32^2 / fan_in), except the
+        four scalar embedders' MLPs, N(0, 1 / fan_in); the two patch convolutions Xavier-uniform over the
+        kernel flattened to [out, in * kh * kw]; class table and prefix tokens N(0, 1/D); ``pos_embed``
+        N(0, 0.02^2); biases, gates and the final layers 0; norm scales 1 (their constructor's)."""
         D = self.config.hidden_size
+        embedder_linears = {id(m) for e in (self.h_embedder, self.omega_embedder, self.cfg_t_start_embedder,
+                                            self.cfg_t_end_embedder) for m in e.modules()}
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                fan_in = m.weight[0].numel()
-                nn.init.normal_(m.weight, std=0.32 / fan_in**0.5)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Linear):
+                fan_in = m.weight.shape[1]
+                gain = 1.0 if id(m) in embedder_linears else 0.32
+                nn.init.normal_(m.weight, std=gain / fan_in**0.5)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
             elif isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=D**-0.5)
+            if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None:
+                nn.init.zeros_(m.bias)
         for p in (self.class_tokens, self.omega_tokens, self.t_min_tokens, self.t_max_tokens, self.time_tokens):
             nn.init.normal_(p, std=D**-0.5)
         nn.init.normal_(self.pos_embed, std=0.02)
