@@ -47,16 +47,21 @@ def _runs_worker(rank: int, world: int, port: int, runs: list) -> None:
 
     _env(rank, world, port)
     for out, kw, resume in runs:
-        kw = dict(kw)
-        measure = kw.pop("measure", False)
-        summary = train(tiny_config(out, sample=dict(every=0), **kw), resume=resume, progress=False)
-        if measure:
-            torch.save(_measured, os.path.join(out, f"bytes{rank}.pt"))
-        del summary
+        summary = train(make_config(out, kw), resume=resume, progress=False)
+        torch.save(summary, os.path.join(out, f"summary{rank}.pt"))
     cleanup()
 
 
-_measured: dict = {}
+def make_config(out, kw: dict):
+    """``tiny_config`` (a 2-block model of 8x8 digits) with ``kw``; with ``recipe="tiny"`` the tiny recipe."""
+    kw = dict(kw)
+    if kw.pop("recipe", None) == "tiny":
+        from pmf.train_config import TrainConfig, recipe
+
+        data = recipe("tiny").to_dict()
+        data.update(out=str(out), num_workers=0, **kw)
+        return TrainConfig.from_dict(data)
+    return tiny_config(out, sample=dict(every=0), **kw)
 
 
 def spawn_runs(world: int, runs: list) -> None:
@@ -68,11 +73,17 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+def ema_names(path) -> list[str]:
+    from pmf.sharded_checkpoint import read_meta
+
+    return read_meta(path)["emas"] if path.is_dir() else list(read_file(path)["ema"])
+
+
 def compare_runs(a, b, tol: float = TOL) -> float:
     """Max relative difference over the raw weights and every EMA of the newest checkpoints of two runs."""
     ca, cb = latest_checkpoint(a / "checkpoints"), latest_checkpoint(b / "checkpoints")
     worst = 0.0
-    for ema in ("raw", "hl0.05", "d0.9"):
+    for ema in ("raw", *ema_names(cb)):
         sa, sb = load_model(ca, ema=ema).state_dict(), load_model(cb, ema=ema).state_dict()
         assert set(sa) == set(sb)
         for k in sa:
@@ -130,7 +141,11 @@ def check_atomic_and_export(run, tmp_path):
     (ckpts / "step_00000005" / ".metadata").write_bytes(b"partial")
     assert latest_checkpoint(ckpts) == good
 
-    single = to_single_file(good, tmp_path / "step_00000002.pt")
+    from pmf.cli import main
+
+    assert main(["export", str(good), str(tmp_path / "step_00000002.pt"), "--format", "checkpoint"]) == 0
+    single = tmp_path / "step_00000002.pt"
+    assert to_single_file(good, tmp_path / "again.pt").stat().st_size > 0
     obj = read_file(single)
     assert obj["step"] == 2 and set(obj["ema"]) == {"hl0.05", "d0.9"} and obj["optimizer"]["state"]
     a = load_model(good, ema="d0.9").state_dict()
@@ -138,6 +153,7 @@ def check_atomic_and_export(run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     release = export_ema(good, tmp_path / "release.pt", ema="raw")
     assert any(k.startswith("net.") for k in torch.load(release, weights_only=True))
+    assert main(["export", str(ckpts / "step_00000005"), str(tmp_path / "x.pt"), "--format", "checkpoint"]) == 2
 
 
 def test_fused_du_dt_is_refused_under_fsdp():
@@ -261,3 +277,105 @@ def test_sharded_muon_equals_single_process(tmp_path, fixtures_dir, world):
             assert part[f"odd{i}"].shape == (rows, n) and part["together"][i].shape == (rows, n)
             torch.testing.assert_close(part[f"odd{i}"], ref[start:start + rows], rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(part["together"][i], ref[start:start + rows], rtol=1e-4, atol=1e-5)
+
+
+def _load_summaries(run, world):
+    return [torch.load(run / f"summary{r}.pt") for r in range(world)]
+
+
+@pytest.mark.slow
+def test_four_processes_fsdp_and_hsdp_match_ddp_and_shrink_the_state(tmp_path):
+    """The tiny recipe for 6 steps under 4 processes: fsdp x 4 and hsdp 2 x 2 against ddp x 4, with the inline
+    and the split du/dt; per-rank state of fsdp x 4 at most 0.3 of DDP's; the fsdp x 4 checkpoint then resumes
+    under fsdp x 2, ddp in one process, and in one plain process."""
+    base = dict(recipe="tiny", steps=6, ckpt_every=3, keep_last=5)
+    runs = {name: tmp_path / name for name in ("ddp", "fsdp", "hsdp", "ddp_split", "fsdp_split")}
+    spawn_runs(4, [
+        (runs["ddp"], dict(base, parallel="ddp"), None),
+        (runs["fsdp"], dict(base, parallel="fsdp"), None),
+        (runs["hsdp"], dict(base, parallel="hsdp", shard_size=2), None),
+        (runs["ddp_split"], dict(base, parallel="ddp", loss=dict(jvp="split")), None),
+        (runs["fsdp_split"], dict(base, parallel="fsdp", loss=dict(jvp="split")), None),
+    ])
+    figures = {
+        "fsdp x 4 (inline)": compare_runs(runs["fsdp"], runs["ddp"]),
+        "hsdp 2 x 2 (inline)": compare_runs(runs["hsdp"], runs["ddp"]),
+        "fsdp x 4 (split)": compare_runs(runs["fsdp_split"], runs["ddp_split"]),
+    }
+    print({k: f"{v:.2e}" for k, v in figures.items()})
+
+    ddp_bytes, fsdp_bytes = _load_summaries(runs["ddp"], 4), _load_summaries(runs["fsdp"], 4)
+    for kind in ("parameters", "gradients", "optimizer", "emas"):
+        full = ddp_bytes[0]["state_bytes"][kind]
+        worst = max(s["state_bytes"][kind] for s in fsdp_bytes)
+        print(f"{kind}: ddp {full} B per rank, fsdp x 4 at most {worst} B per rank ({worst / full:.3f})")
+        assert worst <= 0.3 * full, kind
+
+    # resume the fsdp x 4 checkpoint of step 3 under other layouts, one step each
+    chain = tmp_path / "chain"
+    (chain / "checkpoints").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(runs["fsdp"] / "checkpoints" / "step_00000003", chain / "checkpoints" / "step_00000003")
+    spawn_runs(2, [(chain, dict(base, steps=4, parallel="fsdp"), "auto")])
+    assert [p.name for _, p in list_checkpoints(chain / "checkpoints")][-1] == "step_00000004"
+    from pmf.train import train
+
+    s5 = train(make_config(chain, dict(base, steps=5, parallel="ddp")), resume="auto", progress=False)
+    s6 = train(make_config(chain, dict(base, steps=6, parallel="fsdp")), resume="auto", progress=False)
+    assert (s5["resumed_at"], s6["resumed_at"]) == (4, 5)
+    assert (chain / "checkpoints" / "step_00000005.pt").is_file()  # ddp writes a single file
+    assert (chain / "checkpoints" / "step_00000006").is_dir()  # fsdp (one process) a DCP folder
+    load_model(chain / "checkpoints" / "step_00000006")
+
+
+def _torchrun(out, *extra, nproc=2):
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+           "-m", "pmf.cli", "train", "--recipe", "tiny", "--steps", "12", "--ckpt-every", "3", "--keep-last", "10",
+           "--num-workers", "0", "--out", str(out), *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_rank_stops_the_job_and_resume_auto_finishes_it(tmp_path):
+    """torchrun --nproc_per_node=2 -m pmf.cli train --recipe tiny --parallel fsdp: one worker killed with
+    SIGKILL after the checkpoint of step 6 stops the job; --resume auto then finishes, and the final weights
+    and EMAs equal those of an uninterrupted run."""
+    import signal
+    import time
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    proc = _torchrun(full, "--parallel", "fsdp")
+    assert proc.wait(timeout=900) == 0, proc.stderr.read()[-3000:]
+    proc = _torchrun(killed, "--parallel", "fsdp")
+    deadline = time.time() + 900
+    while not (killed / "checkpoints" / "step_00000006").is_dir():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its checkpoint of step 6"
+        time.sleep(0.2)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)
+    assert proc.wait(timeout=300) != 0  # the job stops
+    steps = [s for s, _ in list_checkpoints(killed / "checkpoints")]
+    assert 6 <= max(steps) < 12
+    proc = _torchrun(killed, "--parallel", "fsdp", "--resume", "auto")
+    assert proc.wait(timeout=900) == 0, proc.stderr.read()[-3000:]
+    worst = 0.0
+    for ema in ("raw", *ema_names(full / "checkpoints" / "step_00000012")):
+        a = load_model(killed / "checkpoints" / "step_00000012", ema=ema).state_dict()
+        b = load_model(full / "checkpoints" / "step_00000012", ema=ema).state_dict()
+        for k in a:
+            worst = max(worst, rel(a[k], b[k]))
+    print(f"resumed after SIGKILL vs uninterrupted: max relative difference {worst:.1e}")
+    assert worst <= 1e-6

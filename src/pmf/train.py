@@ -361,10 +361,19 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     seconds = time.perf_counter() - t_start
     ran = max(cfg.steps - start, 0)
     summary = {"steps": cfg.steps, "resumed_at": start, "seconds": seconds, "steps_per_s": ran / max(seconds, 1e-9),
-               "last_checkpoint": str(last_ckpt) if last_ckpt else None, **last}
+               "last_checkpoint": str(last_ckpt) if last_ckpt else None, **last,
+               "state_bytes": state_bytes(model, optimizer, emas)}
     if info.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, emas: EMASet) -> dict:
+    """Bytes this process holds of parameters, gradients, optimiser state and EMAs (shards only when sharded)."""
+    params = list(model.parameters())
+    opt = [v for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+    return {"parameters": P.bytes_of(params), "gradients": P.bytes_of(p.grad for p in params if p.grad is not None),
+            "optimizer": P.bytes_of(opt), "emas": P.bytes_of(v for w in emas.weights.values() for v in w.values())}
 
 
 def _cpu(state: dict) -> dict:
