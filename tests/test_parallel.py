@@ -101,7 +101,8 @@ def test_fsdp_two_processes_matches_ddp_and_resumes_across_modes(tmp_path):
         (fsdp, dict(parallel="fsdp"), None),
         (half, dict(parallel="fsdp", steps=3), None),
         (half, dict(parallel="ddp"), "auto"),  # a DCP checkpoint of fsdp x 2 resumed by ddp x 2
-        (hsdp, dict(parallel="hsdp", shard_size=1, steps=2, ckpt_every=2), None),  # 2 replicas of 1 shard
+        # 2 replicas of 1 shard, checkpoints written in the background
+        (hsdp, dict(parallel="hsdp", shard_size=1, steps=4, ckpt_every=2, async_checkpoint=True), None),
     ])
     # 6 steps, checkpoints at 3 and 6: fsdp writes sharded folders, ddp single files
     assert [p.name for _, p in list_checkpoints(fsdp / "checkpoints")] == ["step_00000003", "step_00000006"]
@@ -132,28 +133,29 @@ def check_atomic_and_export(run, tmp_path):
     from pmf.sharded_checkpoint import to_single_file
 
     ckpts = run / "checkpoints"
-    good = ckpts / "step_00000002"
+    assert [p.name for _, p in list_checkpoints(ckpts)] == ["step_00000002", "step_00000004"]
+    good = ckpts / "step_00000004"
     assert latest_checkpoint(ckpts) == good
     # an interrupted save: the hidden temporary folder, and a folder without its meta, are never picked
-    (ckpts / ".step_00000004.tmp").mkdir()
-    (ckpts / ".step_00000004.tmp" / "__0_0.distcp").write_bytes(b"partial")
-    (ckpts / "step_00000005").mkdir()
-    (ckpts / "step_00000005" / ".metadata").write_bytes(b"partial")
+    (ckpts / ".step_00000006.tmp").mkdir()
+    (ckpts / ".step_00000006.tmp" / "__0_0.distcp").write_bytes(b"partial")
+    (ckpts / "step_00000008").mkdir()
+    (ckpts / "step_00000008" / ".metadata").write_bytes(b"partial")
     assert latest_checkpoint(ckpts) == good
 
     from pmf.cli import main
 
-    assert main(["export", str(good), str(tmp_path / "step_00000002.pt"), "--format", "checkpoint"]) == 0
-    single = tmp_path / "step_00000002.pt"
+    assert main(["export", str(good), str(tmp_path / "step_00000004.pt"), "--format", "checkpoint"]) == 0
+    single = tmp_path / "step_00000004.pt"
     assert to_single_file(good, tmp_path / "again.pt").stat().st_size > 0
     obj = read_file(single)
-    assert obj["step"] == 2 and set(obj["ema"]) == {"hl0.05", "d0.9"} and obj["optimizer"]["state"]
+    assert obj["step"] == 4 and set(obj["ema"]) == {"hl0.05", "d0.9"} and obj["optimizer"]["state"]
     a = load_model(good, ema="d0.9").state_dict()
     b = load_model(single, ema="d0.9").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     release = export_ema(good, tmp_path / "release.pt", ema="raw")
     assert any(k.startswith("net.") for k in torch.load(release, weights_only=True))
-    assert main(["export", str(ckpts / "step_00000005"), str(tmp_path / "x.pt"), "--format", "checkpoint"]) == 2
+    assert main(["export", str(ckpts / "step_00000008"), str(tmp_path / "x.pt"), "--format", "checkpoint"]) == 2
 
 
 def test_fused_du_dt_is_refused_under_fsdp():
