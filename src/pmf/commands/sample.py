@@ -39,8 +39,9 @@ def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
 
 
 def add_common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, sharded checkpoint folder (--parallel fsdp/hsdp), "
-                   "hf:OWNER/REPO/FILE, URL, or 'random' "
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint file, sharded checkpoint folder (--parallel fsdp/hsdp), hf:OWNER/REPO/FILE, URL, "
+                   "or 'random' "
                    "(an untrained model of --arch, to try the pipeline)")
     p.add_argument("--arch", choices=list(PRESETS), help="architecture of a release-format file "
                    "(default: recorded in our checkpoints, inferred from the shapes otherwise)")
