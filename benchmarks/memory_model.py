@@ -10,9 +10,11 @@ How the numbers are obtained:
   and one fp32 copy per EMA. Under FSDP2 every part is divided by the shard count; HSDP with 8 ranks per
   shard group (one 8-GPU node) shards the same way, its replicas hold the same per-GPU bytes.
 - Activation bytes per image are measured for one pMF training step (``pmf_loss`` + backward, fp32, inline
-  du/dt) of the presets given with ``--measure-activations`` at batch 1 and 2 on the CPU (peak resident size
-  above the weights, in a fresh process, see ``common.py``): their difference is the per-image cost. Presets
-  not measured are scaled from the measured one of the same patch size by (blocks x hidden width).
+  du/dt, guidance on every sample) on the CPU: peak resident size above the weights, in a fresh process (see
+  ``common.py``), at batch 1 and 2 (their difference is the cost of one image) of the preset cut to 4 and to 6
+  blocks (their difference is the cost of one block; the rest is the embedding, the heads' ends and the
+  image-space tensors of the loss). A preset's figure is the rest plus its block count times the per-block
+  cost, times its width over the measured preset's width (the token count is 276 for every preset).
 
     python benchmarks/memory_model.py --json benchmarks/results/cpu/memory_model.json
 """
@@ -58,7 +60,9 @@ def state_model(c: dict, shards: int = 1) -> dict:
 
 
 def measure_state(preset: str) -> dict:
-    """The state bytes of one process (DDP layout) after one optimiser step, measured on the live tensors."""
+    """The state bytes of one process (DDP layout), measured on the live tensors: the model, its gradients,
+    the optimiser state as the optimiser itself creates it on its first step (no Newton-Schulz is run: on a
+    CPU that alone takes minutes for a B model), and three EMAs."""
     from pmf.ema import EMASet
     from pmf.train import state_bytes
 
@@ -66,18 +70,20 @@ def measure_state(preset: str) -> dict:
     opt = build_optimizer(model, OptimConfig(lr=1e-3))
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
-    opt.step()
+    for group in opt.param_groups:
+        opt._next_steps(group["params"], *(("momentum",) if group["kind"] == "muon" else ("exp_avg", "exp_avg_sq")))
     emas = EMASet(model, EMAConfig(halflives_kimg=[500, 1000, 2000]), 1024)
     return state_bytes(model, opt, emas)
 
 
-def activation_child(preset: str, batch: int, ckpt: bool) -> dict:
-    """Peak bytes of one training step above the weights (run in a fresh process)."""
+def activation_child(preset: str, batch: int, ckpt: bool, shared: int, aux: int) -> dict:
+    """Peak bytes of one training step above the weights (run in a fresh process), for ``preset`` cut to
+    ``shared`` trunk blocks and ``aux`` blocks per head."""
     from pmf.objective import pmf_loss, sample_draws
     from pmf.train import enable_activation_checkpointing
 
     torch.set_num_threads(1)
-    cfg = model_config(preset)
+    cfg = model_config(preset, depth=shared + aux, aux_head_depth=aux)
     model = PMFDiT(cfg)
     if ckpt:
         enable_activation_checkpointing(model)
@@ -92,12 +98,23 @@ def activation_child(preset: str, batch: int, ckpt: bool) -> dict:
         pmf_loss(model, x, y, draws, num_classes=cfg.num_classes)["loss"].backward()
 
     peak = common.measure_peak(step, torch.device("cpu"))
-    return {"preset": preset, "batch": batch, "ckpt": ckpt, "peak_bytes": peak}
+    return {"preset": preset, "batch": batch, "ckpt": ckpt, "blocks": shared + 2 * aux, "peak_bytes": peak}
 
 
-def measure_activations(preset: str, ckpt: bool) -> float:
-    runs = [common.run_child(Path(__file__), ["--child", preset, str(b), str(int(ckpt))]) for b in (1, 2)]
-    return float(runs[1]["peak_bytes"] - runs[0]["peak_bytes"])
+CUT = ((2, 1), (4, 1))  # (trunk blocks, blocks per head): 4 and 6 blocks
+
+
+def measure_activations(preset: str, ckpt: bool) -> dict:
+    """Per image: bytes of one block and the rest (embedding, losses, image-space tensors), from steps at
+    batch 1 and 2 of the preset cut to 4 and 6 blocks."""
+    per_image = {}
+    for shared, aux in CUT:
+        runs = [common.run_child(Path(__file__), ["--child", preset, str(b), str(int(ckpt)), str(shared), str(aux)])
+                for b in (1, 2)]
+        per_image[shared + 2 * aux] = runs[1]["peak_bytes"] - runs[0]["peak_bytes"]
+    (b0, v0), (b1, v1) = sorted(per_image.items())
+    block = (v1 - v0) / (b1 - b0)
+    return {"per_block": block, "rest": v0 - b0 * block, "measured": per_image}
 
 
 def largest_batch(free_bytes: float, per_image: float) -> int:
@@ -110,11 +127,11 @@ def main(argv=None) -> None:
     p.add_argument("--measure-activations", default="pMF-B/16,pMF-B/32")
     p.add_argument("--usable", type=float, default=0.9, help="fraction of a GPU's memory the model may use")
     p.add_argument("--json", default=None)
-    p.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        preset, batch, ckpt = args.child
-        print(json.dumps(activation_child(preset, int(batch), bool(int(ckpt)))))
+        preset, batch, ckpt, shared, aux = args.child
+        print(json.dumps(activation_child(preset, int(batch), bool(int(ckpt)), int(shared), int(aux))))
         return
 
     result = {"gpus": GPUS, "emas": N_EMAS, "usable_fraction": args.usable, "presets": {}}
@@ -134,9 +151,11 @@ def main(argv=None) -> None:
         if src is None:
             continue
         s = counts(src)
-        scale = (c["blocks"] * c["hidden"]) / (s["blocks"] * s["hidden"])
-        row["activations_per_image"] = {("ckpt" if k else "plain"): v * scale for k, v in measured_act[src].items()}
-        row["activations_source"] = "measured" if src == preset else f"scaled from {src} by {scale:.3f}"
+        width = c["hidden"] / s["hidden"]  # a block's activations scale with the width at a fixed token count
+        row["activations_per_image"] = {("ckpt" if k else "plain"): m["rest"] + c["blocks"] * m["per_block"] * width
+                                        for k, m in measured_act[src].items()}
+        row["activations_source"] = (f"{src} cut to 4 and 6 blocks, measured at batch 1 and 2; per block x "
+                                     f"{c['blocks']} blocks x width ratio {width:.3f}")
         fits = {}
         for gb in (40, 80):
             for mode in ("ddp", "fsdp", "hsdp"):

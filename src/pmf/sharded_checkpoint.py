@@ -208,6 +208,8 @@ class ShardedSaver:
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_dir(self.directory)
+            for stale in self.directory.glob(".step_*.tmp"):  # left by interrupted saves
+                shutil.rmtree(stale, ignore_errors=True)
             for _, old in list_checkpoints(self.directory)[:-self.keep_last]:
                 remove_checkpoint(old)
         _barrier()

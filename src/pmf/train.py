@@ -33,6 +33,7 @@ from .sharded_checkpoint import (
     ShardedSaver,
     ensure_optimizer_state,
     file_state,
+    is_sharded_checkpoint,
     load_full_into,
     load_sharded,
     optimizer_rule,
@@ -182,6 +183,8 @@ def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
     if resume == "auto":
         return latest_checkpoint(ckpt_dir)
     path = Path(resume)
+    if is_sharded_checkpoint(path):
+        return path
     if path.is_dir():
         found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
         if found is None:
