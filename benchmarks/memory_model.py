@@ -127,8 +127,12 @@ def main(argv=None) -> None:
     p.add_argument("--measure-activations", default="pMF-B/16,pMF-B/32")
     p.add_argument("--usable", type=float, default=0.9, help="fraction of a GPU's memory the model may use")
     p.add_argument("--json", default=None)
+    p.add_argument("--table", default=None, help="print the markdown tables of a result file and stop")
     p.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return
     if args.child:
         preset, batch, ckpt, shared, aux = args.child
         print(json.dumps(activation_child(preset, int(batch), bool(int(ckpt)), int(shared), int(aux))))
@@ -169,3 +173,26 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def markdown(result: dict) -> str:
+    """The tables of docs/parallel.md from a result file (``python memory_model.py --table FILE``)."""
+    gb = 1e9
+    lines = ["| model | params | mode (8 GPUs) | parameters | gradients | optimiser | EMAs (3) | state total |",
+             "|---|---|---|---|---|---|---|---|"]
+    for preset, row in result["presets"].items():
+        for mode in ("ddp", "fsdp", "hsdp"):
+            st = row["state"][mode]
+            lines.append(f"| {preset} | {row['counts']['params'] / 1e6:.0f} M | {mode} | "
+                         + " | ".join(f"{st[k] / gb:.2f} GB" for k in ("parameters", "gradients", "optimizer", "emas"))
+                         + f" | {sum(st.values()) / gb:.2f} GB |")
+    lines += ["", "| model | activations per image (fp32) | with checkpointing | largest batch per GPU: 40 GB ddp / "
+              "fsdp, hsdp | 80 GB ddp / fsdp, hsdp | with checkpointing, 40 GB | with checkpointing, 80 GB |",
+              "|---|---|---|---|---|---|---|"]
+    for preset, row in result["presets"].items():
+        if "activations_per_image" not in row:
+            continue
+        a, f = row["activations_per_image"], row["largest_batch"]
+        pair = [f"{f[f'{g}GB/ddp/{k}']} / {f[f'{g}GB/fsdp/{k}']}" for k in ("plain", "ckpt") for g in (40, 80)]
+        lines.append(f"| {preset} | {a['plain'] / gb:.2f} GB | {a['ckpt'] / gb:.2f} GB | " + " | ".join(pair) + " |")
+    return "\n".join(lines)
