@@ -26,6 +26,12 @@ from test_train import tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 1e-5  # relative, per tensor: |a - b| / |b| (Frobenius norms)
+# The final layers start at zero, so their whole norm is the few Muon updates, whose fp32 Newton-Schulz turns
+# summation-order rounding of the gradient reduction (another order under 4 processes) into ~1e-5 of the
+# update; every other tensor's norm is dominated by its initial value. Measured: 1.2e-5 to 1.5e-5 under 4
+# processes for these two, at most 2.4e-6 for every other tensor.
+ZERO_INIT_TOL = 5e-5
+ZERO_INIT = ("u_final_layer.linear.weight", "v_final_layer.linear.weight")
 
 
 def free_port() -> int:
@@ -80,7 +86,8 @@ def ema_names(path) -> list[str]:
 
 
 def compare_runs(a, b, tol: float = TOL) -> float:
-    """Max relative difference over the raw weights and every EMA of the newest checkpoints of two runs."""
+    """Max relative difference over the raw weights and every EMA of the newest checkpoints of two runs (the
+    zero-initialised final layers checked apart, see ZERO_INIT_TOL)."""
     ca, cb = latest_checkpoint(a / "checkpoints"), latest_checkpoint(b / "checkpoints")
     worst = 0.0
     for ema in ("raw", *ema_names(cb)):
@@ -88,6 +95,9 @@ def compare_runs(a, b, tol: float = TOL) -> float:
         assert set(sa) == set(sb)
         for k in sa:
             err = rel(sa[k], sb[k])
+            if k in ZERO_INIT:
+                assert err <= max(tol, ZERO_INIT_TOL), (ema, k, err)
+                continue
             assert err <= tol, (ema, k, err)
             worst = max(worst, err)
     return worst
