@@ -127,6 +127,7 @@ def main(argv=None) -> None:
     p.add_argument("--measure-activations", default="pMF-B/16,pMF-B/32")
     p.add_argument("--usable", type=float, default=0.9, help="fraction of a GPU's memory the model may use")
     p.add_argument("--json", default=None)
+    p.add_argument("--reuse", default=None, help="take the activation measurements of an earlier result file")
     p.add_argument("--table", default=None, help="print the markdown tables of a result file and stop")
     p.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -141,9 +142,15 @@ def main(argv=None) -> None:
     result = {"gpus": GPUS, "emas": N_EMAS, "usable_fraction": args.usable, "presets": {}}
     measured_state = {n: measure_state(n) for n in args.measure_state.split(",") if n}
     measured_act = {}
+    reused = json.loads(Path(args.reuse).read_text())["activation_measurements"] if args.reuse else {}
     for n in [n for n in args.measure_activations.split(",") if n]:
+        if n in reused:
+            measured_act[n] = {k == "ckpt": v for k, v in reused[n].items()}
+            continue
         measured_act[n] = {ckpt: measure_activations(n, ckpt) for ckpt in (False, True)}
         print(n, measured_act[n], file=sys.stderr, flush=True)
+    result["activation_measurements"] = {n: {("ckpt" if k else "plain"): v for k, v in m.items()}
+                                         for n, m in measured_act.items()}
     for preset in PRESETS:
         c = counts(preset)
         row = {"counts": c, "state": {"ddp": state_model(c), "fsdp": state_model(c, GPUS),
@@ -156,10 +163,18 @@ def main(argv=None) -> None:
             continue
         s = counts(src)
         width = c["hidden"] / s["hidden"]  # a block's activations scale with the width at a fixed token count
-        row["activations_per_image"] = {("ckpt" if k else "plain"): m["rest"] + c["blocks"] * m["per_block"] * width
-                                        for k, m in measured_act[src].items()}
-        row["activations_source"] = (f"{src} cut to 4 and 6 blocks, measured at batch 1 and 2; per block x "
-                                     f"{c['blocks']} blocks x width ratio {width:.3f}")
+        plain, ckpt = measured_act[src][False], measured_act[src][True]
+        # Checkpointed, a block keeps its inputs x and dx (2 x 276 tokens x width, fp32); at 4 and 6 blocks
+        # those are smaller than the step's transients (guidance pass, one block's recomputation), so the
+        # peak does not grow with the depth there: the transients are measured (6 blocks less their inputs)
+        # and the inputs of every block are counted.
+        saved = lambda cc: 2 * 276 * cc["hidden"] * 4  # noqa: E731
+        transient = ckpt["measured"][max(ckpt["measured"], key=int)] - max(map(int, ckpt["measured"])) * saved(s)
+        row["activations_per_image"] = {"plain": plain["rest"] + c["blocks"] * plain["per_block"] * width,
+                                        "ckpt": transient * width + c["blocks"] * saved(c)}
+        row["activations_source"] = (f"{src} cut to 4 and 6 blocks, measured at batch 1 and 2; without "
+                                     f"checkpointing per block x {c['blocks']} blocks x width ratio {width:.3f}; "
+                                     "with checkpointing the measured transients plus the blocks' saved inputs")
         fits = {}
         for gb in (40, 80):
             for mode in ("ddp", "fsdp", "hsdp"):
@@ -170,9 +185,6 @@ def main(argv=None) -> None:
         result["presets"][preset] = row
     common.write_json(args.json, result)
 
-
-if __name__ == "__main__":
-    main()
 
 
 def markdown(result: dict) -> str:
@@ -196,3 +208,7 @@ def markdown(result: dict) -> str:
         pair = [f"{f[f'{g}GB/ddp/{k}']} / {f[f'{g}GB/fsdp/{k}']}" for k in ("plain", "ckpt") for g in (40, 80)]
         lines.append(f"| {preset} | {a['plain'] / gb:.2f} GB | {a['ckpt'] / gb:.2f} GB | " + " | ".join(pair) + " |")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
