@@ -1,5 +1,5 @@
 """``pmf train``: train pMF from a recipe (released ImageNet recipes or CPU recipes), a saved config, or
-flags; runs as one process or under ``torchrun`` (DDP)."""
+flags; runs as one process or under ``torchrun`` (DDP, FSDP2 or HSDP, ``--parallel``)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,9 @@ def add_parser(sub) -> None:
                    help="hsdp: processes per shard group (default: the processes per node)")
     p.add_argument("--async-checkpoint", action="store_true", default=None,
                    help="fsdp/hsdp: write the sharded checkpoints in the background")
-    p.add_argument("--resume", default=None, help="'auto' (newest checkpoint of --out), a run folder or a file")
+    p.add_argument("--resume", default=None,
+                   help="'auto' (newest checkpoint of --out), a run folder, a checkpoint file or a sharded checkpoint "
+                   "folder (any --parallel mode resumes any of them)")
     add_perceptual_args(p)
     p.set_defaults(func=run)
 
