@@ -166,6 +166,9 @@ class ShardedSaver:
     def __init__(self, directory: Path, keep_last: int, asynchronous: bool = False):
         self.directory, self.keep_last, self.asynchronous = Path(directory), keep_last, asynchronous
         self.pending = None
+        # A background save runs its collectives in another thread: they get their own (gloo) group, apart
+        # from the training's collectives. Created on every rank (a collective call).
+        self.group = dist.new_group(backend="gloo") if asynchronous and dist.is_initialized() else None
 
     def _rank0(self) -> bool:
         return not dist.is_initialized() or dist.get_rank() == 0
@@ -183,7 +186,7 @@ class ShardedSaver:
             shutil.rmtree(tmp, ignore_errors=True)
         _barrier()
         if self.asynchronous:
-            future = dcp.async_save(state, checkpoint_id=str(tmp))
+            future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.group)
             self.pending = (future, tmp, final, meta)
         else:
             dcp.save(state, checkpoint_id=str(tmp))
