@@ -7,6 +7,8 @@ training whatever the image size, so the extra cost per sample is nearly constan
 t < max_t go through the networks (about 2/3 of a batch with the released P_mean 0.8 / P_std 0.8).
 Times are medians of calls that alternate between variants; peak memory is what a step needs above the
 weights and the batch (on a CPU: in a fresh process per variant, resident set high-water mark after a reset).
+A last line times the crop alone (``crop_resize`` of the batch's predicted and clean images, forward and
+backward into the prediction), the release's resampling of the whole image per sample.
 
     python benchmarks/perceptual_cost.py                                   # pMF-Tiny/4, batch 4, CPU
     python benchmarks/perceptual_cost.py --preset pMF-B/16 --batch 32 --device cuda --precision bf16 --json out.json
@@ -25,7 +27,7 @@ import torch
 import common
 from pmf import build_model
 from pmf.objective import pmf_loss, sample_draws
-from pmf.perceptual import PerceptualConfig, build_perceptual
+from pmf.perceptual import PerceptualConfig, build_perceptual, crop_resize, sample_crop_boxes
 
 RECIPE = dict(P_mean=0.8, P_std=0.8, data_proportion=0.5, cfg_max=7.0, cfg_beta=1.0, class_dropout_prob=0.1)
 VARIANTS = {"none": (False, False), "lpips": (True, False), "convnext": (False, True), "both": (True, True)}
@@ -38,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast")
     p.add_argument("--crop-size", type=int, default=224)
-    p.add_argument("--max-t", type=float, default=0.8)
+    p.add_argument("--max-t", type=float, default=0.8, help="the threshold of both terms (B/16's 0.8)")
     p.add_argument("--variants", default="none,lpips,convnext,both")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--warmup", type=int, default=1)
@@ -87,6 +89,14 @@ class Bench:
             out = pmf_loss(self.model, self.x, self.y, self.draws, num_classes=self.num_classes, perceptual=fn)
         out["loss"].backward()
 
+    def crop(self, size: int) -> None:
+        """The loss's crops of the whole batch: prediction (with gradient) and clean image, then backward."""
+        pred = self.x.detach().requires_grad_()
+        boxes = sample_crop_boxes(pred.shape[0], pred.shape[2], pred.shape[3], generator=torch.Generator())
+        with self.autocast():
+            a, b = crop_resize(pred, boxes, size), crop_resize(self.x, boxes, size)
+        (a * b).sum().backward()
+
 
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -129,6 +139,8 @@ def main(argv=None) -> None:
     bench = Bench(args, dev, variants)
     times = common.time_interleaved({v: (lambda v=v: bench.step(v)) for v in variants}, dev,
                                     warmup=args.warmup, repeats=args.repeats)
+    crop_s = common.time_interleaved({"crop": lambda: bench.crop(args.crop_size)}, dev, warmup=args.warmup,
+                                     repeats=args.repeats)["crop"]
     peaks = {}
     if not args.no_memory:
         for v in variants:
@@ -146,7 +158,7 @@ def main(argv=None) -> None:
                          peak_mib=common.mib(peaks.get(v)),
                          memory_ratio=round(peaks[v] / base_m, 2) if base_m and v in peaks else None))
     result = dict(preset=args.preset, batch=args.batch, samples_through_networks=bench.kept,
-                  crop_size=args.crop_size, max_t=args.max_t, precision=args.precision,
+                  crop_size=args.crop_size, crop_s=round(crop_s, 5), max_t=args.max_t, precision=args.precision,
                   device=common.device_name(dev), torch=torch.__version__,
                   weights="random (cost does not depend on weight values)", rows=rows)
     print(f"{args.preset}, batch {args.batch} ({bench.kept} with t < {args.max_t} through the networks), "
@@ -156,6 +168,7 @@ def main(argv=None) -> None:
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
         print(f"{r['variant']:<10}{fmt(r['step_s'], '.3f'):>10}{fmt(r['time_ratio'], '.1f'):>9}"
               f"{fmt(r['peak_mib'], '.0f'):>11}{fmt(r['memory_ratio'], '.1f'):>9}")
+    print(f"crop alone (batch {args.batch}, 2 images, forward + backward): {crop_s * 1e3:.2f} ms")
     if args.json:
         common.write_json(args.json, result)
 

@@ -22,7 +22,7 @@ import torch
 
 import common
 from pmf import build_model, objective
-from pmf.nn.layers import TANGENT_ATTENTIONS, tangent_attention
+from pmf.nn.attention import TANGENT_ATTENTIONS, tangent_attention
 from pmf.objective import pmf_loss, sample_draws
 from pmf.train import enable_activation_checkpointing
 

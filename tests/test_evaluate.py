@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 import pmf
 from pmf.checkpoint import load_model
 from pmf.cli import main
-from pmf.evaluate import EvalSettings, grid, plot, run_samples, shard, table
+from pmf.distributed import shard
+from pmf.evaluate import EvalSettings, grid, plot, run_samples, table
 from pmf.inception import WEIGHTS_FILE, find_weights, inception_score
 
 ARCH = "pMF-Tiny/4"
@@ -77,9 +78,9 @@ def _worker(rank, world, port, ckpt, out):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from pmf.checkpoint import load_model
-    from pmf.evaluate import setup_processes
+    from pmf.distributed import setup
 
-    setup_processes("cpu")
+    setup("cpu")
     model = load_model(ckpt)
     data = run_samples(model, EvalSettings(num_images=11, batch_size=1, omega=2.0), keep_images=True,
                        featurize=lambda im: {"mean": im.reshape(len(im), -1).mean(1)}, progress=False)

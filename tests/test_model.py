@@ -9,7 +9,7 @@ import torch
 import pmf
 from conftest import load_npz
 from pmf.errors import PMFError
-from pmf.nn.layers import apply_rope, attention_backend, rope_angles
+from pmf.nn.attention import apply_rope, attention_backend, rope_angles
 from pmf.nn.release import release_rope_freqs, to_release_key
 
 RELEASED_COUNTS = {  # spec section 5: (inference u-head only, training with v-head)

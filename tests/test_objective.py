@@ -204,3 +204,36 @@ def test_u_prediction_variant_and_no_v_head():
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
     with pytest.raises(pmf.PMFError, match="prediction must be 'x' or 'u'"):
         pmf_loss(m, x, torch.tensor([1, 2]), d, num_classes=10, prediction="eps")
+
+
+@pytest.mark.parametrize("v_head", [True, False])
+def test_loss_terms_read_like_the_dict_they_replace(v_head):
+    """The typed result answers item access, ``in``, keys/items and get as the former dict did: v-head terms
+    only with a v-head, the perceptual logs by name; v_t is the clean image's velocity."""
+    from pmf.nn.model import build_model
+
+    torch.manual_seed(0)
+    m = build_model("pMF-Tiny/4", input_size=8, depth=2, aux_head_depth=1, v_head=v_head).double()
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3])
+    d = O.sample_draws(x, P_mean=0.8, P_std=0.8, data_proportion=0.5, cfg_max=7.0, cfg_beta=1.0,
+                       class_dropout_prob=0.1, noise_scale=1.0, generator=torch.Generator().manual_seed(1))
+    d = Draws(**{k: getattr(d, k).double() if getattr(d, k).is_floating_point() else getattr(d, k)
+                 for k in ("t", "r", "noise", "omega", "t_min", "t_max", "drop")})
+
+    def perceptual(x_pred, x, t):
+        return 0.1 * (x_pred - x).pow(2).flatten(1).mean(1), {"loss_fake": torch.tensor(2.0)}
+
+    out = pmf_loss(m, x, y, d, num_classes=10, perceptual=perceptual)
+    base = ["loss", "loss_u", "per_sample", "per_sample_u_raw", "z", "v_t", "v_c", "v_u", "v_g", "u", "du_dt", "V",
+            "v", "x_pred"]
+    assert out.keys() == base + (["loss_v", "per_sample_v_raw"] if v_head else []) + ["loss_fake"]
+    assert [k for k, _ in out.items()] == out.keys() == list(out)
+    assert out["loss"] is out.loss and out["loss_fake"].item() == 2.0
+    assert ("loss_v" in out) == v_head and (out["v"] is None) != v_head
+    assert out.get("loss_v", "none") is (out.loss_v if v_head else "none")
+    with pytest.raises(KeyError):
+        out["logs"]
+    t = d.t.view(-1, 1, 1, 1)
+    assert torch.allclose(out["v_t"], (out["z"] - x) / t.clamp(0.05, 1), rtol=0, atol=1e-12)
+    assert torch.allclose(out.loss, out.per_sample.mean())

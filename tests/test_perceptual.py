@@ -8,13 +8,13 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import pmf
 from pmf.errors import PMFError
 from pmf.objective import pmf_loss, sample_draws
 from pmf.perceptual import (
     LPIPSVGG,
+    ConvNeXtFeatures,
     PerceptualConfig,
     PerceptualLoss,
     build_perceptual,
@@ -66,17 +66,6 @@ def images(B, C, H, seed=0):
 
 
 # ---- crops ---------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("H,size", [(32, 224), (28, 64), (96, 64), (300, 100)])
-def test_crop_resize_matches_interpolate_on_each_box(H, size):
-    x = images(5, 3, H).double()
-    boxes = sample_crop_boxes(5, H, H, generator=torch.Generator().manual_seed(H))
-    out = crop_resize(x, boxes, size)
-    for b, (top, left, h, w) in enumerate(boxes.tolist()):
-        ref = F.interpolate(x[b:b + 1, :, top:top + h, left:left + w], size=(size, size), mode="bicubic",
-                            antialias=True, align_corners=False)
-        torch.testing.assert_close(out[b:b + 1], ref, atol=1e-10, rtol=0)
-
 
 def test_crop_is_shared_within_a_sample_and_differs_between_samples():
     one = images(1, 3, 32)
@@ -130,13 +119,42 @@ def test_crop_and_mapping_wrapper_reproduces_lpips_on_the_same_crops(loss_fn, lp
     fn = PerceptualLoss(cfg, loss_fn.lpips, None)
     term, _ = fn(x_pred, x, t, generator=torch.Generator().manual_seed(5))
     boxes = sample_crop_boxes(3, 32, 32, generator=torch.Generator().manual_seed(5))
-    ref = []
-    for b, (top, left, h, w) in enumerate(boxes.tolist()):
-        crop = [F.interpolate(v[b:b + 1, :, top:top + h, left:left + w], size=(PARITY_CROP,) * 2, mode="bicubic",
-                              antialias=True).expand(-1, 3, -1, -1) for v in (x_pred, x)]
-        with torch.no_grad():
-            ref.append(lpips_ref(crop[0], crop[1]).flatten())  # the package takes [-1, 1]
-    torch.testing.assert_close(term.detach(), torch.cat(ref), atol=1e-5, rtol=1e-5)
+    crops = [crop_resize(v, boxes, PARITY_CROP).expand(-1, 3, -1, -1) for v in (x_pred, x)]  # tests/test_crop.py
+    with torch.no_grad():
+        ref = lpips_ref(crops[0], crops[1]).flatten()  # the package takes [-1, 1]
+    torch.testing.assert_close(term.detach(), ref, atol=1e-5, rtol=1e-5)
+
+
+# ---- ConvNeXt input --------------------------------------------------------------------------------------------
+
+def test_convnext_features_are_timm_pre_logits_of_the_raw_crops():
+    """The release feeds its [-1, 1] crops to ConvNeXt as they are (no ImageNet mean/std, no resize)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model(ATTO, pretrained=False).eval()
+    x = images(2, 3, CROP, seed=20)
+    with torch.no_grad():
+        ours = ConvNeXtFeatures(net)(x)
+        ref = net.forward_head(net.forward_features(x), pre_logits=True)
+        imagenet = (x + 1) / 2 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        normalised = net.forward_head(net.forward_features(imagenet / torch.tensor([0.229, 0.224, 0.225])
+                                                           .view(1, 3, 1, 1)), pre_logits=True)
+    assert ours.shape == (2, net.num_features)
+    torch.testing.assert_close(ours, ref, atol=0, rtol=0)
+    assert (ours - normalised).abs().max() > 1e-2  # the old ImageNet-normalised input is measurably different
+
+
+def test_convnext_term_is_the_squared_distance_of_features_of_the_shared_crops(loss_fn):
+    cfg = PerceptualConfig(convnext=True, convnext_lambda=1.0, norm_p=0.0, crop_size=CROP)
+    fn = PerceptualLoss(cfg, None, loss_fn.convnext)
+    x, x_pred = images(3, 3, 40, seed=21), images(3, 3, 40, seed=22)
+    term, _ = fn(x_pred, x, torch.zeros(3), generator=torch.Generator().manual_seed(7))
+    boxes = sample_crop_boxes(3, 40, 40, generator=torch.Generator().manual_seed(7))
+    net = loss_fn.convnext.net
+    with torch.no_grad():
+        fa, fb = (net.forward_head(net.forward_features(crop_resize(v, boxes, CROP)), pre_logits=True)
+                  for v in (x_pred, x))
+    torch.testing.assert_close(term.detach(), (fa - fb).pow(2).sum(dim=1), atol=1e-5, rtol=1e-5)
 
 
 # ---- mask, equality, gradients, frozen networks --------------------------------------------------------------
@@ -152,6 +170,45 @@ def test_threshold_masks_exactly_the_samples_at_or_above_max_t(loss_fn):
     grad_norm = x_pred.grad.abs().sum(dim=(1, 2, 3))
     assert (grad_norm[masked] == 0).all() and (grad_norm[~masked] > 0).all()
     assert set(logs) == {"loss_lpips", "loss_convnext"} and all(v.dim() == 0 for v in logs.values())
+
+
+def test_each_term_has_its_own_threshold(loss_fn):
+    """convnext_max_t / lpips_max_t override max_t for their term only (the H recipes gate ConvNeXt at 0.6)."""
+    x = images(4, 3, 32, seed=23)
+    x_pred = images(4, 3, 32, seed=24).requires_grad_()
+    t = torch.tensor([0.1, 0.6, 0.7, 1.0])
+    cfg = PerceptualConfig(lpips=True, convnext=True, crop_size=CROP, lpips_lambda=1.0, convnext_lambda=1.0,
+                           norm_p=0.0, max_t=1.0, convnext_max_t=0.6)
+    assert (cfg.threshold("lpips"), cfg.threshold("convnext")) == (1.0, 0.6)
+    fn = PerceptualLoss(cfg, loss_fn.lpips, loss_fn.convnext)
+    _, logs = fn(x_pred, x, t, generator=torch.Generator().manual_seed(0))
+    a, b, _ = paired_random_resized_crop(x_pred, x, CROP, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        d = fn.distances(a, b)
+    lpips_on, convnext_on = t < 1.0, t < 0.6  # [T, T, T, F] and [T, F, F, F]
+    torch.testing.assert_close(logs["loss_lpips"], (d["lpips"] * lpips_on).mean(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(logs["loss_convnext"], (d["convnext"] * convnext_on).mean(), atol=1e-6, rtol=1e-5)
+    term, _ = fn(x_pred, x, t)
+    term.sum().backward()
+    grad_norm = x_pred.grad.abs().sum(dim=(1, 2, 3))
+    assert (grad_norm[:3] > 0).all() and grad_norm[3] == 0
+    swapped = PerceptualConfig(lpips=True, convnext=True, crop_size=CROP, max_t=0.5, lpips_max_t=0.65)
+    _, logs = PerceptualLoss(swapped, loss_fn.lpips, loss_fn.convnext)(x_pred, x, t)
+    assert logs["loss_lpips"] > 0 and logs["loss_convnext"] > 0
+    assert "zeroed for t >= 0.65" in PerceptualLoss(swapped, loss_fn.lpips, loss_fn.convnext).describe()
+
+
+@pytest.mark.parametrize("name,lpips_t,convnext_t", [("pMF-B/16", 0.8, 0.8), ("pMF-L/16", 0.8, 0.8),
+                                                     ("pMF-B/32", 0.8, 0.8), ("pMF-L/32", 0.6, 0.6),
+                                                     ("pMF-H/16", 1.0, 0.6), ("pMF-H/32", 1.0, 0.6)])
+def test_recipes_gate_the_terms_as_the_release_configs(name, lpips_t, convnext_t):
+    """perceptual_max_t 0.8 / 0.8 / 0.8 / 0.6 in the main branch's B and L configs; the H configs set only
+    convnext_max_t 0.6, so LPIPS keeps the release's perceptual_max_t default of 1.0 (docs/perceptual.md)."""
+    from pmf.train_config import recipe
+
+    cfg = recipe(name).perceptual
+    assert cfg.lpips and cfg.convnext and (cfg.lpips_lambda, cfg.convnext_lambda) == (0.4, 0.1)
+    assert (cfg.threshold("lpips"), cfg.threshold("convnext")) == (lpips_t, convnext_t)
 
 
 def test_equal_inputs_give_zero_distances(loss_fn):
@@ -222,6 +279,7 @@ def test_pmf_loss_end_to_end_with_perceptual_terms(loss_fn):
 # ---- config and weights --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("field,value", [("lpips_lambda", -1.0), ("max_t", 0.0), ("norm_eps", 0.0),
+                                         ("convnext_max_t", -0.5), ("lpips_max_t", "0.6"),
                                          ("crop_size", 16), ("crop_scale", (0.5, 0.1)), ("lpips", "yes"),
                                          ("lpips_weights", ""), ("convnext_model", "resnet50")])
 def test_config_rejects_bad_values_naming_the_field(field, value):

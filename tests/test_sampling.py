@@ -8,7 +8,7 @@ import pmf
 from conftest import load_npz
 from pmf.cli import main
 from pmf.errors import PMFError
-from pmf.sampling import generate, image_noise, prepare_sampler, sample
+from pmf.sampling import generate, image_labels, image_noise, image_seed, prepare_sampler, sample
 
 
 @pytest.mark.parametrize("steps", [1, 2])
@@ -103,3 +103,28 @@ def test_bf16_sampling_is_close_and_precision_is_checked(tiny_model, tiny_releas
     assert rc == 0
     # the CLI draws its noise per image index like generate: the same six bf16 images
     assert np.array_equal(np.load(tmp_path / "o" / "samples.npz")["images"], bf16.numpy())
+
+
+def test_image_seeds_and_first_noise_values_are_pinned():
+    """Published samples depend on the per-image seeds: these values are today's and must never change."""
+    pinned = {(0, 0): 1, (0, 1): 4564476756301768123, (1, 0): 2177342782468422679, (3, 12345): 194439710052553355,
+              (2**40, 7): 425038451427359513}
+    assert {key: image_seed(*key) for key in pinned} == pinned
+    noise = image_noise([0, 1, 5], (1, 4, 4), seed=0)
+    expected = torch.tensor([[-1.5255959033966064, -0.7502318024635315], [-0.37621787190437317, -0.9262668490409851],
+                             [-0.14029118418693542, -0.8651410937309265]])
+    assert torch.equal(noise[:, 0, 0, :2], expected)
+    assert image_labels(range(5), 1000, seed=0).tolist() == [505, 181, 711, 263, 755]
+
+
+def test_random_checkpoint_is_seeded_and_needs_an_arch():
+    from pmf.commands.sample import model_from_arg
+
+    a = model_from_arg("random", arch="pMF-Tiny/4", ema=None, device="cpu", seed=3)
+    torch.manual_seed(123)
+    b = model_from_arg("random", arch="pMF-Tiny/4", ema=None, device="cpu", seed=3)
+    c = model_from_arg("random", arch="pMF-Tiny/4", ema=None, device="cpu", seed=4)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert not all(torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
+    with pytest.raises(PMFError, match="needs --arch"):
+        model_from_arg("random", arch=None, ema=None, device="cpu")

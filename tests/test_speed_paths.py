@@ -7,7 +7,7 @@ import torch
 import pmf
 from conftest import load_npz, rel_err
 from pmf import objective as O
-from pmf.nn.reference import ReleasePortNet, release_generate
+from pmf.nn.release_port import ReleasePortNet, release_generate
 from pmf.objective import Draws, pmf_loss
 from pmf.sampling import sample
 
@@ -154,7 +154,7 @@ def test_block_tail_computes_the_last_rows_exactly(backend):
     n = m.config.num_patches
     x = torch.randn(3, m.config.num_prefix_tokens + n, m.config.hidden_size, dtype=torch.float64)
     dx = torch.randn_like(x)
-    with pmf.nn.layers.attention_backend(backend):
+    with pmf.nn.attention.attention_backend(backend):
         full, tail = block(x), block(x, tail=n)
         (y_full, dy_full), (y_tail, dy_tail) = block.jvp(x, dx), block.jvp(x, dx, tail=n)
     assert tail.shape == (3, n, m.config.hidden_size)

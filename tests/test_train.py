@@ -1,5 +1,6 @@
 """The training loop on a 2-block model of 8x8 digits: exact resume, NaN stop, bad inputs, outputs."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -74,7 +75,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_a_good_checkpoint(tmp_path, mo
         out = real(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 5:
-            out["loss"] = out["loss"] * float("nan")
+            out = dataclasses.replace(out, loss=out.loss * float("nan"))
         return out
 
     monkeypatch.setattr(T, "pmf_loss", poisoned)
@@ -137,13 +138,25 @@ def test_data_order_splits_global_batches_over_ranks_and_covers_each_epoch():
 
 def test_recipes_match_the_release_table():
     b16, h16, l16 = recipe("pMF-B/16"), recipe("pMF-H/16"), recipe("pMF-L/16")
-    assert (b16.loss.P_mean, b16.loss.P_std, b16.perceptual["max_t"], b16.loss.tr_uniform) == (0.8, 0.8, 0.8, False)
-    assert (h16.loss.P_mean, h16.perceptual["max_t"], h16.loss.tr_uniform) == (0.0, 0.6, True)
+    assert (b16.loss.P_mean, b16.loss.P_std, b16.perceptual.max_t, b16.loss.tr_uniform) == (0.8, 0.8, 0.8, False)
+    assert (h16.loss.P_mean, h16.perceptual.max_t, h16.perceptual.convnext_max_t, h16.loss.tr_uniform) \
+        == (0.0, 1.0, 0.6, True)
     assert l16.loss.cfg_beta == 2.0
     for cfg in (b16, h16, l16):
         assert cfg.batch_size == 1024 and cfg.optim.lr == 1e-3 and cfg.optim.schedule == "constant"
         assert cfg.optim.betas == (0.9, 0.95) and cfg.ema.halflives_kimg == [500, 1000, 2000]
         assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_saved_configs_with_a_perceptual_dict_still_load():
+    from pmf.perceptual import PerceptualConfig
+
+    data = {**recipe("tiny").to_dict(), "perceptual": {"lpips": True, "convnext": False, "max_t": 0.7}}
+    cfg = TrainConfig.from_dict(json.loads(json.dumps(data)))
+    assert cfg.perceptual == PerceptualConfig(lpips=True, max_t=0.7)
+    assert TrainConfig.from_dict({**data, "perceptual": None}).perceptual is None
+    with pytest.raises(PMFError, match="unknown perceptual fields"):
+        TrainConfig.from_dict({**data, "perceptual": {"lpips": True, "lpips_weight": 1.0}})
 
 
 def test_perceptual_term_is_built_from_the_config_and_enters_the_loss(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ def parse(*argv):
 
 def test_train_flags_override_the_recipe():
     from pmf.commands.train import config_from_args
+    from pmf.perceptual import PerceptualConfig
 
     cfg = config_from_args(parse("--recipe", "pMF-B/16", "--steps", "7", "--batch-size", "256", "--lr", "2e-3",
                                  "--ema-halflives", "1000", "--no-perceptual", "--schedule", "cosine"))
@@ -20,8 +21,8 @@ def test_train_flags_override_the_recipe():
                                                                                         "cosine")
     assert cfg.ema.halflives_kimg == [1000.0] and cfg.perceptual is None
     cfg = config_from_args(parse("--recipe", "mnist", "--lpips", "--perceptual-max-t", "0.6"))
-    assert cfg.perceptual == {"lpips": True, "convnext": False, "lpips_lambda": 0.4, "convnext_lambda": 0.1,
-                              "max_t": 0.6}
+    assert cfg.perceptual == PerceptualConfig(lpips=True, convnext=False, lpips_lambda=0.4, convnext_lambda=0.1,
+                                              max_t=0.6)
 
 
 def test_cli_errors_are_clean(tmp_path, capsys):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pmf.errors import PMFError
-from pmf.nn.layers import current_tangent_attention, tangent_attention
+from pmf.nn.attention import current_tangent_attention, tangent_attention
 
 pytest.importorskip("triton")
 
@@ -34,7 +34,7 @@ def _kernel_errors() -> dict:
     """Run in the child: relative errors of each case, the same with strided (transposed-view) inputs, and
     a whole forward_with_tangent with the selector on "triton" against "math"."""
     import pmf
-    from pmf.nn import layers
+    from pmf.nn import attention
 
     result = {"imports_triton_lazily": "pmf.nn.triton_attention" not in sys.modules}
     from pmf.nn import triton_attention
@@ -47,7 +47,7 @@ def _kernel_errors() -> dict:
     for name, (B, H, T, hd, dtype, _) in CASES.items():
         ts = [torch.randn(B, H, T, hd, generator=g).to(getattr(torch, dtype)) for _ in range(6)]
         out = attention_tangent_triton(*ts, block_m=16, block_n=16)
-        result[name] = {"err": rel(out, layers.attention_tangent(*ts)), "dtype": str(out.dtype).split(".")[-1]}
+        result[name] = {"err": rel(out, attention.attention_tangent(*ts)), "dtype": str(out.dtype).split(".")[-1]}
     result["available_on_cpu"] = triton_available(torch.zeros(1))
 
     # v, dv laid out as Attention.jvp hands them over: [B, T, H, hd] memory viewed as [B, H, T, hd]
@@ -55,13 +55,13 @@ def _kernel_errors() -> dict:
     ts += [torch.randn(2, 84, 3, 16, generator=g).transpose(1, 2) for _ in range(2)]
     q, dq, k, dk, v, dv = ts
     out = attention_tangent_triton(q, k, v, dq, dk, dv, block_m=16, block_n=32)
-    result["strided"] = rel(out, layers.attention_tangent(q, k, v, dq, dk, dv))
+    result["strided"] = rel(out, attention.attention_tangent(q, k, v, dq, dk, dv))
 
     # queries over the last 64 of 84 tokens only (a head's last block computes the patch rows alone)
     q, dq = (torch.randn(2, 3, 64, 16, generator=g) for _ in range(2))
     k, v, dk, dv = (torch.randn(2, 3, 84, 16, generator=g) for _ in range(4))
     out = attention_tangent_triton(q, k, v, dq, dk, dv, block_m=16, block_n=32)
-    result["tail"] = {"shape": list(out.shape), "err": rel(out, layers.attention_tangent(q, k, v, dq, dk, dv))}
+    result["tail"] = {"shape": list(out.shape), "err": rel(out, attention.attention_tangent(q, k, v, dq, dk, dv))}
 
     torch.manual_seed(0)
     model = pmf.build_model("pMF-Tiny/4")  # T = 82 tokens, head dim 16: default 64 x 64 tiles, ragged
@@ -182,7 +182,7 @@ def test_kernel_compiles_for_hopper_without_a_gpu(dtype, tmp_path, monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 def test_kernel_on_cuda_at_b16_shape(dtype, tol, monkeypatch):
-    from pmf.nn.layers import attention_tangent
+    from pmf.nn.attention import attention_tangent
     from pmf.nn.triton_attention import attention_tangent_triton
 
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)

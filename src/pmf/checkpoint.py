@@ -12,7 +12,7 @@ import torch
 
 from .config import ModelConfig, model_config, preset_of
 from .errors import CheckpointError
-from .nn.model import PMFDiT
+from .nn.model import PMFDiT, is_v_head_key, u_head_only
 from .nn.release import infer_config, load_release_state_dict
 from .sampling import SamplingSetting, default_setting
 
@@ -116,7 +116,7 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
             weights = emas[ema]
         else:
             raise CheckpointError(f"EMA {ema!r} is not in the checkpoint; it has: {['raw', *emas]}")
-        if not any(k.startswith("v_heads.") for k in weights):
+        if not any(is_v_head_key(k) for k in weights):
             config.v_head = False  # inference weights (u-head only)
         model = PMFDiT(config)
         try:
@@ -131,7 +131,7 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
             or "state_dict" in obj else obj
         if arch is not None:
             config = model_config(arch, **overrides)
-            if not any("v_heads" in k for k in state):
+            if not any(is_v_head_key(k) for k in state):
                 config.v_head = False
         else:
             config = infer_config(state, **overrides)
@@ -237,11 +237,6 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return None
 
 
-def u_head_state(state: dict) -> dict:
-    """Inference weights: a full state dict without the auxiliary v-head."""
-    return {k: v for k, v in state.items() if not k.startswith(("v_heads.", "v_final_layer."))}
-
-
 def export_ema(spec: str | os.PathLike, out: str | os.PathLike, *, ema: str | None = None,
                fmt: str | None = None) -> Path:
     """Write one weight set of a training checkpoint (an EMA by name, ``"raw"``, or by default the first EMA)
@@ -252,10 +247,8 @@ def export_ema(spec: str | os.PathLike, out: str | os.PathLike, *, ema: str | No
     fmt = fmt or ("safetensors" if out.suffix == ".safetensors" else "release")
     if fmt not in ("release", "safetensors"):
         raise CheckpointError(f"export format must be 'release' or 'safetensors', got {fmt!r}")
-    model = load_model(spec, ema=ema)
-    config = ModelConfig.from_dict({**model.config.to_dict(), "v_head": False})
-    inference = PMFDiT(config)
-    inference.load_state_dict(u_head_state(model.state_dict()), strict=True)
+    inference = u_head_only(load_model(spec, ema=ema))
+    config = inference.config
     if fmt == "safetensors":
         from safetensors.torch import save_file
 

@@ -1,5 +1,6 @@
 """Process-group helpers that degrade to one process: the same trainer runs as a plain CPU process, on one
-GPU, or under ``torchrun`` on many GPUs (NCCL) or CPU processes (gloo)."""
+GPU, or under ``torchrun`` on many GPUs (NCCL) or CPU processes (gloo). The only module that knows about
+ranks: setup, sharding, gathering, broadcasting and the DDP wrapper live here."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import datetime
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -49,6 +51,8 @@ def setup(device: str | None = None, group: bool = False) -> DistInfo:
         if world == 1 and "MASTER_ADDR" not in os.environ:
             kw.update(init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
         dist.init_process_group("nccl" if want_cuda else "gloo", timeout=datetime.timedelta(minutes=30), **kw)
+    if dist.is_initialized():
+        rank, world = rank_world()
     return DistInfo(rank, world, local_rank, dev)
 
 
@@ -58,6 +62,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the process group; (0, 1) without one."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def shard(n: int, rank: int, world: int) -> range:
+    """This rank's item indices: every ``world``-th from ``rank`` (balanced to within one item)."""
+    return range(rank, n, world)
 
 
 def cleanup() -> None:
@@ -92,6 +106,25 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def gather_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Concatenate every rank's arrays (rows keyed by ``arrays["index"]``) on rank 0, sorted by index; None on
+    the other ranks. Identity in one process (apart from the sort)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        rank, world = rank_world()
+        parts = [None] * world if rank == 0 else None
+        dist.gather_object(arrays, parts, dst=0)
+        if rank != 0:
+            return None
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in arrays}
+    order = np.argsort(arrays["index"], kind="stable")
+    return {k: v[order] for k, v in arrays.items()}
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper (no-grad passes must not go through DDP)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from .distributed import gather_rows, rank_world, shard
 from .errors import PMFError
 from .images import save_image
 from .sampling import check_precision, generate
@@ -47,40 +47,6 @@ class EvalSettings:
         if not 0 <= self.t_min <= self.t_max <= 1:
             raise PMFError(f"the guidance interval must satisfy 0 <= t_min <= t_max <= 1, got [{self.t_min}, "
                            f"{self.t_max}]")
-
-
-# ---- processes ---------------------------------------------------------------------------------------------
-
-def setup_processes(device: str | None = None) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) of this process (``pmf.distributed.setup``: the ``torchrun`` process group
-    when ``WORLD_SIZE > 1``, NCCL on CUDA, gloo on CPU; a plain process is rank 0 of 1)."""
-    from .distributed import setup
-
-    info = setup(device)
-    return (*rank_world(), info.device)
-
-
-def rank_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def shard(n: int, rank: int, world: int) -> range:
-    """This rank's image indices: every ``world``-th from ``rank`` (balanced to within one image)."""
-    return range(rank, n, world)
-
-
-def gather_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-    """Concatenate every rank's arrays (rows keyed by ``arrays["index"]``) on rank 0, sorted by index; None on
-    the other ranks. Identity in one process (apart from the sort)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        rank, world = rank_world()
-        parts = [None] * world if rank == 0 else None
-        dist.gather_object(arrays, parts, dst=0)
-        if rank != 0:
-            return None
-        arrays = {k: np.concatenate([p[k] for p in parts]) for k in arrays}
-    order = np.argsort(arrays["index"], kind="stable")
-    return {k: v[order] for k, v in arrays.items()}
 
 
 # ---- sampling and scoring ----------------------------------------------------------------------------------

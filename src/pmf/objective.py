@@ -1,35 +1,22 @@
 """The pMF training objective (spec section 3) as pure tensor functions, plus ``pmf_loss``.
 
 Shapes: images are [B, C, H, W]; per-sample scalars are [B]. Time runs from data (t = 0) to noise (t = 1).
-
-Why this formulation is correct under data-parallel training: every pass whose result is held constant
-(the guidance target v_g, the tangent v_c and the total derivative du/dt, all stop-gradient in the
-release) runs under ``torch.no_grad`` on the unwrapped module, so it records no graph and fires no DDP
-reducer hook. The only pass with gradients is ONE ordinary forward through the (possibly DDP-wrapped)
-model, which yields u and v; DDP then all-reduces the gradients of that single backward exactly as for a
-plain classifier. Because du/dt is stop-gradient, d loss / d theta flows only through u (inside
-V = u + (t - r) sg(du/dt)) and v, so this "split" form has the same gradient as one forward-mode pass
-with gradients (``jvp="fused"``), which we keep for measurement and as a check. The default,
-``jvp="inline"``, is exact too and cheaper: the ONE forward with grad also carries the tangent of u along
-(v_c, dt = 1), propagated block by block by explicit tangent rules (``PMFDiT.forward_with_tangent``) from
-detached primals under no_grad, so the trunk and u-head primal are computed once, attention keeps SDPA and
-its fused backward, and the tangent records no graph. (Activation checkpointing applies to the blocks'
-``jvp`` as to their ``forward``; the backward recomputes the primal only. ``"fused"`` cannot be
-checkpointed.) Batch-level rules
-(the first floor(B * data_proportion) samples use r = t, the first k samples are label-dropped) apply per
-device batch, as in the release's pmap training.
+Only one forward pass carries gradients, so DDP sees an ordinary model (docs/training.md, "The loss under
+data-parallel training"); docs/speed.md compares the exact du/dt forms (``JVP_MODES``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from .distributed import unwrap
 from .errors import PMFError
-from .nn.layers import attention_backend
+from .nn.attention import attention_backend
 
 T_CLIP = 0.05
 JVP_MODES = ("split", "fused", "inline")
@@ -157,11 +144,6 @@ def compound_velocity(u, du_dt, t, r) -> torch.Tensor:
     return u + _bc(t - r) * du_dt.detach()
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP wrapper (no-grad passes must not go through DDP)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
 def _v_prediction(net, z, t, omega, y, prediction):
     """v-head velocity at (z, h = 0, omega, interval [0, 1], y); the u-head at h = 0 without a v-head."""
     B = z.shape[0]
@@ -202,17 +184,69 @@ def u_total_derivative(net, z, t, r, omega, t_min, t_max, y, tangent_z, *, predi
         return torch.func.jvp(u_fn, (z, t), (tangent_z, torch.ones_like(t)))
 
 
+@dataclass(frozen=True, eq=False)
+class LossTerms:
+    """What ``pmf_loss`` returns: the loss, its logged parts and the intermediates of spec section 3.
+    Image-shaped fields are [B, C, H, W], per-sample fields [B].
+
+    Read by name as the dict it replaces: ``terms["loss"]``, ``"loss_v" in terms``, ``keys()``, ``items()``,
+    ``get()``; these cover the fields and the perceptual ``logs``, and leave out ``loss_v`` and
+    ``per_sample_v_raw`` without a v-head."""
+
+    loss: torch.Tensor  # scalar with gradients: per_sample.mean()
+    loss_u: torch.Tensor  # detached mean of (V - v_g)^2 over all elements (logged)
+    per_sample: torch.Tensor  # [B] adaptively weighted u term + v term + perceptual term
+    per_sample_u_raw: torch.Tensor  # [B] detached ||V - v_g||^2 per sample
+    z: torch.Tensor  # z_t = (1 - t) x + t e
+    v_t: torch.Tensor  # (z - x) / clip(t): the velocity of the clean image
+    v_c: torch.Tensor  # conditional v at the in-interval scale w (also the tangent of du/dt)
+    v_u: torch.Tensor  # unconditional v (equal to v_c where it does not change v_g)
+    v_g: torch.Tensor  # the guided target
+    u: torch.Tensor  # the u-head's average velocity
+    du_dt: torch.Tensor  # detached total derivative of u along (v_c, dt = 1)
+    V: torch.Tensor  # compound velocity u + (t - r) sg(du/dt)
+    v: torch.Tensor | None  # the v-head's velocity; None without a v-head
+    x_pred: torch.Tensor  # z - t u, the denoised image the perceptual term sees
+    loss_v: torch.Tensor | None = None  # detached mean of (v - v_g)^2; None without a v-head
+    per_sample_v_raw: torch.Tensor | None = None  # [B] detached ||v - v_g||^2; None without a v-head
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)  # the perceptual term's logs (loss_lpips, ...)
+
+    _OPTIONAL = ("loss_v", "per_sample_v_raw")
+
+    def keys(self) -> list[str]:
+        names = [f.name for f in fields(self) if f.name != "logs"]
+        return [n for n in names if n not in self._OPTIONAL or getattr(self, n) is not None] + list(self.logs)
+
+    def __getitem__(self, key: str):
+        if key in self.logs:
+            return self.logs[key]
+        if key == "logs" or key not in {f.name for f in fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def get(self, key: str, default=None):
+        return self[key] if key in self else default
+
+    def items(self) -> list[tuple[str, torch.Tensor | None]]:
+        return [(k, self[k]) for k in self.keys()]
+
+
 def pmf_loss(model, x: torch.Tensor, y: torch.Tensor, draws: Draws, *, num_classes: int, norm_p: float = 1.0,
-             norm_eps: float = 0.01, prediction: str = "x", jvp: str = "inline", perceptual=None) -> dict:
+             norm_eps: float = 0.01, prediction: str = "x", jvp: str = "inline", perceptual=None) -> LossTerms:
     """The pMF loss of one batch with given draws (spec 3). x [B, C, H, W] in [-1, 1], y [B] labels.
 
     ``jvp``: how du/dt is computed, all exact (``JVP_MODES``): "inline" (default, the fastest measured, see
     docs/speed.md), "split" (torch.func.jvp under no_grad, then a forward with grad) or "fused" (one
     forward-mode AD pass with grad).
     ``perceptual``: optional callable (x_pred, x, t) -> (per-sample term [B], dict of logs), already
-    masked, weighted and scaled. Returns a dict with ``loss`` (scalar), the logged means ``loss_u`` and
-    ``loss_v``, ``per_sample`` [B] (loss = per_sample.mean()), the raw per-sample sums, and the
-    intermediates ``z``, ``v_t``, ``v_c``, ``v_u``, ``v_g``, ``u``, ``du_dt``, ``V``, ``v``, ``x_pred``."""
+    masked, weighted and scaled; its logs join the result. Returns the ``LossTerms`` (``loss`` = the mean
+    of ``per_sample``)."""
     if prediction not in ("x", "u"):
         raise PMFError(f"prediction must be 'x' or 'u', got {prediction!r}")
     if jvp not in JVP_MODES:
@@ -222,7 +256,7 @@ def pmf_loss(model, x: torch.Tensor, y: torch.Tensor, draws: Draws, *, num_class
     net = unwrap(model)
     t, r = draws.t.to(x.dtype), draws.r.to(x.dtype)
     z = noisy(x, draws.noise, t)  # (B, C, H, W)
-    v_t = (z - x) / _bc(t.clamp(T_CLIP, 1.0))  # (B, C, H, W)
+    v_t = to_velocity(z, x, t)  # (B, C, H, W) the clean image's velocity, in x-form for either prediction
 
     w = guidance_scale_in_interval(draws.omega, t, draws.t_min, draws.t_max)  # (B,)
     v_c, v_u = guidance_velocities(net, z, t, y, w, num_classes=num_classes, prediction=prediction, drop=draws.drop)
@@ -251,18 +285,18 @@ def pmf_loss(model, x: torch.Tensor, y: torch.Tensor, draws: Draws, *, num_class
     dims = tuple(range(1, x.dim()))
     per_u_raw = (V - v_g).pow(2).sum(dims)  # (B,)
     per_sample = adaptive_weight(per_u_raw, norm_p, norm_eps)
-    out = {"loss_u": (V - v_g).pow(2).mean().detach()}
+    v_terms = {}
     v = None
     if x_v is not None:
         v = to_velocity(z, x_v, t, prediction)
         per_v_raw = (v - v_g).pow(2).sum(dims)
         per_sample = per_sample + adaptive_weight(per_v_raw, norm_p, norm_eps)
-        out.update(loss_v=(v - v_g).pow(2).mean().detach(), per_sample_v_raw=per_v_raw.detach())
+        v_terms = dict(loss_v=(v - v_g).pow(2).mean().detach(), per_sample_v_raw=per_v_raw.detach())
     x_pred = z - _bc(t) * u
+    logs = {}
     if perceptual is not None:
         term, logs = perceptual(x_pred, x, t)
         per_sample = per_sample + term
-        out.update(logs)
-    out.update(loss=per_sample.mean(), per_sample=per_sample, per_sample_u_raw=per_u_raw.detach(), z=z, v_t=v_t,
-               v_c=v_c, v_u=v_u, v_g=v_g, u=u, du_dt=du_dt, V=V, v=v, x_pred=x_pred)
-    return out
+    return LossTerms(loss=per_sample.mean(), loss_u=(V - v_g).pow(2).mean().detach(), per_sample=per_sample,
+                     per_sample_u_raw=per_u_raw.detach(), z=z, v_t=v_t, v_c=v_c, v_u=v_u, v_g=v_g, u=u, du_dt=du_dt,
+                     V=V, v=v, x_pred=x_pred, logs=dict(logs), **v_terms)

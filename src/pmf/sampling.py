@@ -13,6 +13,7 @@ from .config import RELEASED_SAMPLING, ModelConfig, preset_of
 from .errors import PMFError
 from .nn.model import as_batch
 from .objective import to_velocity
+from .seeds import IMAGE, derive_seed
 
 
 def _check_guidance(omega, t_min, t_max, steps) -> None:
@@ -117,7 +118,7 @@ def precision_context(precision: str, device: torch.device):
 
 def image_seed(seed: int, index: int) -> int:
     """A 63-bit seed for image ``index`` of a run with ``seed``, independent of batching and ranks."""
-    return (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 1) % (2**63 - 1)
+    return derive_seed(seed, index, stream=IMAGE)
 
 
 def image_noise(indices: Sequence[int], shape: Sequence[int], *, seed: int, noise_scale: float = 1.0,

@@ -24,11 +24,13 @@ from .data import ArrayData, FolderDataset, open_training_data
 from .ema import EMASet
 from .errors import PMFError
 from .images import save_grid
-from .nn.layers import Block, tangent_attention
+from .nn.attention import tangent_attention
+from .nn.layers import Block
 from .nn.model import PMFDiT
 from .objective import pmf_loss, sample_draws
 from .optim import build_optimizer, lr_factor, set_lr
 from .sampling import image_noise, sample, to_uint8
+from .seeds import DATA_ORDER, LOSS, derive_seed
 from .sharded_checkpoint import (
     ShardedSaver,
     ensure_optimizer_state,
@@ -42,12 +44,10 @@ from .sharded_checkpoint import (
 )
 from .train_config import TrainConfig
 
-MASK63 = (1 << 63) - 1
-
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     """A 63-bit seed for the loss draws of (step, rank), independent of everything else."""
-    return (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB + 0x1234567) & MASK63
+    return derive_seed(seed, step, rank, stream=LOSS)
 
 
 class DataOrder:
@@ -61,7 +61,7 @@ class DataOrder:
 
     def perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
-            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 7919 + 17) & MASK63)
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, stream=DATA_ORDER))
             self._perms = {k: v for k, v in self._perms.items() if k >= epoch - 1}
             self._perms[epoch] = torch.randperm(self.size, generator=gen).numpy()
         return self._perms[epoch]
@@ -137,13 +137,13 @@ def enable_activation_checkpointing(model: torch.nn.Module, enabled: bool = True
 
 def build_perceptual_loss(cfg: TrainConfig, device):
     """The optional perceptual term (imported lazily: the core trains without the extras)."""
-    if not cfg.perceptual or not (cfg.perceptual.get("lpips") or cfg.perceptual.get("convnext")):
+    if cfg.perceptual is None or not cfg.perceptual.enabled:
         return None
     try:
-        from .perceptual import PerceptualConfig, build_perceptual
+        from .perceptual import build_perceptual
     except ImportError as err:
         raise PMFError(f"perceptual losses need `pip install 'pixel-meanflow[perceptual]'` ({err})") from None
-    return build_perceptual(PerceptualConfig(**cfg.perceptual), device)
+    return build_perceptual(cfg.perceptual, device)
 
 
 class MetricsLog:

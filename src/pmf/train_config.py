@@ -5,10 +5,13 @@ config is saved as JSON beside each checkpoint and read back with ``TrainConfig.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from .config import PRESETS, dataclass_from_dict
+from .config import PRESETS, RELEASED_SAMPLING, dataclass_from_dict
 from .errors import PMFError
+from .perceptual.config import PerceptualConfig
 
 
 def _check(cond: bool, name: str, value, want: str) -> None:
@@ -132,7 +135,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
-    perceptual: dict | None = None  # fields of pmf.perceptual.PerceptualConfig; None: no perceptual loss
+    perceptual: PerceptualConfig | None = None  # None: no perceptual loss
     out: str = "runs/pmf"
     log_every: int = 50
     ckpt_every: int = 1000
@@ -151,6 +154,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, dict):
                 setattr(self, name, dataclass_from_dict(cls, value, name))
+        if isinstance(self.perceptual, dict):  # the form of config.json files
+            self.perceptual = PerceptualConfig.from_dict(self.perceptual)
         if self.arch not in PRESETS:
             raise PMFError(f"unknown architecture {self.arch!r}; known presets: {', '.join(PRESETS)}")
         for name in ("batch_size", "steps"):
@@ -179,49 +184,43 @@ class TrainConfig:
 
 
 
-def _imagenet_recipe(arch: str, *, P_mean: float, cfg_beta: float, max_t: float, tr_uniform: bool,
-                     halflives: list[float], omega: float, interval: tuple[float, float]) -> TrainConfig:
-    """A released ImageNet recipe (spec sections 4 and 6): batch 1024, 320 epochs of 1,281,167 images,
-    Muon at 1e-3 constant, Adam betas (0.9, 0.95), LPIPS 0.4 + ConvNeXt 0.1 perceptual losses."""
+class ImageNetRecipe(NamedTuple):
+    """What differs between the released ImageNet recipes (spec section 6); their sample grids use the released
+    inference setting (``config.RELEASED_SAMPLING``)."""
+
+    P_mean: float  # centre of the logit-normal time draws
+    cfg_beta: float  # exponent of the guidance-scale distribution
+    max_t: float  # the release config's perceptual_max_t: both perceptual terms are zeroed for t >= max_t
+    tr_uniform: bool  # 10% of the time draws uniform
+    convnext_max_t: float | None = None  # the H configs' field: the ConvNeXt term only (docs/perceptual.md)
+
+
+IMAGENET_RECIPES = {  # one row per released model
+    #            P_mean cfg_beta max_t tr_uniform convnext_max_t
+    "pMF-B/16": ImageNetRecipe(0.8, 1.0, 0.8, False),
+    "pMF-L/16": ImageNetRecipe(0.8, 2.0, 0.8, False),
+    "pMF-H/16": ImageNetRecipe(0.0, 1.0, 1.0, True, 0.6),
+    "pMF-B/32": ImageNetRecipe(0.8, 1.0, 0.8, False),
+    "pMF-L/32": ImageNetRecipe(0.0, 1.0, 0.6, False),
+    "pMF-H/32": ImageNetRecipe(0.0, 1.0, 1.0, True, 0.6),
+}
+
+
+def imagenet_recipe(arch: str) -> TrainConfig:
+    """A released ImageNet recipe from its row of ``IMAGENET_RECIPES``: batch 1024, 320 epochs of 1,281,167
+    images, the release's optimiser at 1e-3 constant, EMA half-lives 500, 1000 and 2000 kimg, LPIPS 0.4 +
+    ConvNeXt 0.1 perceptual losses."""
+    row, grid = IMAGENET_RECIPES[arch], RELEASED_SAMPLING[arch]
     steps = 320 * 1281167 // 1024
     return TrainConfig(
         arch=arch, data="data/imagenet256.pmfpack" if arch.endswith("/16") else "data/imagenet512.pmfpack",
         batch_size=1024, steps=steps,
-        loss=LossConfig(P_mean=P_mean, P_std=0.8, cfg_beta=cfg_beta, tr_uniform=tr_uniform),
-        optim=OptimConfig(name="muon", lr=1e-3), ema=EMAConfig(halflives_kimg=halflives),
-        sample=SampleConfig(every=5000, count=64, omega=omega, t_min=interval[0], t_max=interval[1]),
-        perceptual=dict(lpips=True, convnext=True, lpips_lambda=0.4, convnext_lambda=0.1, max_t=max_t),
+        loss=LossConfig(P_mean=row.P_mean, P_std=0.8, cfg_beta=row.cfg_beta, tr_uniform=row.tr_uniform),
+        optim=OptimConfig(name="muon", lr=1e-3), ema=EMAConfig(halflives_kimg=[500, 1000, 2000]),
+        sample=SampleConfig(every=5000, count=64, omega=grid["omega"], t_min=grid["t_min"], t_max=grid["t_max"]),
+        perceptual=PerceptualConfig(lpips=True, convnext=True, lpips_lambda=0.4, convnext_lambda=0.1,
+                                    max_t=row.max_t, convnext_max_t=row.convnext_max_t),
         out=f"runs/{arch.replace('/', '-')}", log_every=100, ckpt_every=5000, precision="bf16", num_workers=8)
-
-
-def recipe_b16() -> TrainConfig:
-    return _imagenet_recipe("pMF-B/16", P_mean=0.8, cfg_beta=1.0, max_t=0.8, tr_uniform=False,
-                            halflives=[500, 1000, 2000], omega=7.5, interval=(0.1, 0.8))
-
-
-def recipe_l16() -> TrainConfig:
-    return _imagenet_recipe("pMF-L/16", P_mean=0.8, cfg_beta=2.0, max_t=0.8, tr_uniform=False,
-                            halflives=[500, 1000, 2000], omega=7.0, interval=(0.2, 0.7))
-
-
-def recipe_h16() -> TrainConfig:
-    return _imagenet_recipe("pMF-H/16", P_mean=0.0, cfg_beta=1.0, max_t=0.6, tr_uniform=True,
-                            halflives=[500, 1000, 2000], omega=7.0, interval=(0.2, 0.6))
-
-
-def recipe_b32() -> TrainConfig:
-    return _imagenet_recipe("pMF-B/32", P_mean=0.8, cfg_beta=1.0, max_t=0.8, tr_uniform=False,
-                            halflives=[500, 1000, 2000], omega=6.5, interval=(0.1, 0.7))
-
-
-def recipe_l32() -> TrainConfig:
-    return _imagenet_recipe("pMF-L/32", P_mean=0.0, cfg_beta=1.0, max_t=0.6, tr_uniform=False,
-                            halflives=[500, 1000, 2000], omega=7.5, interval=(0.2, 0.6))
-
-
-def recipe_h32() -> TrainConfig:
-    return _imagenet_recipe("pMF-H/32", P_mean=0.0, cfg_beta=1.0, max_t=0.6, tr_uniform=True,
-                            halflives=[500, 1000, 2000], omega=5.5, interval=(0.1, 0.6))
 
 
 def recipe_mnist() -> TrainConfig:
@@ -243,11 +242,8 @@ def recipe_tiny() -> TrainConfig:
         device="cpu")
 
 
-RECIPES = {
-    "pMF-B/16": recipe_b16, "pMF-L/16": recipe_l16, "pMF-H/16": recipe_h16,
-    "pMF-B/32": recipe_b32, "pMF-L/32": recipe_l32, "pMF-H/32": recipe_h32,
-    "mnist": recipe_mnist, "tiny": recipe_tiny,
-}
+RECIPES = {**{arch: functools.partial(imagenet_recipe, arch) for arch in IMAGENET_RECIPES},
+           "mnist": recipe_mnist, "tiny": recipe_tiny}
 
 
 def recipe(name: str) -> TrainConfig:

@@ -9,16 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from .. import __version__
-from ..checkpoint import load_model
 from ..data import BUILTIN
 from ..errors import PMFError
-from ..nn.model import build_model
 from ..sampling import prepare_sampler
-from .sample import add_common_model_args, add_sampling_speed_args
+from .sample import add_common_model_args, add_sampling_speed_args, model_from_arg
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -101,24 +98,20 @@ def choose_mode(args, model) -> str:
 
 
 def run(args) -> int:
-    from ..evaluate import EvalSettings, best_row, evaluate, grid, plot, progress_bar, setup_processes, table
+    from ..distributed import broadcast_object, setup
+    from ..evaluate import EvalSettings, best_row, evaluate, grid, plot, progress_bar, table
     from ..frechet import load_stats
 
     created = not dist.is_initialized()
-    rank, world, device = setup_processes(args.device)
+    info = setup(args.device)
+    rank, world, device = info.rank, info.world_size, info.device
     created = created and dist.is_initialized()
     progress = not args.no_progress
     emas = args.emas.split(",") if args.emas else [args.ema]
     combos = grid(_floats(args.omega, "--omega"), _intervals(args.interval), emas)
 
     def load(ema):
-        if args.checkpoint == "random":
-            if args.arch is None:
-                raise PMFError("--checkpoint random needs --arch")
-            torch.manual_seed(args.seed)
-            net = build_model(args.arch).to(device).eval()
-        else:
-            net = load_model(args.checkpoint, arch=args.arch, ema=ema, device=device)
+        net = model_from_arg(args.checkpoint, arch=args.arch, ema=ema, device=device, seed=args.seed)
         return prepare_sampler(net, compile=args.compile, cuda_graphs=args.cuda_graphs)
 
     model = load(emas[0])
@@ -172,11 +165,7 @@ def run(args) -> int:
         print(table(rows, metric))
     chosen = combos[0]
     if len(combos) > 1:
-        best = rows.index(best_row(rows, metric)) if rank == 0 else None
-        if dist.is_initialized():
-            box = [best]
-            dist.broadcast_object_list(box, src=0)
-            best = box[0]
+        best = broadcast_object(rows.index(best_row(rows, metric)) if rank == 0 else None)
         chosen = combos[best]
     if len(combos) == 1 or args.fast:
         metrics = score(chosen, num_images, final=True)

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_model
 from ..errors import PMFError
-from ..export import export_generator, save_generator
-from ..nn.model import build_model
-from .sample import add_common_model_args
+from ..generator_export import export_generator, save_generator
+from .sample import add_common_model_args, model_from_arg
 
 
 def add_parser(sub) -> None:
@@ -32,12 +30,7 @@ def run(args) -> int:
         raise PMFError(f"--out must end in .pt2, got {str(out)!r}")
     if args.static_batch is not None and args.static_batch < 1:
         raise PMFError(f"--static-batch must be >= 1, got {args.static_batch}")
-    if args.checkpoint == "random":
-        if args.arch is None:
-            raise PMFError("--checkpoint random needs --arch")
-        model = build_model(args.arch).to(args.device).eval()
-    else:
-        model = load_model(args.checkpoint, arch=args.arch, ema=args.ema, device=args.device)
+    model = model_from_arg(args.checkpoint, arch=args.arch, ema=args.ema, device=args.device)
     cfg = model.config
     noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale
     program = export_generator(model, noise_scale=noise_scale, batch=args.static_batch or 2,

@@ -79,7 +79,7 @@ def image_source(spec: str, size: int, split: str = "train") -> torch.utils.data
 def reference_stats(dataset: torch.utils.data.Dataset, net, *, batch_size: int = 100, workers: int = 4,
                     limit: int | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
     """(mu, sigma, count) of Inception pool features over ``dataset`` (this rank's slice under torchrun)."""
-    from ..evaluate import rank_world, shard
+    from ..distributed import rank_world, shard
     from ..frechet import StatsAccumulator
     from ..inception import inception_features
 
@@ -116,14 +116,15 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import torch.distributed as dist
 
-    from ..evaluate import setup_processes
+    from ..distributed import setup
     from ..frechet import save_stats
     from ..inception import find_weights, load_inception
 
     if args.size < 1:
         raise PMFError(f"--size must be positive, got {args.size}")
     created = not dist.is_initialized()
-    rank, world, device = setup_processes(args.device)
+    info = setup(args.device)
+    rank, device = info.rank, info.device
     created = created and dist.is_initialized()
     dataset = image_source(args.source, args.size, args.split)
     net = load_inception(args.inception_weights, device=device)

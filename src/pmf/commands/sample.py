@@ -13,7 +13,7 @@ from ..checkpoint import load_model
 from ..config import PRESETS
 from ..errors import PMFError
 from ..images import save_grid, save_image
-from ..nn.model import build_model
+from ..nn.model import PMFDiT, build_model
 from ..sampling import PRECISIONS, generate, image_labels, prepare_sampler
 
 
@@ -51,6 +51,17 @@ def add_common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
+def model_from_arg(checkpoint: str, *, arch: str | None, ema: str | None, device, seed: int = 0) -> PMFDiT:
+    """The model named by ``--checkpoint`` (eval mode): a checkpoint we can read, or for ``random`` an
+    untrained model of ``arch`` whose weights follow ``torch.manual_seed(seed)``."""
+    if checkpoint == "random":
+        if arch is None:
+            raise PMFError("--checkpoint random needs --arch")
+        torch.manual_seed(seed)
+        return build_model(arch).to(device).eval()
+    return load_model(checkpoint, arch=arch, ema=ema, device=device)
+
+
 def add_sampling_speed_args(p: argparse.ArgumentParser) -> None:
     """Precision and compilation of the sampler (``pmf sample``, ``pmf eval``)."""
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
@@ -82,13 +93,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if args.per_class < 1:
         raise PMFError(f"--per-class must be >= 1, got {args.per_class}")
-    if args.checkpoint == "random":
-        if args.arch is None:
-            raise PMFError("--checkpoint random needs --arch")
-        torch.manual_seed(args.seed)
-        model = build_model(args.arch).to(args.device).eval()
-    else:
-        model = load_model(args.checkpoint, arch=args.arch, ema=args.ema, device=args.device)
+    model = model_from_arg(args.checkpoint, arch=args.arch, ema=args.ema, device=args.device, seed=args.seed)
     cfg = model.config
     model = prepare_sampler(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
     noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale

@@ -3,11 +3,13 @@ flags; runs as one process or under ``torchrun`` (DDP, FSDP2 or HSDP, ``--parall
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from ..errors import PMFError
 from ..nn.attention import TANGENT_ATTENTIONS
+from ..perceptual.config import PerceptualConfig
 from ..train_config import RECIPES, TrainConfig, recipe
 
 
@@ -37,10 +39,7 @@ def apply_perceptual_args(cfg: TrainConfig, args) -> None:
              "download": False if args.no_download else None}
     given = {k: v for k, v in flags.items() if v is not None}
     if given:
-        base = dict(cfg.perceptual or {"lpips": False, "convnext": False, "lpips_lambda": 0.4,
-                                       "convnext_lambda": 0.1, "max_t": 0.8})
-        base.update(given)
-        cfg.perceptual = base
+        cfg.perceptual = PerceptualConfig(**{**dataclasses.asdict(cfg.perceptual or PerceptualConfig()), **given})
 
 
 def add_parser(sub) -> None:

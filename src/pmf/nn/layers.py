@@ -1,6 +1,6 @@
 """Building blocks of pmfDiT (spec section 5): SwiGLU, the transformer block (with optional activation
 checkpointing), embedders and the final layer. Attention lives in ``pmf.nn.attention``, norms and tangent
-rules in ``pmf.nn.common``; both are re-exported here."""
+rules in ``pmf.nn.common``."""
 
 from __future__ import annotations
 
@@ -12,27 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import (
-    TANGENT_ATTENTIONS,
-    Attention,
-    apply_rope,
-    attention_backend,
-    attention_tangent,
-    current_attention_backend,
-    current_tangent_attention,
-    math_attention,
-    rope_angles,
-    tangent_attention,
-)
+from .attention import Attention, attention_backend, current_attention_backend
 from .common import RMSNorm, linear_tangent, silu_tangent, upcast
-
-__all__ = [
-    "TANGENT_ATTENTIONS", "Attention", "Block", "FinalLayer", "LabelEmbedder", "PatchEmbed", "RMSNorm",
-    "ScalarEmbedder", "SwiGLU",
-    "apply_rope", "attention_backend", "attention_tangent", "checkpointed", "current_attention_backend",
-    "current_tangent_attention", "linear_tangent", "math_attention", "rope_angles", "silu_tangent",
-    "tangent_attention", "upcast",
-]
 
 
 class SwiGLU(nn.Module):
@@ -137,7 +118,7 @@ class Block(nn.Module):
 
     def _jvp_call(self, x: torch.Tensor, dx: torch.Tensor, tail: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.checkpointing and torch.is_grad_enabled():
-            # _jvp's primal saves what _forward saves, in the same order (tests/test_checkpointing.py)
+            # _jvp's primal saves what _forward saves, in the same order (tests/test_activation_checkpointing.py)
             return checkpointed(functools.partial(self._jvp, tail=tail),
                                 lambda x, dx: (self._forward(x, tail), dx), x, dx)
         return self._jvp(x, dx, tail)

@@ -3,6 +3,8 @@ predictions (x_u, x_v); it knows nothing of time sampling, guidance targets or l
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -196,6 +198,22 @@ class PMFDiT(nn.Module):
         if heads == "v" and not self.has_v_head:
             raise PMFError("this model has no v-head (built with v_head=False)")
         return x_u, x_v
+
+
+V_HEAD_MODULES = ("v_heads", "v_final_layer")
+
+
+def is_v_head_key(key: str) -> bool:
+    """Whether a state-dict key (ours, or the release's under a prefix such as ``net.``) is a v-head weight."""
+    return any(part in V_HEAD_MODULES for part in key.split("."))
+
+
+def u_head_only(model: PMFDiT) -> PMFDiT:
+    """A new model (``v_head=False``, on ``model``'s device) with ``model``'s weights but the auxiliary
+    v-head: the inference network (sampling uses only u, spec section 4)."""
+    net = PMFDiT(dataclasses.replace(model.config, v_head=False)).to(next(model.parameters()).device)
+    net.load_state_dict({k: v for k, v in model.state_dict().items() if not is_v_head_key(k)}, strict=True)
+    return net
 
 
 def build_model(arch: str, **overrides) -> PMFDiT:

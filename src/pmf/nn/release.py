@@ -8,7 +8,7 @@ import torch
 
 from ..config import PRESETS, ModelConfig
 from ..errors import CheckpointError
-from .layers import rope_angles
+from .attention import rope_angles
 from .model import PMFDiT
 
 # Release keys put every linear layer under `._flax_linear` and the label table under `._flax_embedding`.

@@ -17,7 +17,10 @@ def _check(cond: bool, name: str, value, want: str) -> None:
 
 @dataclass
 class PerceptualConfig:
-    """Switches, weights and threshold of the LPIPS-VGG and ConvNeXt-V2 terms.
+    """Switches, weights and thresholds of the LPIPS-VGG and ConvNeXt-V2 terms.
+
+    A term is zeroed for samples with ``t >= threshold``: ``lpips_max_t`` / ``convnext_max_t`` when set,
+    else the shared ``max_t`` (the release's ``perceptual_max_t``, whose default is 1.0).
 
     ``lpips_weights`` / ``convnext_weights``: local weight files (else $PMF_LPIPS_VGG_WEIGHTS /
     $PMF_CONVNEXT_WEIGHTS, else the torch-hub / Hugging Face caches, else a download when ``download``)."""
@@ -26,7 +29,9 @@ class PerceptualConfig:
     convnext: bool = False
     lpips_lambda: float = 0.4
     convnext_lambda: float = 0.1
-    max_t: float = 0.8  # terms are zeroed for samples with t >= max_t
+    max_t: float = 1.0  # both terms are zeroed for samples with t >= max_t (the release's perceptual_max_t)
+    lpips_max_t: float | None = None  # the LPIPS term's own threshold; None: max_t
+    convnext_max_t: float | None = None  # the ConvNeXt term's own threshold; None: max_t (set by the H recipes)
     norm_p: float = 1.0
     norm_eps: float = 0.01
     crop_size: int = 224
@@ -43,6 +48,10 @@ class PerceptualConfig:
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and value >= 0, name, value, "a number >= 0")
         _check(isinstance(self.max_t, (int, float)) and self.max_t > 0, "max_t", self.max_t, "a number > 0")
+        for name in ("lpips_max_t", "convnext_max_t"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, (int, float)) and value > 0), name, value,
+                   "None or a number > 0")
         _check(isinstance(self.norm_p, (int, float)) and self.norm_p >= 0, "norm_p", self.norm_p, ">= 0")
         _check(isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0, "norm_eps", self.norm_eps, "> 0")
         _check(isinstance(self.crop_size, int) and self.crop_size >= 32, "crop_size", self.crop_size,
@@ -61,6 +70,11 @@ class PerceptualConfig:
     @property
     def enabled(self) -> bool:
         return self.lpips or self.convnext
+
+    def threshold(self, term: str) -> float:
+        """The t threshold of ``term`` ("lpips" or "convnext"): its own field when set, else ``max_t``."""
+        own = {"lpips": self.lpips_max_t, "convnext": self.convnext_max_t}[term]
+        return float(self.max_t if own is None else own)
 
     @classmethod
     def from_dict(cls, data: dict) -> PerceptualConfig:

@@ -1,10 +1,10 @@
 """The perceptual terms of the pMF loss (spec 3.8) and ``build_perceptual``, which the trainer calls.
 
 ``PerceptualLoss(x_pred, x, t) -> (term [B], logs)``: one shared random resized crop per sample, LPIPS-VGG
-and/or squared L2 between pooled ConvNeXt-V2 features, zeroed where t >= max_t, adaptively weighted and
-scaled. The feature networks are frozen, in eval mode, and held outside any nn.Module, so they never reach
-the generator's parameters, optimiser, EMA or checkpoints. Samples at or above the threshold are not
-passed through the networks at all (their term is exactly 0 either way).
+and/or squared L2 between pooled ConvNeXt-V2 features, each zeroed where t >= its threshold, adaptively
+weighted and scaled. The feature networks are frozen, in eval mode, and held outside any nn.Module, so they
+never reach the generator's parameters, optimiser, EMA or checkpoints. Samples at or above a term's
+threshold are not passed through that term's network at all (their term is exactly 0 either way).
 """
 
 from __future__ import annotations
@@ -21,22 +21,21 @@ from .config import PerceptualConfig
 from .crop import crop_resize, sample_crop_boxes
 from .lpips_vgg import LPIPSVGG, lpips_state_dict
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+TERMS = ("lpips", "convnext")
 
 
 class ConvNeXtFeatures(nn.Module):
-    """[B, 3, H, W] in [-1, 1] -> [B, D]: ImageNet normalisation, the timm ConvNeXt trunk, global average
-    pool and the head's LayerNorm (the classifier's pre-logits; the final linear layer is unused)."""
+    """[B, 3, H, W] in [-1, 1] -> [B, D]: the timm ConvNeXt trunk, global average pool and the head's
+    LayerNorm (the classifier's pre-logits; the final linear layer is unused).
+
+    Like the release, the crops go in as they are: raw [-1, 1] values, no ImageNet mean/std, no resize
+    (the release feeds its 224 px crops straight to ConvNeXt-V2-Base)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = ((x + 1) / 2 - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
 
 
@@ -61,10 +60,13 @@ class PerceptualLoss:
 
     def describe(self) -> str:
         """One line for the run log: which terms are on and where their weights came from."""
-        parts = [f"{name} (lambda {lam}) from {self.sources.get(name, '?')}"
-                 for name, net, lam in (("lpips", self.lpips, self.config.lpips_lambda),
-                                        ("convnext", self.convnext, self.config.convnext_lambda)) if net is not None]
-        return f"perceptual: {'; '.join(parts)}; zeroed for t >= {self.config.max_t}"
+        lambdas = {"lpips": self.config.lpips_lambda, "convnext": self.config.convnext_lambda}
+        parts = [f"{name} (lambda {lambdas[name]}, zeroed for t >= {self.config.threshold(name)}) "
+                 f"from {self.sources.get(name, '?')}" for name in self._terms()]
+        return f"perceptual: {'; '.join(parts)}"
+
+    def _terms(self) -> list[str]:
+        return [name for name in TERMS if getattr(self, name) is not None]
 
     def _match(self, x: torch.Tensor) -> None:
         """Keep the frozen networks on the images' device and dtype (a bf16 model gets bf16 features)."""
@@ -74,18 +76,19 @@ class PerceptualLoss:
                 if p.device != x.device or p.dtype != x.dtype:
                     net.to(device=x.device, dtype=x.dtype)
 
-    def distances(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-sample raw distances [n] of already-cropped images a (with grad) and b (target), [n, 3, S, S]."""
-        out = {}
-        if self.lpips is not None:
+    def distance(self, term: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Raw distance [n] of one term between cropped images a (with grad) and b (target), [n, 3, S, S]."""
+        if term == "lpips":
             with torch.no_grad():
                 fb = self.lpips.taps(b)
-            out["lpips"] = self.lpips.distance(self.lpips.taps(a), fb).float()
-        if self.convnext is not None:
-            with torch.no_grad():
-                gb = self.convnext(b)
-            out["convnext"] = (self.convnext(a) - gb).float().pow(2).sum(dim=1)
-        return out
+            return self.lpips.distance(self.lpips.taps(a), fb).float()
+        with torch.no_grad():
+            gb = self.convnext(b)
+        return (self.convnext(a) - gb).float().pow(2).sum(dim=1)
+
+    def distances(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample raw distances [n] of every enabled term (no thresholds applied)."""
+        return {name: self.distance(name, a, b) for name in self._terms()}
 
     def __call__(self, x_pred: torch.Tensor, x: torch.Tensor, t: torch.Tensor, *,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
@@ -96,9 +99,11 @@ class PerceptualLoss:
             raise PMFError(f"perceptual losses need 1 or 3 image channels, got {C}")
         boxes = sample_crop_boxes(B, x_pred.shape[2], x_pred.shape[3], scale=cfg.crop_scale,
                                   generator=generator if generator is not None else self.generator)  # (B, 4)
-        keep = (t < cfg.max_t).nonzero()[:, 0]  # (n,)
-        raw = {name: x_pred.new_zeros(B, dtype=torch.float32)
-               for name, net in (("lpips", self.lpips), ("convnext", self.convnext)) if net is not None}
+        terms = self._terms()
+        t = t.reshape(B)
+        raw = {name: x_pred.new_zeros(B, dtype=torch.float32) for name in terms}
+        below = {name: t < cfg.threshold(name) for name in terms}  # (B,) each
+        keep = torch.stack(list(below.values())).any(dim=0).nonzero()[:, 0] if terms else t.new_zeros(0).long()
         if keep.numel() > 0:
             self._match(x_pred)
             kb = boxes[keep.cpu()]
@@ -106,8 +111,12 @@ class PerceptualLoss:
             b = crop_resize(x[keep].detach().to(x_pred.dtype), kb, cfg.crop_size)  # (n, C, S, S)
             if C == 1:
                 a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
-            for name, d in self.distances(a, b).items():
-                raw[name] = raw[name].index_copy(0, keep, d)  # (B,), zero where t >= max_t
+            for name in terms:
+                sub = below[name][keep].nonzero()[:, 0]  # rows of the crops whose t is below this term's threshold
+                if sub.numel() == 0:
+                    continue
+                d = self.distance(name, a, b) if sub.numel() == keep.numel() else self.distance(name, a[sub], b[sub])
+                raw[name] = raw[name].index_copy(0, keep[sub], d)  # (B,), zero where t >= threshold
         term = x_pred.new_zeros(B, dtype=torch.float32)
         lambdas = {"lpips": cfg.lpips_lambda, "convnext": cfg.convnext_lambda}
         for name, value in raw.items():

@@ -8,7 +8,7 @@ import torch
 import pmf
 from conftest import load_npz
 from pmf.cli import main
-from pmf.export import OneStepGenerator
+from pmf.generator_export import OneStepGenerator
 from pmf.sampling import sample
 
 

@@ -3,13 +3,12 @@ program that runs without this package: (unit noise, labels, omega, t_min, t_max
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import torch
 from torch import nn
 
-from .nn.model import PMFDiT
+from .nn.model import PMFDiT, u_head_only
 from .objective import to_velocity
 
 
@@ -19,10 +18,8 @@ class OneStepGenerator(nn.Module):
 
     def __init__(self, model: PMFDiT, noise_scale: float | None = None):
         super().__init__()
-        cfg = dataclasses.replace(model.config, v_head=False)
-        self.net = PMFDiT(cfg).to(next(model.parameters()).device)
-        own = self.net.state_dict()
-        self.net.load_state_dict({k: v for k, v in model.state_dict().items() if k in own}, strict=True)
+        self.net = u_head_only(model)
+        cfg = self.net.config
         self.net.validate_inputs = False  # value checks are data-dependent control flow; shapes stay checked
         self.net.eval().requires_grad_(False)
         self.noise_scale = float(cfg.noise_scale if noise_scale is None else noise_scale)
