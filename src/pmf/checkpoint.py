@@ -97,7 +97,9 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
     default setting, i.e. the released half-life for a released recipe, else the first EMA if any, else the
     raw weights; ``"raw"`` forces the raw weights). Release-format state dicts use ``arch`` (a preset name,
     with ``overrides``) or, without it, an architecture inferred from the shapes."""
-    obj = read_file(spec)
+    from .sharded_checkpoint import is_sharded_checkpoint, lazy_checkpoint
+
+    obj = lazy_checkpoint(spec) if is_sharded_checkpoint(spec) else read_file(spec)
     if is_training_checkpoint(obj):
         config = ModelConfig.from_dict({**obj["model_config"], **overrides})
         train_config = obj.get("train_config") or {}
@@ -185,15 +187,20 @@ def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(step, path) of the complete training checkpoints in ``directory``, oldest first."""
+    """(step, path) of the complete training checkpoints in ``directory``, oldest first: single files
+    ``step_XXXXXXXX.pt`` and sharded (DCP) folders ``step_XXXXXXXX`` (``pmf.sharded_checkpoint``)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
     out = []
-    for p in directory.glob(f"{CKPT_PREFIX}*{CKPT_SUFFIX}"):
-        digits = p.name[len(CKPT_PREFIX):-len(CKPT_SUFFIX)]
-        if digits.isdigit():
-            out.append((int(digits), p))
+    for p in directory.glob(f"{CKPT_PREFIX}*"):
+        is_file = p.name.endswith(CKPT_SUFFIX)
+        digits = p.name[len(CKPT_PREFIX):len(p.name) - (len(CKPT_SUFFIX) if is_file else 0)]
+        if not digits.isdigit() or p.is_dir() == is_file:
+            continue
+        if p.is_dir() and not ((p / ".metadata").is_file() and (p / "meta.json").is_file()):
+            continue
+        out.append((int(digits), p))
     return sorted(out)
 
 
@@ -205,17 +212,23 @@ def save_training_checkpoint(directory: str | os.PathLike, step: int, payload: d
     path = checkpoint_path(directory, step)
     save_atomic({"format": FORMAT, "step": step, **payload}, path)
     save_atomic(json.dumps(config, indent=2), path.with_suffix(".json"))
+    from .sharded_checkpoint import remove_checkpoint
+
     for _, old in list_checkpoints(directory)[:-keep_last]:
-        old.unlink(missing_ok=True)
-        old.with_suffix(".json").unlink(missing_ok=True)
+        remove_checkpoint(old)
     return path
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     """The newest readable training checkpoint in ``directory`` (older ones are tried if the newest cannot
     be read), or None when there is none."""
+    from .sharded_checkpoint import read_meta
+
     for _, path in reversed(list_checkpoints(directory)):
         try:
+            if path.is_dir():
+                read_meta(path)
+                return path
             obj = read_file(path)
         except CheckpointError:
             continue

@@ -34,9 +34,10 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def setup(device: str | None = None) -> DistInfo:
+def setup(device: str | None = None, group: bool = False) -> DistInfo:
     """Initialise the process group when launched with ``WORLD_SIZE > 1`` (NCCL on CUDA, gloo on CPU) and
-    pick this process's device; a plain process gets rank 0 of 1."""
+    pick this process's device; a plain process gets rank 0 of 1 (with ``group``, in a process group of one
+    on 127.0.0.1, for code that needs one: FSDP2, DCP)."""
     world = env_world_size()
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     want_cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
@@ -45,12 +46,22 @@ def setup(device: str | None = None) -> DistInfo:
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo", timeout=datetime.timedelta(minutes=30),
-                                **({"device_id": dev} if want_cuda else {}))
+    if (world > 1 or group) and not dist.is_initialized():
+        kw = {"device_id": dev} if want_cuda else {}
+        if world == 1 and "MASTER_ADDR" not in os.environ:
+            kw.update(init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group("nccl" if want_cuda else "gloo", timeout=datetime.timedelta(minutes=30), **kw)
     if dist.is_initialized():
         rank, world = rank_world()
     return DistInfo(rank, world, local_rank, dev)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def rank_world() -> tuple[int, int]:

@@ -66,6 +66,39 @@ def _buckets(params: list[torch.Tensor], key) -> list[list[torch.Tensor]]:
     return list(out.values())
 
 
+def muon_momentum_(params: list[torch.Tensor], grads: list[torch.Tensor], moms: list[torch.Tensor], ts: list[float],
+                   *, lr: float, wd: float, beta: float) -> list[torch.Tensor]:
+    """The elementwise part of a Muon step on lists of plain tensors (whole matrices, or matching row shards
+    of them): decoupled weight decay of ``params``, ``m <- beta m + (1 - beta) g`` in place, and the
+    bias-corrected Nesterov mix ``beta m / (1 - beta^(t+1)) + (1 - beta) g / (1 - beta^t)`` (returned), with
+    ``ts`` the step counts after this step."""
+    if wd:
+        torch._foreach_mul_(params, 1 - lr * wd)
+    torch._foreach_lerp_(moms, grads, 1 - beta)
+    nesterov = torch._foreach_mul(moms, [beta / (1 - beta ** (t + 1)) for t in ts])
+    torch._foreach_add_(nesterov, torch._foreach_mul(grads, [(1 - beta) / (1 - beta**t) for t in ts]))
+    return nesterov
+
+
+def adam_update_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
+                 exp_avg_sq: list[torch.Tensor], ts: list[float], *, lr: float, wd: float, eps: float,
+                 betas: tuple[float, float]) -> None:
+    """One NAdam-style Adam step (the Muon optimiser's Adam side) on lists of plain tensors, in place; ``ts``
+    are the step counts after this step. Elementwise, so whole tensors and shards give the same result."""
+    b1, b2 = betas
+    if wd:
+        torch._foreach_mul_(params, 1 - lr * wd)
+    torch._foreach_lerp_(exp_avg, grads, 1 - b1)
+    torch._foreach_mul_(exp_avg_sq, b2)
+    torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - b2)
+    m_hat = torch._foreach_mul(exp_avg, [b1 / (1 - b1 ** (t + 1)) for t in ts])
+    torch._foreach_add_(m_hat, torch._foreach_mul(grads, [(1 - b1) / (1 - b1**t) for t in ts]))
+    denom = torch._foreach_div(exp_avg_sq, [1 - b2**t for t in ts])
+    torch._foreach_sqrt_(denom)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, m_hat, denom, -lr)
+
+
 class Muon(torch.optim.Optimizer):
     """The release's optimiser, with two kinds of parameter groups.
 
@@ -159,14 +192,9 @@ class Muon(torch.optim.Optimizer):
         buckets = _buckets(params, lambda p: (p.shape, p.dtype, p.device))
         chunks = [ps[i:i + self.max_stack] for ps in buckets for i in range(0, len(ps), self.max_stack)]
         for ps in chunks:  # a bounded stack: its Newton-Schulz buffers are a few of its own size
-            grads = [p.grad for p in ps]
             states, ts = self._next_steps(ps, "momentum")
-            moms = [s["momentum"] for s in states]
-            if wd:
-                torch._foreach_mul_(ps, 1 - lr * wd)
-            torch._foreach_lerp_(moms, grads, 1 - beta)
-            nesterov = torch._foreach_mul(moms, [beta / (1 - beta ** (t + 1)) for t in ts])
-            torch._foreach_add_(nesterov, torch._foreach_mul(grads, [(1 - beta) / (1 - beta**t) for t in ts]))
+            nesterov = muon_momentum_(ps, [p.grad for p in ps], [s["momentum"] for s in states], ts, lr=lr, wd=wd,
+                                      beta=beta)
             update = newton_schulz_batched(torch.stack(nesterov), group["ns_steps"], dtype=self.ns_dtype)
             out, inp = ps[0].shape
             torch._foreach_add_(ps, update.unbind(0), alpha=-lr * math.sqrt(max(1.0, out / inp)))
@@ -187,20 +215,9 @@ class Muon(torch.optim.Optimizer):
     def _adam_foreach(self, group: dict, params: list[torch.Tensor]) -> None:
         lr, wd, eps, (b1, b2) = group["lr"], group["weight_decay"], group["eps"], group["betas"]
         for ps in _buckets(params, lambda p: (p.dtype, p.device)):
-            grads = [p.grad for p in ps]
             states, ts = self._next_steps(ps, "exp_avg", "exp_avg_sq")
-            if wd:
-                torch._foreach_mul_(ps, 1 - lr * wd)
-            exp_avg, exp_avg_sq = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-            torch._foreach_lerp_(exp_avg, grads, 1 - b1)
-            torch._foreach_mul_(exp_avg_sq, b2)
-            torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - b2)
-            m_hat = torch._foreach_mul(exp_avg, [b1 / (1 - b1 ** (t + 1)) for t in ts])
-            torch._foreach_add_(m_hat, torch._foreach_mul(grads, [(1 - b1) / (1 - b1**t) for t in ts]))
-            denom = torch._foreach_div(exp_avg_sq, [1 - b2**t for t in ts])
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(ps, m_hat, denom, -lr)
+            adam_update_(ps, [p.grad for p in ps], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                         ts, lr=lr, wd=wd, eps=eps, betas=(b1, b2))
 
 
 def split_parameters(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:

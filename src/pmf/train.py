@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed as D
+from . import parallel as P
 from .checkpoint import FORMAT, latest_checkpoint, list_checkpoints, read_file, save_training_checkpoint
 from .config import ModelConfig, model_config
 from .data import ArrayData, FolderDataset, open_training_data
@@ -32,6 +33,17 @@ from .objective import pmf_loss, sample_draws
 from .optim import build_optimizer, lr_factor, set_lr
 from .sampling import image_noise, sample, to_uint8
 from .seeds import DATA_ORDER, LOSS, derive_seed
+from .sharded_checkpoint import (
+    ShardedSaver,
+    ensure_optimizer_state,
+    file_state,
+    is_sharded_checkpoint,
+    load_full_into,
+    load_sharded,
+    optimizer_rule,
+    read_meta,
+    train_state,
+)
 from .train_config import TrainConfig
 
 
@@ -174,6 +186,8 @@ def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
     if resume == "auto":
         return latest_checkpoint(ckpt_dir)
     path = Path(resume)
+    if is_sharded_checkpoint(path):
+        return path
     if path.is_dir():
         found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
         if found is None:
@@ -183,9 +197,13 @@ def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
 
 
 def load_resume(path: Path, mcfg: ModelConfig, cfg: TrainConfig) -> dict:
-    """Read a training checkpoint and check that it fits this run (same architecture, batch size)."""
-    obj = read_file(path)
-    if obj.get("format") != FORMAT or "optimizer" not in obj:
+    """Read a training checkpoint and check that it fits this run (same architecture, batch size). A sharded
+    (DCP) folder gives its meta (``sharded`` set); its tensors are read once the model is built."""
+    if path.is_dir():
+        obj = {**read_meta(path), "sharded": True}
+    else:
+        obj = read_file(path)
+    if obj.get("format") != FORMAT or ("optimizer" not in obj and not obj.get("sharded")):
         raise PMFError(f"{str(path)!r} is not a resumable training checkpoint (no optimiser state)")
     saved = obj["model_config"]
     diff = {k: (saved.get(k), v) for k, v in mcfg.to_dict().items() if saved.get(k) != v}
@@ -226,20 +244,36 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     resume_path = resolve_resume(resume, ckpt_dir)
     state = load_resume(resume_path, mcfg, cfg) if resume_path is not None else None
 
-    info = D.setup(cfg.device)
+    sharded = cfg.parallel != "ddp"
+    info = D.setup(cfg.device, group=sharded)
     device = info.device
+    bf16 = cfg.precision == "bf16" and device.type == "cuda"
     if cfg.precision == "bf16" and device.type != "cuda":
         D.print0("precision bf16 applies on GPU only; training in fp32", info=info)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = PMFDiT(mcfg).to(device)
     model.validate_inputs = device.type == "cpu"
-    optimizer = build_optimizer(model, cfg.optim)
+    if cfg.grad_checkpointing:
+        enable_activation_checkpointing(model)
+    if sharded:  # FSDP2 / HSDP: parameters, gradients, optimiser state and EMAs are sharded from here on
+        mesh = P.build_mesh(cfg.parallel, device, cfg.shard_size)
+        P.shard_model(model, mesh, bf16=bf16)
+        optimizer = P.build_sharded_optimizer(model, cfg.optim, mesh)
+    else:
+        optimizer = build_optimizer(model, cfg.optim)
     emas = EMASet(model, cfg.ema, cfg.batch_size)
     start = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        emas.load_state_dict(state["ema"])
+        if state.get("sharded"):
+            load_sharded(resume_path, model, optimizer, emas)
+        elif sharded:
+            full = file_state(state, optimizer, model)
+            ensure_optimizer_state(optimizer, model, {k: (tuple(v.shape), v.dtype) for k, v in full.items()})
+            load_full_into(train_state(model, optimizer, emas), full)
+        else:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            emas.load_state_dict(state["ema"])
         start = int(state["step"])
         D.print0(f"resumed from {resume_path} at step {start}", info=info)
     del state
@@ -250,11 +284,10 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         if not triton_available(torch.empty(0, device=device)):
             raise PMFError(f"loss.tangent_attention 'triton' needs the triton package and a CUDA device (training "
                            f"on {device}); use 'math'")
-    if cfg.grad_checkpointing:
-        enable_activation_checkpointing(model)
     if cfg.compile:
         model.compile()
-    net = D.wrap_ddp(model, info)
+    net = model if sharded else D.wrap_ddp(model, info)
+    saver = ShardedSaver(ckpt_dir, cfg.keep_last, cfg.async_checkpoint) if sharded else None
     perceptual = build_perceptual_loss(cfg, device)
 
     if info.is_main:
@@ -276,6 +309,12 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     def save(step: int) -> Path | None:
         nonlocal last_saved
         path = None
+        if saver is not None:  # every rank writes its shards
+            meta = dict(step=step, model_config=mcfg.to_dict(), train_config=cfg.to_dict(), emas=emas.names,
+                        world_size=info.world_size, parallel=cfg.parallel, optimizer_rule=optimizer_rule(optimizer))
+            path = saver.save(step, train_state(model, optimizer, emas), meta)
+            last_saved = step
+            return path if info.is_main else None
         if info.is_main:
             payload = dict(model_config=mcfg.to_dict(), model=_cpu(model.state_dict()), ema=emas.state_dict(),
                            optimizer=optimizer.state_dict(), train_config=cfg.to_dict(), world_size=info.world_size,
@@ -313,7 +352,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         metrics.update({k: v.detach() for k, v in res.items()
                         if k.startswith("loss_") and torch.is_tensor(v) and v.dim() == 0})
         if cfg.optim.grad_clip is not None:
-            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            metrics["grad_norm"] = P.full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
         optimizer.step()
         done = step + 1
         emas.update(model, done)
@@ -329,8 +368,12 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
             # loss_u / loss_v, not the adaptive-weighted loss (near 2 by construction, spec section 3)
             bar.set_postfix(loss_u=f"{last['loss_u']:.4g}", loss_v=f"{last['loss_v']:.4g}", img_s=f"{ips:.0f}")
             sums, n_acc, t_log = {}, 0, now
-        if grid is not None and done % cfg.sample.every == 0:
-            grid.save(model, emas, out / "samples" / f"step_{done:08d}.png")
+        if cfg.sample.every and done % cfg.sample.every == 0:
+            weights = emas.weights[emas.names[0]] if emas.names else model.state_dict()
+            if sharded:  # whole tensors: a collective on every rank
+                weights = {k: P.full(v) for k, v in weights.items()}
+            if grid is not None:
+                grid.save(weights, out / "samples" / f"step_{done:08d}.png")
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             last_ckpt = save(done) or last_ckpt
         if stop_requested.is_set() and info.world_size == 1:
@@ -339,10 +382,13 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
             bar.close()
             raise TrainingInterrupted(done, last_ckpt)
     bar.close()
+    if saver is not None:
+        saver.finish()
     seconds = time.perf_counter() - t_start
     ran = max(cfg.steps - start, 0)
     summary = {"steps": cfg.steps, "resumed_at": start, "seconds": seconds, "steps_per_s": ran / max(seconds, 1e-9),
-               "last_checkpoint": str(last_ckpt) if last_ckpt else None, **last}
+               "last_checkpoint": str(last_ckpt) if last_ckpt else None, **last,
+               "state_bytes": state_bytes(model, optimizer, emas)}
     if info.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -357,6 +403,14 @@ def run_header(cfg: TrainConfig, model: torch.nn.Module, data, device, start: in
     return (f"training {cfg.arch} ({params / 1e6:.2f}M parameters, {model.config.input_size}px) on {cfg.data} "
             f"({len(data.labels):,} images, {classes} classes) | {device}, {precision} | {steps}, "
             f"batch {cfg.batch_size}")
+
+
+def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, emas: EMASet) -> dict:
+    """Bytes this process holds of parameters, gradients, optimiser state and EMAs (shards only when sharded)."""
+    params = list(model.parameters())
+    opt = [v for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+    return {"parameters": P.bytes_of(params), "gradients": P.bytes_of(p.grad for p in params if p.grad is not None),
+            "optimizer": P.bytes_of(opt), "emas": P.bytes_of(v for w in emas.weights.values() for v in w.values())}
 
 
 def _cpu(state: dict) -> dict:
@@ -378,11 +432,9 @@ class _GridSampler:
             else int(math.ceil(math.sqrt(s.count)))
 
     @torch.no_grad()
-    def save(self, model: torch.nn.Module, emas: EMASet, path: Path) -> None:
-        if emas.names:
-            emas.copy_to(emas.names[0], self.model)
-        else:
-            self.model.load_state_dict(model.state_dict())
+    def save(self, weights: dict, path: Path) -> None:
+        """Samples of the weight set ``weights`` (a state dict of whole tensors)."""
+        self.model.load_state_dict(weights)
         x = sample(self.model, self.noise, self.labels, steps=1, omega=self.cfg.omega, t_min=self.cfg.t_min,
                    t_max=self.cfg.t_max)
         save_grid(to_uint8(x).numpy(), path, nrow=self.nrow)  # image i is class i % C: one column per class

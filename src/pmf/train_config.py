@@ -145,6 +145,9 @@ class TrainConfig:
     grad_checkpointing: bool = False
     num_workers: int = 4  # decoding workers for unpacked image folders
     device: str | None = None  # None: cuda if available, else cpu
+    parallel: str = "ddp"  # "ddp" (replicated), "fsdp" (FSDP2 over all ranks) or "hsdp" (replicate x shard)
+    shard_size: int | None = None  # hsdp: ranks per shard group (None: the local world size)
+    async_checkpoint: bool = False  # fsdp/hsdp: write sharded checkpoints in the background
 
     def __post_init__(self) -> None:
         for name, cls in (("loss", LossConfig), ("optim", OptimConfig), ("ema", EMAConfig), ("sample", SampleConfig)):
@@ -162,6 +165,12 @@ class TrainConfig:
             _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
         _check(self.precision in ("fp32", "bf16"), "precision", self.precision, "'fp32' or 'bf16'")
         _check(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
+        _check(self.parallel in ("ddp", "fsdp", "hsdp"), "parallel", self.parallel, "'ddp', 'fsdp' or 'hsdp'")
+        _check(self.shard_size is None or (isinstance(self.shard_size, int) and self.shard_size >= 1), "shard_size",
+               self.shard_size, "None or a positive integer")
+        # forward-mode AD (torch.autograd.forward_ad) fails inside FSDP2's custom autograd functions
+        _check(not (self.parallel != "ddp" and self.loss.jvp == "fused"), "loss.jvp", self.loss.jvp,
+               "None, 'inline' or 'split' with parallel 'fsdp' or 'hsdp' (the fused form does not run under FSDP2)")
         # the backward recomputation runs outside forward-mode AD, so it cannot rebuild the dual pass
         _check(not (self.grad_checkpointing and self.loss.jvp == "fused"), "loss.jvp", self.loss.jvp,
                "None, 'inline' or 'split' with grad_checkpointing")

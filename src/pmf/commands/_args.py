@@ -161,8 +161,9 @@ def deprecated(p, old: str, dest: str, *, convert=None, type=None, nargs=None) -
 
 def add_checkpoint(p, *, required: bool = True, random: bool = True) -> None:
     extra = ", or 'random' (an untrained model of --arch, to try the pipeline)" if random else ""
-    p.add_argument("--checkpoint", required=required, help="checkpoint: our training checkpoint or export, a "
-                   f"release-format state dict, .safetensors, a URL or hf:OWNER/REPO/FILE{extra}")
+    p.add_argument("--checkpoint", required=required, help="checkpoint: our training checkpoint (a file, or "
+                   "the folder of a sharded one) or export, a release-format state dict, .safetensors, a URL or "
+                   f"hf:OWNER/REPO/FILE{extra}")
 
 
 def add_out(p, *, help: str, default=None, required: bool = False) -> None:

@@ -63,7 +63,7 @@ def add_parser(sub) -> None:
 
 def default_out(checkpoint: str) -> Path:
     local = Path(checkpoint).expanduser()
-    if checkpoint != "random" and local.is_file():
+    if checkpoint != "random" and (local.is_file() or local.is_dir()):  # a file, or a sharded checkpoint folder
         return local.parent / f"eval-{local.stem}"
     return Path(f"eval-{Path(checkpoint.split(':')[-1]).stem or 'model'}")
 

@@ -1,5 +1,5 @@
 """``pmf train``: train pMF from a recipe (released ImageNet recipes or CPU recipes), a saved config, or
-flags; runs as one process or under ``torchrun`` (DDP)."""
+flags; runs as one process or under ``torchrun`` (DDP, FSDP2 or HSDP, ``--parallel``)."""
 
 from __future__ import annotations
 
@@ -108,6 +108,14 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", default=None, help="'auto' (newest checkpoint of --out), a run folder or a file")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a run folder that has checkpoints "
                    "(deletes its checkpoints, metrics, samples and summary)")
+    p.add_argument("--parallel", choices=["ddp", "fsdp", "hsdp"], default=None,
+                   help="under torchrun: ddp (default; every process holds the whole model), fsdp (FSDP2: "
+                   "parameters, gradients, optimiser state and EMAs sharded over all processes) or hsdp "
+                   "(sharded within groups of --shard-size processes, replicated across groups)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="hsdp: processes per shard group (default: the processes per node)")
+    p.add_argument("--async-checkpoint", action="store_true", default=None,
+                   help="fsdp/hsdp: write the sharded checkpoints in the background")
     add_perceptual_args(p)
     p.set_defaults(func=run)
 
@@ -132,7 +140,8 @@ def config_from_args(args) -> TrainConfig:
               "batch_size": args.batch_size, "seed": args.seed, "log_every": args.log_every,
               "ckpt_every": args.ckpt_every, "keep_last": args.keep_last, "precision": args.precision,
               "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
-              "num_workers": args.workers, "device": args.device}
+              "num_workers": args.workers, "device": args.device, "parallel": args.parallel,
+              "shard_size": args.shard_size, "async_checkpoint": args.async_checkpoint}
     data.update({k: v for k, v in simple.items() if v is not None})
     optim = {"lr": args.lr, "name": args.optimizer, "schedule": args.schedule, "warmup_steps": args.warmup_steps,
              "grad_clip": args.grad_clip}

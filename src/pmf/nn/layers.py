@@ -93,10 +93,14 @@ class Block(nn.Module):
         self.mlp_scale = nn.Parameter(torch.zeros(dim))
         self.checkpointing = False
 
-    def forward(self, x: torch.Tensor, tail: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tail: int | None = None, dx: torch.Tensor | None = None):
         """The block on x [B, T, D]. With ``tail`` only the last ``tail`` tokens' outputs are computed
         ([B, tail, D], equal to those rows of the full output): a last block whose other rows are discarded
-        skips their queries, output projection and MLP."""
+        skips their queries, output projection and MLP. With a tangent ``dx`` it returns ``jvp``'s pair: the
+        tangent runs inside the module call, so wrappers' forward hooks (FSDP2 gathers the sharded weights
+        there) cover it too."""
+        if dx is not None:
+            return self._jvp_call(x, dx, tail)
         if self.checkpointing and torch.is_grad_enabled():
             fn = functools.partial(self._forward, tail=tail)
             return checkpointed(fn, fn, x)
@@ -108,7 +112,11 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x)) * self.mlp_scale
 
     def jvp(self, x: torch.Tensor, dx: torch.Tensor, tail: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(block(x), its tangent along dx), ``tail`` as in ``forward``; the tangent carries no graph."""
+        """(block(x), its tangent along dx), ``tail`` as in ``forward``; the tangent carries no graph. Runs
+        through the module call (``self(x, tail, dx)``)."""
+        return self(x, tail=tail, dx=dx)
+
+    def _jvp_call(self, x: torch.Tensor, dx: torch.Tensor, tail: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.checkpointing and torch.is_grad_enabled():
             # _jvp's primal saves what _forward saves, in the same order (tests/test_activation_checkpointing.py)
             return checkpointed(functools.partial(self._jvp, tail=tail),
