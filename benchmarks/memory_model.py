@@ -3,7 +3,7 @@ under DDP, FSDP2 and HSDP, activation bytes per image with and without activatio
 largest per-GPU batch that fits on GPUs of 40 and 80 GB.
 
 How the numbers are obtained:
-- State bytes are measured (``pmf.train.state_bytes``: the bytes of the live tensors after one optimiser step)
+- State bytes are measured (``pmf.monitor.state_bytes``: the bytes of the live tensors after one optimiser step)
   in one CPU process for the presets given with ``--measure-state`` (the B models by default), and computed
   from parameter counts for all presets: fp32 parameters and gradients (4 bytes each), Muon momentum (4 bytes
   per Muon parameter) and two Adam moments (8 bytes per Adam parameter) plus an 8-byte step count per tensor,
@@ -64,7 +64,7 @@ def measure_state(preset: str) -> dict:
     the optimiser state as the optimiser itself creates it on its first step (no Newton-Schulz is run: on a
     CPU that alone takes minutes for a B model), and three EMAs."""
     from pmf.ema import EMASet
-    from pmf.train import state_bytes
+    from pmf.monitor import state_bytes
 
     model = PMFDiT(model_config(preset))
     opt = build_optimizer(model, OptimConfig(lr=1e-3))

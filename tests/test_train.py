@@ -9,8 +9,9 @@ import torch
 
 from helpers import TINY, losses, tiny_config
 from pmf.checkpoint import list_checkpoints, load_model, read_file
+from pmf.data.order import DataOrder
 from pmf.errors import PMFError
-from pmf.train import DataOrder, step_seed, train
+from pmf.train import step_seed, train
 from pmf.train_config import TrainConfig, recipe
 
 

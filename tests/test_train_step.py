@@ -7,11 +7,12 @@ import torch
 from pmf.checkpoint import read_file
 from pmf.config import model_config
 from pmf.data import open_training_data
+from pmf.data.order import DataOrder, to_model_input
 from pmf.ema import edm_beta
 from pmf.nn.model import PMFDiT
 from pmf.objective import pmf_loss, sample_draws
 from pmf.optim import build_optimizer
-from pmf.train import DataOrder, step_seed, to_model_input, train
+from pmf.train import step_seed, train
 from pmf.train_config import EMAConfig, OptimConfig, SampleConfig, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

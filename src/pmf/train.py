@@ -1,20 +1,17 @@
 """The pMF training loop (spec sections 3 and 6), one function for every scale: a CPU process, one GPU, or
-many processes under ``torchrun`` (DDP). All randomness comes from explicit generators: the data order from
-(seed, epoch), the loss draws from (seed, step, rank), so a resumed run replays exactly the same batches and
-draws as an uninterrupted one."""
+many processes under ``torchrun`` (DDP, FSDP2, HSDP). All randomness comes from explicit generators: the data
+order (``pmf.data.order``) from (seed, epoch), the loss draws from (seed, step, rank), so a resumed run
+replays exactly the same batches and draws as an uninterrupted one. What a run shows lives in ``pmf.monitor``."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
 import sys
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -22,17 +19,17 @@ from . import distributed as D
 from . import parallel as P
 from .checkpoint import FORMAT, latest_checkpoint, list_checkpoints, read_file, save_training_checkpoint
 from .config import ModelConfig, model_config
-from .data import ArrayData, FolderDataset, open_training_data
+from .data import open_training_data
+from .data.order import DataOrder, batches, check_data, to_model_input
 from .ema import EMASet
 from .errors import PMFError
-from .images import save_grid
+from .monitor import GridSampler, MetricsLog, run_header, state_bytes
 from .nn.attention import tangent_attention
 from .nn.layers import Block
 from .nn.model import PMFDiT
 from .objective import pmf_loss, sample_draws
 from .optim import build_optimizer, lr_factor, set_lr
-from .sampling import image_noise, sample, to_uint8
-from .seeds import DATA_ORDER, LOSS, derive_seed
+from .seeds import LOSS, derive_seed
 from .sharded_checkpoint import (
     ShardedSaver,
     ensure_optimizer_state,
@@ -50,83 +47,6 @@ from .train_config import TrainConfig
 def step_seed(seed: int, step: int, rank: int) -> int:
     """A 63-bit seed for the loss draws of (step, rank), independent of everything else."""
     return derive_seed(seed, step, rank, stream=LOSS)
-
-
-class DataOrder:
-    """Global batch ``step`` holds positions [step * B, (step + 1) * B) of an endless stream that visits the
-    dataset in a fresh permutation per epoch (generator seeded by (seed, epoch)); rank r reads the r-th
-    slice of B / world positions."""
-
-    def __init__(self, size: int, global_batch: int, rank: int, world: int, seed: int):
-        self.size, self.B, self.rank, self.world, self.seed = size, global_batch, rank, world, seed
-        self._perms: dict[int, np.ndarray] = {}
-
-    def perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, stream=DATA_ORDER))
-            self._perms = {k: v for k, v in self._perms.items() if k >= epoch - 1}
-            self._perms[epoch] = torch.randperm(self.size, generator=gen).numpy()
-        return self._perms[epoch]
-
-    def indices(self, step: int) -> np.ndarray:
-        b = self.B // self.world
-        pos = step * self.B + self.rank * b + np.arange(b)
-        epochs, within = pos // self.size, pos % self.size
-        return np.array([self.perm(int(e))[w] for e, w in zip(epochs, within)], dtype=np.int64)
-
-
-class _StepBatches(torch.utils.data.Sampler):
-    def __init__(self, order: DataOrder, start: int, stop: int):
-        self.order, self.start, self.stop = order, start, stop
-
-    def __iter__(self):
-        for step in range(self.start, self.stop):
-            yield self.order.indices(step).tolist()
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-
-def batches(data, order: DataOrder, start: int, stop: int, num_workers: int, pin: bool):
-    """Yield (uint8 images [b, H, W, C], int64 labels [b]) for steps start..stop-1."""
-    num_workers = min(num_workers, os.cpu_count() or 1)  # more decoding processes than cores only slow down
-    if isinstance(data, FolderDataset):
-        loader = torch.utils.data.DataLoader(data, batch_sampler=_StepBatches(order, start, stop),
-                                             num_workers=num_workers, pin_memory=pin,
-                                             prefetch_factor=4 if num_workers else None)
-        yield from loader
-        return
-    for step in range(start, stop):
-        idx = order.indices(step)
-        yield torch.from_numpy(np.asarray(data.images[idx])), torch.from_numpy(data.labels[idx])
-
-
-def to_model_input(images: torch.Tensor, config: ModelConfig, device) -> torch.Tensor:
-    """uint8 [b, H, W, C] -> float [b, C, H, W] in [-1, 1] on ``device``; grayscale is repeated to RGB."""
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    if x.shape[1] == 1 and config.in_channels == 3:
-        x = x.expand(-1, 3, -1, -1)
-    return x.contiguous()
-
-
-def check_data(data, config: ModelConfig, name: str) -> None:
-    """Errors before any step: empty data, labels outside the model's classes, wrong image shapes."""
-    labels = np.asarray(data.labels)
-    if len(labels) == 0:
-        raise PMFError(f"dataset {name!r} holds no images")
-    if labels.min() < 0 or labels.max() >= config.num_classes:
-        raise PMFError(f"dataset {name!r} has labels in [{labels.min()}, {labels.max()}] but the model has "
-                       f"{config.num_classes} classes; pass --num-classes {int(labels.max()) + 1} "
-                       "(model_overrides num_classes)")
-    if isinstance(data, ArrayData):
-        _, h, w, c = data.images.shape
-        if (h, w) != (config.input_size, config.input_size):
-            raise PMFError(f"dataset {name!r} has {h}x{w} images but the model takes {config.input_size}x"
-                           f"{config.input_size}; pack the data at that size")
-        if c != config.in_channels and not (c == 1 and config.in_channels == 3):
-            raise PMFError(f"dataset {name!r} has {c} channels but the model takes {config.in_channels}")
-    elif config.in_channels != 3:
-        raise PMFError(f"image folders are read as RGB but the model takes {config.in_channels} channels")
 
 
 def enable_activation_checkpointing(model: torch.nn.Module, enabled: bool = True) -> None:
@@ -147,37 +67,6 @@ def build_perceptual_loss(cfg: TrainConfig, device):
     except ImportError as err:
         raise PMFError(f"perceptual losses need `pip install 'pixel-meanflow[perceptual]'` ({err})") from None
     return build_perceptual(cfg.perceptual, device)
-
-
-class MetricsLog:
-    """Appends one JSON line per logged step (rank 0); on resume drops lines after the resumed step."""
-
-    def __init__(self, path: Path, resume_step: int | None, enabled: bool):
-        self.path, self.enabled = path, enabled
-        if not enabled:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
-            path.write_text("")
-        elif path.exists():
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in keep))
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-        except Exception:  # TensorBoard is optional
-            pass
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
 
 
 def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
@@ -295,7 +184,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     log = MetricsLog(out / "metrics.jsonl", start if resume_path is not None else None, info.is_main)
     order = DataOrder(len(data.labels), cfg.batch_size, info.rank, info.world_size, cfg.seed)
-    grid = _GridSampler(cfg, mcfg, len(getattr(data, "class_names", [])) or mcfg.num_classes, device) \
+    grid = GridSampler(cfg, mcfg, len(getattr(data, "class_names", [])) or mcfg.num_classes, device) \
         if info.is_main and cfg.sample.every else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" and device.type == "cuda" \
         else contextlib.nullcontext()
@@ -394,47 +283,5 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     return summary
 
 
-def run_header(cfg: TrainConfig, model: torch.nn.Module, data, device, start: int) -> str:
-    """One line before the first step: model, parameters, data, device, precision, steps."""
-    params = sum(p.numel() for p in model.parameters())
-    classes = len(getattr(data, "class_names", []) or []) or model.config.num_classes
-    precision = cfg.precision if device.type == "cuda" else "fp32"
-    steps = f"steps {start} -> {cfg.steps}" if start else f"{cfg.steps} steps"
-    return (f"training {cfg.arch} ({params / 1e6:.2f}M parameters, {model.config.input_size}px) on {cfg.data} "
-            f"({len(data.labels):,} images, {classes} classes) | {device}, {precision} | {steps}, "
-            f"batch {cfg.batch_size}")
-
-
-def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, emas: EMASet) -> dict:
-    """Bytes this process holds of parameters, gradients, optimiser state and EMAs (shards only when sharded)."""
-    params = list(model.parameters())
-    opt = [v for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
-    return {"parameters": P.bytes_of(params), "gradients": P.bytes_of(p.grad for p in params if p.grad is not None),
-            "optimizer": P.bytes_of(opt), "emas": P.bytes_of(v for w in emas.weights.values() for v in w.values())}
-
-
 def _cpu(state: dict) -> dict:
     return {k: v.detach().cpu() for k, v in state.items()}
-
-
-class _GridSampler:
-    """One-step samples of fixed noises and classes (class i % num_classes for image i) from the first EMA
-    (the raw weights without EMAs), written as a PNG grid."""
-
-    def __init__(self, cfg: TrainConfig, mcfg: ModelConfig, num_classes: int, device):
-        s = cfg.sample
-        self.cfg, self.device = s, device
-        shape = (mcfg.in_channels, mcfg.input_size, mcfg.input_size)
-        self.noise = image_noise(range(s.count), shape, seed=s.seed, noise_scale=mcfg.noise_scale, device=device)
-        self.labels = (torch.arange(s.count) % min(num_classes, mcfg.num_classes)).to(device)
-        self.model = PMFDiT(mcfg).to(device).eval()
-        self.nrow = min(num_classes, mcfg.num_classes) if s.count % min(num_classes, mcfg.num_classes) == 0 \
-            else int(math.ceil(math.sqrt(s.count)))
-
-    @torch.no_grad()
-    def save(self, weights: dict, path: Path) -> None:
-        """Samples of the weight set ``weights`` (a state dict of whole tensors)."""
-        self.model.load_state_dict(weights)
-        x = sample(self.model, self.noise, self.labels, steps=1, omega=self.cfg.omega, t_min=self.cfg.t_min,
-                   t_max=self.cfg.t_max)
-        save_grid(to_uint8(x).numpy(), path, nrow=self.nrow)  # image i is class i % C: one column per class
