@@ -36,3 +36,15 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     """max |a - ref| / max |ref|."""
     a, ref = a.double(), ref.double()
     return ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def random_model(seed: int = 0, arch: str = "pMF-Tiny/4") -> torch.nn.Module:
+    """A tiny pMF whose zero-initialised output layers are perturbed, so images depend on the noise."""
+    import pmf
+
+    model = pmf.build_model(arch)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model.eval()

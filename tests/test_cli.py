@@ -6,22 +6,12 @@ import json
 import pytest
 import torch
 
-import pmf
+from helpers import random_model
 from pmf.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ARCH = "pMF-Tiny/4"
-
-
-def random_model(seed: int = 0) -> torch.nn.Module:
-    """A tiny pMF whose zero-initialised output layers are perturbed, so images depend on the noise."""
-    model = pmf.build_model(ARCH)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 import pmf
+from helpers import random_model
 from pmf.checkpoint import load_model
 from pmf.cli import main
 from pmf.distributed import shard
@@ -21,16 +22,6 @@ ARCH = "pMF-Tiny/4"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def random_model(seed: int = 0) -> torch.nn.Module:
-    """A tiny pMF whose zero-initialised output layers are perturbed, so images depend on the noise."""
-    model = pmf.build_model(ARCH)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -171,15 +171,20 @@ def save_atomic(obj, path: str | os.PathLike) -> Path:
     finally:
         if tmp.exists():
             tmp.unlink()
-    try:  # make the rename durable
-        fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)  # make the rename durable
+    return path
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a directory's entries (a rename into it) to disk, where the file system allows."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
     except OSError:
         pass
-    return path
 
 
 def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:

@@ -202,7 +202,7 @@ class ShardedSaver:
             self._complete(tmp, final, meta)
 
     def _complete(self, tmp: Path, final: Path, meta: dict) -> None:
-        from .checkpoint import list_checkpoints, save_atomic
+        from .checkpoint import fsync_dir, list_checkpoints, save_atomic
 
         _barrier()  # every rank's shards are written
         if self._rank0():
@@ -210,7 +210,7 @@ class ShardedSaver:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             for stale in self.directory.glob(".step_*.tmp"):  # left by interrupted saves
                 shutil.rmtree(stale, ignore_errors=True)
             for _, old in list_checkpoints(self.directory)[:-self.keep_last]:
@@ -229,17 +229,6 @@ def remove_checkpoint(path: Path) -> None:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def read_weights(path: str | os.PathLike, which: str = "raw") -> dict[str, torch.Tensor]:
