@@ -244,8 +244,9 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
 
 def export_ema(spec: str | os.PathLike, out: str | os.PathLike, *, ema: str | None = None,
                fmt: str | None = None) -> Path:
-    """Write one weight set of a training checkpoint (an EMA by name, ``"raw"``, or by default the first EMA)
-    for inference, u-head only: ``fmt="release"`` (``.pt``, the release's key names under ``net.``, loadable
+    """Write one weight set of a training checkpoint (an EMA by name, ``"raw"``, or by default the EMA of its
+    sampling setting: the released half-life for a released recipe, else the first EMA) for inference, u-head
+    only: ``fmt="release"`` (``.pt``, the release's key names under ``net.``, loadable
     by the released PyTorch port and by ``pmf sample --arch``) or ``fmt="safetensors"`` (our key names, the
     model config in the metadata; ``pmf sample`` reads it). ``fmt`` defaults from the suffix of ``out``."""
     out = Path(out)
