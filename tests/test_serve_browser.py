@@ -35,6 +35,7 @@ def test_page_generates_the_picked_class(ckpt, tmp_path):  # noqa: F811
             page.goto(srv.url + "/")
             page.wait_for_selector("#class-list button")
             page.wait_for_selector("#images figure")  # the page generates the default class on load
+            page.uncheck("#auto")  # no live requests while the controls change: only the click below generates
             page.fill("#class-search", "7")  # searching narrows the list to one class, which is picked
             page.locator('#class-list button[data-cls="7"]').click()
             page.fill("#class-search", "")  # all classes again, 7 stays picked
@@ -45,8 +46,9 @@ def test_page_generates_the_picked_class(ckpt, tmp_path):  # noqa: F811
             page.click("#generate")
             page.wait_for_function("""() => {
                 const figs = [...document.querySelectorAll('#images figure')];
+                const status = document.querySelector('#status').textContent;
                 return figs.length === 8 && figs.every(f => f.dataset.label === '7')
-                    && document.querySelector('#status').textContent.includes('seed 42');
+                    && status.includes('seed 42') && status.includes('ms');
             }""", timeout=30000)
             labels = page.locator("#images figure figcaption .label").all_inner_texts()
             assert labels == ["7"] * 8
