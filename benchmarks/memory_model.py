@@ -1,6 +1,6 @@
-"""The per-GPU memory model of docs/parallel.md: state bytes (parameters, gradients, optimiser state, EMAs)
-under DDP, FSDP2 and HSDP, activation bytes per image with and without activation checkpointing, and the
-largest per-GPU batch that fits on GPUs of 40 and 80 GB.
+"""The per-GPU memory model of docs/training.md ("Memory per GPU"): state bytes (parameters, gradients,
+optimiser state, EMAs) under DDP, FSDP2 and HSDP, activation bytes per image with and without activation
+checkpointing, and the largest per-GPU batch that fits on GPUs of 40 and 80 GB.
 
 How the numbers are obtained:
 - State bytes are measured (``pmf.monitor.state_bytes``: the bytes of the live tensors after one optimiser step)
@@ -188,7 +188,7 @@ def main(argv=None) -> None:
 
 
 def markdown(result: dict) -> str:
-    """The tables of docs/parallel.md from a result file (``python memory_model.py --table FILE``)."""
+    """The tables of docs/training.md ("Memory per GPU") from a result file (``python memory_model.py --table FILE``)."""
     gb = 1e9
     lines = ["| model | params | mode (8 GPUs) | parameters | gradients | optimiser | EMAs (3) | state total |",
              "|---|---|---|---|---|---|---|---|"]

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from . import distributed as D
@@ -176,6 +177,11 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     if cfg.compile:
         model.compile()
     net = model if sharded else D.wrap_ddp(model, info)
+    if info.world_size > 1 and P.resolve_reduce(cfg.reduce, dist.get_backend()) == "ordered":
+        if sharded:
+            P.use_ordered_reduction(model)
+        else:
+            net.register_comm_hook(None, P.ddp_ordered_hook)
     saver = ShardedSaver(ckpt_dir, cfg.keep_last, cfg.async_checkpoint) if sharded else None
     perceptual = build_perceptual_loss(cfg, device)
 

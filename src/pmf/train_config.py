@@ -148,6 +148,7 @@ class TrainConfig:
     parallel: str = "ddp"  # "ddp" (replicated), "fsdp" (FSDP2 over all ranks) or "hsdp" (replicate x shard)
     shard_size: int | None = None  # hsdp: ranks per shard group (None: the local world size)
     async_checkpoint: bool = False  # fsdp/hsdp: write sharded checkpoints in the background
+    reduce: str = "auto"  # gradient averaging: "ordered" (rank-order sums), "native", "auto" (ordered on gloo)
 
     def __post_init__(self) -> None:
         for name, cls in (("loss", LossConfig), ("optim", OptimConfig), ("ema", EMAConfig), ("sample", SampleConfig)):
@@ -166,6 +167,7 @@ class TrainConfig:
         _check(self.precision in ("fp32", "bf16"), "precision", self.precision, "'fp32' or 'bf16'")
         _check(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
         _check(self.parallel in ("ddp", "fsdp", "hsdp"), "parallel", self.parallel, "'ddp', 'fsdp' or 'hsdp'")
+        _check(self.reduce in ("auto", "ordered", "native"), "reduce", self.reduce, "'auto', 'ordered' or 'native'")
         _check(self.shard_size is None or (isinstance(self.shard_size, int) and self.shard_size >= 1), "shard_size",
                self.shard_size, "None or a positive integer")
         # forward-mode AD (torch.autograd.forward_ad) fails inside FSDP2's custom autograd functions

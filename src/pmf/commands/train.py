@@ -114,6 +114,10 @@ def add_parser(sub) -> None:
                    "(sharded within groups of --shard-size processes, replicated across groups)")
     p.add_argument("--shard-size", type=int, default=None,
                    help="hsdp: processes per shard group (default: the processes per node)")
+    p.add_argument("--reduce", choices=["auto", "ordered", "native"], default=None,
+                   help="how processes average gradients: ordered (every element summed in rank order, so ddp, "
+                   "fsdp and hsdp runs agree to the bit in the reduction), native (the backend's collectives) or "
+                   "auto (default: ordered on CPU processes / gloo, native on NCCL)")
     p.add_argument("--async-checkpoint", action="store_true", default=None,
                    help="fsdp/hsdp: write the sharded checkpoints in the background")
     add_perceptual_args(p)
@@ -141,7 +145,8 @@ def config_from_args(args) -> TrainConfig:
               "ckpt_every": args.ckpt_every, "keep_last": args.keep_last, "precision": args.precision,
               "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
               "num_workers": args.workers, "device": args.device, "parallel": args.parallel,
-              "shard_size": args.shard_size, "async_checkpoint": args.async_checkpoint}
+              "shard_size": args.shard_size, "async_checkpoint": args.async_checkpoint,
+              "reduce": args.reduce}
     data.update({k: v for k, v in simple.items() if v is not None})
     optim = {"lr": args.lr, "name": args.optimizer, "schedule": args.schedule, "warmup_steps": args.warmup_steps,
              "grad_clip": args.grad_clip}

@@ -179,10 +179,11 @@ class PMFDiT(nn.Module):
             x, dx = block.jvp(x, dx)
         trunk = x
         n = c.num_patches
+        x = head_input(trunk)
         for block, tail in self._with_tails(self.u_heads):
             x, dx = block.jvp(x, dx, tail=tail)
         x_u, dx_u = self.u_final_layer.jvp(x[:, -n:], dx[:, -n:])
-        x_v = self.run_head(trunk, "v") if "v" in heads and self.has_v_head else None
+        x_v = self.run_head(head_input(trunk), "v") if "v" in heads and self.has_v_head else None
         return self.unpatchify(x_u), x_v, self.unpatchify(dx_u)
 
     def forward(self, z, h, omega, t_min, t_max, y, heads: str = "uv", tangents=None):
@@ -193,11 +194,20 @@ class PMFDiT(nn.Module):
         if tangents is not None:
             return self.forward_with_tangent(z, h, omega, t_min, t_max, y, *tangents, heads=heads)
         x = self.trunk(z, h, omega, t_min, t_max, y)
-        x_u = self.run_head(x, "u") if "u" in heads else None
-        x_v = self.run_head(x, "v") if "v" in heads and self.has_v_head else None
+        x_u = self.run_head(head_input(x), "u") if "u" in heads else None
+        x_v = self.run_head(head_input(x), "v") if "v" in heads and self.has_v_head else None
         if heads == "v" and not self.has_v_head:
             raise PMFError("this model has no v-head (built with v_head=False)")
         return x_u, x_v
+
+
+def head_input(trunk: torch.Tensor) -> torch.Tensor:
+    """The trunk output as one head's input: an alias with its own backward node when it records gradients.
+    The gradient of the trunk is then the u-head's total plus the v-head's total, a sum of two terms whose
+    order cannot matter, rather than four terms (each head's residual and attention paths) summed in the order
+    the autograd engine reaches them. FSDP2 inserts such a node before every wrapped block, so this keeps
+    single-process / DDP gradients and FSDP2 gradients equal to the bit (tests/test_parallel.py)."""
+    return trunk.view_as(trunk) if trunk.requires_grad else trunk
 
 
 V_HEAD_MODULES = ("v_heads", "v_final_layer")
