@@ -188,7 +188,7 @@ def main(argv=None) -> None:
 
 
 def markdown(result: dict) -> str:
-    """The tables of docs/training.md ("Memory per GPU") from a result file (``python memory_model.py --table FILE``)."""
+    """The tables of docs/training.md ("Memory per GPU") from a result file (``memory_model.py --table FILE``)."""
     gb = 1e9
     lines = ["| model | params | mode (8 GPUs) | parameters | gradients | optimiser | EMAs (3) | state total |",
              "|---|---|---|---|---|---|---|---|"]

@@ -113,12 +113,17 @@ def tree_sum(rows: torch.Tensor) -> torch.Tensor:
     """Sum over dim 0 as a balanced binary tree in index order: for 4 rows (r0 + r1) + (r2 + r3). Float addition
     of two numbers is commutative, so a tree of two equal halves gives the same bits however the halves are
     computed: this is what lets a 2 x S HSDP job (S-way tree inside a group, 2-way sum across groups) and
-    DDP / FSDP over 2S processes agree to the bit."""
+    DDP / FSDP over 2S processes agree to the bit. Returns a new tensor."""
+    return rows[0].clone() if rows.shape[0] == 1 else _tree(rows)
+
+
+def _tree(rows: torch.Tensor) -> torch.Tensor:  # a view of rows for one row, else a new tensor
     n = rows.shape[0]
     if n == 1:
-        return rows[0].clone()
+        return rows[0]
     h = n // 2
-    return tree_sum(rows[:h]).add_(tree_sum(rows[h:]))
+    a, b = _tree(rows[:h]), _tree(rows[h:])
+    return a + b if h == 1 else a.add_(b)
 
 
 def ordered_reduce_scatter_(output: torch.Tensor, flat: torch.Tensor, group) -> torch.Tensor:
@@ -132,19 +137,25 @@ def ordered_reduce_scatter_(output: torch.Tensor, flat: torch.Tensor, group) -> 
 
 
 def ordered_all_reduce_(flat: torch.Tensor, group=None) -> torch.Tensor:
-    """In place: the mean over the group of ``flat``, summed in rank order (``ordered_reduce_scatter_`` of the
-    padded tensor, divided by N, then an all-gather); the same bits on every rank and the same bits as the
-    FSDP reduce-scatter of ``OrderedReduceScatter`` for every element."""
+    """In place: the mean over the group of ``flat`` (contiguous), summed in rank order
+    (``ordered_reduce_scatter_`` of the tensor padded to N equal blocks, divided by N, then an all-gather); the
+    same bits on every rank and the same bits as the FSDP reduce-scatter of ``OrderedReduceScatter`` for every
+    element."""
     n = dist.get_world_size(group)
     numel = flat.numel()
     c = -(-numel // n)
-    padded = flat.new_zeros(n * c)
-    padded[:numel] = flat.reshape(-1)
+    if numel == n * c:
+        padded = flat.view(-1)
+    else:
+        padded = flat.new_zeros(n * c)
+        padded[:numel] = flat.view(-1)
     mine = ordered_reduce_scatter_(flat.new_empty(c), padded, group).div_(n)
-    gathered = flat.new_empty(n * c)
+    gathered = padded if numel == n * c else flat.new_empty(n * c)
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the name before 2.14
     gather(gathered, mine, group=group)
-    return flat.copy_(gathered[:numel].view_as(flat))
+    if gathered is not padded:
+        flat.view(-1).copy_(gathered[:numel])
+    return flat
 
 
 def ddp_ordered_hook(state, bucket):

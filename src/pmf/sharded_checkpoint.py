@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -147,15 +148,23 @@ def load_full_into(state: dict[str, torch.Tensor], full: dict[str, torch.Tensor]
             dst.copy_(src)
 
 
+def _dcp_load(state: dict, path, no_dist: bool) -> None:
+    """``dcp.load`` in place; in one process without its warning that it assumes one process."""
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        dcp.load(state, checkpoint_id=str(path), no_dist=no_dist)
+
+
 def load_sharded(path: str | os.PathLike, model, optimizer, emas) -> dict:
     """Fill model, optimiser and EMAs from a DCP checkpoint (any layout into this run's layout); returns the meta."""
-    import torch.distributed.checkpoint as dcp
 
     meta = read_meta(path)
     check_rule(optimizer, [meta.get("optimizer_rule")])
     ensure_optimizer_state(optimizer, model, stored_tensors(path))
     state = train_state(model, optimizer, emas)
-    dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    _dcp_load(state, path, no_dist=not dist.is_initialized())
     return meta
 
 
@@ -234,14 +243,13 @@ def _barrier() -> None:
 def read_weights(path: str | os.PathLike, which: str = "raw") -> dict[str, torch.Tensor]:
     """Whole tensors of one weight set (``"raw"`` or an EMA name) of a DCP checkpoint, read in this process
     alone (no process group needed)."""
-    import torch.distributed.checkpoint as dcp
 
     prefix = "model/" if which == "raw" else f"ema/{which}/"
     stored = stored_tensors(path)
     sd = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in stored.items() if k.startswith(prefix)}
     if not sd:
         raise CheckpointError(f"weights {which!r} are not in {str(path)!r}")
-    dcp.load(sd, checkpoint_id=str(path), no_dist=True)
+    _dcp_load(sd, path, no_dist=True)
     return {k[len(prefix):]: v for k, v in sd.items()}
 
 
@@ -274,7 +282,6 @@ def lazy_checkpoint(path: str | os.PathLike) -> dict:
 def to_single_file(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Rewrite a DCP checkpoint as one ``step_XXXXXXXX.pt``-style training checkpoint (model, EMAs, optimiser
     in ``torch.optim`` layout, step), resumable by a plain or DDP run and readable by ``load_model``."""
-    import torch.distributed.checkpoint as dcp
 
     from .checkpoint import save_atomic
     from .config import ModelConfig
@@ -289,7 +296,7 @@ def to_single_file(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     optimizer = build_optimizer(model, cfg.optim)
     emas = EMASet(model, cfg.ema, cfg.batch_size)
     ensure_optimizer_state(optimizer, model, stored_tensors(path))
-    dcp.load(train_state(model, optimizer, emas), checkpoint_id=str(path), no_dist=True)
+    _dcp_load(train_state(model, optimizer, emas), path, no_dist=True)
     payload = dict(format=FORMAT, step=meta["step"], model_config=meta["model_config"],
                    model={k: v.detach().clone() for k, v in model.state_dict().items()}, ema=emas.state_dict(),
                    optimizer=optimizer.state_dict(), train_config=meta["train_config"],
