@@ -133,3 +133,17 @@ def test_header_and_progress_bar_show_what_matters(tmp_path, capsys):
     assert "pMF-Tiny/4 (0.4" in header and "M parameters" in header and "on digits (" in header
     assert "10 classes" in header and "| cpu, fp32 | 2 steps, batch 16" in header
     assert "loss_u=" in captured.err and "loss_v=" in captured.err and "loss=" not in captured.err
+
+
+def test_parallel_flags_reach_the_config():
+    from pmf.cli import build_parser
+    from pmf.commands.train import config_from_args
+
+    parse = build_parser().parse_args
+    cfg = config_from_args(parse(["train", "--recipe", "tiny", "--parallel", "hsdp", "--shard-size", "2",
+                                  "--reduce", "native", "--async-checkpoint"]))
+    assert (cfg.parallel, cfg.shard_size, cfg.reduce, cfg.async_checkpoint) == ("hsdp", 2, "native", True)
+    default = config_from_args(parse(["train", "--recipe", "tiny"]))
+    assert (default.parallel, default.shard_size, default.reduce) == ("ddp", None, "auto")
+    with pytest.raises(SystemExit):
+        parse(["train", "--reduce", "fast"])

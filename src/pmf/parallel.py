@@ -6,6 +6,10 @@ parameter becomes a DTensor sharded row-wise (``Shard(0)``, torch.chunk sizes) o
 dimension (and replicated over ``replicate`` under HSDP). Gradients come out of backward already averaged
 (reduce-scatter inside a shard group, all-reduce across replicas), the same average DDP computes.
 
+Reduction order. ``--reduce ordered`` (the default on gloo) sums every gradient element over the ranks as a
+balanced tree in rank order, under DDP (``ddp_ordered_hook``) and under FSDP2 / HSDP (``ordered_reduce_scatter``),
+so that the three modes give the same bits (docs/parallel.md).
+
 Muon. Newton-Schulz needs whole matrices. ``orthogonalize_sharded`` gives each matrix one owner rank in its
 shard group (greedy balance of the Newton-Schulz cost m n min(m, n)), sends every rank's row block of each
 matrix to its owner in one ``all_to_all``, orthogonalises the owner's matrices there (same-shape matrices
