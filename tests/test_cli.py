@@ -214,3 +214,21 @@ def test_export_generator_help_says_the_output_is_not_clipped(capsys):
         main(["export-generator", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "NOT clipped" in text and "pmf.sampling.to_uint8" in text
+
+
+def test_sample_num_images_takes_the_classes_in_turn(tmp_path, capsys):
+    import numpy as np
+
+    out = tmp_path / "n"
+    assert main(["sample", "--checkpoint", "random", "--arch", ARCH, "--num-images", "5", "--classes", "4,1,2",
+                 "--no-png", "--no-progress", "--out", str(out)]) == 0
+    assert np.load(out / "samples.npz")["labels"].tolist() == [4, 4, 1, 1, 2]
+    # the same images as --per-class gives them: image i depends on (seed, i) and its label only
+    assert _sample(tmp_path, "--classes", "4,1,2", "--per-class", "2", out=tmp_path / "p") == 0
+    a, b = np.load(out / "samples.npz"), np.load(tmp_path / "p" / "samples.npz")
+    assert np.array_equal(a["images"][:2], b["images"][:2])
+    capsys.readouterr()
+    assert _sample(tmp_path, "--num-images", "3") == 2
+    assert "give --per-class or --num-images, not both" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", "random", "--arch", ARCH, "--num-images", "0", "--out", str(out)]) == 2
+    assert "--num-images must be >= 1" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from ._args import (
     add_device,
     add_ema,
     add_guidance,
+    add_num_images,
     add_out,
     add_progress,
     add_seed,
@@ -79,7 +81,9 @@ def add_parser(sub) -> None:
     add_out(p, default="runs/sample", help="output folder (default runs/sample)")
     p.add_argument("--classes", default=None, help="classes to sample, e.g. '0-9' or '1,207,360' "
                    "(default: all classes of a model with <= 100 classes, else 8 random ones)")
-    p.add_argument("--per-class", type=int, default=8, help="images per class (default 8)")
+    p.add_argument("--per-class", type=int, default=None, help="images per class (default 8)")
+    add_num_images(p, help="images in all instead of --per-class: the classes take turns (the first ones get "
+                   "one more when the count does not divide evenly)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default 1: one forward pass)")
     add_guidance(p)
     add_seed(p, help="image i uses its own generator from (seed, i) (default 0)")
@@ -89,9 +93,22 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def class_counts(num_classes: int, per_class: int | None, num_images: int | None) -> list[int]:
+    """Images per class for ``--per-class`` or ``--num-images`` (not both; neither: 8 per class)."""
+    if per_class is not None and num_images is not None:
+        raise PMFError("give --per-class or --num-images, not both")
+    if num_images is not None:
+        if num_images < 1:
+            raise PMFError(f"--num-images must be >= 1, got {num_images}")
+        return [num_images // num_classes + (i < num_images % num_classes) for i in range(num_classes)]
+    per_class = 8 if per_class is None else per_class
+    if per_class < 1:
+        raise PMFError(f"--per-class must be >= 1, got {per_class}")
+    return [per_class] * num_classes
+
+
 def run(args) -> int:
-    if args.per_class < 1:
-        raise PMFError(f"--per-class must be >= 1, got {args.per_class}")
+    class_counts(1, args.per_class, args.num_images)  # the checks, before any model is loaded
     if args.batch_size < 1:
         raise PMFError(f"--batch-size must be >= 1, got {args.batch_size}")
     omega, t_min, t_max = one_guidance(args)
@@ -108,7 +125,8 @@ def run(args) -> int:
     if classes is None:
         classes = list(range(cfg.num_classes)) if cfg.num_classes <= 100 else \
             image_labels(range(8), cfg.num_classes, seed=args.seed).tolist()
-    labels = torch.tensor([c for c in classes for _ in range(args.per_class)], dtype=torch.long)
+    counts = class_counts(len(classes), args.per_class, args.num_images)
+    labels = torch.tensor([c for c, n in zip(classes, counts) for _ in range(n)], dtype=torch.long)
     images = []
     for idx, batch in generate(model, range(len(labels)), labels[: len(labels)], seed=args.seed,
                                batch_size=args.batch_size, steps=setting.steps, omega=setting.omega,
@@ -120,7 +138,8 @@ def run(args) -> int:
                 save_image(im, out / f"{i:06d}_class{int(labels[i])}.png")
     images = np.concatenate(images)
     np.savez(out / "samples.npz", images=images, labels=labels.numpy())
-    save_grid(images, out / "grid.png", nrow=args.per_class)
+    # a row per class with --per-class; a square-ish grid in class order with --num-images
+    save_grid(images, out / "grid.png", nrow=counts[0] if args.num_images is None else math.ceil(len(images) ** 0.5))
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     resolved = {"omega": setting.omega, "t_min": setting.t_min, "t_max": setting.t_max, "steps": setting.steps,
                 "ema": setting.ema, "setting": setting.describe()}
