@@ -101,7 +101,7 @@ def compare_runs(a, b, tol: float | None = TOL, exact: bool = False) -> float:
 
 def test_fsdp_two_processes_matches_ddp_and_resumes_across_modes(tmp_path):
     # one process group for every run (starting processes is the slow part on a loaded machine)
-    ddp, fsdp, half, hsdp = (tmp_path / n for n in ("ddp", "fsdp", "half", "hsdp"))
+    ddp, fsdp, half, hsdp, ckpt = (tmp_path / n for n in ("ddp", "fsdp", "half", "hsdp", "ckpt"))
     spawn_runs(2, [
         (ddp, dict(parallel="ddp"), None),
         (fsdp, dict(parallel="fsdp"), None),
@@ -109,12 +109,14 @@ def test_fsdp_two_processes_matches_ddp_and_resumes_across_modes(tmp_path):
         (half, dict(parallel="ddp"), "auto"),  # a DCP checkpoint of fsdp x 2 resumed by ddp x 2
         # 2 replicas of 1 shard, checkpoints written in the background
         (hsdp, dict(parallel="hsdp", shard_size=1, steps=4, ckpt_every=2, async_checkpoint=True), None),
+        (ckpt, dict(parallel="fsdp", grad_checkpointing=True), None),  # activation checkpointing under FSDP2
     ])
     # 6 steps, checkpoints at 3 and 6: fsdp writes sharded folders, ddp single files
     assert [p.name for _, p in list_checkpoints(fsdp / "checkpoints")] == ["step_00000003", "step_00000006"]
     assert (fsdp / "checkpoints" / "step_00000006" / "__1_0.distcp").is_file()  # each rank wrote its part
     worst = compare_runs(fsdp, ddp, exact=True)
     compare_runs(half, ddp, exact=True)
+    print(f"fsdp x 2 with activation checkpointing vs ddp x 2: {compare_runs(ckpt, ddp, exact=True):.2e}")
     print(f"fsdp x 2 vs ddp x 2 after 6 steps: max relative difference {worst:.2e}")
     # a broken run would not be close: the weights moved from their initial values
     first = load_model(fsdp / "checkpoints" / "step_00000003", ema="raw").state_dict()
