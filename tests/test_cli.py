@@ -232,3 +232,25 @@ def test_sample_num_images_takes_the_classes_in_turn(tmp_path, capsys):
     assert "give --per-class or --num-images, not both" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", "random", "--arch", ARCH, "--num-images", "0", "--out", str(out)]) == 2
     assert "--num-images must be >= 1" in capsys.readouterr().err
+
+
+def test_eval_offline_takes_the_dataset_the_checkpoint_was_trained_on(tmp_path, capsys, fake_offline):
+    def ckpt(name, arch, data):
+        model = random_model(arch=arch)
+        path = tmp_path / f"{name}.pt"
+        torch.save({"format": "pixel-meanflow", "model_config": model.config.to_dict(), "model": model.state_dict(),
+                    "ema": {}, "train_config": {"arch": arch, "data": data}}, path)
+        return ["eval", "--checkpoint", str(path), "--offline", "--num-images", "10", "--no-progress", "--device",
+                "cpu", "--out", str(tmp_path / name)]
+
+    # trained on mnist-5k: judged by the mnist-5k classifier without --dataset
+    assert main(ckpt("mnist", "pMF-MNIST/7", "mnist-5k")) == 0
+    assert json.loads((tmp_path / "mnist" / "metrics.json").read_text())["dataset"] == "mnist-5k"
+    # trained on digits (8x8 brought to 32x32): the digits judge cannot read it, and mnist-5k is another data set
+    digits = ckpt("digits", "pMF-Tiny/4", "digits")
+    capsys.readouterr()
+    assert main(digits) == 2
+    assert "digits cannot judge this model" in capsys.readouterr().err
+    assert main([*digits, "--dataset", "mnist-5k"]) == 2
+    assert "trained on digits; the offline score of mnist-5k" in capsys.readouterr().err
+    assert len(fake_offline) == 1

@@ -87,6 +87,7 @@ class LoadedCheckpoint:
     arch: str | None  # the preset (recorded in our checkpoints, recognised from the shapes otherwise)
     ema: str | None  # the EMA whose weights were loaded ('raw' for the raw weights; None: a single-weight file)
     setting: SamplingSetting  # the default sampling setting (released, or the recipe's)
+    data: str | None = None  # the training data recorded in our training checkpoints (a built-in name or a path)
 
 
 def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: str | None = None,
@@ -124,6 +125,7 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
         except RuntimeError as err:
             raise CheckpointError(f"checkpoint weights do not fit its recorded config: {str(err)[:500]}") from None
         found_arch = train_config.get("arch") or preset_of(config)
+        data = train_config.get("data")
     else:
         if ema not in (None, "auto", "raw"):
             raise CheckpointError(f"--ema {ema} needs a training checkpoint; this file holds one set of weights")
@@ -136,9 +138,9 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
         else:
             config = infer_config(state, **overrides)
         model = load_release_state_dict(PMFDiT(config), state)
-        found_arch, ema = arch or preset_of(config), None
+        found_arch, ema, data = arch or preset_of(config), None, None
         setting = default_setting(config, {"arch": found_arch} if found_arch else None)
-    return LoadedCheckpoint(model.to(device).eval(), found_arch, ema, setting)
+    return LoadedCheckpoint(model.to(device).eval(), found_arch, ema, setting, data)
 
 
 def load_model(spec: str | os.PathLike, *, arch: str | None = None, ema: str | None = None,

@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
     add_sampling_speed_args(p)
     p.add_argument("--offline", action="store_true", help="the offline score: a classifier trained on --dataset "
                    "(accuracy and Frechet distance in its features), no Inception weights needed")
-    p.add_argument("--dataset", default="mnist-5k", choices=BUILTIN, help="built-in dataset of the offline score")
+    p.add_argument("--dataset", default=None, choices=BUILTIN, help="built-in dataset of the offline score "
+                   "(default: the one the checkpoint was trained on, else mnist-5k)")
     p.add_argument("--ref", default=None, help="reference statistics .npz (mu, sigma) for FID; see `pmf refstats`")
     p.add_argument("--inception-weights", default=None, help="local Inception weights file (default: "
                    "$PMF_INCEPTION_WEIGHTS, then torch-fidelity's torch hub cache)")
@@ -87,6 +88,17 @@ def choose_mode(args, model) -> str:
         return "offline"
     find_weights(args.inception_weights)  # raises the error naming the file and where to put it
     raise AssertionError("unreachable")
+
+
+def offline_dataset(asked: str | None, trained_on: str | None) -> str:
+    """The offline score's data set: ``--dataset``, else the built-in set the checkpoint records as its
+    training data, else mnist-5k. A model trained on one built-in set is not judged on another."""
+    if asked is None:
+        return trained_on if trained_on in BUILTIN else "mnist-5k"
+    if trained_on in BUILTIN and asked != trained_on:
+        raise PMFError(f"the checkpoint was trained on {trained_on}; the offline score of {asked} would judge "
+                       f"it against other images. Use --dataset {trained_on} (or leave --dataset out)")
+    return asked
 
 
 def check_offline_dataset(config, dataset: str) -> None:
@@ -154,6 +166,7 @@ def run(args) -> int:
     elif rank == 0:
         print(f"sampling: a sweep of {len(combos)} settings; the checkpoint's own is {base.describe()}", flush=True)
     model = prepare_sampler(loaded.model, compile=args.compile, cuda_graphs=args.cuda_graphs)
+    args.dataset = offline_dataset(args.dataset, loaded.data)
     del loaded
     mode = choose_mode(args, model)
     if mode == "offline":
