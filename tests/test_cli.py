@@ -254,3 +254,24 @@ def test_eval_offline_takes_the_dataset_the_checkpoint_was_trained_on(tmp_path, 
     assert main([*digits, "--dataset", "mnist-5k"]) == 2
     assert "trained on digits; the offline score of mnist-5k" in capsys.readouterr().err
     assert len(fake_offline) == 1
+
+
+def test_sample_takes_a_run_folder_and_uses_its_newest_checkpoint(tmp_path, capsys, train_ckpt):
+    import shutil
+
+    import numpy as np
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(train_ckpt, run / "checkpoints" / "step_00000002.pt")
+    shutil.copy(train_ckpt, run / "checkpoints" / "step_00000010.pt")
+    (run / "checkpoints" / "step_00000012.pt").write_bytes(b"truncated")  # an unreadable newer file is skipped
+    argv = ["sample", "--classes", "1", "--per-class", "2", "--no-png", "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--checkpoint", str(run), "--out", str(tmp_path / "a")]) == 0
+    assert f"checkpoint: {run / 'checkpoints' / 'step_00000010.pt'} (the newest in {run})" in capsys.readouterr().out
+    assert main([*argv, "--checkpoint", str(run / "checkpoints" / "step_00000010.pt"), "--out",
+                 str(tmp_path / "b")]) == 0
+    assert np.array_equal(np.load(tmp_path / "a" / "samples.npz")["images"],
+                          np.load(tmp_path / "b" / "samples.npz")["images"])
+    assert main([*argv, "--checkpoint", str(tmp_path / "a"), "--out", str(tmp_path / "c")]) == 2
+    assert "no training checkpoint found in the folder" in capsys.readouterr().err

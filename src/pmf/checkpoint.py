@@ -226,6 +226,20 @@ def save_training_checkpoint(directory: str | os.PathLike, step: int, payload: d
     return path
 
 
+def run_checkpoint(folder: str | os.PathLike) -> Path:
+    """The newest training checkpoint of a run folder (in its ``checkpoints/``) or of a checkpoints folder;
+    a sharded checkpoint folder itself is returned as it is."""
+    from .sharded_checkpoint import is_sharded_checkpoint
+
+    path = Path(folder).expanduser()
+    if is_sharded_checkpoint(path):
+        return path
+    found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"no training checkpoint found in the folder {str(path)!r} (nor in its checkpoints/)")
+    return found
+
+
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     """The newest readable training checkpoint in ``directory`` (older ones are tried if the newest cannot
     be read), or None when there is none."""

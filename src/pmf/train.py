@@ -18,7 +18,14 @@ from tqdm.auto import tqdm
 
 from . import distributed as D
 from . import parallel as P
-from .checkpoint import FORMAT, latest_checkpoint, list_checkpoints, read_file, save_training_checkpoint
+from .checkpoint import (
+    FORMAT,
+    latest_checkpoint,
+    list_checkpoints,
+    read_file,
+    run_checkpoint,
+    save_training_checkpoint,
+)
 from .config import ModelConfig, model_config
 from .data import open_training_data
 from .data.order import DataOrder, batches, check_data, to_model_input
@@ -35,7 +42,6 @@ from .sharded_checkpoint import (
     ShardedSaver,
     ensure_optimizer_state,
     file_state,
-    is_sharded_checkpoint,
     load_full_into,
     load_sharded,
     optimizer_rule,
@@ -76,14 +82,7 @@ def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
     if resume == "auto":
         return latest_checkpoint(ckpt_dir)
     path = Path(resume)
-    if is_sharded_checkpoint(path):
-        return path
-    if path.is_dir():
-        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
-        if found is None:
-            raise PMFError(f"no training checkpoint found in {str(path)!r}")
-        return found
-    return path
+    return run_checkpoint(path) if path.is_dir() else path
 
 
 def load_resume(path: Path, mcfg: ModelConfig, cfg: TrainConfig) -> dict:

@@ -82,7 +82,20 @@ def load_for_sampling(args, device, ema: str | None = None):
         torch.manual_seed(getattr(args, "seed", 0))
         model = build_model(args.arch).to(device).eval()
         return LoadedCheckpoint(model, args.arch, None, SamplingSetting(source="an untrained model: no guidance"))
-    return load_checkpoint(args.checkpoint, arch=args.arch, ema=ema or args.ema, device=device)
+    return load_checkpoint(checkpoint_path(args.checkpoint), arch=args.arch, ema=ema or args.ema, device=device)
+
+
+def checkpoint_path(spec: str) -> str:
+    """``--checkpoint`` with a run folder or its ``checkpoints/`` folder replaced by its newest checkpoint (said
+    in one line); anything else unchanged."""
+    from ..checkpoint import run_checkpoint
+
+    if not Path(spec).expanduser().is_dir():
+        return spec
+    found = run_checkpoint(spec)  # a sharded checkpoint folder comes back as it is
+    if found != Path(spec).expanduser():
+        print(f"checkpoint: {found} (the newest in {spec})", flush=True)
+    return str(found)
 
 
 def sampling_setting(loaded, *, omega: float | None = None, t_min: float | None = None, t_max: float | None = None,
@@ -162,8 +175,8 @@ def deprecated(p, old: str, dest: str, *, convert=None, type=None, nargs=None) -
 def add_checkpoint(p, *, required: bool = True, random: bool = True) -> None:
     extra = ", or 'random' (an untrained model of --arch, to try the pipeline)" if random else ""
     p.add_argument("--checkpoint", required=required, help="checkpoint: our training checkpoint (a file, or "
-                   "the folder of a sharded one) or export, a release-format state dict, .safetensors, a URL or "
-                   f"hf:OWNER/REPO/FILE{extra}")
+                   "the folder of a sharded one; a run folder gives its newest) or export, a release-format state "
+                   f"dict, .safetensors, a URL or hf:OWNER/REPO/FILE{extra}")
 
 
 def add_out(p, *, help: str, default=None, required: bool = False) -> None:
