@@ -118,6 +118,16 @@ def test_fsdp_two_processes_matches_ddp_and_resumes_across_modes(tmp_path):
     compare_runs(half, ddp, exact=True)
     print(f"fsdp x 2 with activation checkpointing vs ddp x 2: {compare_runs(ckpt, ddp, exact=True):.2e}")
     print(f"fsdp x 2 vs ddp x 2 after 6 steps: max relative difference {worst:.2e}")
+    # the optimiser state too: Muon momentum, Adam moments and step counts, tensor by tensor
+    from pmf.sharded_checkpoint import to_single_file
+
+    opt_f = read_file(to_single_file(fsdp / "checkpoints" / "step_00000006", tmp_path / "fsdp6.pt"))["optimizer"]
+    opt_d = read_file(ddp / "checkpoints" / "step_00000006.pt")["optimizer"]
+    assert opt_f["state"].keys() == opt_d["state"].keys() and len(opt_d["state"]) > 50
+    for i, st in opt_d["state"].items():
+        assert st.keys() == opt_f["state"][i].keys(), i
+        for name, value in st.items():
+            assert torch.equal(torch.as_tensor(opt_f["state"][i][name]), torch.as_tensor(value)), (i, name)
     # a broken run would not be close: the weights moved from their initial values
     first = load_model(fsdp / "checkpoints" / "step_00000003", ema="raw").state_dict()
     last = load_model(fsdp / "checkpoints" / "step_00000006", ema="raw").state_dict()
