@@ -114,6 +114,8 @@ class Muon(torch.optim.Optimizer):
     it. The batched step orthogonalises at most ``max_stack`` matrices of one shape per call, which bounds its
     extra memory. Step counts are kept per parameter, so a parameter without a gradient skips a step."""
 
+    collective_muon = False  # True: a Muon group's step is a collective, entered even without local gradients
+
     def __init__(self, groups: list[dict], *, lr: float = 1e-3, momentum: float = 0.95, ns_steps: int = 5,
                  betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
                  ns_dtype=torch.float32, foreach: bool = True, max_stack: int = 32):
@@ -152,7 +154,7 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
+            if not params and not (group["kind"] == "muon" and self.collective_muon):
                 continue
             if group["kind"] == "muon":
                 (self._muon_foreach if self.foreach else self._muon_single)(group, params)

@@ -380,20 +380,7 @@ def _sharded_muon_class():
 
         _muon_foreach = _muon_single = _muon_step
         _adam_foreach = _adam_single = _adam_step
-
-        @torch.no_grad()
-        def step(self, closure=None):
-            loss = None
-            if closure is not None:
-                with torch.enable_grad():
-                    loss = closure()
-            for group in self.param_groups:
-                params = [p for p in group["params"] if p.grad is not None]
-                if group["kind"] == "muon":  # every rank of a shard group takes part in every exchange
-                    self._muon_step(group, params)
-                elif params:
-                    self._adam_step(group, params)
-            return loss
+        collective_muon = True  # every rank of a shard group takes part in every exchange
 
     return ShardedMuon
 
