@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -30,6 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import common
+from pmf.distributed import free_port
 
 BLOCK_B16 = 7_081_088  # parameters of one pMF-B/16 transformer block (width 768, SwiGLU)
 
@@ -96,9 +96,7 @@ def _worker(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "times.pt")
         mp.spawn(_worker, args=(args, port, out), nprocs=args.world, join=True)

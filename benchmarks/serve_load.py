@@ -19,7 +19,6 @@ import io
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from pmf.checkpoint import load_checkpoint
+from pmf.distributed import free_port
 from pmf.sampling import generate
 
 BAD = [{"classes": [99]}, {"classes": [1], "omega": -1}, {"classes": [1], "t_min": 0.9, "t_max": 0.1},
@@ -54,12 +54,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--server-args", default="", help="more options of both servers, e.g. '--exact-batching'")
     p.add_argument("--json", default=None, help="write the results here as JSON")
     return p.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bare_sampler(ckpt, batch: int, repeats: int) -> float:

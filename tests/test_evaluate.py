@@ -3,7 +3,6 @@ weights in torch-fidelity's file format, the Inception Score, sweeps and the CLI
 
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import pmf
 from helpers import random_model
 from pmf.checkpoint import load_model
 from pmf.cli import main
-from pmf.distributed import shard
+from pmf.distributed import free_port, shard
 from pmf.evaluate import EvalSettings, grid, plot, run_samples, table
 from pmf.inception import WEIGHTS_FILE, find_weights, inception_score
 
@@ -58,12 +57,6 @@ def test_shard_covers_every_index_once():
         assert got == list(range(n))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, world, port, ckpt, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -82,7 +75,7 @@ def _worker(rank, world, port, ckpt, out):
 
 def test_two_gloo_processes_give_the_images_of_one(model_file, tmp_path):
     out = tmp_path / "sharded.npz"
-    mp.start_processes(_worker, args=(2, _free_port(), str(model_file), str(out)), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), str(model_file), str(out)), nprocs=2, start_method="spawn")
     sharded = dict(np.load(out))
     one = _images(load_model(model_file), 11, 1, omega=2.0)  # one thread: the module's one_thread fixture
     assert np.array_equal(sharded["index"], np.arange(11)) and np.array_equal(sharded["label"], one["label"])

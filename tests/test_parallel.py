@@ -11,7 +11,6 @@ the same bits for a matrix alone or in a stack, so the runs agree to the bit; th
 acceptance bound (1e-5 relative per tensor) besides."""
 
 import os
-import socket
 import sys
 
 import pytest
@@ -21,6 +20,7 @@ import torch.multiprocessing as mp
 
 from pmf import parallel as P
 from pmf.checkpoint import latest_checkpoint, list_checkpoints, load_model, read_file
+from pmf.distributed import free_port
 from pmf.errors import PMFError
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -28,12 +28,6 @@ from test_train import tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 1e-5  # relative, per tensor: |a - b| / |b| (Frobenius norms)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(rank: int, world: int, port: int) -> None:

@@ -3,7 +3,6 @@ in-process and through a real uvicorn server on 127.0.0.1."""
 
 import asyncio
 import io
-import socket
 import threading
 import time
 
@@ -22,6 +21,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 import pmf  # noqa: E402
 from pmf.cli import build_parser, main  # noqa: E402
 from pmf.commands.serve import build, is_loopback  # noqa: E402
+from pmf.distributed import free_port  # noqa: E402
 from pmf.sampling import generate  # noqa: E402
 from pmf.serve import Batcher, ImageJob, ServerBusy, class_names  # noqa: E402
 from pmf.serve.classes import imagenet_names  # noqa: E402
@@ -306,12 +306,6 @@ def test_class_names():
 
 
 # ---------------------------------------------------------------------------------------- a real server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ServerThread:
     """A real uvicorn server for ``app`` on 127.0.0.1 and a free port, in a thread; stopped on exit."""
 

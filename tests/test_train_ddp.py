@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 
 from helpers import TINY
 from pmf.config import model_config
+from pmf.distributed import free_port
 from pmf.nn.model import PMFDiT
 from pmf.objective import JVP_MODES, Draws, pmf_loss, sample_draws
 
@@ -101,12 +102,7 @@ def _train_worker(rank: int, port: int, out: str) -> None:
 
 
 def test_trainer_runs_under_two_processes(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_train_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_train_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2  # written by rank 0 only
     s0, s1 = (torch.load(tmp_path / f"summary{r}.pt") for r in range(WORLD))
     assert s0["loss_u"] == s1["loss_u"]  # metrics are all-reduced means over the two ranks

@@ -49,14 +49,15 @@ def setup(device: str | None = None, group: bool = False) -> DistInfo:
     if (world > 1 or group) and not dist.is_initialized():
         kw = {"device_id": dev} if want_cuda else {}
         if world == 1 and "MASTER_ADDR" not in os.environ:
-            kw.update(init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+            kw.update(init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
         dist.init_process_group("nccl" if want_cuda else "gloo", timeout=datetime.timedelta(minutes=30), **kw)
     if dist.is_initialized():
         rank, world = rank_world()
     return DistInfo(rank, world, local_rank, dev)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a rendezvous or a local server)."""
     import socket
 
     with socket.socket() as s:
