@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .checkpoint import FORMAT, checkpoint_path, fsync_dir, list_checkpoints, save_atomic
+from .distributed import barrier, rank_world
 from .errors import CheckpointError
 
-FORMAT = "pixel-meanflow"
 META = "meta.json"
 
 
@@ -159,7 +160,6 @@ def _dcp_load(state: dict, path, no_dist: bool) -> None:
 
 def load_sharded(path: str | os.PathLike, model, optimizer, emas) -> dict:
     """Fill model, optimiser and EMAs from a DCP checkpoint (any layout into this run's layout); returns the meta."""
-
     meta = read_meta(path)
     check_rule(optimizer, [meta.get("optimizer_rule")])
     ensure_optimizer_state(optimizer, model, stored_tensors(path))
@@ -179,21 +179,16 @@ class ShardedSaver:
         # from the training's collectives. Created on every rank (a collective call).
         self.group = dist.new_group(backend="gloo") if asynchronous and dist.is_initialized() else None
 
-    def _rank0(self) -> bool:
-        return not dist.is_initialized() or dist.get_rank() == 0
-
     def save(self, step: int, state: dict, meta: dict) -> Path:
         import torch.distributed.checkpoint as dcp
-
-        from .checkpoint import checkpoint_path
 
         self.finish()
         final = checkpoint_path(self.directory, step).with_suffix("")
         tmp = final.with_name(f".{final.name}.tmp")
-        if self._rank0():
+        if rank_world()[0] == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
-        _barrier()
+        barrier()
         if self.asynchronous:
             future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.group)
             self.pending = (future, tmp, final, meta)
@@ -211,10 +206,8 @@ class ShardedSaver:
             self._complete(tmp, final, meta)
 
     def _complete(self, tmp: Path, final: Path, meta: dict) -> None:
-        from .checkpoint import fsync_dir, list_checkpoints, save_atomic
-
-        _barrier()  # every rank's shards are written
-        if self._rank0():
+        barrier()  # every rank's shards are written
+        if rank_world()[0] == 0:
             save_atomic(json.dumps({"format": FORMAT, **meta}, indent=2), tmp / META)
             if final.exists():
                 shutil.rmtree(final)
@@ -224,7 +217,7 @@ class ShardedSaver:
                 shutil.rmtree(stale, ignore_errors=True)
             for _, old in list_checkpoints(self.directory)[:-self.keep_last]:
                 remove_checkpoint(old)
-        _barrier()
+        barrier()
 
 
 def remove_checkpoint(path: Path) -> None:
@@ -235,15 +228,9 @@ def remove_checkpoint(path: Path) -> None:
         path.with_suffix(".json").unlink(missing_ok=True)
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def read_weights(path: str | os.PathLike, which: str = "raw") -> dict[str, torch.Tensor]:
     """Whole tensors of one weight set (``"raw"`` or an EMA name) of a DCP checkpoint, read in this process
     alone (no process group needed)."""
-
     prefix = "model/" if which == "raw" else f"ema/{which}/"
     stored = stored_tensors(path)
     sd = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in stored.items() if k.startswith(prefix)}
@@ -282,8 +269,6 @@ def lazy_checkpoint(path: str | os.PathLike) -> dict:
 def to_single_file(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Rewrite a DCP checkpoint as one ``step_XXXXXXXX.pt``-style training checkpoint (model, EMAs, optimiser
     in ``torch.optim`` layout, step), resumable by a plain or DDP run and readable by ``load_model``."""
-
-    from .checkpoint import save_atomic
     from .config import ModelConfig
     from .ema import EMASet
     from .nn.model import PMFDiT

@@ -191,8 +191,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     order = DataOrder(len(data.labels), cfg.batch_size, info.rank, info.world_size, cfg.seed)
     grid = GridSampler(cfg, mcfg, len(getattr(data, "class_names", [])) or mcfg.num_classes, device) \
         if info.is_main and cfg.sample.every else None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" and device.type == "cuda" \
-        else contextlib.nullcontext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     L = cfg.loss
     D.print0(run_header(cfg, model, data, device, start), info=info, file=sys.stderr)  # stdout: the summary
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not (progress and info.is_main))

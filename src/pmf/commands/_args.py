@@ -82,10 +82,10 @@ def load_for_sampling(args, device, ema: str | None = None):
         torch.manual_seed(getattr(args, "seed", 0))
         model = build_model(args.arch).to(device).eval()
         return LoadedCheckpoint(model, args.arch, None, SamplingSetting(source="an untrained model: no guidance"))
-    return load_checkpoint(checkpoint_path(args.checkpoint), arch=args.arch, ema=ema or args.ema, device=device)
+    return load_checkpoint(checkpoint_arg(args.checkpoint), arch=args.arch, ema=ema or args.ema, device=device)
 
 
-def checkpoint_path(spec: str) -> str:
+def checkpoint_arg(spec: str) -> str:
     """``--checkpoint`` with a run folder or its ``checkpoints/`` folder replaced by its newest checkpoint (said
     in one line); anything else unchanged."""
     from ..checkpoint import run_checkpoint
@@ -228,14 +228,15 @@ def add_ema(p, *, sweep: bool = False) -> None:
         deprecated(p, "--emas", "ema")
 
 
-def numbers(text: str | None, flag: str) -> list[float] | None:
+def numbers(text: str | None, flag: str, *, allow_empty: bool = False) -> list[float] | None:
+    """Comma-separated numbers of ``flag`` (None when not given); an empty list only with ``allow_empty``."""
     if text is None:
         return None
     try:
         values = [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise PMFError(f"{flag} takes numbers separated by commas, got {text!r}") from None
-    if not values:
+    if not values and not allow_empty:
         raise PMFError(f"{flag} is empty")
     return values
 

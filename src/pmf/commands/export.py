@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import PMFError
-from ._args import add_checkpoint, add_ema, add_out, checkpoint_path, legacy_positionals
+from ._args import add_checkpoint, add_ema, add_out, checkpoint_arg, legacy_positionals
 
 # output suffix -> format written
 SUFFIXES = {".pt": "release", ".pth": "release", ".safetensors": "safetensors"}
@@ -34,7 +34,7 @@ def run(args) -> int:
     from ..checkpoint import export_ema
 
     legacy_positionals(args)
-    args.checkpoint = checkpoint_path(args.checkpoint)
+    args.checkpoint = checkpoint_arg(args.checkpoint)
     suffix = Path(args.out).suffix.lower()
     if args.format == "checkpoint":
         from ..sharded_checkpoint import is_sharded_checkpoint, to_single_file

@@ -19,7 +19,17 @@ from ..nn.attention import TANGENT_ATTENTIONS
 from ..perceptual.config import PerceptualConfig
 from ..sampling import PRECISIONS
 from ..train_config import RECIPES, TrainConfig, recipe
-from ._args import add_batch_size, add_device, add_out, add_progress, add_seed, add_workers, check_device, deprecated
+from ._args import (
+    add_batch_size,
+    add_device,
+    add_out,
+    add_progress,
+    add_seed,
+    add_workers,
+    check_device,
+    deprecated,
+    numbers,
+)
 
 
 def add_perceptual_args(p) -> None:
@@ -124,13 +134,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise PMFError(f"{flag} takes comma-separated numbers, got {text!r}") from None
-
-
 def config_from_args(args) -> TrainConfig:
     if args.config:
         path = Path(args.config)
@@ -156,9 +159,9 @@ def config_from_args(args) -> TrainConfig:
     if args.tangent_attention is not None:
         data["loss"]["tangent_attention"] = args.tangent_attention
     if args.ema_halflives is not None:
-        data["ema"]["halflives_kimg"] = _floats(args.ema_halflives, "--ema-halflives")
+        data["ema"]["halflives_kimg"] = numbers(args.ema_halflives, "--ema-halflives", allow_empty=True)
     if args.ema_decays is not None:
-        data["ema"]["decays"] = _floats(args.ema_decays, "--ema-decays")
+        data["ema"]["decays"] = numbers(args.ema_decays, "--ema-decays", allow_empty=True)
     if args.sample_every is not None:
         data["sample"]["every"] = args.sample_every
     cfg = TrainConfig.from_dict(data)
