@@ -122,12 +122,17 @@ def load_arrays(path: str | Path) -> ArrayData:
     return ArrayData(images, labels, names)
 
 
+def is_pack(path: Path) -> bool:
+    """A packed data set: named ``*.pmfpack``, or a folder holding a pack's ``meta.json``."""
+    return path.suffix == PACK_SUFFIX or (path / "meta.json").is_file()
+
+
 def open_training_data(spec: str, size: int) -> ArrayData | FolderDataset:
     """A dataset from a spec: a built-in name, a .pmfpack folder, an .npz/.npy file or an image folder."""
     if spec in BUILTIN:
         return load_builtin(spec, size=size, split="train")
     path = Path(spec).expanduser()
-    if path.suffix == PACK_SUFFIX or (path / "meta.json").is_file():
+    if is_pack(path):
         if not path.exists():
             raise PMFError(f"packed dataset not found: {str(path)!r}")
         return load_packed(path)

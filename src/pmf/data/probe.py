@@ -11,7 +11,7 @@ from PIL import Image
 
 from .builtin import BUILTIN, load_builtin
 from .folder import IMAGE_EXTENSIONS, scan_folder
-from .packed import open_training_data
+from .packed import is_pack, open_training_data
 
 SIZE_SAMPLE = 256  # image headers read to decide whether a folder has one fixed size
 
@@ -42,7 +42,7 @@ def probe(spec: str) -> DataFacts:
         return DataFacts(spec, len(data.labels), data.num_classes, data.images.shape[3], None, "built-in",
                          note=f"{data.images.shape[1]}x{data.images.shape[2]} resized to the model")
     path = Path(spec).expanduser()
-    if path.is_dir() and not (path / "meta.json").is_file() and path.suffix != ".pmfpack":
+    if path.is_dir() and not is_pack(path):
         paths, labels, classes = scan_folder(path)
         others = sum(1 for name in classes for p in (path / name).rglob("*")
                      if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS and not p.name.startswith("."))
