@@ -13,7 +13,7 @@ from . import parallel as P
 from .config import ModelConfig
 from .ema import EMASet
 from .images import save_grid
-from .nn.model import PMFDiT
+from .nn.model import PMFDiT, count_parameters
 from .sampling import image_noise, sample, to_uint8
 from .train_config import TrainConfig
 
@@ -51,7 +51,7 @@ class MetricsLog:
 
 def run_header(cfg: TrainConfig, model: torch.nn.Module, data, device, start: int) -> str:
     """One line before the first step: model, parameters, data, device, precision, steps."""
-    params = sum(p.numel() for p in model.parameters())
+    params = count_parameters(model)  # whole tensors, also for sharded DTensors
     classes = len(getattr(data, "class_names", []) or []) or model.config.num_classes
     precision = cfg.precision if device.type == "cuda" else "fp32"
     steps = f"steps {start} -> {cfg.steps}" if start else f"{cfg.steps} steps"

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import sys
-from pathlib import Path
 
 import torch
 
@@ -64,22 +62,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _training_data(spec: str) -> str | None:
-    """The ``data`` entry of a local training checkpoint's recipe (for class names), read from the JSON saved
-    beside it or, without one, from the file memory-mapped; None when unknown."""
-    path = Path(spec)
-    if not path.is_file() or path.suffix not in (".pt", ".pth"):
-        return None
-    try:
-        side = path.with_suffix(".json")
-        if side.is_file():
-            return json.loads(side.read_text()).get("data")
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return (obj.get("train_config") or {}).get("data") if isinstance(obj, dict) else None
-    except Exception:  # names are a convenience: an unreadable side file only costs the names
-        return None
-
-
 def build(args):
     """(app, model info, batcher) from the parsed arguments."""
     for name in ("max_batch", "max_images", "max_steps", "max_queue", "port"):
@@ -104,7 +86,7 @@ def build(args):
     args.device = check_device(args.device)
     ckpt = load_for_sampling(args, args.device)
     cfg = ckpt.model.config
-    names = class_names(cfg.num_classes, data=_training_data(args.checkpoint), arch=ckpt.arch)
+    names = class_names(cfg.num_classes, data=ckpt.data, arch=ckpt.arch)
     info = ModelInfo(ckpt.arch, cfg.input_size, cfg.in_channels, names, ckpt.setting, cfg.noise_scale, ckpt.ema)
     model = prepare_sampler(ckpt.model, compile=args.compile)
     batcher = Batcher(model, noise_scale=cfg.noise_scale, device=args.device, precision=args.precision,
