@@ -62,7 +62,8 @@ def read_file(spec: str | os.PathLike) -> dict:
         except Exception as err:
             raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({err})") from None
         if "model_config" in meta:
-            return {"format": FORMAT, "model_config": json.loads(meta["model_config"]), "model": tensors}
+            extra = {k: json.loads(meta[k]) for k in ("class_names",) if k in meta}
+            return {"format": FORMAT, "model_config": json.loads(meta["model_config"]), "model": tensors, **extra}
         return tensors
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -88,6 +89,7 @@ class LoadedCheckpoint:
     ema: str | None  # the EMA whose weights were loaded ('raw' for the raw weights; None: a single-weight file)
     setting: SamplingSetting  # the default sampling setting (released, or the recipe's)
     data: str | None = None  # the training data recorded in our training checkpoints (a built-in name or a path)
+    class_names: list[str] | None = None  # one name per class row where the file records them, else None
 
 
 def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: str | None = None,
@@ -126,6 +128,7 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
             raise CheckpointError(f"checkpoint weights do not fit its recorded config: {str(err)[:500]}") from None
         found_arch = train_config.get("arch") or preset_of(config)
         data = train_config.get("data")
+        class_names = obj.get("class_names") or train_config.get("class_names")
     else:
         if ema not in (None, "auto", "raw"):
             raise CheckpointError(f"--ema {ema} needs a training checkpoint; this file holds one set of weights")
@@ -138,9 +141,10 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
         else:
             config = infer_config(state, **overrides)
         model = load_release_state_dict(PMFDiT(config), state)
-        found_arch, ema, data = arch or preset_of(config), None, None
+        found_arch, ema, data, class_names = arch or preset_of(config), None, None, None
         setting = default_setting(config, {"arch": found_arch} if found_arch else None)
-    return LoadedCheckpoint(model.to(device).eval(), found_arch, ema, setting, data)
+    return LoadedCheckpoint(model.to(device).eval(), found_arch, ema, setting, data,
+                            list(class_names) if class_names else None)
 
 
 def load_model(spec: str | os.PathLike, *, arch: str | None = None, ema: str | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +39,16 @@ class SamplingSetting:
     steps: int = 1
     ema: str | None = None  # an EMA name of a training checkpoint ('hl2000', 'd0.99'), None: the file's weights
     source: str = "no guidance (omega 1 on [0, 1])"
+
+    def to_dict(self) -> dict:
+        """The setting as JSON-ready fields (what exports and model cards record)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict, **changes) -> SamplingSetting:
+        """A setting from ``to_dict``'s fields (unknown keys are ignored, missing ones take the defaults)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in fields.items() if k in known}, **changes})
 
     def describe(self) -> str:
         ema = f", EMA {self.ema}" if self.ema else ""
