@@ -3,10 +3,46 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import typing
 from dataclasses import dataclass
 
 from .errors import PMFError
+
+
+def doc(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, flag: str | None = None,
+        none: str | None = None, old: tuple[str, ...] = ()):
+    """A config field with what the command line shows of it: ``help``, its ``flag`` when not spelled from the
+    field's path, what None means (``none``) and ``old`` spellings kept as hidden aliases with a note."""
+    meta = {"help": help, "flag": flag, "none": none, "old": old}
+    return dataclasses.field(default=default, default_factory=factory, metadata=meta)
+
+
+@functools.cache
+def field_types(cls) -> dict:
+    """The resolved annotations of a dataclass (its module's names: ``Literal`` aliases, nested configs)."""
+    return typing.get_type_hints(cls)
+
+
+def literal_choices(tp) -> tuple | None:
+    """The values of a ``Literal`` type, or of ``Literal | None`` (None included); None for any other type."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Literal:
+        return typing.get_args(tp)
+    if len(args) == 1 and typing.get_origin(args[0]) is typing.Literal and type(None) in typing.get_args(tp):
+        return (*typing.get_args(args[0]), None)
+    return None
+
+
+def check_choices(obj, where: str = "") -> None:
+    """Refuse a value outside its field's ``Literal`` type, with a message naming ``where.field``."""
+    for name, tp in field_types(type(obj)).items():
+        choices, value = literal_choices(tp), getattr(obj, name)
+        if choices is not None and value not in choices:
+            names = [repr(c) for c in choices]
+            names = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+            raise PMFError(f"{where + '.' if where else ''}{name} must be {names}, got {value!r}")
 
 
 def dataclass_from_dict(cls, data: dict, where: str):

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field, fields
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from .choices import JVP_MODES
 from .distributed import unwrap
 from .errors import PMFError
 from .nn.attention import attention_backend
 
 T_CLIP = 0.05
-JVP_MODES = ("split", "fused", "inline")
 
 
 @dataclass

@@ -24,9 +24,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from .choices import PARALLEL_MODES, REDUCE_MODES
 from .errors import PMFError
-
-PARALLEL_MODES = ("ddp", "fsdp", "hsdp")
 
 
 def is_dtensor(t) -> bool:
@@ -100,8 +99,6 @@ def shard_model(model: torch.nn.Module, mesh, *, bf16: bool = False) -> torch.nn
 
 # ---------------------------------------------------------------------------------------------------------
 # Gradient reduction in one summation order for every layout.
-
-REDUCE_MODES = ("auto", "ordered", "native")
 
 
 def resolve_reduce(mode: str, backend: str | None) -> str:

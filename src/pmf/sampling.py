@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .choices import PRECISIONS
 from .config import RELEASED_SAMPLING, ModelConfig, preset_of
 from .errors import PMFError
 from .nn.model import as_batch
@@ -96,7 +97,6 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 1, 
     return z
 
 
-PRECISIONS = ("fp32", "bf16")
 
 
 def prepare_sampler(model, *, compile: bool = False, cuda_graphs: bool = False):

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
-from .config import PRESETS, RELEASED_SAMPLING, dataclass_from_dict
+from .choices import JvpMode, OptimizerName, ParallelMode, Precision, Prediction, ReduceMode, Schedule, TangentAttention
+from .config import PRESETS, RELEASED_SAMPLING, check_choices, dataclass_from_dict, doc
 from .errors import PMFError
 from .perceptual.config import PerceptualConfig
 
@@ -23,33 +24,28 @@ def _check(cond: bool, name: str, value, want: str) -> None:
 class LossConfig:
     """Randomness and weighting of the pMF objective (spec section 3)."""
 
-    P_mean: float = 0.8
-    P_std: float = 0.8
-    data_proportion: float = 0.5
-    cfg_max: float = 7.0
-    cfg_beta: float = 1.0
-    class_dropout_prob: float = 0.1
-    tr_uniform: bool = False
-    norm_p: float = 1.0
-    norm_eps: float = 0.01
-    prediction: str = "x"
-    jvp: str | None = None  # how du/dt is computed (pmf.objective.JVP_MODES); None: pmf_loss's default
-    tangent_attention: str = "math"  # attention's tangent in the inline du/dt: "math" or "triton" (CUDA kernel)
+    P_mean: float = doc(0.8, "centre of the logit-normal time draws")
+    P_std: float = doc(0.8, "spread of the logit-normal time draws")
+    data_proportion: float = doc(0.5, "fraction of the batch drawn with r = t")
+    cfg_max: float = doc(7.0, "largest guidance scale drawn in training")
+    cfg_beta: float = doc(1.0, "exponent of the guidance-scale distribution")
+    class_dropout_prob: float = doc(0.1, "probability of dropping the class label")
+    tr_uniform: bool = doc(False, "draw 10% of the times uniformly")
+    norm_p: float = doc(1.0, "power of the adaptive loss weight")
+    norm_eps: float = doc(0.01, "epsilon of the adaptive loss weight")
+    prediction: Prediction = doc("x", "what the u-head predicts")
+    jvp: JvpMode | None = doc(None, "how du/dt is computed (all exact)", flag="--jvp", none="pmf_loss's default")
+    tangent_attention: TangentAttention = doc(
+        "math", "attention's tangent in the inline du/dt: math or the fused Triton kernel (CUDA)",
+        flag="--tangent-attention")
 
     def __post_init__(self) -> None:
+        check_choices(self, "loss")
         _check(self.P_std > 0, "loss.P_std", self.P_std, "> 0")
         _check(0 <= self.data_proportion <= 1, "loss.data_proportion", self.data_proportion, "in [0, 1]")
         _check(self.cfg_max >= 0, "loss.cfg_max", self.cfg_max, ">= 0")
         _check(0 <= self.class_dropout_prob <= 1, "loss.class_dropout_prob", self.class_dropout_prob, "in [0, 1]")
         _check(self.norm_eps > 0, "loss.norm_eps", self.norm_eps, "> 0")
-        _check(self.prediction in ("x", "u"), "loss.prediction", self.prediction, "'x' or 'u'")
-        from .objective import JVP_MODES
-
-        _check(self.jvp is None or self.jvp in JVP_MODES, "loss.jvp", self.jvp, f"None or one of {JVP_MODES}")
-        from .nn.attention import TANGENT_ATTENTIONS
-
-        _check(self.tangent_attention in TANGENT_ATTENTIONS, "loss.tangent_attention", self.tangent_attention,
-               " or ".join(map(repr, TANGENT_ATTENTIONS)))
         _check(self.tangent_attention == "math" or self.jvp in (None, "inline"), "loss.jvp", self.jvp,
                "None or 'inline' with loss.tangent_attention 'triton' (the kernel serves the inline du/dt only)")
 
@@ -58,23 +54,25 @@ class LossConfig:
 class OptimConfig:
     """Muon (2-D weights) + Adam (everything else) as in the release, or AdamW on everything (ablation)."""
 
-    name: str = "muon"
-    lr: float = 1e-3
-    adam_lr: float | None = None  # None: the same as lr (the release uses one learning rate)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    momentum: float = 0.95  # Muon momentum (Nesterov)
-    ns_steps: int = 5
-    foreach: bool = True  # batched Muon / multi-tensor Adam and AdamW step; same results as the per-parameter loop
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
-    grad_clip: float | None = None
+    name: OptimizerName = doc("muon", "Muon for 2-D weights with Adam for the rest, or AdamW for all",
+                              flag="--optimizer")
+    lr: float = doc(1e-3, "learning rate", flag="--lr")
+    adam_lr: float | None = doc(None, "learning rate of the Adam side", none="lr")  # the release uses one
+    betas: tuple[float, float] = doc((0.9, 0.95), "Adam betas")
+    eps: float = doc(1e-8, "Adam epsilon")
+    weight_decay: float = doc(0.0, "weight decay")
+    momentum: float = doc(0.95, "Muon momentum (Nesterov)")
+    ns_steps: int = doc(5, "Newton-Schulz iterations of Muon")
+    # same results as the per-parameter loop
+    foreach: bool = doc(True, "batched Muon / multi-tensor Adam and AdamW step")
+    schedule: Schedule = doc("constant", "learning-rate schedule", flag="--schedule")
+    warmup_steps: int = doc(0, "linear warm-up steps", flag="--warmup-steps")
+    min_lr_ratio: float = doc(0.0, "cosine floor, as a fraction of the learning rate")
+    grad_clip: float | None = doc(None, "clip the gradient norm to this", flag="--grad-clip", none="off")
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
-        _check(self.name in ("muon", "adamw"), "optim.name", self.name, "'muon' or 'adamw'")
+        check_choices(self, "optim")
         _check(self.lr > 0, "optim.lr", self.lr, "> 0")
         _check(self.adam_lr is None or self.adam_lr > 0, "optim.adam_lr", self.adam_lr, "> 0 or None")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", self.betas,
@@ -82,8 +80,6 @@ class OptimConfig:
         _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "in [0, 1)")
         _check(self.ns_steps >= 1, "optim.ns_steps", self.ns_steps, ">= 1")
         _check(isinstance(self.foreach, bool), "optim.foreach", self.foreach, "true or false")
-        _check(self.schedule in ("constant", "warmup", "cosine"), "optim.schedule", self.schedule,
-               "'constant', 'warmup' or 'cosine'")
         _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
         _check(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip", self.grad_clip, "> 0 or None")
 
@@ -92,9 +88,10 @@ class OptimConfig:
 class EMAConfig:
     """EDM-style half-lives in kimg (spec section 6) and/or constant decays, kept side by side."""
 
-    halflives_kimg: list[float] = field(default_factory=lambda: [500.0, 1000.0, 2000.0])
-    decays: list[float] = field(default_factory=list)
-    rampup: float = 0.05
+    halflives_kimg: list[float] = doc(factory=lambda: [500.0, 1000.0, 2000.0], flag="--ema-halflives",
+                                      help="comma-separated half-lives in kimg, e.g. 500,1000,2000")
+    decays: list[float] = doc(factory=list, help="comma-separated constant decays, e.g. 0.99,0.999")
+    rampup: float = doc(0.05, "EMA ramp-up ratio of the half-lives")
 
     def __post_init__(self) -> None:
         self.halflives_kimg, self.decays = [float(v) for v in self.halflives_kimg], [float(v) for v in self.decays]
@@ -106,12 +103,12 @@ class EMAConfig:
 class SampleConfig:
     """The fixed noises and classes drawn every ``every`` steps so that the same samples can be watched."""
 
-    every: int = 1000
-    count: int = 64
-    seed: int = 0
-    omega: float = 1.0
-    t_min: float = 0.0
-    t_max: float = 1.0
+    every: int = doc(1000, "steps between sample grids, 0: none")
+    count: int = doc(64, "images in each sample grid")
+    seed: int = doc(0, "seed of the grid's noises and classes")
+    omega: float = doc(1.0, "guidance scale of the grids, recorded as the checkpoint's sampling setting")
+    t_min: float = doc(0.0, "start of the guidance interval of the grids")
+    t_max: float = doc(1.0, "end of the guidance interval of the grids")
 
     def __post_init__(self) -> None:
         _check(self.every >= 0, "sample.every", self.every, ">= 0 (0 turns grids off)")
@@ -123,32 +120,43 @@ class SampleConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything one training run needs; ``batch_size`` is the global batch over all processes."""
+    """Everything one training run needs; ``batch_size`` is the global batch over all processes. The command
+    line's ``pmf train`` flags are generated from these fields (``doc``: help and spelling)."""
 
-    arch: str = "pMF-Tiny/4"
-    model_overrides: dict = field(default_factory=dict)
-    data: str = "mnist-5k"  # a built-in name, an image folder, a packed folder (.pmfpack) or an .npz/.npy file
-    batch_size: int = 64
-    steps: int = 1000
-    seed: int = 0
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    ema: EMAConfig = field(default_factory=EMAConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    perceptual: PerceptualConfig | None = None  # None: no perceptual loss
-    out: str = "runs/pmf"
-    log_every: int = 50
-    ckpt_every: int = 1000
-    keep_last: int = 3
-    precision: str = "fp32"  # "bf16": autocast on GPU
-    compile: bool = False
-    grad_checkpointing: bool = False
-    num_workers: int = 4  # decoding workers for unpacked image folders
-    device: str | None = None  # None: cuda if available, else cpu
-    parallel: str = "ddp"  # "ddp" (replicated), "fsdp" (FSDP2 over all ranks) or "hsdp" (replicate x shard)
-    shard_size: int | None = None  # hsdp: ranks per shard group (None: the local world size)
-    async_checkpoint: bool = False  # fsdp/hsdp: write sharded checkpoints in the background
-    reduce: str = "auto"  # gradient averaging: "ordered" (rank-order sums), "native", "auto" (ordered on gloo)
+    arch: str = doc("pMF-Tiny/4", f"model preset, one of {', '.join(PRESETS)}")
+    model_overrides: dict = doc(factory=dict, help="model config fields as JSON, e.g. '{\"depth\": 6}'")
+    data: str = doc("mnist-5k", "built-in name (mnist-5k, digits), image folder, .pmfpack folder (see `pmf pack`) "
+                    "or .npz/.npy file")
+    batch_size: int = doc(64, "global batch over all processes")
+    steps: int = doc(1000, "training steps")
+    seed: int = doc(0, "random seed of weights, data order and draws")
+    loss: LossConfig = doc(factory=LossConfig, help="the pMF objective (spec section 3)")
+    optim: OptimConfig = doc(factory=OptimConfig, help="optimiser")
+    ema: EMAConfig = doc(factory=EMAConfig, help="EMAs of the weights")
+    sample: SampleConfig = doc(factory=SampleConfig, help="sample grids during training")
+    perceptual: PerceptualConfig | None = doc(None, "perceptual losses (need pixel-meanflow[perceptual])",
+                                              none="off")
+    out: str = doc("runs/pmf", "run folder: checkpoints, metrics.jsonl, samples")
+    log_every: int = doc(50, "steps between metrics lines")
+    ckpt_every: int = doc(1000, "steps between checkpoints")
+    keep_last: int = doc(3, "checkpoints kept")
+    precision: Precision = doc("fp32", "bf16: autocast on GPU")
+    compile: bool = doc(False, "torch.compile the network")
+    grad_checkpointing: bool = doc(False, "activation checkpointing")
+    num_workers: int = doc(4, "decoding processes for unpacked image folders", flag="--workers",
+                           old=("--num-workers",))
+    device: str | None = doc(None, "cpu, cuda, cuda:1, mps, or none: cuda when a GPU is visible, else cpu",
+                             none="cuda when a GPU is visible, else cpu")
+    parallel: ParallelMode = doc(
+        "ddp", "under torchrun: ddp (every process holds the whole model), fsdp (FSDP2: parameters, gradients, "
+        "optimiser state and EMAs sharded over all processes) or hsdp (sharded within groups of --shard-size "
+        "processes, replicated across groups)")
+    shard_size: int | None = doc(None, "hsdp: processes per shard group", none="the processes per node")
+    async_checkpoint: bool = doc(False, "fsdp/hsdp: write the sharded checkpoints in the background")
+    reduce: ReduceMode = doc(
+        "auto", "how processes average gradients: ordered (every element summed in rank order, so ddp, fsdp and "
+        "hsdp runs agree to the bit in the reduction), native (the backend's collectives) or auto (ordered on "
+        "CPU processes / gloo, native on NCCL)")
 
     def __post_init__(self) -> None:
         for name, cls in (("loss", LossConfig), ("optim", OptimConfig), ("ema", EMAConfig), ("sample", SampleConfig)):
@@ -159,15 +167,13 @@ class TrainConfig:
             self.perceptual = PerceptualConfig.from_dict(self.perceptual)
         if self.arch not in PRESETS:
             raise PMFError(f"unknown architecture {self.arch!r}; known presets: {', '.join(PRESETS)}")
+        check_choices(self)
         for name in ("batch_size", "steps"):
             _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, getattr(self, name),
                    "a positive integer")
         for name in ("log_every", "ckpt_every", "keep_last"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
-        _check(self.precision in ("fp32", "bf16"), "precision", self.precision, "'fp32' or 'bf16'")
         _check(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
-        _check(self.parallel in ("ddp", "fsdp", "hsdp"), "parallel", self.parallel, "'ddp', 'fsdp' or 'hsdp'")
-        _check(self.reduce in ("auto", "ordered", "native"), "reduce", self.reduce, "'auto', 'ordered' or 'native'")
         _check(self.shard_size is None or (isinstance(self.shard_size, int) and self.shard_size >= 1), "shard_size",
                self.shard_size, "None or a positive integer")
         # forward-mode AD (torch.autograd.forward_ad) fails inside FSDP2's custom autograd functions
@@ -183,7 +189,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         return dataclass_from_dict(cls, data, "TrainConfig")
-
 
 
 class ImageNetRecipe(NamedTuple):

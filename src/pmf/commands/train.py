@@ -4,7 +4,6 @@ flags; runs as one process or under ``torchrun`` (DDP, FSDP2 or HSDP, ``--parall
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import shlex
@@ -13,160 +12,60 @@ import sys
 import threading
 from pathlib import Path
 
-from ..config import PRESETS
 from ..errors import PMFError
-from ..nn.attention import TANGENT_ATTENTIONS
-from ..perceptual.config import PerceptualConfig
-from ..sampling import PRECISIONS
 from ..train_config import RECIPES, TrainConfig, recipe
-from ._args import (
-    add_batch_size,
-    add_device,
-    add_out,
-    add_progress,
-    add_seed,
-    add_workers,
-    check_device,
-    deprecated,
-    numbers,
-)
+from ._args import add_progress, check_device
+from ._config_flags import add_config_flags, apply_config_flags
 
 
 def add_perceptual_args(p) -> None:
-    g = p.add_argument_group("perceptual losses (need pixel-meanflow[perceptual])")
-    g.add_argument("--lpips", action="store_true", default=None, help="add the LPIPS-VGG loss")
-    g.add_argument("--convnext", action="store_true", default=None, help="add the ConvNeXt-V2 feature loss")
-    g.add_argument("--no-perceptual", action="store_true", help="turn off a recipe's perceptual losses")
-    g.add_argument("--lpips-lambda", type=float, default=None, help="weight of the LPIPS loss (default 0.4)")
-    g.add_argument("--convnext-lambda", type=float, default=None, help="weight of the ConvNeXt loss (default 0.1)")
-    g.add_argument("--perceptual-max-t", type=float, default=None, help="perceptual losses only for t below this "
-                   "(default: the recipe's, else 0.8)")
-    g.add_argument("--lpips-weights", default=None, help="local VGG16 (torchvision) or full LPIPS weight file "
-                   "(else $PMF_LPIPS_VGG_WEIGHTS, else the torch-hub cache)")
-    g.add_argument("--convnext-weights", default=None, help="local ConvNeXt-V2-Base weight file "
-                   "(else $PMF_CONVNEXT_WEIGHTS, else the Hugging Face cache)")
-    g.add_argument("--no-download", action="store_true", default=None,
-                   help="never fetch missing perceptual weights; stop with a message naming the files instead")
+    """The flags of the perceptual section (``pmf demo`` takes them too)."""
+    add_config_flags(p, TrainConfig, TrainConfig(), str, only="perceptual")
 
 
 def apply_perceptual_args(cfg: TrainConfig, args) -> None:
-    if args.no_perceptual:
-        cfg.perceptual = None
-        return
-    flags = {"lpips": args.lpips, "convnext": args.convnext, "lpips_lambda": args.lpips_lambda,
-             "convnext_lambda": args.convnext_lambda, "max_t": args.perceptual_max_t,
-             "lpips_weights": args.lpips_weights, "convnext_weights": args.convnext_weights,
-             "download": False if args.no_download else None}
-    given = {k: v for k, v in flags.items() if v is not None}
-    if given:
-        cfg.perceptual = PerceptualConfig(**{**dataclasses.asdict(cfg.perceptual or PerceptualConfig()), **given})
+    cfg.perceptual = TrainConfig.from_dict(apply_config_flags(cfg.to_dict(), TrainConfig, args)).perceptual
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a pMF model (CPU, one GPU, or torchrun with many GPUs)",
-                       description="Train pMF. Start from --recipe (default 'mnist') or --config FILE and override "
-                       "fields with flags. Under torchrun, --batch-size is the global batch.")
-    d = recipe("mnist")  # the defaults shown are the default recipe's; another recipe brings its own
-
-    def default(value) -> str:
-        return f"(default: the recipe's; mnist: {value})"
-
+                       description="Train pMF. Start from --recipe (default 'mnist'), lay the fields of --config "
+                       "FILE over it, then the flags. Under torchrun, --batch-size is the global batch. Every "
+                       "field of the training config has a flag; a field that may be none takes 'none'.")
     p.add_argument("--recipe", default=None, help=f"one of: {', '.join(RECIPES)} (default mnist)")
-    p.add_argument("--config", default=None, help="a config.json written by an earlier run")
-    p.add_argument("--data", default=None, help="built-in name (mnist-5k, digits), image folder, .pmfpack folder "
-                   "(see `pmf pack`) or .npz/.npy file")
-    p.add_argument("--arch", default=None, help=f"model preset, one of {', '.join(PRESETS)} {default(d.arch)}")
+    p.add_argument("--config", default=None, help="a JSON file of config fields, e.g. the config.json written by "
+                   "an earlier run; its fields replace the recipe's")
     p.add_argument("--num-classes", type=int, default=None, help="classes of the model (default: found in the data)")
     p.add_argument("--channels", type=int, default=None, help="image channels of the model (default: 3 for RGB "
                    "data, the preset's for gray data, which is repeated to RGB for an RGB model)")
     p.add_argument("--image-size", type=int, default=None, help="image size of the model (default: the data's "
                    "when all images have one size, else the preset's; images are center-cropped to it)")
-    add_out(p, help=f"run folder: checkpoints, metrics.jsonl, samples {default(d.out)}")
-    p.add_argument("--steps", type=int, default=None, help=f"training steps {default(d.steps)}")
-    add_batch_size(p, default=None, help=f"global batch over all processes {default(d.batch_size)}")
-    p.add_argument("--lr", type=float, default=None, help=f"learning rate {default(f'{d.optim.lr:g}')}")
-    p.add_argument("--optimizer", choices=["muon", "adamw"], default=None,
-                   help=f"Muon for 2-D weights with Adam for the rest, or AdamW for all {default(d.optim.name)}")
-    p.add_argument("--schedule", choices=["constant", "warmup", "cosine"], default=None,
-                   help=f"learning-rate schedule {default(d.optim.schedule)}")
-    p.add_argument("--warmup-steps", type=int, default=None,
-                   help=f"linear warm-up steps {default(d.optim.warmup_steps)}")
-    p.add_argument("--grad-clip", type=float, default=None, help=f"clip the gradient norm to this "
-                   f"{default(d.optim.grad_clip or 'off')}")
-    add_seed(p, default=None, help=f"random seed of weights, data order and draws {default(d.seed)}")
-    p.add_argument("--jvp", choices=["split", "fused", "inline"], default=None,
-                   help="how du/dt is computed (all exact; default: pmf_loss's default)")
-    p.add_argument("--tangent-attention", choices=list(TANGENT_ATTENTIONS), default=None,
-                   help="attention's tangent in the inline du/dt: math (default) or the fused Triton kernel (CUDA)")
-    p.add_argument("--ema-halflives", default=None, help="comma-separated half-lives in kimg, e.g. 500,1000,2000 "
-                   f"{default(','.join(f'{v:g}' for v in d.ema.halflives_kimg) or 'none')}")
-    p.add_argument("--ema-decays", default=None, help="comma-separated constant decays, e.g. 0.99,0.999 "
-                   f"{default(','.join(f'{v:g}' for v in d.ema.decays) or 'none')}")
-    p.add_argument("--log-every", type=int, default=None, help=f"steps between metrics lines {default(d.log_every)}")
-    p.add_argument("--sample-every", type=int, default=None, help="steps between sample grids, 0: none "
-                   f"{default(d.sample.every)}")
-    p.add_argument("--ckpt-every", type=int, default=None, help=f"steps between checkpoints {default(d.ckpt_every)}")
-    p.add_argument("--keep-last", type=int, default=None, help=f"checkpoints kept {default(d.keep_last)}")
-    p.add_argument("--precision", choices=list(PRECISIONS), default=None, help="bf16: autocast on GPU "
-                   f"{default(d.precision)}")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
-    p.add_argument("--grad-checkpointing", action="store_true", default=None, help="activation checkpointing")
-    add_workers(p, help=f"decoding processes for image folders {default(d.num_workers)}")
-    deprecated(p, "--num-workers", "workers", type=int)
-    add_device(p)
     add_progress(p)
     p.add_argument("--resume", default=None, help="'auto' (newest checkpoint of --out), a run folder or a file")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a run folder that has checkpoints "
                    "(deletes its checkpoints, metrics, samples and summary)")
-    p.add_argument("--parallel", choices=["ddp", "fsdp", "hsdp"], default=None,
-                   help="under torchrun: ddp (default; every process holds the whole model), fsdp (FSDP2: "
-                   "parameters, gradients, optimiser state and EMAs sharded over all processes) or hsdp "
-                   "(sharded within groups of --shard-size processes, replicated across groups)")
-    p.add_argument("--shard-size", type=int, default=None,
-                   help="hsdp: processes per shard group (default: the processes per node)")
-    p.add_argument("--reduce", choices=["auto", "ordered", "native"], default=None,
-                   help="how processes average gradients: ordered (every element summed in rank order, so ddp, "
-                   "fsdp and hsdp runs agree to the bit in the reduction), native (the backend's collectives) or "
-                   "auto (default: ordered on CPU processes / gloo, native on NCCL)")
-    p.add_argument("--async-checkpoint", action="store_true", default=None,
-                   help="fsdp/hsdp: write the sharded checkpoints in the background")
-    add_perceptual_args(p)
+    # the defaults shown are the default recipe's; another recipe brings its own
+    add_config_flags(p, TrainConfig, recipe("mnist"), lambda text: f"the recipe's; mnist: {text}")
     p.set_defaults(func=run)
 
 
+def merged(base: dict, over: dict) -> dict:
+    """``base`` with the fields of ``over`` laid over it, section by section."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
 def config_from_args(args) -> TrainConfig:
+    """The recipe (default mnist), the fields of --config over it, then the flags given."""
+    data = recipe(args.recipe or "mnist").to_dict()
     if args.config:
         path = Path(args.config)
         if not path.is_file():
             raise PMFError(f"config file not found: {str(path)!r}")
-        cfg = TrainConfig.from_dict(json.loads(path.read_text()))
-    else:
-        cfg = recipe(args.recipe or "mnist")
-    data = cfg.to_dict()
-    simple = {"data": args.data, "arch": args.arch, "out": args.out, "steps": args.steps,
-              "batch_size": args.batch_size, "seed": args.seed, "log_every": args.log_every,
-              "ckpt_every": args.ckpt_every, "keep_last": args.keep_last, "precision": args.precision,
-              "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
-              "num_workers": args.workers, "device": args.device, "parallel": args.parallel,
-              "shard_size": args.shard_size, "async_checkpoint": args.async_checkpoint,
-              "reduce": args.reduce}
-    data.update({k: v for k, v in simple.items() if v is not None})
-    optim = {"lr": args.lr, "name": args.optimizer, "schedule": args.schedule, "warmup_steps": args.warmup_steps,
-             "grad_clip": args.grad_clip}
-    data["optim"].update({k: v for k, v in optim.items() if v is not None})
-    if args.jvp is not None:
-        data["loss"]["jvp"] = args.jvp
-    if args.tangent_attention is not None:
-        data["loss"]["tangent_attention"] = args.tangent_attention
-    if args.ema_halflives is not None:
-        data["ema"]["halflives_kimg"] = numbers(args.ema_halflives, "--ema-halflives", allow_empty=True)
-    if args.ema_decays is not None:
-        data["ema"]["decays"] = numbers(args.ema_decays, "--ema-decays", allow_empty=True)
-    if args.sample_every is not None:
-        data["sample"]["every"] = args.sample_every
-    cfg = TrainConfig.from_dict(data)
-    apply_perceptual_args(cfg, args)
-    return cfg
+        data = merged(data, json.loads(path.read_text()))
+    return TrainConfig.from_dict(apply_config_flags(data, TrainConfig, args))
 
 
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "summary.json", "samples", "tensorboard", "config.json")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import TANGENT_ATTENTIONS
 from .common import RMSNorm, linear_tangent, upcast
 
 
@@ -36,7 +37,6 @@ ATTENTION_BACKENDS = ("sdpa", "math")
 _BACKEND = _Switch("attention backend", ATTENTION_BACKENDS)
 # Tangent of attention in ``Attention.jvp``: "math" (exact, materialises [B, H, T, T]) or "triton" (the fused
 # kernel of ``pmf.nn.triton_attention``: O(T) memory, equal up to float rounding; CUDA or TRITON_INTERPRET=1).
-TANGENT_ATTENTIONS = ("math", "triton")
 _TANGENT = _Switch("tangent attention", TANGENT_ATTENTIONS)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import dataclass_from_dict
+from ..config import dataclass_from_dict, doc
 from ..errors import PMFError
 
 CONVNEXT_V2_BASE = "convnextv2_base.fcmae_ft_in22k_in1k"  # ImageNet-22k fine-tuned, 224 px
@@ -25,21 +25,26 @@ class PerceptualConfig:
     ``lpips_weights`` / ``convnext_weights``: local weight files (else $PMF_LPIPS_VGG_WEIGHTS /
     $PMF_CONVNEXT_WEIGHTS, else the torch-hub / Hugging Face caches, else a download when ``download``)."""
 
-    lpips: bool = False
-    convnext: bool = False
-    lpips_lambda: float = 0.4
-    convnext_lambda: float = 0.1
-    max_t: float = 1.0  # both terms are zeroed for samples with t >= max_t (the release's perceptual_max_t)
-    lpips_max_t: float | None = None  # the LPIPS term's own threshold; None: max_t
-    convnext_max_t: float | None = None  # the ConvNeXt term's own threshold; None: max_t (set by the H recipes)
-    norm_p: float = 1.0
-    norm_eps: float = 0.01
-    crop_size: int = 224
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    lpips_weights: str | None = None
-    convnext_weights: str | None = None
-    convnext_model: str = CONVNEXT_V2_BASE  # a timm model name
-    download: bool = True  # fetch missing standard weights into the caches when the host answers
+    lpips: bool = doc(False, "the LPIPS-VGG loss", flag="--lpips")
+    convnext: bool = doc(False, "the ConvNeXt-V2 feature loss", flag="--convnext")
+    lpips_lambda: float = doc(0.4, "weight of the LPIPS loss", flag="--lpips-lambda")
+    convnext_lambda: float = doc(0.1, "weight of the ConvNeXt loss", flag="--convnext-lambda")
+    # the release's perceptual_max_t
+    max_t: float = doc(1.0, "perceptual losses only for t below this")
+    lpips_max_t: float | None = doc(None, "the LPIPS term's own threshold", none="max_t")
+    # set by the H recipes
+    convnext_max_t: float | None = doc(None, "the ConvNeXt term's own threshold", none="max_t")
+    norm_p: float = doc(1.0, "power of the perceptual terms' adaptive weight")
+    norm_eps: float = doc(0.01, "epsilon of the perceptual terms' adaptive weight")
+    crop_size: int = doc(224, "side of the paired random crops")
+    crop_scale: tuple[float, float] = doc((0.08, 1.0), "area range of the paired random crops, e.g. 0.08,1")
+    lpips_weights: str | None = doc(None, "local VGG16 (torchvision) or full LPIPS weight file",
+                                    flag="--lpips-weights", none="$PMF_LPIPS_VGG_WEIGHTS, else the torch-hub cache")
+    convnext_weights: str | None = doc(None, "local ConvNeXt-V2-Base weight file", flag="--convnext-weights",
+                                       none="$PMF_CONVNEXT_WEIGHTS, else the Hugging Face cache")
+    convnext_model: str = doc(CONVNEXT_V2_BASE, "a timm ConvNeXt model name")
+    download: bool = doc(True, "fetch missing perceptual weights (--no-download: stop with a message naming the "
+                         "files instead)", flag="--download")
 
     def __post_init__(self) -> None:
         for name in ("lpips", "convnext", "download"):

@@ -1,0 +1,187 @@
+"""Command-line flags generated from a config dataclass (``TrainConfig``): one flag per field, spelled from its
+path (``--ema-decays``, ``--steps``) unless the field names its flag (``pmf.config.doc``), with its help, choices
+and shown default taken from the field. A new field gets its flag, and a flag cannot drift from its field."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable, Iterator
+
+from ..config import field_types, literal_choices
+from ..errors import PMFError
+from ._args import _Deprecated, numbers
+
+PREFIX = "config:"  # namespace destinations of the generated flags: "config:optim.lr"
+OFF = "config-off:"  # --no-SECTION of a section that may be None (perceptual)
+NONE = object()  # the value "none" given for a field that may be None (None itself: flag not given)
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """A field that takes a value from the command line: its path from the root config, the field, its type."""
+
+    path: tuple[str, ...]
+    field: dataclasses.Field
+    type: object
+
+    @property
+    def flag(self) -> str:
+        return self.field.metadata.get("flag") or "--" + "-".join(self.path).replace("_", "-").lower()
+
+    @property
+    def dest(self) -> str:
+        return PREFIX + ".".join(self.path)
+
+    @property
+    def help(self) -> str:
+        return self.field.metadata.get("help") or f"config field {'.'.join(self.path)}"
+
+
+def optional(tp) -> tuple[object, bool]:
+    """(the type without None, whether None is allowed)."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = tuple(a for a in args if a is not type(None))
+        return (rest[0] if len(rest) == 1 else tp), True
+    return tp, False
+
+
+def leaves(cls, prefix: tuple[str, ...] = ()) -> Iterator[Leaf]:
+    """Every value field of ``cls``, nested config dataclasses walked into (their fields are ``section.name``)."""
+    for f in dataclasses.fields(cls):
+        tp = field_types(cls)[f.name]
+        inner, _ = optional(tp)
+        if dataclasses.is_dataclass(inner):
+            yield from leaves(inner, (*prefix, f.name))
+        else:
+            yield Leaf((*prefix, f.name), f, tp)
+
+
+def section_class(cls, path: tuple[str, ...]):
+    for name in path:
+        cls, _ = optional(field_types(cls)[name])
+    return cls
+
+
+def converter(leaf: Leaf) -> Callable[[str], object]:
+    """The text-to-value function of a leaf's flag; "none" gives NONE where the field may be None."""
+    tp, may_be_none = optional(leaf.type)
+    origin, choices = typing.get_origin(tp), literal_choices(tp)
+    if choices is not None:
+        base = str
+    elif tp in (int, float, str):
+        base = tp
+    elif origin in (list, tuple):
+        count = len(typing.get_args(tp)) if origin is tuple and ... not in typing.get_args(tp) else None
+
+        def base(text):
+            values = numbers(text, leaf.flag, allow_empty=True)
+            if count is not None and len(values) != count:
+                raise PMFError(f"{leaf.flag} takes {count} comma-separated numbers, got {text!r}")
+            return values
+    elif tp is dict or origin is dict:
+        def base(text):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = None
+            if not isinstance(value, dict):
+                raise PMFError(f"{leaf.flag} takes a JSON object, e.g. '{{\"depth\": 6}}', got {text!r}")
+            return value
+    else:
+        raise TypeError(f"no command-line form for the config field {'.'.join(leaf.path)} of type {tp}")
+
+    def convert(text: str):
+        if may_be_none and text.strip().lower() == "none":
+            return NONE
+        try:
+            value = base(text)
+        except PMFError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        if choices is not None and value not in choices:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(choices)})")
+        return value
+
+    convert.__name__ = getattr(base, "__name__", "value")  # argparse names it in "invalid int value"
+    return convert
+
+
+def shown(value, leaf: Leaf) -> str:
+    if value is None:
+        return leaf.field.metadata.get("none") or "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(shown(v, leaf) for v in value) or "none"
+    if isinstance(value, dict):
+        return json.dumps(value) if value else "none"
+    return str(value)
+
+
+def value_at(config, path: tuple[str, ...]):
+    """The value at ``path`` of a config, or of its section's class defaults where the section is None."""
+    node, cls = config, type(config)
+    for i, name in enumerate(path[:-1]):
+        cls = section_class(cls, (name,))
+        node = getattr(node, name)
+        if node is None:
+            return value_at(cls(), path[i + 1:])[0], False
+    return getattr(node, path[-1]), True
+
+
+def add_config_flags(p, cls, example, default: Callable[[str], str], *, only: str | None = None) -> None:
+    """One flag per leaf of ``cls`` (of its section ``only`` when given), sections as argument groups. The help
+    shows ``default(text)`` with the value in ``example`` (a config), or the class default in a section that
+    ``example`` leaves off; where a section may be None, ``--no-SECTION`` turns it off."""
+    groups: dict[str, object] = {}
+    for leaf in leaves(cls):
+        section = leaf.path[0] if len(leaf.path) > 1 else None
+        if only is not None and section != only:
+            continue
+        group = p if section is None else groups.get(section)
+        if group is None:
+            meta = next(f for f in dataclasses.fields(cls) if f.name == section).metadata
+            group = groups[section] = p.add_argument_group(f"{section}: {meta.get('help', '')}".rstrip(": "))
+            if optional(field_types(cls)[section])[1]:
+                group.add_argument(f"--no-{section}", dest=OFF + section, action="store_true",
+                                   help=f"turn off the recipe's {meta.get('help') or section}")
+        value, present = value_at(example, leaf.path)
+        text = default(shown(value, leaf)) if present else shown(value, leaf)
+        help = f"{leaf.help} (default: {text})".replace("%", "%%")
+        tp, _ = optional(leaf.type)
+        if tp is bool:
+            group.add_argument(leaf.flag, dest=leaf.dest, action=argparse.BooleanOptionalAction, default=None,
+                               help=help)
+            continue
+        choices = literal_choices(tp)
+        metavar = "{" + ",".join(choices) + "}" if choices else leaf.path[-1].upper()
+        convert = converter(leaf)
+        group.add_argument(leaf.flag, dest=leaf.dest, type=convert, default=None, metavar=metavar, help=help)
+        for old in leaf.field.metadata.get("old", ()):
+            group.add_argument(old, dest=leaf.dest, action=_Deprecated, new=leaf.flag, type=convert,
+                               help=argparse.SUPPRESS)
+
+
+def apply_config_flags(data: dict, cls, args) -> dict:
+    """``data`` (a config's ``to_dict()``) with the value of every flag given in ``args``. A flag of a section
+    that is off (None) turns it on with its class defaults; ``--no-SECTION`` wins over the section's flags."""
+    for dest, value in vars(args).items():
+        if not dest.startswith(PREFIX) or value is None:
+            continue
+        *head, name = dest.removeprefix(PREFIX).split(".")
+        node = data
+        for i, part in enumerate(head):
+            if node.get(part) is None:
+                node[part] = dataclasses.asdict(section_class(cls, tuple(head[:i + 1]))())
+            node = node[part]
+        node[name] = None if value is NONE else value
+    for dest, value in vars(args).items():
+        if dest.startswith(OFF) and value:
+            data[dest.removeprefix(OFF)] = None
+    return data
