@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 from tqdm.auto import tqdm
 
 from . import distributed as D
@@ -119,6 +120,29 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.step, self.checkpoint = step, checkpoint
 
 
+class CheckpointSaveError(PMFError):
+    """Writing the checkpoint of ``step`` failed (a full disk, a file-size limit, ...); ``intact`` is the newest
+    complete checkpoint (None: none yet). Saves are atomic, so nothing earlier was touched."""
+
+    def __init__(self, step: int, err: BaseException, intact: Path | None):
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no message'}"
+        kept = f"the checkpoints before it are intact, the newest is {intact}" if intact else \
+            "no earlier checkpoint exists"
+        super().__init__(f"could not save the checkpoint of step {step} ({reason}; a full disk or a file-size "
+                         f"limit?); {kept}")
+        self.step, self.intact = step, intact
+
+
+def finished_run(path: Path, step: int, cfg: TrainConfig) -> dict:
+    """What ``train`` returns for a resume at or past ``cfg.steps``: the run's summary.json when it has one."""
+    D.print0(f"pmf train: nothing to do: {path} is at step {step} and --steps is {cfg.steps}; the run is finished "
+             "(give a larger --steps to train further)", file=sys.stderr)
+    summary = Path(cfg.out) / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    return {"steps": cfg.steps, "resumed_at": step, "last_checkpoint": str(path)}
+
+
 def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True) -> dict:
     """Train per ``cfg``; ``resume`` is None, ``"auto"`` (newest checkpoint in the run folder, if any), a
     run folder or a checkpoint file. Returns a summary (last checkpoint, steps, seconds, last losses)."""
@@ -132,6 +156,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     ckpt_dir = out / "checkpoints"
     resume_path = resolve_resume(resume, ckpt_dir)
     state = load_resume(resume_path, mcfg, cfg) if resume_path is not None else None
+    if state is not None and int(state["step"]) >= cfg.steps:
+        return finished_run(resume_path, int(state["step"]), cfg)
 
     sharded = cfg.parallel != "ddp"
     info = D.setup(cfg.device, group=sharded)
@@ -200,6 +226,12 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     last_saved = max([s for s, _ in list_checkpoints(ckpt_dir)], default=-1)
 
     def save(step: int) -> Path | None:
+        try:
+            return write(step)
+        except (OSError, RuntimeError, CheckpointException) as err:  # torch.save: RuntimeError; DCP: its own
+            raise CheckpointSaveError(step, err, latest_checkpoint(ckpt_dir)) from err
+
+    def write(step: int) -> Path | None:
         nonlocal last_saved
         path = None
         if saver is not None:  # every rank writes its shards

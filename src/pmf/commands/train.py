@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import PMFError
 from ..train_config import RECIPES, TrainConfig, recipe
-from ._args import add_progress, check_device
+from ._args import add_progress, check_device, output_folder
 from ._config_flags import add_config_flags, apply_config_flags
 
 
@@ -61,11 +61,23 @@ def config_from_args(args) -> TrainConfig:
     """The recipe (default mnist), the fields of --config over it, then the flags given."""
     data = recipe(args.recipe or "mnist").to_dict()
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise PMFError(f"config file not found: {str(path)!r}")
-        data = merged(data, json.loads(path.read_text()))
+        data = merged(data, read_config_file(args.config))
     return TrainConfig.from_dict(apply_config_flags(data, TrainConfig, args))
+
+
+def read_config_file(spec: str) -> dict:
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise PMFError(f"config file not found: {str(path)!r}")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        where = f" (line {err.lineno}: {err.msg})" if isinstance(err, json.JSONDecodeError) else ""
+        raise PMFError(f"--config {str(path)!r} is not JSON{where}; give a JSON object of config fields, such as "
+                       "the config.json of a run folder") from None
+    if not isinstance(data, dict):
+        raise PMFError(f"--config {str(path)!r} holds a JSON {type(data).__name__}, not an object of config fields")
+    return data
 
 
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "summary.json", "samples", "tensorboard", "config.json")
@@ -188,13 +200,12 @@ def fit_model_to_data(cfg: TrainConfig, args) -> str:
 
 def run(args) -> int:
     from ..distributed import cleanup
-    from ..train import train
+    from ..train import CheckpointSaveError, train
 
     cfg = config_from_args(args)
     if cfg.device is not None:
         check_device(cfg.device)
-    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-        raise PMFError(f"--out {cfg.out!r} is a file; give a run folder (it is created if missing)")
+    output_folder(cfg.out)  # a one-line error for a file or a folder that cannot be made
     guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
     found = fit_model_to_data(cfg, args)
     if os.environ.get("RANK", "0") == "0":
@@ -205,6 +216,9 @@ def run(args) -> int:
     except KeyboardInterrupt as stop:
         report_interrupt(stop, cfg, getattr(args, "argv", None))
         return 130
+    except CheckpointSaveError as err:
+        resume = f"; resume with: {resume_command(getattr(args, 'argv', None))}" if err.intact else ""
+        raise PMFError(f"{err}{resume}") from None
     finally:
         cleanup()
     print(json.dumps(summary, indent=2))
