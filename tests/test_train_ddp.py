@@ -51,7 +51,8 @@ def _worker(rank: int, init_file: str, out_dir: str, jvp: str) -> None:
     model, x, y = _setup()
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
-    out = pmf_loss(ddp, x[sl], y[sl], _draws(x[sl], rank), num_classes=10, jvp=jvp)
+    out = pmf_loss(ddp, x[sl], y[sl], _draws(x[sl], rank), num_classes=10, jvp=jvp,
+                   no_grad_net=ddp.module)
     out["loss"].backward()
     torch.save({n: p.grad for n, p in model.named_parameters()}, os.path.join(out_dir, f"grad{rank}.pt"))
     dist.destroy_process_group()

@@ -123,11 +123,6 @@ def gather_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
     return {k: v[order] for k, v in arrays.items()}
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP wrapper (no-grad passes must not go through DDP)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
 def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     """DDP around ``model`` when running in several processes, else the model itself. The pMF loss sends
     exactly one forward with gradients through the wrapper (see ``pmf.objective``), so the default

@@ -15,7 +15,6 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from .choices import JVP_MODES
-from .distributed import unwrap
 from .errors import PMFError
 from .nn.attention import attention_backend
 
@@ -237,23 +236,46 @@ class LossTerms:
         return [(k, self[k]) for k in self.keys()]
 
 
+def _u_with_tangent(model, net, z, t, r, cond, v_c, prediction: str, jvp: str):
+    """(u, du/dt along (v_c, 1), the v-head's x-output or None) by the ``jvp`` form (spec 3); only ``model``'s
+    forward carries gradients."""
+    if jvp == "split":
+        _, du_dt = u_total_derivative(net, z, t, r, *cond, v_c, prediction=prediction)
+        x_u, x_v = model(z, t - r, *cond)
+        return to_velocity(z, x_u, t, prediction), du_dt, x_v
+    if jvp == "inline":
+        x_u, x_v, dx_u = model(z, t - r, *cond, tangents=(v_c, torch.ones_like(t)))
+        with torch.no_grad():
+            du_dt = velocity_tangent(z, x_u.detach(), t, v_c, dx_u, prediction)
+        return to_velocity(z, x_u, t, prediction), du_dt, x_v
+    with fwAD.dual_level(), attention_backend("math"):
+        z_d, t_d = fwAD.make_dual(z, v_c), fwAD.make_dual(t, torch.ones_like(t))
+        x_u, x_v = model(z_d, t_d - r, *cond)
+        u, du_dt = fwAD.unpack_dual(to_velocity(z_d, x_u, t_d, prediction))
+        x_v = None if x_v is None else fwAD.unpack_dual(x_v).primal
+    return u, du_dt.detach(), x_v
+
+
 def pmf_loss(model, x: torch.Tensor, y: torch.Tensor, draws: Draws, *, num_classes: int, norm_p: float = 1.0,
-             norm_eps: float = 0.01, prediction: str = "x", jvp: str = "inline", perceptual=None) -> LossTerms:
+             norm_eps: float = 0.01, prediction: str = "x", jvp: str = "inline", perceptual=None,
+             no_grad_net=None) -> LossTerms:
     """The pMF loss of one batch with given draws (spec 3). x [B, C, H, W] in [-1, 1], y [B] labels.
 
     ``jvp``: how du/dt is computed, all exact (``JVP_MODES``): "inline" (default, the fastest measured, see
     docs/speed.md), "split" (torch.func.jvp under no_grad, then a forward with grad) or "fused" (one
     forward-mode AD pass with grad).
     ``perceptual``: optional callable (x_pred, x, t) -> (per-sample term [B], dict of logs), already
-    masked, weighted and scaled; its logs join the result. Returns the ``LossTerms`` (``loss`` = the mean
-    of ``per_sample``)."""
+    masked, weighted and scaled; its logs join the result.
+    ``no_grad_net``: the same network for the passes without gradients (guidance velocities, the split JVP),
+    default ``model``; a DDP-wrapped ``model`` passes the module inside, since exactly one pass with gradients
+    may go through the wrapper. Returns the ``LossTerms`` (``loss`` = the mean of ``per_sample``)."""
     if prediction not in ("x", "u"):
         raise PMFError(f"prediction must be 'x' or 'u', got {prediction!r}")
     if jvp not in JVP_MODES:
         raise PMFError(f"jvp must be one of {', '.join(map(repr, JVP_MODES))}, got {jvp!r}")
     if x.shape[0] != y.shape[0] or draws.t.shape[0] != x.shape[0]:
         raise PMFError(f"batch sizes differ: images {x.shape[0]}, labels {y.shape[0]}, draws {draws.t.shape[0]}")
-    net = unwrap(model)
+    net = model if no_grad_net is None else no_grad_net
     t, r = draws.t.to(x.dtype), draws.r.to(x.dtype)
     z = noisy(x, draws.noise, t)  # (B, C, H, W)
     v_t = to_velocity(z, x, t)  # (B, C, H, W) the clean image's velocity, in x-form for either prediction
@@ -264,22 +286,7 @@ def pmf_loss(model, x: torch.Tensor, y: torch.Tensor, draws: Draws, *, num_class
     y_in = torch.where(draws.drop, torch.full_like(y, num_classes), y)
     cond = (draws.omega, draws.t_min, draws.t_max, y_in)
 
-    if jvp == "split":
-        _, du_dt = u_total_derivative(net, z, t, r, *cond, v_c, prediction=prediction)
-        x_u, x_v = model(z, t - r, *cond)
-        u = to_velocity(z, x_u, t, prediction)
-    elif jvp == "inline":
-        x_u, x_v, dx_u = model(z, t - r, *cond, tangents=(v_c, torch.ones_like(t)))
-        u = to_velocity(z, x_u, t, prediction)
-        with torch.no_grad():
-            du_dt = velocity_tangent(z, x_u.detach(), t, v_c, dx_u, prediction)
-    else:
-        with fwAD.dual_level(), attention_backend("math"):
-            z_d, t_d = fwAD.make_dual(z, v_c), fwAD.make_dual(t, torch.ones_like(t))
-            x_u, x_v = model(z_d, t_d - r, *cond)
-            u, du_dt = fwAD.unpack_dual(to_velocity(z_d, x_u, t_d, prediction))
-            x_v = None if x_v is None else fwAD.unpack_dual(x_v).primal
-        du_dt = du_dt.detach()
+    u, du_dt, x_v = _u_with_tangent(model, net, z, t, r, cond, v_c, prediction, jvp)
     V = compound_velocity(u, du_dt, t, r)
 
     dims = tuple(range(1, x.dim()))

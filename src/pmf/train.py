@@ -13,68 +13,31 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from torch.distributed.checkpoint.api import CheckpointException
 from tqdm.auto import tqdm
 
 from . import distributed as D
 from . import parallel as P
-from .checkpoint import (
-    FORMAT,
-    latest_checkpoint,
-    list_checkpoints,
-    read_file,
-    run_checkpoint,
-    save_training_checkpoint,
-)
+from .checkpoint import FORMAT, latest_checkpoint, read_file, run_checkpoint
+from .checkpointer import Checkpointer, CheckpointSaveError
 from .config import ModelConfig, model_config
 from .data import open_training_data
 from .data.order import DataOrder, batches, check_data, to_model_input
-from .ema import EMASet
 from .errors import PMFError
 from .monitor import GridSampler, MetricsLog, run_header, state_bytes
 from .nn.attention import tangent_attention
-from .nn.layers import Block
-from .nn.model import PMFDiT
 from .objective import pmf_loss, sample_draws
-from .optim import build_optimizer, lr_factor, set_lr
+from .optim import lr_factor, set_lr
 from .seeds import LOSS, derive_seed
-from .sharded_checkpoint import (
-    ShardedSaver,
-    ensure_optimizer_state,
-    file_state,
-    load_full_into,
-    load_sharded,
-    optimizer_rule,
-    read_meta,
-    train_state,
-)
+from .sharded_checkpoint import read_meta
+from .train_build import Parts, build, build_perceptual_loss, enable_activation_checkpointing, parallelize, restore
 from .train_config import TrainConfig
+
+__all__ = ["CheckpointSaveError", "TrainingInterrupted", "enable_activation_checkpointing", "step_seed", "train"]
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     """A 63-bit seed for the loss draws of (step, rank), independent of everything else."""
     return derive_seed(seed, step, rank, stream=LOSS)
-
-
-def enable_activation_checkpointing(model: torch.nn.Module, enabled: bool = True) -> None:
-    """Recompute each transformer block in the backward pass, on every du/dt path (``Block.forward`` and
-    ``Block.jvp``; only when gradients are recorded, so the no-grad guidance and JVP passes run normally).
-    State-dict keys are unchanged."""
-    for block in model.modules():
-        if isinstance(block, Block):
-            block.checkpointing = enabled
-
-
-def build_perceptual_loss(cfg: TrainConfig, device):
-    """The optional perceptual term (imported lazily: the core trains without the extras)."""
-    if cfg.perceptual is None or not cfg.perceptual.enabled:
-        return None
-    try:
-        from .perceptual import build_perceptual
-    except ImportError as err:
-        raise PMFError(f"perceptual losses need `pip install 'pixel-meanflow[perceptual]'` ({err})") from None
-    return build_perceptual(cfg.perceptual, device)
 
 
 def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
@@ -120,19 +83,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.step, self.checkpoint = step, checkpoint
 
 
-class CheckpointSaveError(PMFError):
-    """Writing the checkpoint of ``step`` failed (a full disk, a file-size limit, ...); ``intact`` is the newest
-    complete checkpoint (None: none yet). Saves are atomic, so nothing earlier was touched."""
-
-    def __init__(self, step: int, err: BaseException, intact: Path | None):
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no message'}"
-        kept = f"the checkpoints before it are intact, the newest is {intact}" if intact else \
-            "no earlier checkpoint exists"
-        super().__init__(f"could not save the checkpoint of step {step} ({reason}; a full disk or a file-size "
-                         f"limit?); {kept}")
-        self.step, self.intact = step, intact
-
-
 def finished_run(path: Path, step: int, cfg: TrainConfig) -> dict:
     """What ``train`` returns for a resume at or past ``cfg.steps``: the run's summary.json when it has one."""
     D.print0(f"pmf train: nothing to do: {path} is at step {step} and --steps is {cfg.steps}; the run is finished "
@@ -143,181 +93,165 @@ def finished_run(path: Path, step: int, cfg: TrainConfig) -> dict:
     return {"steps": cfg.steps, "resumed_at": step, "last_checkpoint": str(path)}
 
 
-def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True) -> dict:
-    """Train per ``cfg``; ``resume`` is None, ``"auto"`` (newest checkpoint in the run folder, if any), a
-    run folder or a checkpoint file. Returns a summary (last checkpoint, steps, seconds, last losses)."""
+def train_step(parts: Parts, cfg: TrainConfig, mcfg: ModelConfig, step: int, rank: int, x: torch.Tensor,
+               y: torch.Tensor, perceptual=None) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+    """One optimiser step on the batch (x, y) with the loss draws of (seed, step, rank). Returns the loss, the
+    metrics (detached scalars) and the learning rate. A non-finite loss returns before the update."""
+    L = cfg.loss
+    gen = torch.Generator(x.device).manual_seed(step_seed(cfg.seed, step, rank))
+    draws = sample_draws(x, P_mean=L.P_mean, P_std=L.P_std, data_proportion=L.data_proportion, cfg_max=L.cfg_max,
+                         cfg_beta=L.cfg_beta, class_dropout_prob=L.class_dropout_prob, noise_scale=mcfg.noise_scale,
+                         tr_uniform=L.tr_uniform, generator=gen)
+    lr = set_lr(parts.optimizer, lr_factor(step, cfg.optim, cfg.steps))
+    if hasattr(perceptual, "manual_seed"):  # the random crops follow the same per-(step, rank) seed
+        perceptual.manual_seed(step_seed(cfg.seed + 1, step, rank))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if parts.bf16 else contextlib.nullcontext()
+    with autocast, tangent_attention(L.tangent_attention):
+        res = pmf_loss(parts.net, x, y, draws, num_classes=mcfg.num_classes, norm_p=L.norm_p, norm_eps=L.norm_eps,
+                       prediction=L.prediction, perceptual=perceptual, no_grad_net=parts.model,
+                       **({"jvp": L.jvp} if L.jvp else {}))
+    loss = res["loss"]
+    if D.all_reduce_max((~torch.isfinite(loss.detach())).float()).item() > 0:
+        return loss, {}, lr
+    parts.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    metrics = {"loss": loss.detach(), "loss_u": res["loss_u"], "loss_v": res.get("loss_v", loss.new_zeros(()))}
+    metrics.update({k: v.detach() for k, v in res.items() if k.startswith("loss_") and torch.is_tensor(v)
+                    and v.dim() == 0})
+    if cfg.optim.grad_clip is not None:
+        metrics["grad_norm"] = P.full(torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.optim.grad_clip))
+    parts.optimizer.step()
+    parts.emas.update(parts.model, step + 1)
+    return loss, metrics, lr
+
+
+class Meter:
+    """Sums of the step metrics between two metrics lines; ``flush`` gives their means over steps and ranks."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.sums, self.n, self.since = batch_size, {}, 0, time.perf_counter()
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.float()
+        self.n += 1
+
+    def flush(self) -> tuple[dict[str, float], float]:
+        now = time.perf_counter()
+        means = {k: D.all_reduce_mean(v / self.n).item() for k, v in self.sums.items()}
+        ips = self.n * self.batch_size / max(now - self.since, 1e-9)
+        self.sums, self.n, self.since = {}, 0, now
+        return means, ips
+
+
+def prepare(cfg: TrainConfig, resume: str | None):
+    """The checks before any process group: (model config, data, resume path, its checkpoint or None)."""
     world = D.env_world_size()
     if cfg.batch_size % world:
         raise PMFError(f"batch_size {cfg.batch_size} is not divisible by the number of processes ({world})")
     mcfg = model_config(cfg.arch, **cfg.model_overrides)
     data = open_training_data(cfg.data, mcfg.input_size)
     check_data(data, mcfg, cfg.data)
-    out = Path(cfg.out)
-    ckpt_dir = out / "checkpoints"
-    resume_path = resolve_resume(resume, ckpt_dir)
+    resume_path = resolve_resume(resume, Path(cfg.out) / "checkpoints")
     state = load_resume(resume_path, mcfg, cfg) if resume_path is not None else None
+    return mcfg, data, resume_path, state
+
+
+def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True) -> dict:
+    """Train per ``cfg``; ``resume`` is None, ``"auto"`` (newest checkpoint in the run folder, if any), a
+    run folder or a checkpoint file. Returns a summary (last checkpoint, steps, seconds, last losses)."""
+    mcfg, data, resume_path, state = prepare(cfg, resume)
     if state is not None and int(state["step"]) >= cfg.steps:
         return finished_run(resume_path, int(state["step"]), cfg)
-
-    sharded = cfg.parallel != "ddp"
-    info = D.setup(cfg.device, group=sharded)
-    device = info.device
-    bf16 = cfg.precision == "bf16" and device.type == "cuda"
-    if cfg.precision == "bf16" and device.type != "cuda":
-        D.print0("precision bf16 applies on GPU only; training in fp32", info=info)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = PMFDiT(mcfg).to(device)
-    model.validate_inputs = device.type == "cpu"
-    if cfg.grad_checkpointing:
-        enable_activation_checkpointing(model)
-    if sharded:  # FSDP2 / HSDP: parameters, gradients, optimiser state and EMAs are sharded from here on
-        mesh = P.build_mesh(cfg.parallel, device, cfg.shard_size)
-        P.shard_model(model, mesh, bf16=bf16)
-        optimizer = P.build_sharded_optimizer(model, cfg.optim, mesh)
-    else:
-        optimizer = build_optimizer(model, cfg.optim)
-    emas = EMASet(model, cfg.ema, cfg.batch_size)
+    info = D.setup(cfg.device, group=cfg.parallel != "ddp")
+    parts = build(cfg, mcfg, info)
     start = 0
     if state is not None:
-        if state.get("sharded"):
-            load_sharded(resume_path, model, optimizer, emas)
-        elif sharded:
-            full = file_state(state, optimizer, model)
-            ensure_optimizer_state(optimizer, model, {k: (tuple(v.shape), v.dtype) for k, v in full.items()})
-            load_full_into(train_state(model, optimizer, emas), full)
-        else:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            emas.load_state_dict(state["ema"])
-        start = int(state["step"])
+        start = restore(parts, resume_path, state)
         D.print0(f"resumed from {resume_path} at step {start}", info=info)
     del state
-    jvp = cfg.loss.jvp
-    if cfg.loss.tangent_attention == "triton":
-        from .nn.triton_attention import triton_available
+    parallelize(parts, cfg, info)
+    return Loop(cfg, mcfg, data, parts, info).run(start, resumed=resume_path is not None, progress=progress)
 
-        if not triton_available(torch.empty(0, device=device)):
-            raise PMFError(f"loss.tangent_attention 'triton' needs the triton package and a CUDA device (training "
-                           f"on {device}); use 'math'")
-    if cfg.compile:
-        model.compile()
-    net = model if sharded else D.wrap_ddp(model, info)
-    if info.world_size > 1 and P.resolve_reduce(cfg.reduce, dist.get_backend()) == "ordered":
-        if sharded:
-            P.use_ordered_reduction(model)
-        else:
-            net.register_comm_hook(None, P.ddp_ordered_hook)
-    saver = ShardedSaver(ckpt_dir, cfg.keep_last, cfg.async_checkpoint) if sharded else None
-    perceptual = build_perceptual_loss(cfg, device)
 
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    log = MetricsLog(out / "metrics.jsonl", start if resume_path is not None else None, info.is_main)
-    order = DataOrder(len(data.labels), cfg.batch_size, info.rank, info.world_size, cfg.seed)
-    grid = GridSampler(cfg, mcfg, len(getattr(data, "class_names", [])) or mcfg.num_classes, device) \
-        if info.is_main and cfg.sample.every else None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    L = cfg.loss
-    D.print0(run_header(cfg, model, data, device, start), info=info, file=sys.stderr)  # stdout: the summary
-    bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not (progress and info.is_main))
-    sums: dict[str, torch.Tensor] = {}
-    n_acc, t_log, t_start, last_ckpt, last = 0, time.perf_counter(), time.perf_counter(), None, {}
-    last_saved = max([s for s, _ in list_checkpoints(ckpt_dir)], default=-1)
+class Loop:
+    """The steps of one run with what happens between them: metrics lines, sample grids, checkpoints, the
+    stops (a non-finite loss, Ctrl-C)."""
 
-    def save(step: int) -> Path | None:
-        try:
-            return write(step)
-        except (OSError, RuntimeError, CheckpointException) as err:  # torch.save: RuntimeError; DCP: its own
-            raise CheckpointSaveError(step, err, latest_checkpoint(ckpt_dir)) from err
+    def __init__(self, cfg: TrainConfig, mcfg: ModelConfig, data, parts: Parts, info: D.DistInfo):
+        self.cfg, self.mcfg, self.data, self.parts, self.info = cfg, mcfg, data, parts, info
+        self.checkpointer = Checkpointer(cfg, mcfg, parts, info)
+        self.perceptual = build_perceptual_loss(cfg, info.device)
+        self.out = Path(cfg.out)
+        self.grid = GridSampler(cfg, mcfg, len(getattr(data, "class_names", [])) or mcfg.num_classes, info.device) \
+            if info.is_main and cfg.sample.every else None
+        self.last_ckpt, self.last = None, {}
 
-    def write(step: int) -> Path | None:
-        nonlocal last_saved
-        path = None
-        if saver is not None:  # every rank writes its shards
-            meta = dict(step=step, model_config=mcfg.to_dict(), train_config=cfg.to_dict(), emas=emas.names,
-                        world_size=info.world_size, parallel=cfg.parallel, optimizer_rule=optimizer_rule(optimizer))
-            path = saver.save(step, train_state(model, optimizer, emas), meta)
-            last_saved = step
-            return path if info.is_main else None
+    def run(self, start: int, *, resumed: bool, progress: bool) -> dict:
+        cfg, info = self.cfg, self.info
         if info.is_main:
-            payload = dict(model_config=mcfg.to_dict(), model=_cpu(model.state_dict()), ema=emas.state_dict(),
-                           optimizer=optimizer.state_dict(), train_config=cfg.to_dict(), world_size=info.world_size,
-                           rng={"torch": torch.get_rng_state()})
-            path = save_training_checkpoint(ckpt_dir, step, payload, cfg.to_dict(), cfg.keep_last)
-        last_saved = step
-        D.barrier()
-        return path
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        self.log = MetricsLog(self.out / "metrics.jsonl", start if resumed else None, info.is_main)
+        order = DataOrder(len(self.data.labels), cfg.batch_size, info.rank, info.world_size, cfg.seed)
+        D.print0(run_header(cfg, self.parts.model, self.data, info.device, start), info=info, file=sys.stderr)
+        self.bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step",
+                        disable=not (progress and info.is_main))
+        self.meter, t_start = Meter(cfg.batch_size), time.perf_counter()
+        for step, (images, labels) in enumerate(batches(self.data, order, start, cfg.steps, cfg.num_workers,
+                                                        info.device.type == "cuda"), start=start):
+            x = to_model_input(images, self.mcfg, info.device)
+            y = labels.to(info.device, non_blocking=True)
+            loss, metrics, lr = train_step(self.parts, cfg, self.mcfg, step, info.rank, x, y, self.perceptual)
+            if not metrics:
+                self.stop_on_nonfinite(step, loss)
+            self.after_step(step + 1, metrics, lr, t_start)
+        self.bar.close()
+        self.checkpointer.finish()
+        return self.summary(start, time.perf_counter() - t_start)
 
-    for step, (images, labels) in enumerate(batches(data, order, start, cfg.steps, cfg.num_workers,
-                                                    device.type == "cuda"), start=start):
-        x = to_model_input(images, mcfg, device)
-        y = labels.to(device, non_blocking=True)
-        gen = torch.Generator(device).manual_seed(step_seed(cfg.seed, step, info.rank))
-        draws = sample_draws(x, P_mean=L.P_mean, P_std=L.P_std, data_proportion=L.data_proportion,
-                             cfg_max=L.cfg_max, cfg_beta=L.cfg_beta, class_dropout_prob=L.class_dropout_prob,
-                             noise_scale=mcfg.noise_scale, tr_uniform=L.tr_uniform, generator=gen)
-        lr = set_lr(optimizer, lr_factor(step, cfg.optim, cfg.steps))
-        if hasattr(perceptual, "manual_seed"):  # the random crops follow the same per-(step, rank) seed
-            perceptual.manual_seed(step_seed(cfg.seed + 1, step, info.rank))
-        with autocast, tangent_attention(L.tangent_attention):
-            res = pmf_loss(net, x, y, draws, num_classes=mcfg.num_classes, norm_p=L.norm_p, norm_eps=L.norm_eps,
-                           prediction=L.prediction, perceptual=perceptual, **({"jvp": jvp} if jvp else {}))
-        loss = res["loss"]
-        bad = D.all_reduce_max((~torch.isfinite(loss.detach())).float())
-        if bad.item() > 0:
-            path = save(step) if step > last_saved else (list_checkpoints(ckpt_dir) or [(None, None)])[-1][1]
-            bar.close()
-            raise PMFError(f"non-finite loss ({loss.item()}) at step {step + 1}; training stopped. The last good "
-                           f"checkpoint (before this step) is {path}; resume from it with a lower learning rate "
-                           "or gradient clipping")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics = {"loss": loss.detach(), "loss_u": res["loss_u"], "loss_v": res.get("loss_v", loss.new_zeros(()))}
-        metrics.update({k: v.detach() for k, v in res.items()
-                        if k.startswith("loss_") and torch.is_tensor(v) and v.dim() == 0})
-        if cfg.optim.grad_clip is not None:
-            metrics["grad_norm"] = P.full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
-        optimizer.step()
-        done = step + 1
-        emas.update(model, done)
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + v.float()
-        n_acc += 1
-        bar.update(1)
+    def stop_on_nonfinite(self, step: int, loss: torch.Tensor) -> None:
+        path = self.checkpointer.save(step) if step > self.checkpointer.last_saved else self.checkpointer.newest()
+        self.bar.close()
+        raise PMFError(f"non-finite loss ({loss.item()}) at step {step + 1}; training stopped. The last good "
+                       f"checkpoint (before this step) is {path}; resume from it with a lower learning rate or "
+                       "gradient clipping")
+
+    def after_step(self, done: int, metrics: dict, lr: float, t_start: float) -> None:
+        cfg = self.cfg
+        self.meter.add(metrics)
+        self.bar.update(1)
         if done % cfg.log_every == 0 or done == cfg.steps:
-            now = time.perf_counter()
-            last = {k: D.all_reduce_mean(v / n_acc).item() for k, v in sums.items()}
-            ips = n_acc * cfg.batch_size / max(now - t_log, 1e-9)
-            log.write({"step": done, **last, "lr": lr, "img_per_s": ips, "time": now - t_start})
+            self.last, ips = self.meter.flush()
+            self.log.write({"step": done, **self.last, "lr": lr, "img_per_s": ips, "time": time.perf_counter() -
+                            t_start})
             # loss_u / loss_v, not the adaptive-weighted loss (near 2 by construction, spec section 3)
-            bar.set_postfix(loss_u=f"{last['loss_u']:.4g}", loss_v=f"{last['loss_v']:.4g}", img_s=f"{ips:.0f}")
-            sums, n_acc, t_log = {}, 0, now
+            self.bar.set_postfix(loss_u=f"{self.last['loss_u']:.4g}", loss_v=f"{self.last['loss_v']:.4g}",
+                                 img_s=f"{ips:.0f}")
         if cfg.sample.every and done % cfg.sample.every == 0:
-            weights = emas.weights[emas.names[0]] if emas.names else model.state_dict()
-            if sharded:  # whole tensors: a collective on every rank
-                weights = {k: P.full(v) for k, v in weights.items()}
-            if grid is not None:
-                grid.save(weights, out / "samples" / f"step_{done:08d}.png")
+            self.sample_grid(done)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            last_ckpt = save(done) or last_ckpt
-        if stop_requested.is_set() and info.world_size == 1:
-            if last_saved != done:
-                last_ckpt = save(done) or last_ckpt
-            bar.close()
-            raise TrainingInterrupted(done, last_ckpt)
-    bar.close()
-    if saver is not None:
-        saver.finish()
-    seconds = time.perf_counter() - t_start
-    ran = max(cfg.steps - start, 0)
-    summary = {"steps": cfg.steps, "resumed_at": start, "seconds": seconds, "steps_per_s": ran / max(seconds, 1e-9),
-               "last_checkpoint": str(last_ckpt) if last_ckpt else None, **last,
-               "state_bytes": state_bytes(model, optimizer, emas)}
-    if info.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+            self.last_ckpt = self.checkpointer.save(done) or self.last_ckpt
+        if stop_requested.is_set() and self.info.world_size == 1:
+            if self.checkpointer.last_saved != done:
+                self.last_ckpt = self.checkpointer.save(done) or self.last_ckpt
+            self.bar.close()
+            raise TrainingInterrupted(done, self.last_ckpt)
 
+    def sample_grid(self, done: int) -> None:
+        emas, model = self.parts.emas, self.parts.model
+        weights = emas.weights[emas.names[0]] if emas.names else model.state_dict()
+        if self.parts.sharded:  # whole tensors: a collective on every rank
+            weights = {k: P.full(v) for k, v in weights.items()}
+        if self.grid is not None:
+            self.grid.save(weights, self.out / "samples" / f"step_{done:08d}.png")
 
-def _cpu(state: dict) -> dict:
-    return {k: v.detach().cpu() for k, v in state.items()}
+    def summary(self, start: int, seconds: float) -> dict:
+        p, ran = self.parts, max(self.cfg.steps - start, 0)
+        summary = {"steps": self.cfg.steps, "resumed_at": start, "seconds": seconds,
+                   "steps_per_s": ran / max(seconds, 1e-9),
+                   "last_checkpoint": str(self.last_ckpt) if self.last_ckpt else None, **self.last,
+                   "state_bytes": state_bytes(p.model, p.optimizer, p.emas)}
+        if self.info.is_main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary

@@ -93,18 +93,19 @@ def orthogonalize_sharded(blocks: list[torch.Tensor], shapes: list[tuple[int, in
     out_flat = torch.empty(sum(in_splits), dtype=comm_dtype, device=device)
     dist.all_to_all_single(out_flat, back.reshape(-1), output_split_sizes=in_splits,
                            input_split_sizes=[per_sender] * N, group=group)
-    # Unpack: the results from owner j arrive in the order of j's matrices.
+    return _unpack(out_flat, shapes, owners, chunk, N, rank)
+
+
+def _unpack(out_flat: torch.Tensor, shapes, owners, chunk, N: int, rank: int) -> list[torch.Tensor]:
+    """This rank's row blocks from the second exchange: the results from owner j arrive in the order of j's
+    matrices."""
     pieces, off = {}, 0
     for j in range(N):
         for i in range(len(shapes)):
             if owners[i] == j:
                 pieces[i] = out_flat[off:off + chunk[i]]
                 off += chunk[i]
-    updates = []
-    for i, (m, n) in enumerate(shapes):
-        rows = _rows(m, N, rank)[1]
-        updates.append(pieces[i].reshape(-1, n)[:rows])
-    return updates
+    return [pieces[i].reshape(-1, n)[:_rows(m, N, rank)[1]] for i, (m, n) in enumerate(shapes)]
 
 
 def ns_load(shapes: list[tuple[int, int]], ranks: int) -> list[int]:

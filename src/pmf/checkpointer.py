@@ -1,0 +1,84 @@
+"""The trainer's checkpoints: ``Checkpointer`` writes the training state of a run (one file from rank 0, or a
+sharded DCP folder from every rank under FSDP2 / HSDP) and turns a failed write into ``CheckpointSaveError``,
+which names the newest intact checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint.api import CheckpointException
+
+from . import distributed as D
+from .checkpoint import latest_checkpoint, list_checkpoints, save_training_checkpoint
+from .config import ModelConfig
+from .errors import PMFError
+from .sharded_checkpoint import ShardedSaver, optimizer_rule, train_state
+from .train_build import Parts
+from .train_config import TrainConfig
+
+
+class CheckpointSaveError(PMFError):
+    """Writing the checkpoint of ``step`` failed (a full disk, a file-size limit, ...); ``intact`` is the newest
+    complete checkpoint (None: none yet). Saves are atomic, so nothing earlier was touched."""
+
+    def __init__(self, step: int, err: BaseException, intact: Path | None):
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no message'}"
+        kept = f"the checkpoints before it are intact, the newest is {intact}" if intact else \
+            "no earlier checkpoint exists"
+        super().__init__(f"could not save the checkpoint of step {step} ({reason}; a full disk or a file-size "
+                         f"limit?); {kept}")
+        self.step, self.intact = step, intact
+
+
+class Checkpointer:
+    """Saves ``parts`` into ``OUT/checkpoints``, keeping the newest ``keep_last``; ``last_saved`` is the step
+    of the newest checkpoint there (-1: none)."""
+
+    def __init__(self, cfg: TrainConfig, mcfg: ModelConfig, parts: Parts, info: D.DistInfo):
+        self.cfg, self.mcfg, self.parts, self.info = cfg, mcfg, parts, info
+        self.directory = Path(cfg.out) / "checkpoints"
+        # a collective (a process group for the background writes): created at the same point on every rank
+        self.saver = ShardedSaver(self.directory, cfg.keep_last, cfg.async_checkpoint) if parts.sharded else None
+        self.last_saved = max([s for s, _ in list_checkpoints(self.directory)], default=-1)
+
+    def newest(self) -> Path | None:
+        found = list_checkpoints(self.directory)
+        return found[-1][1] if found else None
+
+    def save(self, step: int) -> Path | None:
+        """Write the state after ``step`` steps (every rank calls it); the path on rank 0, None elsewhere."""
+        try:
+            path = self._write_sharded(step) if self.saver is not None else self._write_file(step)
+        except (OSError, RuntimeError, CheckpointException) as err:  # torch.save: RuntimeError; DCP: its own
+            raise CheckpointSaveError(step, err, latest_checkpoint(self.directory)) from err
+        self.last_saved = step
+        return path if self.info.is_main else None
+
+    def finish(self) -> None:
+        """Complete a background write."""
+        if self.saver is not None:
+            self.saver.finish()
+
+    def _write_sharded(self, step: int) -> Path:  # every rank writes its shards
+        p = self.parts
+        meta = dict(step=step, model_config=self.mcfg.to_dict(), train_config=self.cfg.to_dict(), emas=p.emas.names,
+                    world_size=self.info.world_size, parallel=self.cfg.parallel,
+                    optimizer_rule=optimizer_rule(p.optimizer))
+        return self.saver.save(step, train_state(p.model, p.optimizer, p.emas), meta)
+
+    def _write_file(self, step: int) -> Path | None:
+        path = None
+        if self.info.is_main:
+            p = self.parts
+            payload = dict(model_config=self.mcfg.to_dict(), model=_cpu(p.model.state_dict()),
+                           ema=p.emas.state_dict(), optimizer=p.optimizer.state_dict(),
+                           train_config=self.cfg.to_dict(), world_size=self.info.world_size,
+                           rng={"torch": torch.get_rng_state()})
+            path = save_training_checkpoint(self.directory, step, payload, self.cfg.to_dict(), self.cfg.keep_last)
+        D.barrier()
+        return path
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().cpu() for k, v in state.items()}

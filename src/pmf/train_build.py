@@ -1,0 +1,114 @@
+"""Building a training run, in the order every rank takes the same collective steps: the model and its sharding,
+the optimiser and the EMAs (``build``), their state from a checkpoint (``restore``), then compilation, the DDP
+wrapper and the gradient reduction (``parallelize``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from . import distributed as D
+from . import parallel as P
+from .config import ModelConfig
+from .ema import EMASet
+from .errors import PMFError
+from .nn.layers import Block
+from .nn.model import PMFDiT
+from .optim import build_optimizer
+from .sharded_checkpoint import ensure_optimizer_state, file_state, load_full_into, load_sharded, train_state
+from .train_config import TrainConfig
+
+
+@dataclass
+class Parts:
+    """What one rank trains: ``model`` (sharded in place under FSDP2 / HSDP) and ``net``, what the loss calls
+    with gradients (the DDP wrapper of ``model`` across processes, else ``model``)."""
+
+    model: PMFDiT
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    emas: EMASet
+    sharded: bool  # FSDP2 / HSDP: parameters, gradients, optimiser state and EMAs are DTensors
+    bf16: bool  # bf16 autocast (GPU only)
+
+
+def enable_activation_checkpointing(model: torch.nn.Module, enabled: bool = True) -> None:
+    """Recompute each transformer block in the backward pass, on every du/dt path (``Block.forward`` and
+    ``Block.jvp``; only when gradients are recorded, so the no-grad guidance and JVP passes run normally).
+    State-dict keys are unchanged."""
+    for block in model.modules():
+        if isinstance(block, Block):
+            block.checkpointing = enabled
+
+
+def build(cfg: TrainConfig, mcfg: ModelConfig, info: D.DistInfo) -> Parts:
+    """The model (identical initial weights on every rank: one seed), sharded when ``cfg.parallel`` asks, its
+    optimiser and its EMAs (copies of the initial weights)."""
+    device = info.device
+    bf16 = cfg.precision == "bf16" and device.type == "cuda"
+    if cfg.precision == "bf16" and device.type != "cuda":
+        D.print0("precision bf16 applies on GPU only; training in fp32", info=info)
+    torch.manual_seed(cfg.seed)
+    model = PMFDiT(mcfg).to(device)
+    model.validate_inputs = device.type == "cpu"
+    if cfg.grad_checkpointing:
+        enable_activation_checkpointing(model)
+    sharded = cfg.parallel != "ddp"
+    if sharded:
+        mesh = P.build_mesh(cfg.parallel, device, cfg.shard_size)
+        P.shard_model(model, mesh, bf16=bf16)
+        optimizer = P.build_sharded_optimizer(model, cfg.optim, mesh)
+    else:
+        optimizer = build_optimizer(model, cfg.optim)
+    return Parts(model, model, optimizer, EMASet(model, cfg.ema, cfg.batch_size), sharded, bf16)
+
+
+def restore(parts: Parts, path: Path, state: dict) -> int:
+    """Fill model, optimiser and EMAs from a checkpoint read by ``load_resume`` (a single file, or the meta of a
+    sharded folder); any layout resumes into any other. Returns the step it was saved at."""
+    model, optimizer, emas = parts.model, parts.optimizer, parts.emas
+    if state.get("sharded"):
+        load_sharded(path, model, optimizer, emas)
+    elif parts.sharded:
+        full = file_state(state, optimizer, model)
+        ensure_optimizer_state(optimizer, model, {k: (tuple(v.shape), v.dtype) for k, v in full.items()})
+        load_full_into(train_state(model, optimizer, emas), full)
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        emas.load_state_dict(state["ema"])
+    return int(state["step"])
+
+
+def parallelize(parts: Parts, cfg: TrainConfig, info: D.DistInfo) -> None:
+    """After the state is in place: the Triton check, ``torch.compile``, the DDP wrapper and the ordered
+    gradient reduction (``--reduce``)."""
+    device = info.device
+    if cfg.loss.tangent_attention == "triton":
+        from .nn.triton_attention import triton_available
+
+        if not triton_available(torch.empty(0, device=device)):
+            raise PMFError(f"loss.tangent_attention 'triton' needs the triton package and a CUDA device (training "
+                           f"on {device}); use 'math'")
+    if cfg.compile:
+        parts.model.compile()
+    parts.net = parts.model if parts.sharded else D.wrap_ddp(parts.model, info)
+    if info.world_size > 1 and P.resolve_reduce(cfg.reduce, dist.get_backend()) == "ordered":
+        if parts.sharded:
+            P.use_ordered_reduction(parts.model)
+        else:
+            parts.net.register_comm_hook(None, P.ddp_ordered_hook)
+
+
+def build_perceptual_loss(cfg: TrainConfig, device):
+    """The optional perceptual term (imported lazily: the core trains without the extras)."""
+    if cfg.perceptual is None or not cfg.perceptual.enabled:
+        return None
+    try:
+        from .perceptual import build_perceptual
+    except ImportError as err:
+        raise PMFError(f"perceptual losses need `pip install 'pixel-meanflow[perceptual]'` ({err})") from None
+    return build_perceptual(cfg.perceptual, device)
