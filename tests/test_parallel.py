@@ -113,7 +113,7 @@ def test_fsdp_two_processes_matches_ddp_and_resumes_across_modes(tmp_path):
     print(f"fsdp x 2 with activation checkpointing vs ddp x 2: {compare_runs(ckpt, ddp, exact=True):.2e}")
     print(f"fsdp x 2 vs ddp x 2 after 6 steps: max relative difference {worst:.2e}")
     # the optimiser state too: Muon momentum, Adam moments and step counts, tensor by tensor
-    from pmf.sharded_checkpoint import to_single_file
+    from pmf.train_state import to_single_file
 
     opt_f = read_file(to_single_file(fsdp / "checkpoints" / "step_00000006", tmp_path / "fsdp6.pt"))["optimizer"]
     opt_d = read_file(ddp / "checkpoints" / "step_00000006.pt")["optimizer"]
@@ -142,7 +142,7 @@ def test_fsdp_two_processes_matches_ddp_and_resumes_across_modes(tmp_path):
 
 def check_atomic_and_export(run, tmp_path):
     from pmf.checkpoint import export_ema
-    from pmf.sharded_checkpoint import to_single_file
+    from pmf.train_state import to_single_file
 
     ckpts = run / "checkpoints"
     assert [p.name for _, p in list_checkpoints(ckpts)] == ["step_00000002", "step_00000004"]

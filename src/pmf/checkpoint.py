@@ -10,13 +10,26 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint_files import (
+    CKPT_PREFIX,
+    CKPT_SUFFIX,
+    FORMAT,
+    checkpoint_path,
+    fsync_dir,
+    list_checkpoints,
+    save_atomic,
+    save_training_checkpoint,
+)
 from .config import ModelConfig, model_config, preset_of
 from .errors import CheckpointError
 from .nn.model import PMFDiT, is_v_head_key, u_head_only
 from .nn.release import infer_config, load_release_state_dict
 from .sampling import SamplingSetting, default_setting
+from .sharded_checkpoint import is_sharded_checkpoint, read_meta, read_weights
 
-FORMAT = "pixel-meanflow"
+__all__ = ["CKPT_PREFIX", "CKPT_SUFFIX", "FORMAT", "LoadedCheckpoint", "checkpoint_path", "export_ema", "fsync_dir",
+           "is_training_checkpoint", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_model",
+           "read_file", "resolve", "run_checkpoint", "save_atomic", "save_training_checkpoint"]
 
 
 def resolve(spec: str | os.PathLike) -> Path:
@@ -80,6 +93,16 @@ def is_training_checkpoint(obj: dict) -> bool:
     return obj.get("format") == FORMAT
 
 
+def open_checkpoint(spec: str | os.PathLike):
+    """(the checkpoint's dict, a function giving one weight set: ``"raw"`` or an EMA name). A sharded (DCP)
+    folder gives its meta with the EMA names, and reads only the weight set asked for."""
+    if is_sharded_checkpoint(spec):
+        meta = read_meta(spec)
+        return {**meta, "ema": dict.fromkeys(meta.get("emas") or [])}, lambda which: read_weights(spec, which)
+    obj = read_file(spec)
+    return obj, lambda which: obj["model"] if which == "raw" else obj["ema"][which]
+
+
 @dataclass
 class LoadedCheckpoint:
     """A model read by ``load_checkpoint`` with what the file says about how to sample it."""
@@ -100,25 +123,20 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
     default setting, i.e. the released half-life for a released recipe, else the first EMA if any, else the
     raw weights; ``"raw"`` forces the raw weights). Release-format state dicts use ``arch`` (a preset name,
     with ``overrides``) or, without it, an architecture inferred from the shapes."""
-    from .sharded_checkpoint import is_sharded_checkpoint, lazy_checkpoint
-
-    obj = lazy_checkpoint(spec) if is_sharded_checkpoint(spec) else read_file(spec)
+    obj, weights_of = open_checkpoint(spec)
     if is_training_checkpoint(obj):
         config = ModelConfig.from_dict({**obj["model_config"], **overrides})
         train_config = obj.get("train_config") or {}
         if arch is not None and train_config.get("arch") not in (None, arch):
             raise CheckpointError(f"--arch {arch} contradicts the checkpoint, which records "
                                   f"{train_config['arch']}; drop --arch")
-        emas = obj.get("ema") or {}
-        setting = default_setting(config, train_config, list(emas))
+        emas = list(obj.get("ema") or [])
+        setting = default_setting(config, train_config, emas)
         if ema in (None, "auto"):
             ema = setting.ema or "raw"
-        if ema == "raw":
-            weights = obj["model"]
-        elif ema in emas:
-            weights = emas[ema]
-        else:
+        if ema != "raw" and ema not in emas:
             raise CheckpointError(f"EMA {ema!r} is not in the checkpoint; it has: {['raw', *emas]}")
+        weights = weights_of(ema)
         if not any(is_v_head_key(k) for k in weights):
             config.v_head = False  # inference weights (u-head only)
         model = PMFDiT(config)
@@ -154,87 +172,11 @@ def load_model(spec: str | os.PathLike, *, arch: str | None = None, ema: str | N
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Writing: atomic saves, keep-last-K, resume look-up, export of an EMA for inference.
-
-CKPT_PREFIX, CKPT_SUFFIX = "step_", ".pt"
-
-
-def save_atomic(obj, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``: a crash at any
-    moment leaves either the previous file or the complete new one, never a partial file under ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            if isinstance(obj, (bytes, str)):
-                f.write(obj.encode() if isinstance(obj, str) else obj)
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)  # make the rename durable
-    return path
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Flush a directory's entries (a rename into it) to disk, where the file system allows."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
-    return Path(directory) / f"{CKPT_PREFIX}{step:08d}{CKPT_SUFFIX}"
-
-
-def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(step, path) of the complete training checkpoints in ``directory``, oldest first: single files
-    ``step_XXXXXXXX.pt`` and sharded (DCP) folders ``step_XXXXXXXX`` (``pmf.sharded_checkpoint``)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    out = []
-    for p in directory.glob(f"{CKPT_PREFIX}*"):
-        is_file = p.name.endswith(CKPT_SUFFIX)
-        digits = p.name[len(CKPT_PREFIX):len(p.name) - (len(CKPT_SUFFIX) if is_file else 0)]
-        if not digits.isdigit() or p.is_dir() == is_file:
-            continue
-        if p.is_dir() and not ((p / ".metadata").is_file() and (p / "meta.json").is_file()):
-            continue
-        out.append((int(digits), p))
-    return sorted(out)
-
-
-def save_training_checkpoint(directory: str | os.PathLike, step: int, payload: dict, config: dict,
-                             keep_last: int = 3) -> Path:
-    """Save ``payload`` (with ``format``, ``model_config``, ``model``, ``ema``, ...) as step_XXXXXXXX.pt and
-    the resolved training ``config`` beside it as step_XXXXXXXX.json, both atomically; then delete all but
-    the newest ``keep_last`` checkpoints (only after the new one is complete)."""
-    path = checkpoint_path(directory, step)
-    save_atomic({"format": FORMAT, "step": step, **payload}, path)
-    save_atomic(json.dumps(config, indent=2), path.with_suffix(".json"))
-    from .sharded_checkpoint import remove_checkpoint
-
-    for _, old in list_checkpoints(directory)[:-keep_last]:
-        remove_checkpoint(old)
-    return path
-
+# Run folders and exports (the files themselves: pmf.checkpoint_files).
 
 def run_checkpoint(folder: str | os.PathLike) -> Path:
     """The newest training checkpoint of a run folder (in its ``checkpoints/``) or of a checkpoints folder;
     a sharded checkpoint folder itself is returned as it is."""
-    from .sharded_checkpoint import is_sharded_checkpoint
-
     path = Path(folder).expanduser()
     if is_sharded_checkpoint(path):
         return path
@@ -247,8 +189,6 @@ def run_checkpoint(folder: str | os.PathLike) -> Path:
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     """The newest readable training checkpoint in ``directory`` (older ones are tried if the newest cannot
     be read), or None when there is none."""
-    from .sharded_checkpoint import read_meta
-
     for _, path in reversed(list_checkpoints(directory)):
         try:
             if path.is_dir():

@@ -10,12 +10,14 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from . import distributed as D
-from .checkpoint import latest_checkpoint, list_checkpoints, save_training_checkpoint
+from .checkpoint import latest_checkpoint
+from .checkpoint_files import list_checkpoints, save_training_checkpoint
 from .config import ModelConfig
 from .errors import PMFError
-from .sharded_checkpoint import ShardedSaver, optimizer_rule, train_state
+from .sharded_checkpoint import ShardedSaver
 from .train_build import Parts
 from .train_config import TrainConfig
+from .train_state import optimizer_rule, train_state
 
 
 class CheckpointSaveError(PMFError):

@@ -18,8 +18,8 @@ from .errors import PMFError
 from .nn.layers import Block
 from .nn.model import PMFDiT
 from .optim import build_optimizer
-from .sharded_checkpoint import ensure_optimizer_state, file_state, load_full_into, load_sharded, train_state
 from .train_config import TrainConfig
+from .train_state import ensure_optimizer_state, file_state, load_full_into, load_sharded, train_state
 
 
 @dataclass

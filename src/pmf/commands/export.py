@@ -37,7 +37,8 @@ def run(args) -> int:
     args.checkpoint = checkpoint_arg(args.checkpoint)
     suffix = Path(args.out).suffix.lower()
     if args.format == "checkpoint":
-        from ..sharded_checkpoint import is_sharded_checkpoint, to_single_file
+        from ..sharded_checkpoint import is_sharded_checkpoint
+        from ..train_state import to_single_file
 
         if not is_sharded_checkpoint(args.checkpoint):
             raise PMFError(f"--format checkpoint rewrites a sharded checkpoint folder; {args.checkpoint!r} is not one")

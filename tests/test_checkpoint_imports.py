@@ -1,0 +1,94 @@
+"""The checkpoint house has no circle: reading a model from any training checkpoint (a single file or a sharded
+DCP folder) needs no optimiser, EMA, training config or trainer, and no module of the package imports itself
+back through others."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TRAINER = ("pmf.optim", "pmf.ema", "pmf.train_config", "pmf.train", "pmf.train_state", "pmf.checkpointer")
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Every import between the package's modules, those inside functions included."""
+    files = {}
+    for p in SRC.rglob("*.py"):
+        parts = p.relative_to(SRC).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph = {}
+    for name, path in files.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(package[:len(package) - node.level + 1] + [node.module or ""]).strip(".") \
+                    if node.level else node.module
+                for alias in node.names:
+                    edges.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in files else base)
+            elif isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names)
+        graph[name] = {e for e in edges if e in files and e != name}
+    return graph
+
+
+def test_no_module_imports_itself_back():
+    graph = module_graph()
+    assert "pmf.sharded_checkpoint" in graph["pmf.checkpoint"]  # the walk sees the imports
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                if nxt == goal:
+                    return True
+                seen.add(nxt)
+                todo.append(nxt)
+        return False
+
+    circles = sorted(m for m in graph if reaches(m, m))
+    assert not circles, circles
+
+
+def loaded_modules(spec: Path) -> list[str]:
+    code = ("import json, sys, torch, pmf; m = pmf.load_checkpoint(sys.argv[1]).model; "
+            f"print(json.dumps([n for n in {list(TRAINER)!r} if n in sys.modules]))")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code, str(spec)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_a_model_loads_from_any_training_checkpoint_without_the_trainer(tmp_path):
+    import pmf
+    from pmf.ema import EMASet
+    from pmf.optim import build_optimizer
+    from pmf.sharded_checkpoint import ShardedSaver
+    from pmf.train import train
+    from pmf.train_config import recipe
+    from pmf.train_state import optimizer_rule, train_state
+
+    cfg = recipe("tiny")
+    cfg.steps, cfg.ckpt_every, cfg.sample.every, cfg.out = 1, 1, 0, str(tmp_path / "run")
+    file = Path(train(cfg, progress=False)["last_checkpoint"])
+    assert "optimizer" in torch.load(file, weights_only=True)  # a real training checkpoint
+
+    model = pmf.build_model("pMF-Tiny/4")
+    optimizer, emas = build_optimizer(model, cfg.optim), EMASet(model, cfg.ema, cfg.batch_size)
+    meta = dict(step=3, model_config=model.config.to_dict(), train_config=cfg.to_dict(), emas=emas.names,
+                world_size=1, parallel="fsdp", optimizer_rule=optimizer_rule(optimizer))
+    folder = ShardedSaver(tmp_path / "dcp", keep_last=2).save(3, train_state(model, optimizer, emas), meta)
+    loaded = pmf.load_checkpoint(folder, ema="raw").model
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+    for spec in (file, folder):
+        assert loaded_modules(spec) == [], spec
