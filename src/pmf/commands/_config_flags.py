@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 
 from ..config import field_types, literal_choices
 from ..errors import PMFError
-from ._args import _Deprecated, numbers
+from ._deprecation import _Deprecated
+from ._numbers import numbers
 
 PREFIX = "config:"  # namespace destinations of the generated flags: "config:optim.lr"
 OFF = "config-off:"  # --no-SECTION of a section that may be None (perceptual)
@@ -185,3 +186,15 @@ def apply_config_flags(data: dict, cls, args) -> dict:
         if dest.startswith(OFF) and value:
             data[dest.removeprefix(OFF)] = None
     return data
+
+
+def add_perceptual_args(p) -> None:
+    """The flags of the training config's perceptual section (``pmf train``, ``pmf demo``)."""
+    from ..train_config import TrainConfig
+
+    add_config_flags(p, TrainConfig, TrainConfig(), str, only="perceptual")
+
+
+def apply_perceptual_args(cfg, args) -> None:
+    """``cfg.perceptual`` with the perceptual flags given in ``args``."""
+    cfg.perceptual = type(cfg).from_dict(apply_config_flags(cfg.to_dict(), type(cfg), args)).perceptual

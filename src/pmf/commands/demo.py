@@ -12,7 +12,8 @@ import torch
 
 from ..errors import PMFError
 from ._args import add_device, add_num_images, add_out, add_progress, add_seed, deprecated
-from .train import add_perceptual_args, apply_perceptual_args, guard_run_folder
+from ._config_flags import add_perceptual_args, apply_perceptual_args
+from ._runs import guard_run_folder
 
 DEFAULT_STEPS = 800
 

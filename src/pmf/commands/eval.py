@@ -30,7 +30,7 @@ from ._args import (
     output_folder,
     sampling_setting,
 )
-from .sample import add_common_model_args, add_sampling_speed_args
+from ._loading import add_common_model_args, add_sampling_speed_args
 
 
 def add_parser(sub) -> None:

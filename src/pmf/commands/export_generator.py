@@ -9,7 +9,7 @@ import torch
 from ..errors import PMFError
 from ..generator_export import export_generator, save_generator
 from ._args import add_out, check_device, load_for_sampling, output_file
-from .sample import add_common_model_args
+from ._loading import add_common_model_args
 
 
 def add_parser(sub) -> None:

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
 import numpy as np
 import torch
 
-from ..config import PRESETS
 from ..errors import PMFError
 from ..images import save_grid, save_image
-from ..sampling import PRECISIONS, generate, image_labels, prepare_sampler
+from ..sampling import generate, image_labels, prepare_sampler
 from ._args import (
     add_batch_size,
-    add_checkpoint,
-    add_device,
-    add_ema,
+    add_common_model_args,
     add_guidance,
     add_num_images,
     add_out,
     add_progress,
+    add_sampling_speed_args,
     add_seed,
     check_device,
     check_guidance,
@@ -52,25 +49,6 @@ def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
     if bad:
         raise PMFError(f"class {bad[0]} out of range [0, {num_classes - 1}]")
     return out
-
-
-def add_common_model_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
-    add_checkpoint(p)
-    p.add_argument("--arch", choices=list(PRESETS), help="architecture of a release-format file "
-                   "(default: recorded in our checkpoints, inferred from the shapes otherwise)")
-    add_ema(p, sweep=sweep)
-    p.add_argument("--noise-scale", type=float, default=None, help="noise scale (default: the preset's / "
-                   "recorded value)")
-    add_device(p)
-
-
-def add_sampling_speed_args(p: argparse.ArgumentParser) -> None:
-    """Precision and compilation of the sampler (``pmf sample``, ``pmf eval``)."""
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                   help="fp32 (default) or bf16 autocast (faster on GPUs and CPUs with AMX; images differ slightly)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network with frozen weights, one "
-                   "graph per batch size (pays off for many images: compiling takes from seconds to minutes)")
-    p.add_argument("--cuda-graphs", action="store_true", help="with --compile on a GPU: replay CUDA graphs")
 
 
 def add_parser(sub) -> None:

@@ -16,15 +16,7 @@ from ..errors import PMFError
 from ..train_config import RECIPES, TrainConfig, recipe
 from ._args import add_progress, check_device, output_folder
 from ._config_flags import add_config_flags, apply_config_flags
-
-
-def add_perceptual_args(p) -> None:
-    """The flags of the perceptual section (``pmf demo`` takes them too)."""
-    add_config_flags(p, TrainConfig, TrainConfig(), str, only="perceptual")
-
-
-def apply_perceptual_args(cfg: TrainConfig, args) -> None:
-    cfg.perceptual = TrainConfig.from_dict(apply_config_flags(cfg.to_dict(), TrainConfig, args)).perceptual
+from ._runs import guard_run_folder
 
 
 def add_parser(sub) -> None:
@@ -78,39 +70,6 @@ def read_config_file(spec: str) -> dict:
     if not isinstance(data, dict):
         raise PMFError(f"--config {str(path)!r} holds a JSON {type(data).__name__}, not an object of config fields")
     return data
-
-
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "summary.json", "samples", "tensorboard", "config.json")
-
-
-def guard_run_folder(out: str | Path, *, resume: str | None, overwrite: bool, flag: str = "--out") -> None:
-    """Refuse to start a fresh run over a run folder with checkpoints (it would restart at step 0 and truncate
-    metrics.jsonl); ``overwrite`` deletes that run's outputs first (on rank 0 only)."""
-    import os
-    import shutil
-
-    from ..checkpoint import list_checkpoints
-
-    out = Path(out)
-    if resume not in (None, "", "none"):
-        if overwrite:
-            raise PMFError("--resume and --overwrite contradict each other: pick one")
-        return
-    found = list_checkpoints(out / "checkpoints")
-    if not found:
-        return
-    if not overwrite:
-        raise PMFError(f"{flag} {str(out)!r} already holds a run (checkpoints up to step {found[-1][0]}); continue "
-                       "it with --resume auto, or start afresh with --overwrite (deletes its checkpoints and "
-                       "metrics)")
-    if int(os.environ.get("RANK", "0")) == 0:
-        for name in RUN_OUTPUTS:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-        print(f"--overwrite: deleted the earlier run's outputs in {out}", flush=True)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,60 @@
+"""Numbers from the command line: comma-separated lists, guidance intervals ``T_MIN:T_MAX``, and the checks of
+the sampling flags before any work starts."""
+
+from __future__ import annotations
+
+from ..errors import PMFError
+
+
+def numbers(text: str | None, flag: str, *, allow_empty: bool = False) -> list[float] | None:
+    """Comma-separated numbers of ``flag`` (None when not given); an empty list only with ``allow_empty``."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise PMFError(f"{flag} takes numbers separated by commas, got {text!r}") from None
+    if not values and not allow_empty:
+        raise PMFError(f"{flag} is empty")
+    return values
+
+
+def intervals(text: str | None) -> list[tuple[float, float]] | None:
+    if text is None:
+        return None
+    out = []
+    for part in str(text).split(","):
+        try:
+            lo, hi = (float(v) for v in part.split(":"))
+        except ValueError:
+            raise PMFError(f"--interval takes T_MIN:T_MAX pairs separated by commas, e.g. '0.1:0.8' or "
+                           f"'0.1:0.8,0.2:0.7', got {part!r}") from None
+        out.append((lo, hi))
+    return out
+
+
+def one_guidance(args) -> tuple[float | None, float | None, float | None]:
+    """(omega, t_min, t_max) given for a single setting (None: from the checkpoint); --interval and the old
+    --t-min / --t-max both set the interval."""
+    omega = numbers(args.omega, "--omega")
+    if omega is not None and len(omega) != 1:
+        raise PMFError(f"--omega takes one number here, got {args.omega!r} (sweeps: pmf eval)")
+    pairs = intervals(args.interval)
+    if pairs is not None and len(pairs) != 1:
+        raise PMFError(f"--interval takes one T_MIN:T_MAX pair here, got {args.interval!r} (sweeps: pmf eval)")
+    t_min, t_max = pairs[0] if pairs else (getattr(args, "t_min", None), getattr(args, "t_max", None))
+    return (omega[0] if omega else None), t_min, t_max
+
+
+def check_guidance(*, omega: float | None = None, t_min: float | None = None, t_max: float | None = None,
+                   steps: int | None = None) -> None:
+    """The sampling flags, checked before any work starts (None: not given)."""
+    if steps is not None and steps < 1:
+        raise PMFError(f"--steps must be >= 1, got {steps}")
+    if omega is not None and not omega > 0:
+        raise PMFError(f"--omega must be > 0 (1: no guidance), got {omega:g}")
+    for name, value in (("--t-min", t_min), ("--t-max", t_max)):
+        if value is not None and not 0 <= value <= 1:
+            raise PMFError(f"{name} must be in [0, 1], got {value:g}")
+    if t_min is not None and t_max is not None and t_min > t_max:
+        raise PMFError(f"the guidance interval needs t_min <= t_max, got [{t_min:g}, {t_max:g}]")
