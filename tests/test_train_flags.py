@@ -87,14 +87,21 @@ def test_a_new_field_gets_a_flag_with_nothing_else_written():
         name: str = "x"
         section: Section = dataclasses.field(default_factory=Section)
         extra: Section | None = None
+        tags: list[str] = dataclasses.field(default_factory=list)
+        table: dict[str, int] | None = None
+        anything: object = None  # no flag form of its own: JSON
 
     p = PMFArgumentParser(prog="t")
     add_config_flags(p, Config, Config(), lambda text: f"here {text}")
     help = p.format_help()
     assert "a size (default: here 2)" in help and "--section-mode {a,b}" in help and "--no-extra" in help
-    args = p.parse_args(["--section-mode", "b", "--extra-size", "5", "--name", "y"])
+    args = p.parse_args(["--section-mode", "b", "--extra-size", "5", "--name", "y", "--tags", "a,b",
+                         "--table", '{"cat": 3}', "--anything", "[1, 2]"])
     data = apply_config_flags(dataclasses.asdict(Config()), Config, args)
-    assert data == {"name": "y", "section": {"size": 2, "mode": "b"}, "extra": {"size": 5, "mode": "a"}}
+    assert data == {"name": "y", "section": {"size": 2, "mode": "b"}, "extra": {"size": 5, "mode": "a"},
+                    "tags": ["a", "b"], "table": {"cat": 3}, "anything": [1, 2]}
+    with pytest.raises(SystemExit):
+        p.parse_args(["--table", "[1]"])
     with pytest.raises(SystemExit):
         p.parse_args(["--section-mode", "c"])
 

@@ -76,6 +76,9 @@ def converter(leaf: Leaf) -> Callable[[str], object]:
         base = str
     elif tp in (int, float, str):
         base = tp
+    elif origin in (list, tuple) and typing.get_args(tp)[:1] == (str,):
+        def base(text):
+            return [v.strip() for v in text.split(",") if v.strip()]
     elif origin in (list, tuple):
         count = len(typing.get_args(tp)) if origin is tuple and ... not in typing.get_args(tp) else None
 
@@ -84,17 +87,17 @@ def converter(leaf: Leaf) -> Callable[[str], object]:
             if count is not None and len(values) != count:
                 raise PMFError(f"{leaf.flag} takes {count} comma-separated numbers, got {text!r}")
             return values
-    elif tp is dict or origin is dict:
+    else:  # a dict or any other type: its JSON form, checked by the config itself
+        want = dict if (tp is dict or origin is dict) else object
+
         def base(text):
             try:
                 value = json.loads(text)
             except json.JSONDecodeError:
-                value = None
-            if not isinstance(value, dict):
+                value = None if want is dict else text  # a bare word stands for itself
+            if not isinstance(value, want):
                 raise PMFError(f"{leaf.flag} takes a JSON object, e.g. '{{\"depth\": 6}}', got {text!r}")
             return value
-    else:
-        raise TypeError(f"no command-line form for the config field {'.'.join(leaf.path)} of type {tp}")
 
     def convert(text: str):
         if may_be_none and text.strip().lower() == "none":
