@@ -1,5 +1,7 @@
-"""The pMF training loop (spec sections 3 and 6), one function for every scale: a CPU process, one GPU, or
-many processes under ``torchrun`` (DDP, FSDP2, HSDP). All randomness comes from explicit generators: the data
+"""The pMF training loop (spec sections 3 and 6) for every scale: a CPU process, one GPU, or many processes
+under ``torchrun`` (DDP, FSDP2, HSDP). ``train`` runs the named pieces: the checks (``prepare``), building and
+resuming a run (``pmf.train_build``), the step (``train_step``), the loop with its metrics, grids and stops
+(``Loop``) and the checkpoints (``pmf.checkpointer``). All randomness comes from explicit generators: the data
 order (``pmf.data.order``) from (seed, epoch), the loss draws from (seed, step, rank), so a resumed run
 replays exactly the same batches and draws as an uninterrupted one. What a run shows lives in ``pmf.monitor``."""
 
@@ -17,7 +19,6 @@ from tqdm.auto import tqdm
 
 from . import distributed as D
 from . import parallel as P
-from .checkpoint import FORMAT, latest_checkpoint, read_file, run_checkpoint
 from .checkpointer import Checkpointer, CheckpointSaveError
 from .config import ModelConfig, model_config
 from .data import open_training_data
@@ -28,8 +29,16 @@ from .nn.attention import tangent_attention
 from .objective import pmf_loss, sample_draws
 from .optim import lr_factor, set_lr
 from .seeds import LOSS, derive_seed
-from .sharded_checkpoint import read_meta
-from .train_build import Parts, build, build_perceptual_loss, enable_activation_checkpointing, parallelize, restore
+from .train_build import (
+    Parts,
+    build,
+    build_perceptual_loss,
+    enable_activation_checkpointing,
+    load_resume,
+    parallelize,
+    resolve_resume,
+    restore,
+)
 from .train_config import TrainConfig
 
 __all__ = ["CheckpointSaveError", "TrainingInterrupted", "enable_activation_checkpointing", "step_seed", "train"]
@@ -38,36 +47,6 @@ __all__ = ["CheckpointSaveError", "TrainingInterrupted", "enable_activation_chec
 def step_seed(seed: int, step: int, rank: int) -> int:
     """A 63-bit seed for the loss draws of (step, rank), independent of everything else."""
     return derive_seed(seed, step, rank, stream=LOSS)
-
-
-def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
-    if resume in (None, "", "none"):
-        return None
-    if resume == "auto":
-        return latest_checkpoint(ckpt_dir)
-    path = Path(resume)
-    return run_checkpoint(path) if path.is_dir() else path
-
-
-def load_resume(path: Path, mcfg: ModelConfig, cfg: TrainConfig) -> dict:
-    """Read a training checkpoint and check that it fits this run (same architecture, batch size). A sharded
-    (DCP) folder gives its meta (``sharded`` set); its tensors are read once the model is built."""
-    if path.is_dir():
-        obj = {**read_meta(path), "sharded": True}
-    else:
-        obj = read_file(path)
-    if obj.get("format") != FORMAT or ("optimizer" not in obj and not obj.get("sharded")):
-        raise PMFError(f"{str(path)!r} is not a resumable training checkpoint (no optimiser state)")
-    saved = obj["model_config"]
-    diff = {k: (saved.get(k), v) for k, v in mcfg.to_dict().items() if saved.get(k) != v}
-    if diff:
-        text = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in diff.items())
-        raise PMFError(f"cannot resume from {str(path)!r}: it was trained with another architecture ({text})")
-    saved_batch = obj.get("train_config", {}).get("batch_size")
-    if saved_batch is not None and saved_batch != cfg.batch_size:
-        raise PMFError(f"cannot resume from {str(path)!r} with batch size {cfg.batch_size}: it was trained with "
-                       f"{saved_batch} (the data order and the EMA schedule depend on it)")
-    return obj
 
 
 # Set (by the command line's Ctrl-C handler) to stop after the running step with a checkpoint. Only for one

@@ -1,6 +1,7 @@
-"""Building a training run, in the order every rank takes the same collective steps: the model and its sharding,
-the optimiser and the EMAs (``build``), their state from a checkpoint (``restore``), then compilation, the DDP
-wrapper and the gradient reduction (``parallelize``)."""
+"""Building and resuming a training run, in the order every rank takes the same collective steps: the model and
+its sharding, the optimiser and the EMAs (``build``), their state from the checkpoint to resume
+(``resolve_resume``, ``load_resume``, ``restore``), then compilation, the DDP wrapper and the gradient reduction
+(``parallelize``)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import torch.distributed as dist
 
 from . import distributed as D
 from . import parallel as P
+from .checkpoint import FORMAT, latest_checkpoint, read_file, run_checkpoint
 from .config import ModelConfig
 from .ema import EMASet
 from .errors import PMFError
 from .nn.layers import Block
 from .nn.model import PMFDiT
 from .optim import build_optimizer
+from .sharded_checkpoint import read_meta
 from .train_config import TrainConfig
 from .train_state import ensure_optimizer_state, file_state, load_full_into, load_sharded, train_state
 
@@ -64,6 +67,36 @@ def build(cfg: TrainConfig, mcfg: ModelConfig, info: D.DistInfo) -> Parts:
     else:
         optimizer = build_optimizer(model, cfg.optim)
     return Parts(model, model, optimizer, EMASet(model, cfg.ema, cfg.batch_size), sharded, bf16)
+
+
+def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
+    if resume in (None, "", "none"):
+        return None
+    if resume == "auto":
+        return latest_checkpoint(ckpt_dir)
+    path = Path(resume)
+    return run_checkpoint(path) if path.is_dir() else path
+
+
+def load_resume(path: Path, mcfg: ModelConfig, cfg: TrainConfig) -> dict:
+    """Read a training checkpoint and check that it fits this run (same architecture, batch size). A sharded
+    (DCP) folder gives its meta (``sharded`` set); its tensors are read once the model is built."""
+    if path.is_dir():
+        obj = {**read_meta(path), "sharded": True}
+    else:
+        obj = read_file(path)
+    if obj.get("format") != FORMAT or ("optimizer" not in obj and not obj.get("sharded")):
+        raise PMFError(f"{str(path)!r} is not a resumable training checkpoint (no optimiser state)")
+    saved = obj["model_config"]
+    diff = {k: (saved.get(k), v) for k, v in mcfg.to_dict().items() if saved.get(k) != v}
+    if diff:
+        text = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in diff.items())
+        raise PMFError(f"cannot resume from {str(path)!r}: it was trained with another architecture ({text})")
+    saved_batch = obj.get("train_config", {}).get("batch_size")
+    if saved_batch is not None and saved_batch != cfg.batch_size:
+        raise PMFError(f"cannot resume from {str(path)!r} with batch size {cfg.batch_size}: it was trained with "
+                       f"{saved_batch} (the data order and the EMA schedule depend on it)")
+    return obj
 
 
 def restore(parts: Parts, path: Path, state: dict) -> int:
