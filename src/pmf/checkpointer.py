@@ -70,15 +70,22 @@ class Checkpointer:
         return self.saver.save(step, train_state(p.model, p.optimizer, p.emas), meta)
 
     def _write_file(self, step: int) -> Path | None:
-        path = None
+        path, failure = None, None
         if self.info.is_main:
             p = self.parts
             payload = dict(model_config=self.mcfg.to_dict(), model=_cpu(p.model.state_dict()),
                            ema=p.emas.state_dict(), optimizer=p.optimizer.state_dict(),
                            train_config=self.cfg.to_dict(), world_size=self.info.world_size,
                            rng={"torch": torch.get_rng_state()})
-            path = save_training_checkpoint(self.directory, step, payload, self.cfg.to_dict(), self.cfg.keep_last)
-        D.barrier()
+            try:
+                path = save_training_checkpoint(self.directory, step, payload, self.cfg.to_dict(),
+                                                self.cfg.keep_last)
+            except (OSError, RuntimeError) as err:
+                failure = err
+        # every rank learns whether rank 0 wrote the file (this is also the barrier): all stop together
+        failed = D.all_reduce_max(torch.tensor([float(failure is not None)], device=self.info.device))
+        if failed.item() > 0:
+            raise failure or RuntimeError("rank 0 could not write the checkpoint")
         return path
 
 
