@@ -12,6 +12,7 @@ from typing import NamedTuple
 from .config import PRESETS, RELEASED_SAMPLING, dataclass_from_dict
 from .errors import PMFError
 from .perceptual.config import PerceptualConfig
+from .setting import check_guidance, check_prediction
 
 
 def _check(cond: bool, name: str, value, want: str) -> None:
@@ -42,7 +43,7 @@ class LossConfig:
         _check(self.cfg_max >= 0, "loss.cfg_max", self.cfg_max, ">= 0")
         _check(0 <= self.class_dropout_prob <= 1, "loss.class_dropout_prob", self.class_dropout_prob, "in [0, 1]")
         _check(self.norm_eps > 0, "loss.norm_eps", self.norm_eps, "> 0")
-        _check(self.prediction in ("x", "u"), "loss.prediction", self.prediction, "'x' or 'u'")
+        check_prediction(self.prediction, name="loss.prediction")
         from .objective import JVP_MODES
 
         _check(self.jvp is None or self.jvp in JVP_MODES, "loss.jvp", self.jvp, f"None or one of {JVP_MODES}")
@@ -116,9 +117,8 @@ class SampleConfig:
     def __post_init__(self) -> None:
         _check(self.every >= 0, "sample.every", self.every, ">= 0 (0 turns grids off)")
         _check(self.count >= 1, "sample.count", self.count, ">= 1")
-        _check(self.omega >= 1, "sample.omega", self.omega, ">= 1")
-        _check(0 <= self.t_min <= self.t_max <= 1, "sample.t_min/t_max", (self.t_min, self.t_max),
-               "0 <= t_min <= t_max <= 1")
+        check_guidance(self.omega, self.t_min, self.t_max,
+                       names={k: f"sample.{k}" for k in ("omega", "t_min", "t_max")})  # the sampler's own rule
 
 
 @dataclass
