@@ -209,10 +209,6 @@ def use_ordered_reduction(model: torch.nn.Module) -> None:
             module.set_custom_reduce_scatter(comm)
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    return any(is_dtensor(p) for p in model.parameters())
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Owner-based Newton-Schulz on row-sharded matrices.
 
@@ -308,14 +304,6 @@ def orthogonalize_sharded(blocks: list[torch.Tensor], shapes: list[tuple[int, in
     return updates
 
 
-def ns_load(shapes: list[tuple[int, int]], ranks: int) -> list[int]:
-    """Newton-Schulz cost per rank of the owner assignment (for measurement)."""
-    load = [0] * ranks
-    for s, r in zip(shapes, assign_owners(shapes, ranks)):
-        load[r] += ns_cost(s)
-    return load
-
-
 def bytes_of(tensors) -> int:
     """Bytes of the local parts of ``tensors`` (plain tensors whole, DTensors their shard)."""
     total = 0
@@ -326,7 +314,7 @@ def bytes_of(tensors) -> int:
 
 
 __all__ = ["PARALLEL_MODES", "REDUCE_MODES", "assign_owners", "build_mesh", "bytes_of", "ddp_ordered_hook", "full",
-           "is_dtensor", "is_sharded", "local", "mixed_precision", "ns_cost", "ns_load", "ordered_all_reduce_",
+           "is_dtensor", "local", "mixed_precision", "ns_cost", "ordered_all_reduce_",
            "ordered_reduce_scatter", "orthogonalize_sharded", "resolve_reduce", "shard_group", "shard_model",
            "tree_sum", "use_ordered_reduction"]
 

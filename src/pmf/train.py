@@ -210,8 +210,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
             return path if info.is_main else None
         if info.is_main:
             payload = dict(model_config=mcfg.to_dict(), model=_cpu(model.state_dict()), ema=emas.state_dict(),
-                           optimizer=optimizer.state_dict(), train_config=cfg.to_dict(), world_size=info.world_size,
-                           rng={"torch": torch.get_rng_state()})
+                           optimizer=optimizer.state_dict(), train_config=cfg.to_dict(), world_size=info.world_size)
             path = save_training_checkpoint(ckpt_dir, step, payload, cfg.to_dict(), cfg.keep_last)
         last_saved = step
         D.barrier()
