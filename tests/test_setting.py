@@ -3,6 +3,8 @@ the training loss to the sampler, the model's own setting as the default of ``ge
 sample exactly as the checkpoint they came from."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,12 +12,11 @@ import torch
 
 import pmf
 from helpers import RECIPE, perturbed, training_checkpoint
-from pmf.checkpoint import sidecar_path
 from pmf.cli import main
 from pmf.commands._args import check_guidance as check_flags
 from pmf.evaluate import EvalSettings
-from pmf.sampling import generate, image_noise, sample
-from pmf.setting import SamplingSetting, SettingError, check_guidance, default_setting
+from pmf.sampling import generate, image_noise, sample, to_uint8
+from pmf.setting import SamplingSetting, SettingError, check_guidance, default_setting, sidecar_path
 from pmf.train_config import SampleConfig
 
 # ---- one rule ------------------------------------------------------------------------------------------------
@@ -88,8 +89,6 @@ def test_u_prediction_checkpoint_is_sampled_as_u(tmp_path):
     noise = image_noise(range(2), (1, 8, 8), seed=1, noise_scale=loaded.model.config.noise_scale)
     as_u = sample(loaded.model, noise, labels, **RECIPE, prediction="u")
     as_x = sample(loaded.model, noise, labels, **RECIPE, prediction="x")
-    from pmf.sampling import to_uint8
-
     assert torch.equal(got, to_uint8(as_u)) and not torch.equal(got, to_uint8(as_x))
     assert default_setting(loaded.model.config, {"loss": {"prediction": "u"}}).prediction == "u"
 
@@ -129,10 +128,18 @@ def test_an_export_samples_exactly_as_its_checkpoint(tmp_path, suffix, capsys):
     assert "recorded in the export" in log and "from the flags" not in log.split("recorded in the export")[1]
     recorded = json.loads((tmp_path / "b" / "sample_settings.json").read_text())
     assert (recorded["omega"], recorded["t_min"], recorded["t_max"]) == (3.0, 0.1, 0.8)
-    if suffix == ".pt":  # the state dict stays the release's; the setting lives beside it
+    if suffix == ".pt":  # the state dict stays the release's (its port loads it); the setting lives beside it
         sd = torch.load(export, weights_only=True)
         assert all(k.startswith("net.") and torch.is_tensor(v) for k, v in sd.items())
         assert json.loads(sidecar_path(export).read_text())["sampling_setting"]["ema"] == "hl0.05"
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+        from release_port import ReleasePortNet, release_generate
+
+        cfg = pmf.load_model(export).config
+        port = ReleasePortNet(cfg, eval_mode=True).load_release(sd).eval()
+        noise = image_noise(range(len(want)), (1, 8, 8), seed=0, noise_scale=cfg.noise_scale)
+        images = to_uint8(release_generate(port, noise, torch.arange(len(want)) % cfg.num_classes, **RECIPE))
+        assert np.abs(images.numpy().astype(int) - want.astype(int)).max() <= 1
 
 
 def test_export_generator_json_records_the_setting(tmp_path):

@@ -15,7 +15,8 @@ from .config import ModelConfig, model_config, preset_of
 from .errors import CheckpointError
 from .nn.model import PMFDiT, is_v_head_key, u_head_only
 from .nn.release import infer_config, load_release_state_dict
-from .setting import SamplingSetting, default_setting
+from .remote import hub_file, url_file
+from .setting import SamplingSetting, default_setting, exported_setting, read_sidecar, sidecar_path
 
 FORMAT = "pixel-meanflow"
 
@@ -28,59 +29,13 @@ def resolve(spec: str | os.PathLike) -> Path:
         parts = spec[3:].split("/")
         if len(parts) < 3:
             raise CheckpointError(f"hub names look like hf:OWNER/REPO/FILE, got {spec!r}")
-        return _hub_file(spec, "/".join(parts[:2]), "/".join(parts[2:]))
+        return hub_file(spec, "/".join(parts[:2]), "/".join(parts[2:]))
     if spec.startswith(("http://", "https://")):
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / spec.rsplit("/", 1)[-1]
-        if not cache.exists():
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                torch.hub.download_url_to_file(spec, str(cache))
-            except Exception as err:
-                raise CheckpointError(f"could not download {spec!r}: {err}") from None
-        return cache
+        return url_file(spec)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {str(path)!r}")
     return path
-
-
-def _hub_file(spec: str, repo: str, filename: str) -> Path:
-    """The cached copy of a hub file, else a download; without a network a one-line error in seconds (the
-    hub client alone retries for about half a minute) that says how to work offline."""
-    try:
-        from huggingface_hub import constants, hf_hub_download
-    except ImportError:
-        raise CheckpointError("hub names need `pip install pixel-meanflow[hub]`") from None
-    try:
-        return Path(hf_hub_download(repo, filename, local_files_only=True))
-    except Exception:  # not cached yet
-        pass
-    offline = f"{spec!r} is not in the local Hugging Face cache"
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise CheckpointError(f"{offline} and HF_HUB_OFFLINE is set; download it once with a network, or pass "
-                              "the file's local path")
-    problem = _unreachable(constants.ENDPOINT)
-    if problem:
-        raise CheckpointError(f"{offline} and the hub ({constants.ENDPOINT}) cannot be reached ({problem}): "
-                              "offline? Download the file once with a network, or pass its local path")
-    try:
-        return Path(hf_hub_download(repo, filename, etag_timeout=10))
-    except Exception as err:  # missing repositories or files, a network that fails half-way
-        raise CheckpointError(f"could not fetch {spec!r} from the hub: {str(err).splitlines()[0]}") from None
-
-
-def _unreachable(url: str, timeout: float = 3.0) -> str | None:
-    """Why a TCP connection to ``url``'s host fails within ``timeout`` seconds (DNS included), or None."""
-    import socket
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    try:
-        socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
-                                 timeout=timeout).close()
-    except OSError as err:
-        return err.strerror or type(err).__name__
-    return None
 
 
 def read_file(spec: str | os.PathLike) -> dict:
@@ -187,48 +142,27 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
     else:
         if ema not in (None, "auto", "raw"):
             raise CheckpointError(f"--ema {ema} needs a training checkpoint; this file holds one set of weights")
-        state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj.get("model", None), dict) \
-            or "state_dict" in obj else obj
-        if arch is not None:
-            config = model_config(arch, **overrides)
-            if not any(is_v_head_key(k) for k in state):
-                config.v_head = False
-        else:
-            config = infer_config(state, **overrides)
-        model = load_release_state_dict(PMFDiT(config), state)
-        found_arch, ema, data, class_names = arch or preset_of(config), None, None, None
-        setting = default_setting(config, {"arch": found_arch} if found_arch else None)
-        setting = exported_setting(_sidecar_setting(spec), setting)
+        model, found_arch, setting = _release_format(obj, spec, arch, overrides)
+        ema, data, class_names = None, None, None
     return LoadedCheckpoint(model.to(device).eval(), found_arch, ema, setting, data,
                             list(class_names) if class_names else None)
 
 
-def exported_setting(recorded: dict | None, fallback: SamplingSetting) -> SamplingSetting:
-    """The setting an export recorded (its weights are those of the recorded EMA, so ``ema`` is None: the
-    file's weights); ``fallback`` for exports written before exports recorded it."""
-    if not recorded:
-        return fallback
-    of = f", EMA {recorded['ema']}" if recorded.get("ema") else ""
-    return SamplingSetting.from_dict(recorded, ema=None,
-                                     source=f"recorded in the export: {recorded.get('source', 'unknown')}{of}")
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """Where a release-format export keeps its setting: ``NAME.sampling.json`` beside ``NAME.pt`` (the state
-    dict itself stays exactly the release's, for the release's own loader)."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.sampling.json")
-
-
-def _sidecar_setting(spec) -> dict | None:
-    path = Path(str(spec)).expanduser()
-    side = sidecar_path(path)
-    if str(spec).startswith(("hf:", "http://", "https://")) or not side.is_file():
-        return None
-    try:
-        return json.loads(side.read_text()).get("sampling_setting")
-    except (OSError, ValueError, AttributeError):
-        raise CheckpointError(f"{str(side)!r} beside the checkpoint is not a readable setting file") from None
+def _release_format(obj: dict, spec, arch: str | None, overrides: dict) -> tuple[PMFDiT, str | None,
+                                                                                SamplingSetting]:
+    """(model, preset, setting) of a release-format state dict (under ``state_dict`` / ``model`` or bare)."""
+    state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj.get("model", None), dict) \
+        or "state_dict" in obj else obj
+    if arch is not None:
+        config = model_config(arch, **overrides)
+        if not any(is_v_head_key(k) for k in state):
+            config.v_head = False
+    else:
+        config = infer_config(state, **overrides)
+    model = load_release_state_dict(PMFDiT(config), state)
+    found_arch = arch or preset_of(config)
+    setting = default_setting(config, {"arch": found_arch} if found_arch else None)
+    return model, found_arch, exported_setting(read_sidecar(spec), setting)
 
 
 def load_model(spec: str | os.PathLike, *, arch: str | None = None, ema: str | None = None,

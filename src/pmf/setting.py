@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -129,3 +131,34 @@ def default_setting(config: ModelConfig, train_config: dict | None = None,
         return SamplingSetting(cfg["omega"], cfg["t_min"], cfg["t_max"], 1, first,
                                "the training recipe's sampling setting", prediction)
     return SamplingSetting(ema=first, prediction=prediction)
+
+
+# ---- the setting of an exported file ---------------------------------------------------------------------------
+
+def exported_setting(recorded: dict | None, fallback: SamplingSetting) -> SamplingSetting:
+    """The setting an export recorded (its weights are those of the recorded EMA, so ``ema`` is None: the
+    file's weights); ``fallback`` for exports written before exports recorded it."""
+    if not recorded:
+        return fallback
+    of = f", EMA {recorded['ema']}" if recorded.get("ema") else ""
+    return SamplingSetting.from_dict(recorded, ema=None,
+                                     source=f"recorded in the export: {recorded.get('source', 'unknown')}{of}")
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Where a release-format export keeps its setting: ``NAME.sampling.json`` beside ``NAME.pt`` (the state
+    dict itself stays exactly the release's, for the release's own loader)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.sampling.json")
+
+
+def read_sidecar(spec) -> dict | None:
+    """The fields recorded beside a local release-format export (``sidecar_path``), or None."""
+    path = Path(str(spec)).expanduser()
+    side = sidecar_path(path)
+    if str(spec).startswith(("hf:", "http://", "https://")) or not side.is_file():
+        return None
+    try:
+        return json.loads(side.read_text()).get("sampling_setting")
+    except (OSError, ValueError, AttributeError):
+        raise PMFError(f"{str(side)!r} beside the checkpoint is not a readable setting file") from None

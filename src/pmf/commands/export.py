@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checkpoint import sidecar_path
 from ..errors import PMFError
+from ..setting import sidecar_path
 from ._args import add_checkpoint, add_ema, add_out, checkpoint_arg, legacy_positionals, output_file
 
 # output suffix -> format written
