@@ -4,6 +4,7 @@ sample exactly as the checkpoint they came from."""
 
 import json
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +157,34 @@ def test_export_generator_json_records_the_setting(tmp_path):
     full = [torch.full((2,), v) for v in (3.0, 0.1, 0.8)]
     want = sample(loaded.model, eps * loaded.model.config.noise_scale, labels, setting=setting)
     torch.testing.assert_close(program(eps, labels, *full), want, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_and_serve_sample_a_u_prediction_checkpoint_as_u(tmp_path, monkeypatch):
+    import pmf.quality
+
+    seen = []
+    monkeypatch.setattr(pmf.quality, "offline_scores", lambda images, labels, **kw: seen.append(images) or
+                        {"accuracy": 1.0, "frechet": 1.0, "frechet_real_floor": 0.1, "accuracy_real_floor": 1.0,
+                         "frechet_class_means": 2.0, "dataset": kw.get("dataset")})
+    ckpt = training_checkpoint(tmp_path / "run", prediction="u")
+    assert main(["eval", "--checkpoint", str(ckpt), "--offline", "--dataset", "digits", "--num-images", "10",
+                 "--no-progress", "--device", "cpu", "--out", str(tmp_path / "e")]) == 0
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["settings"]["prediction"] == "u"
+    loaded = pmf.load_checkpoint(ckpt)
+    labels = torch.arange(10) % loaded.model.config.num_classes
+    want = torch.cat([b for _, b in generate(loaded, range(10), labels, seed=0, progress=False)])
+    assert np.array_equal(seen[0], want.numpy())
+
+    pytest.importorskip("fastapi")
+    from pmf.cli import build_parser
+    from pmf.commands.serve import build
+
+    _, info, batcher = build(build_parser().parse_args(["serve", "--checkpoint", str(ckpt), "--device", "cpu"]))
+    assert info.setting.prediction == batcher.prediction == "u"
+    from pmf.serve.batcher import ImageJob
+
+    job = ImageJob((0, 3), 0, 3.0, 0.1, 0.8, 1)
+    got = batcher.run_batch([(types.SimpleNamespace(job=job), i) for i in range(2)], steps=1)
+    noise = image_noise([0], (1, 8, 8), seed=0, noise_scale=loaded.model.config.noise_scale)
+    first = to_uint8(sample(loaded.model, noise, torch.tensor([0]), **RECIPE, prediction="u"))
+    assert np.array_equal(got[:1], first.numpy())
