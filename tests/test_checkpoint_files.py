@@ -128,7 +128,7 @@ def test_a_foreign_pickle_is_refused_without_advising_weights_only_false(tmp_pat
     assert "not a checkpoint this package reads" in msg and "argparse.Namespace" in msg
     assert "weights_only" not in msg and "\n" not in msg and msg.endswith("in full")
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
-    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint: it starts with b'not a '") as err:
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint: it starts with b'not a '") as err:
         read_file(tmp_path / "notes.txt")
     assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
 

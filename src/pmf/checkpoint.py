@@ -61,7 +61,7 @@ def read_file(spec: str | os.PathLike) -> dict:
         with open(path, "rb") as f:
             head = f.read(6)
         if size and not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive (old: a pickle)
-            raise CheckpointError(f"{str(path)!r} ({size} bytes) is not a PyTorch checkpoint: it starts with "
+            raise CheckpointError(f"{str(path)!r} ({size} bytes) is not a readable PyTorch checkpoint: it starts with "
                                   f"{head!r}, not the header of a zip archive or a pickle") from None
         if "weights only load failed" in str(err).lower():  # not torch's advice: weights_only=False runs code
             found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n\n|$)", str(err), re.S)
