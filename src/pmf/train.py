@@ -230,7 +230,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         with autocast, tangent_attention(L.tangent_attention):
             res = pmf_loss(net, x, y, draws, num_classes=mcfg.num_classes, norm_p=L.norm_p, norm_eps=L.norm_eps,
                            prediction=L.prediction, perceptual=perceptual, **({"jvp": jvp} if jvp else {}))
-        loss = res["loss"]
+        loss = res.loss
         bad = D.all_reduce_max((~torch.isfinite(loss.detach())).float())
         if bad.item() > 0:
             path = save(step) if step > last_saved else (list_checkpoints(ckpt_dir) or [(None, None)])[-1][1]
@@ -240,9 +240,9 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
                            "or gradient clipping")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        metrics = {"loss": loss.detach(), "loss_u": res["loss_u"], "loss_v": res.get("loss_v", loss.new_zeros(()))}
-        metrics.update({k: v.detach() for k, v in res.items()
-                        if k.startswith("loss_") and torch.is_tensor(v) and v.dim() == 0})
+        metrics = {"loss": loss.detach(), "loss_u": res.loss_u,
+                   "loss_v": res.loss_v if res.loss_v is not None else loss.new_zeros(())}
+        metrics.update({k: v.detach() for k, v in res.logs.items() if torch.is_tensor(v) and v.dim() == 0})
         if cfg.optim.grad_clip is not None:
             metrics["grad_norm"] = P.full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
         optimizer.step()
