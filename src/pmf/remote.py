@@ -26,7 +26,8 @@ def hub_file(spec: str, repo: str, filename: str) -> Path:
     if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         raise CheckpointError(f"{offline} and HF_HUB_OFFLINE is set; download it once with a network, or pass "
                               "the file's local path")
-    problem = unreachable(constants.ENDPOINT)
+    proxied = any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    problem = None if proxied else unreachable(constants.ENDPOINT)  # through a proxy the client must judge
     if problem:
         raise CheckpointError(f"{offline} and the hub ({constants.ENDPOINT}) cannot be reached ({problem}): "
                               "offline? Download the file once with a network, or pass its local path")
@@ -37,16 +38,24 @@ def hub_file(spec: str, repo: str, filename: str) -> Path:
 
 
 def unreachable(url: str, timeout: float = 3.0) -> str | None:
-    """Why a TCP connection to ``url``'s host fails within ``timeout`` seconds (DNS included), or None."""
+    """Why a TCP connection to ``url``'s host fails within ``timeout`` seconds, or None. The name look-up runs
+    in a thread, as the socket's own timeout does not bound it."""
     import socket
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Late
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
+    address = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    pool = ThreadPoolExecutor(1)
     try:
-        socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
-                                 timeout=timeout).close()
+        pool.submit(socket.create_connection, address, timeout).result(timeout=timeout).close()
+    except Late:
+        return f"no answer within {timeout:g} s"
     except OSError as err:
         return err.strerror or type(err).__name__
+    finally:
+        pool.shutdown(wait=False)
     return None
 
 
