@@ -1,5 +1,5 @@
 """One-step sampling throughput and peak memory: our fast path against a re-creation of the released
-PyTorch port's computation (fp32, einsum softmax attention, complex RoPE; ``pmf.nn.release_port``), on the
+PyTorch port's computation (fp32, einsum softmax attention, complex RoPE; ``benchmarks/release_port.py``), on the
 same weights in the same process, with the max abs difference between their images (in [-1, 1]).
 
 Our path: SDPA attention, the u-head only, ``inference_mode``, optionally bf16 autocast
@@ -22,8 +22,8 @@ import torch
 
 import common
 from pmf import build_model, load_release_state_dict, release_state_dict
-from pmf.nn.release_port import ReleasePortNet, release_generate
 from pmf.sampling import precision_context, prepare_sampler, sample
+from release_port import ReleasePortNet, release_generate
 
 GUIDANCE = dict(omega=7.5, t_min=0.1, t_max=0.8)
 

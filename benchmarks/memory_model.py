@@ -95,7 +95,7 @@ def activation_child(preset: str, batch: int, ckpt: bool, shared: int, aux: int)
     draws.omega[:] = 3.0  # guidance active on every sample: the largest guidance pass
 
     def step():
-        pmf_loss(model, x, y, draws, num_classes=cfg.num_classes)["loss"].backward()
+        pmf_loss(model, x, y, draws, num_classes=cfg.num_classes).loss.backward()
 
     peak = common.measure_peak(step, torch.device("cpu"))
     return {"preset": preset, "batch": batch, "ckpt": ckpt, "blocks": shared + 2 * aux, "peak_bytes": peak}

@@ -87,7 +87,7 @@ class Bench:
             fn.manual_seed(0)  # the same crops on every call
         with self.autocast():
             out = pmf_loss(self.model, self.x, self.y, self.draws, num_classes=self.num_classes, perceptual=fn)
-        out["loss"].backward()
+        out.loss.backward()
 
     def crop(self, size: int) -> None:
         """The loss's crops of the whole batch: prediction (with gradient) and clean image, then backward."""

@@ -50,7 +50,7 @@ def loss_and_grads(model, x, y, draws, precision, dev):
     model.zero_grad(set_to_none=True)
     with autocast(precision, dev):
         out = pmf_loss(model, x, y, draws, num_classes=model.config.num_classes)
-    out["loss"].backward()
+    out.loss.backward()
     grads = {n: p.grad.detach().double().clone() for n, p in model.named_parameters()}
     return out, grads
 
@@ -77,12 +77,12 @@ def fixtures(dev: torch.device) -> dict:
         r32, g32 = loss_and_grads(model, d["x"], d["labels"], draws, "fp32", dev)
         r16, g16 = loss_and_grads(model, d["x"], d["labels"], draws, "bf16", dev)
         out[s] = {
-            "loss_u_rel_diff": abs(r16["loss_u"].item() / r32["loss_u"].item() - 1),
-            "loss_v_rel_diff": abs(r16["loss_v"].item() / r32["loss_v"].item() - 1),
-            "per_sample_u_raw_rel_diff": rel(r16["per_sample_u_raw"], r32["per_sample_u_raw"]),
-            "du_dt_rel_diff": rel(r16["du_dt"], r32["du_dt"]),
-            "v_g_rel_diff": rel(r16["v_g"], r32["v_g"]),
-            "fp32_vs_release_loss_u_rel_diff": abs(r32["loss_u"].item() / d["loss_u_logged"].item() - 1),
+            "loss_u_rel_diff": abs(r16.loss_u.item() / r32.loss_u.item() - 1),
+            "loss_v_rel_diff": abs(r16.loss_v.item() / r32.loss_v.item() - 1),
+            "per_sample_u_raw_rel_diff": rel(r16.per_sample_u_raw, r32.per_sample_u_raw),
+            "du_dt_rel_diff": rel(r16.du_dt, r32.du_dt),
+            "v_g_rel_diff": rel(r16.v_g, r32.v_g),
+            "fp32_vs_release_loss_u_rel_diff": abs(r32.loss_u.item() / d["loss_u_logged"].item() - 1),
             **grad_figures(g32, g16),
         }
     return out
@@ -119,7 +119,7 @@ def training_step(dev: torch.device, arch: str, batch: int, repeats: int) -> dic
     (w32, g32, o32), (w16, g16, o16) = after["fp32"], after["bf16"]
     upd = torch.cat([(w32[n] - start[n].double()).flatten() for n in w32]).norm()
     diff = torch.cat([(w16[n] - w32[n]).flatten() for n in w32]).norm()
-    result.update(grad_figures(g32, g16), loss_u_rel_diff=abs(o16["loss_u"].item() / o32["loss_u"].item() - 1),
+    result.update(grad_figures(g32, g16), loss_u_rel_diff=abs(o16.loss_u.item() / o32.loss_u.item() - 1),
                   update_rel_diff=(diff / upd).item(), time_ratio=result["bf16_step_s"] / result["fp32_step_s"])
     return result
 

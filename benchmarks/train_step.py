@@ -87,7 +87,7 @@ class Bench:
         self.model.zero_grad(set_to_none=True)
         with self.autocast(), tangent_attention(self.tangent_attention):
             out = pmf_loss(self.net, self.x, self.y, self.draws, num_classes=self.num_classes, **self.jvp)
-        out["loss"].backward()
+        out.loss.backward()
 
     def plain(self):
         self.model.zero_grad(set_to_none=True)

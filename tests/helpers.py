@@ -48,3 +48,32 @@ def random_model(seed: int = 0, arch: str = "pMF-Tiny/4") -> torch.nn.Module:
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
     return model.eval()
+
+
+# the sampling setting a tiny training checkpoint of ``training_checkpoint`` records as its recipe's
+RECIPE = {"omega": 3.0, "t_min": 0.1, "t_max": 0.8}
+
+
+def perturbed(seed: int) -> torch.nn.Module:
+    """The TINY model with weights perturbed by ``seed`` (so that images depend on them)."""
+    import pmf
+    from pmf.config import model_config
+
+    model = pmf.PMFDiT(model_config("pMF-Tiny/4", **TINY))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def training_checkpoint(run_folder, *, prediction: str = "x") -> Path:
+    """A training checkpoint (no training: seconds) in ``run_folder/checkpoints``: the TINY model's raw weights
+    and one EMA ``hl0.05`` (other weights), recording RECIPE as the recipe's setting and the loss's
+    ``prediction`` type."""
+    from pmf.checkpoint import save_training_checkpoint
+
+    raw, ema = perturbed(0), perturbed(1)
+    payload = {"model_config": raw.config.to_dict(), "model": raw.state_dict(), "ema": {"hl0.05": ema.state_dict()},
+               "train_config": {"arch": "pMF-Tiny/4", "sample": RECIPE, "loss": {"prediction": prediction}}}
+    return save_training_checkpoint(Path(run_folder) / "checkpoints", 6, payload, {})

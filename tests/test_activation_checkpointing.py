@@ -38,7 +38,7 @@ def _batch(m, B=4):
 def _step(m, x, y, d, jvp):
     m.zero_grad(set_to_none=True)
     out = O.pmf_loss(m, x, y, d, num_classes=m.config.num_classes, jvp=jvp)
-    out["loss"].backward()
+    out.loss.backward()
     return out, {n: p.grad.clone() for n, p in m.named_parameters()}
 
 
@@ -55,9 +55,9 @@ def test_checkpointing_gives_the_same_loss_du_dt_and_gradients_float64(jvp):
     enable_activation_checkpointing(m)
     assert set(m.state_dict()) == keys and all(b.checkpointing for b in m.modules() if isinstance(b, Block))
     out, grads = _step(m, x, y, d, jvp)
-    assert abs(out["loss"].item() - ref["loss"].item()) <= 1e-12 * abs(ref["loss"].item())
+    assert abs(out.loss.item() - ref.loss.item()) <= 1e-12 * abs(ref.loss.item())
     for key in ("du_dt", "V", "v"):
-        assert rel_err(out[key], ref[key]) <= 1e-12, key
+        assert rel_err(getattr(out, key), getattr(ref, key)) <= 1e-12, key
     assert grads.keys() == ref_grads.keys()
     for name, g in grads.items():
         assert rel_err(g, ref_grads[name]) <= 1e-12, name
@@ -110,7 +110,7 @@ def test_inline_checkpointing_recomputes_the_primal_only_and_saves_less(monkeypa
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = O.pmf_loss(m, x, y, d, num_classes=m.config.num_classes, jvp="inline")
         calls.clear()
-        out["loss"].backward()
+        out.loss.backward()
         return nbytes[0], list(calls)
 
     plain_bytes, plain_calls = run()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from pmf.checkpoint import (
@@ -16,6 +17,7 @@ from pmf.checkpoint import (
     save_atomic,
     save_training_checkpoint,
 )
+from pmf.errors import CheckpointError
 from pmf.sampling import sample
 
 CHILD = textwrap.dedent("""
@@ -90,3 +92,85 @@ def test_export_ema_to_release_and_safetensors(tmp_path):
         torch.testing.assert_close(sample(model, noise, labels, omega=2.0, t_min=0.1, t_max=0.8), ref)
     raw = load_model(export_ema(ckpt, tmp_path / "raw.safetensors", ema="raw"))
     assert not torch.equal(raw.u_final_layer.linear.weight, ema.u_final_layer.linear.weight)
+
+
+# ---- what a newcomer meets when loading ------------------------------------------------------------------------
+
+def _run_folder(tmp_path):
+    from helpers import training_checkpoint
+
+    return training_checkpoint(tmp_path / "runs" / "demo")
+
+
+def test_load_checkpoint_takes_a_run_folder_as_the_cli(tmp_path):
+    import pmf
+
+    newest = _run_folder(tmp_path)
+    for folder in (tmp_path / "runs" / "demo", tmp_path / "runs" / "demo" / "checkpoints"):
+        loaded = pmf.load_checkpoint(folder)
+        assert loaded.ema == pmf.load_checkpoint(newest).ema == "hl0.05"
+        for a, b in zip(loaded.model.state_dict().values(), load_model(newest).state_dict().values()):
+            assert torch.equal(a, b)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no training checkpoint found in the folder"):
+        pmf.load_checkpoint(empty)
+
+
+def test_a_foreign_pickle_is_refused_without_advising_weights_only_false(tmp_path):
+    import argparse
+
+    path = tmp_path / "foreign.pt"
+    torch.save({"args": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(CheckpointError) as err:
+        read_file(path)
+    msg = str(err.value)
+    assert "not a checkpoint this package reads" in msg and "argparse.Namespace" in msg
+    assert "weights_only" not in msg and "\n" not in msg and msg.endswith("in full")
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint: it starts with b'not a '") as err:
+        read_file(tmp_path / "notes.txt")
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """huggingface_hub with an empty cache, not offline, and an endpoint that refuses connections."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    return constants, tmp_path / "hub"
+
+
+def test_hub_name_without_a_network_fails_fast_with_an_offline_hint(empty_hub, monkeypatch):
+    import time
+
+    from pmf.checkpoint import resolve
+
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="cannot be reached .*offline\\?") as err:
+        resolve("hf:owner/repo/model.pt")
+    assert time.perf_counter() - t0 < 5 and "\n" not in str(err.value)
+    monkeypatch.setattr(empty_hub[0], "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        resolve("hf:owner/repo/model.pt")
+
+
+def test_hub_name_in_the_cache_needs_no_network(empty_hub):
+    from pmf.checkpoint import resolve
+
+    commit = "0" * 40  # the cache layout of huggingface_hub: refs/main names the snapshot folder
+    repo = empty_hub[1] / "models--owner--repo"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "model.pt").write_bytes(b"weights")
+    assert resolve("hf:owner/repo/model.pt").read_bytes() == b"weights"

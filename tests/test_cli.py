@@ -80,7 +80,7 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys, monkeypatch, train_
 @pytest.mark.parametrize("flags, message", [
     (["--omega", "0"], "--omega must be > 0"),
     (["--t-min", "0.8", "--t-max", "0.2"], "t_min <= t_max"),
-    (["--steps", "0"], "--steps must be >= 1"),
+    (["--steps", "0"], "--steps must be a positive integer"),
 ])
 def test_sampling_flags_are_checked_before_any_work(tmp_path, capsys, train_ckpt, flags, message):
     assert _sample(tmp_path, *flags) == 2
@@ -127,9 +127,9 @@ def test_sample_defaults_to_the_checkpoints_setting(tmp_path, capsys, train_ckpt
 
 
 def test_sample_uses_the_released_setting_of_a_released_preset(tmp_path, capsys, fixtures_dir, monkeypatch):
-    import pmf.sampling
+    import pmf.config
 
-    monkeypatch.setitem(pmf.sampling.RELEASED_SAMPLING, ARCH, dict(omega=6.5, t_min=0.1, t_max=0.7,
+    monkeypatch.setitem(pmf.config.RELEASED_SAMPLING, ARCH, dict(omega=6.5, t_min=0.1, t_max=0.7,
                                                                      ema_halflife_kimg=2000))
     assert main(["sample", "--checkpoint", str(fixtures_dir / "net_tiny.pt"), "--classes", "0", "--per-class", "1",
                  "--no-png", "--out", str(tmp_path / "r")]) == 0
@@ -275,3 +275,41 @@ def test_sample_takes_a_run_folder_and_uses_its_newest_checkpoint(tmp_path, caps
                           np.load(tmp_path / "b" / "samples.npz")["images"])
     assert main([*argv, "--checkpoint", str(tmp_path / "a"), "--out", str(tmp_path / "c")]) == 2
     assert "no training checkpoint found in the folder" in capsys.readouterr().err
+
+
+def test_export_to_a_folder_that_cannot_be_made_is_one_line(tmp_path, capsys, train_ckpt):
+    assert main(["export", "--checkpoint", str(train_ckpt), "--out", "/proc/x/a.safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "cannot create the output folder '/proc/x'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_sampling_into_a_used_folder_leaves_no_stale_pngs(tmp_path, capsys, train_ckpt):
+    import numpy as np
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # not a file pmf sample writes: it stays
+    argv = ["sample", "--checkpoint", str(train_ckpt), "--out", str(out), "--no-progress", "--classes", "1"]
+    assert main([*argv, "--per-class", "3"]) == 0
+    assert len(list(out.glob("*_class*.png"))) == 3
+    assert main([*argv, "--per-class", "1"]) == 0
+    assert "removed 3 sample PNGs of an earlier run" in capsys.readouterr().out
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["000000_class1.png", "grid.png"] and (out / "notes.txt").read_text() == "mine"
+    assert len(np.load(out / "samples.npz")["images"]) == 1
+    assert main([*argv, "--per-class", "2", "--no-png"]) == 0  # --no-png: none of the old PNGs may stay either
+    assert sorted(p.name for p in out.glob("*.png")) == ["grid.png"]
+
+
+def test_old_num_samples_spelling_works_for_sample_eval_and_demo(tmp_path, capsys, train_ckpt):
+    import numpy as np
+
+    from pmf.cli import build_parser
+
+    argv = ["sample", "--checkpoint", str(train_ckpt), "--out", str(tmp_path), "--no-progress", "--no-png"]
+    assert main([*argv, "--num-samples", "3"]) == 0
+    assert "--num-samples is deprecated; use --num-images" in capsys.readouterr().err
+    assert len(np.load(tmp_path / "samples.npz")["images"]) == 3
+    for command in (["eval", "--checkpoint", "x"], ["demo"]):
+        assert build_parser().parse_args([*command, "--num-samples", "12"]).num_images == 12

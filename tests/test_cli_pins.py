@@ -1,8 +1,7 @@
-"""`pmf sample` writes the same images as before the command line was reorganised: hashes of samples.npz
-pinned from the earlier code (a fixed-weight model from the vendored fixtures and an untrained one),
-computed on one CPU thread (the two-step images differ in the last bit with more threads)."""
-
-import hashlib
+"""`pmf sample` writes the images it wrote before (the command line's reorganisation, the sampling setting's
+move to one type): compared with reference images made from the vendored fixtures' weights
+(tests/fixtures/sample_references.npz, PROVENANCE.md there says how), within one uint8 level, so that a
+torch or BLAS upgrade that moves a rounding does not fail the test while a changed computation does."""
 
 import numpy as np
 import pytest
@@ -11,31 +10,47 @@ from pmf.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PINS = {
-    (): "9b9481ad6f23caf44a47101e7dae6e53c71cc47e3ab3f70e5fd9d1b6e73a5952",
-    ("--omega", "2.5", "--t-min", "0.1", "--t-max", "0.7"):
-        "fdcdb42a7fd8034834c218016327947adc760bdf24daf7a19e5906f196a79201",
-    ("--steps", "2"): "ad8b693978d3f598f16cd5bd2bcaa33bf7815b753e17c9b1ca2ad2ea04441a75",
+CASES = {
+    "default": (),
+    "omega2.5_interval0.1-0.7": ("--omega", "2.5", "--interval", "0.1:0.7"),
+    "steps2": ("--steps", "2"),
 }
 
 
-def _hash(folder) -> str:
-    return hashlib.sha256(np.load(folder / "samples.npz")["images"].tobytes()).hexdigest()
+@pytest.fixture(scope="module")
+def references(fixtures_dir):
+    with np.load(fixtures_dir.parent / "sample_references.npz") as refs:
+        return {k: refs[k] for k in refs.files}
 
 
-@pytest.mark.parametrize("extra", list(PINS))
-def test_sample_images_pinned(tmp_path, fixtures_dir, extra):
+def assert_close_to(images: np.ndarray, ref: np.ndarray) -> None:
+    assert images.shape == ref.shape and images.dtype == ref.dtype == np.uint8
+    diff = np.abs(images.astype(int) - ref.astype(int))
+    assert diff.max() <= 1, f"{int((diff > 1).sum())} values differ by more than one level (max {diff.max()})"
+    assert (diff > 0).mean() < 0.01  # a rounding moves rare values, not the image
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sample_images_match_the_references(tmp_path, fixtures_dir, references, case):
     out = tmp_path / "s"
     assert main(["sample", "--checkpoint", str(fixtures_dir / "net_tiny.pt"), "--arch", "pMF-Tiny/4",
                  "--classes", "3,1,4", "--per-class", "1", "--seed", "5", "--out", str(out), "--device", "cpu",
-                 *extra]) == 0
-    assert _hash(out) == PINS[extra]
-    labels = np.load(out / "samples.npz")["labels"]
-    assert labels.tolist() == [3, 1, 4]
+                 "--no-progress", *CASES[case]]) == 0
+    saved = np.load(out / "samples.npz")
+    assert saved["labels"].tolist() == [3, 1, 4]
+    assert_close_to(saved["images"], references[case])
 
 
-def test_sample_random_model_pinned(tmp_path):
+def test_sample_random_model_matches_the_reference(tmp_path, references):
     out = tmp_path / "r"
     assert main(["sample", "--checkpoint", "random", "--arch", "pMF-Tiny/4", "--classes", "3,1,4", "--per-class",
-                 "2", "--seed", "5", "--out", str(out), "--device", "cpu"]) == 0
-    assert _hash(out) == "2766eb2118971158db4a8789dee8802e31a85c9d5169907b187404a804c42a37"
+                 "2", "--seed", "5", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert_close_to(np.load(out / "samples.npz")["images"], references["random"])
+
+
+def test_the_comparison_catches_a_changed_setting(references):
+    """Guidance on the fixture's model (omega 2.5 against none) moves values by up to 3 levels, a second step by
+    far more: the one-level tolerance hides neither."""
+    for other in ("omega2.5_interval0.1-0.7", "steps2"):
+        with pytest.raises(AssertionError):
+            assert_close_to(references["default"], references[other])

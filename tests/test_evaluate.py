@@ -167,3 +167,23 @@ def test_settings_are_validated():
         EvalSettings(t_min=0.9, t_max=0.1)
     with pytest.raises(pmf.PMFError, match="omega"):
         EvalSettings(omega=0)
+
+
+def test_the_demos_score_is_pmf_eval_offline_with_the_demos_seed(tmp_path, monkeypatch):
+    """Why ``pmf demo`` and ``pmf eval --offline`` report different figures for one checkpoint: the demo scores
+    the images of seed training-seed + 1, eval those of --seed (default 0). With the demo's seed and batch size
+    eval scores exactly the demo's images; with its defaults, other images."""
+    import pmf.quality
+    from pmf.commands.demo import SCORE_BATCH, score
+    from pmf.evaluate import evaluate
+
+    seen = []
+    monkeypatch.setattr(pmf.quality, "offline_scores", lambda images, labels, **kw: seen.append(images) or {})
+    model = random_model()
+    guidance = dict(omega=3.0, t_min=0.1, t_max=0.8)
+    score(model, tmp_path, n=20, seed=1, settings=[tuple(guidance.values())], verbose=False)
+    for seed in (1, 0):
+        evaluate(model, EvalSettings(num_images=20, seed=seed, batch_size=SCORE_BATCH, **guidance), mode="offline",
+                 progress=False)
+    demo, same_seed, eval_default = seen
+    assert np.array_equal(demo, same_seed) and not np.array_equal(demo, eval_default)

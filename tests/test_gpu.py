@@ -40,9 +40,9 @@ def test_fixture3_setting_c_on_cuda(tiny_model, fixtures_dir, jvp):
     draws = Draws(t=d["t"], r=d["r"], noise=d["noise_scale"] * d["e_unit"], omega=d["omega"], t_min=d["t_min"],
                   t_max=d["t_max"], drop=torch.arange(8, device="cuda") < d["num_drop"])
     out = pmf_loss(m, d["x"], d["labels"], draws, num_classes=10, jvp=jvp)
-    out["loss"].backward()
-    assert rel_err(out["du_dt"], d["du_dt"]) <= 1e-4 and rel_err(out["v_g"], d["v_g"]) <= 1e-4
-    assert rel_err(out["u"], d["u"]) <= 1e-4 and all(p.grad is not None for p in m.parameters())
+    out.loss.backward()
+    assert rel_err(out.du_dt, d["du_dt"]) <= 1e-4 and rel_err(out.v_g, d["v_g"]) <= 1e-4
+    assert rel_err(out.u, d["u"]) <= 1e-4 and all(p.grad is not None for p in m.parameters())
 
 
 def test_bf16_sampling_close_to_fp32(tiny_model):
@@ -94,7 +94,7 @@ def test_inline_checkpointing_gradients_on_cuda(tiny_model, fixtures_dir):
         m = tiny_model.cuda()
         m.zero_grad()
         enable_activation_checkpointing(m, checkpointing)
-        pmf_loss(m, d["x"], d["labels"], draws, num_classes=10, jvp="inline")["loss"].backward()
+        pmf_loss(m, d["x"], d["labels"], draws, num_classes=10, jvp="inline").loss.backward()
         return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
     plain, ckpt = grads(False), grads(True)

@@ -34,26 +34,26 @@ def fixture_draws(d):
 def test_fixture3_loss_intermediates_and_gradients(setting, jvp, tiny_model, fixtures_dir, grads_ref):
     d = load_npz(fixtures_dir / f"loss_{setting}.npz")
     out = pmf_loss(tiny_model, d["x"], d["labels"], fixture_draws(d), num_classes=10, jvp=jvp)
-    out["loss"].backward()
+    out.loss.backward()
 
     t, r = d["t"].view(-1, 1, 1, 1), d["r"].view(-1, 1, 1, 1)
     V_ref = d["u"] + (t - r) * d["du_dt"]
     v_t_ref = ((1 - t) * d["x"] + t * d["noise_scale"] * d["e_unit"] - d["x"]) / t.clamp(0.05, 1)
     v_g_ref = d["v_g"] if "v_g" in d else v_t_ref  # A: omega == 1, so v_g = v_t
-    assert rel_err(out["u"], d["u"]) <= TOL
-    assert rel_err(out["v"], d["v"]) <= TOL
-    assert rel_err(out["du_dt"], d["du_dt"]) <= TOL
-    assert rel_err(out["V"], V_ref) <= TOL
-    assert rel_err(out["v_g"], v_g_ref) <= TOL
+    assert rel_err(out.u, d["u"]) <= TOL
+    assert rel_err(out.v, d["v"]) <= TOL
+    assert rel_err(out.du_dt, d["du_dt"]) <= TOL
+    assert rel_err(out.V, V_ref) <= TOL
+    assert rel_err(out.v_g, v_g_ref) <= TOL
     if "v_c" in d:
-        assert rel_err(out["v_c"], d["v_c"]) <= TOL
-    assert rel_err(out["per_sample_u_raw"], d["loss_u_per_sample_raw"]) <= TOL
-    assert rel_err(out["per_sample_v_raw"], d["loss_v_per_sample_raw"]) <= TOL
+        assert rel_err(out.v_c, d["v_c"]) <= TOL
+    assert rel_err(out.per_sample_u_raw, d["loss_u_per_sample_raw"]) <= TOL
+    assert rel_err(out.per_sample_v_raw, d["loss_v_per_sample_raw"]) <= TOL
     weighted = d["loss_u_per_sample_weighted"] + d["loss_v_per_sample_weighted"]
-    assert rel_err(out["per_sample"], weighted) <= TOL
-    assert abs(out["loss_u"].item() / d["loss_u_logged"].item() - 1) <= TOL
-    assert abs(out["loss_v"].item() / d["loss_v_logged"].item() - 1) <= TOL
-    assert abs(out["loss"].item() - d["loss"].item()) <= 1e-6
+    assert rel_err(out.per_sample, weighted) <= TOL
+    assert abs(out.loss_u.item() / d["loss_u_logged"].item() - 1) <= TOL
+    assert abs(out.loss_v.item() / d["loss_v_logged"].item() - 1) <= TOL
+    assert abs(out.loss.item() - d["loss"].item()) <= 1e-6
 
     grads = {to_release_key(k): p.grad for k, p in tiny_model.named_parameters()}
     keys = [str(k) for k in grads_ref["param_keys"]]
@@ -180,7 +180,7 @@ def test_split_and_fused_gradients_agree_float64():
     grads = []
     for mode in ("split", "fused"):
         m.zero_grad()
-        pmf_loss(m, x, y, d, num_classes=10, jvp=mode)["loss"].backward()
+        pmf_loss(m, x, y, d, num_classes=10, jvp=mode).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
     assert rel_err(grads[0], grads[1]) < 1e-10
 
@@ -195,22 +195,22 @@ def test_u_prediction_variant_and_no_v_head():
     d = Draws(t=torch.tensor([0.7, 0.4]), r=torch.tensor([0.2, 0.4]), noise=torch.randn(2, 3, 8, 8),
               omega=torch.ones(2), t_min=torch.zeros(2), t_max=torch.ones(2), drop=torch.zeros(2, dtype=torch.bool))
     out_u = pmf_loss(m, x, torch.tensor([1, 2]), d, num_classes=10, prediction="u")
-    x_u, _ = m(out_u["z"], d.t - d.r, d.omega, d.t_min, d.t_max, torch.tensor([1, 2]))
-    assert torch.allclose(out_u["u"], x_u)  # the output is read as u directly
-    assert out_u["v"] is None and "loss_v" not in out_u
+    x_u, _ = m(out_u.z, d.t - d.r, d.omega, d.t_min, d.t_max, torch.tensor([1, 2]))
+    assert torch.allclose(out_u.u, x_u)  # the output is read as u directly
+    assert out_u.v is None and out_u.loss_v is None
     # without guidance and without a v-head, the tangent is the u-head at h = 0 (= v)
-    x_v0, _ = m(out_u["z"], 0.0, 1.0, 0.0, 1.0, torch.tensor([1, 2]))
-    assert torch.allclose(out_u["v_c"], x_v0)
-    out_u["loss"].backward()
+    x_v0, _ = m(out_u.z, 0.0, 1.0, 0.0, 1.0, torch.tensor([1, 2]))
+    assert torch.allclose(out_u.v_c, x_v0)
+    out_u.loss.backward()
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
     with pytest.raises(pmf.PMFError, match="prediction must be 'x' or 'u'"):
         pmf_loss(m, x, torch.tensor([1, 2]), d, num_classes=10, prediction="eps")
 
 
 @pytest.mark.parametrize("v_head", [True, False])
-def test_loss_terms_read_like_the_dict_they_replace(v_head):
-    """The typed result answers item access, ``in``, keys/items and get as the former dict did: v-head terms
-    only with a v-head, the perceptual logs by name; v_t is the clean image's velocity."""
+def test_loss_terms_are_a_typed_result(v_head):
+    """Fields by name (no dict access): the v-head terms are None without a v-head, the perceptual term's logs
+    sit in ``logs``; v_t is the clean image's velocity."""
     from pmf.nn.model import build_model
 
     torch.manual_seed(0)
@@ -226,15 +226,10 @@ def test_loss_terms_read_like_the_dict_they_replace(v_head):
         return 0.1 * (x_pred - x).pow(2).flatten(1).mean(1), {"loss_fake": torch.tensor(2.0)}
 
     out = pmf_loss(m, x, y, d, num_classes=10, perceptual=perceptual)
-    base = ["loss", "loss_u", "per_sample", "per_sample_u_raw", "z", "v_t", "v_c", "v_u", "v_g", "u", "du_dt", "V",
-            "v", "x_pred"]
-    assert out.keys() == base + (["loss_v", "per_sample_v_raw"] if v_head else []) + ["loss_fake"]
-    assert [k for k, _ in out.items()] == out.keys() == list(out)
-    assert out["loss"] is out.loss and out["loss_fake"].item() == 2.0
-    assert ("loss_v" in out) == v_head and (out["v"] is None) != v_head
-    assert out.get("loss_v", "none") is (out.loss_v if v_head else "none")
-    with pytest.raises(KeyError):
-        out["logs"]
+    assert (out.loss_v is None, out.per_sample_v_raw is None, out.v is None) == (not v_head,) * 3
+    assert set(out.logs) == {"loss_fake"} and out.logs["loss_fake"].item() == 2.0
+    with pytest.raises(TypeError):
+        out["loss"]  # noqa: B018  (the dict shim is gone)
     t = d.t.view(-1, 1, 1, 1)
-    assert torch.allclose(out["v_t"], (out["z"] - x) / t.clamp(0.05, 1), rtol=0, atol=1e-12)
+    assert torch.allclose(out.v_t, (out.z - x) / t.clamp(0.05, 1), rtol=0, atol=1e-12)
     assert torch.allclose(out.loss, out.per_sample.mean())

@@ -266,10 +266,10 @@ def test_pmf_loss_end_to_end_with_perceptual_terms(loss_fn):
     draws.r = torch.minimum(draws.r, draws.t)
     base = pmf_loss(model, x, y, draws, num_classes=10)
     out = pmf_loss(model, x, y, draws, num_classes=10, perceptual=loss_fn.manual_seed(3))
-    term, _ = loss_fn.manual_seed(3)(out["x_pred"], x, draws.t)
-    torch.testing.assert_close(out["per_sample"] - base["per_sample"], term, atol=1e-5, rtol=1e-5)
-    assert "loss_lpips" in out and "loss_convnext" in out
-    out["loss"].backward()
+    term, _ = loss_fn.manual_seed(3)(out.x_pred, x, draws.t)
+    torch.testing.assert_close(out.per_sample - base.per_sample, term, atol=1e-5, rtol=1e-5)
+    assert set(out.logs) == {"loss_lpips", "loss_convnext"}
+    out.loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and sum(g.abs().sum() for g in grads) > 0
     assert all(p.grad is None for net in (loss_fn.lpips, loss_fn.convnext) for p in net.parameters())

@@ -46,9 +46,9 @@ def test_samples_do_not_depend_on_batch_size(tiny_model):
 
 def test_sample_rejects_bad_guidance(tiny_model):
     noise = torch.randn(1, 3, 32, 32)
-    with pytest.raises(pmf.PMFError, match="omega must be positive"):
+    with pytest.raises(pmf.PMFError, match="omega must be > 0"):
         sample(tiny_model, noise, torch.tensor([1]), omega=-1.0)
-    with pytest.raises(pmf.PMFError, match="t_min must be <= t_max"):
+    with pytest.raises(pmf.PMFError, match="needs t_min <= t_max"):
         sample(tiny_model, noise, torch.tensor([1]), t_min=0.9, t_max=0.1)
     with pytest.raises(pmf.PMFError, match="steps must be a positive integer"):
         sample(tiny_model, noise, torch.tensor([1]), steps=0)

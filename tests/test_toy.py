@@ -50,8 +50,8 @@ def test_mlp_trains_through_pmf_loss(prediction, jvp):
     x = torch.randn(16, dim, 1, 1, generator=g)
     draws = toy_draws(16, dim, fm_fraction=0.25, noise_scale=1.0, generator=g)
     out = pmf_loss(model, x, torch.zeros(16, dtype=torch.long), draws, num_classes=1, prediction=prediction, jvp=jvp)
-    out["loss"].backward()
-    assert out["V"].shape == x.shape and torch.isfinite(out["loss"])
+    out.loss.backward()
+    assert out.V.shape == x.shape and torch.isfinite(out.loss)
     assert all(p.grad is not None for p in model.parameters())
 
 
@@ -108,5 +108,5 @@ def test_inline_tangent_matches_split(prediction):
     draws = type(draws)(**{k: v.double() if v.is_floating_point() else v for k, v in vars(draws).items()})
     y = torch.zeros(32, dtype=torch.long)
     outs = {j: pmf_loss(model, x, y, draws, num_classes=1, prediction=prediction, jvp=j) for j in ("split", "inline")}
-    assert torch.allclose(outs["inline"]["du_dt"], outs["split"]["du_dt"], atol=1e-10)
-    assert torch.allclose(outs["inline"]["loss"], outs["split"]["loss"], atol=1e-12)
+    assert torch.allclose(outs["inline"].du_dt, outs["split"].du_dt, atol=1e-10)
+    assert torch.allclose(outs["inline"].loss, outs["split"].loss, atol=1e-12)

@@ -53,7 +53,7 @@ def _worker(rank: int, init_file: str, out_dir: str, jvp: str) -> None:
     sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
     out = pmf_loss(ddp, x[sl], y[sl], _draws(x[sl], rank), num_classes=10, jvp=jvp,
                    no_grad_net=ddp.module)
-    out["loss"].backward()
+    out.loss.backward()
     torch.save({n: p.grad for n, p in model.named_parameters()}, os.path.join(out_dir, f"grad{rank}.pt"))
     dist.destroy_process_group()
 
@@ -66,7 +66,7 @@ def test_ddp_gradients_equal_single_process_on_concatenated_batch(tmp_path, jvp)
     model, x, y = _setup()
     parts = [_draws(x[r * B_LOCAL:(r + 1) * B_LOCAL], r) for r in range(WORLD)]
     draws = Draws(**{f: torch.cat([getattr(p, f) for p in parts]) for f in parts[0].__dataclass_fields__})
-    pmf_loss(model, x, y, draws, num_classes=10, jvp=jvp)["loss"].backward()
+    pmf_loss(model, x, y, draws, num_classes=10, jvp=jvp).loss.backward()
     reference = {n: p.grad for n, p in model.named_parameters()}
 
     assert set(ranks[0]) == set(reference)
@@ -81,7 +81,7 @@ def test_ddp_gradients_equal_single_process_on_concatenated_batch(tmp_path, jvp)
     # A broken synchronisation (each rank keeping its local gradient) would differ from the reference.
     model.zero_grad()
     local = Draws(**{f: getattr(parts[0], f) for f in parts[0].__dataclass_fields__})
-    pmf_loss(model, x[:B_LOCAL], y[:B_LOCAL], local, num_classes=10, jvp=jvp)["loss"].backward()
+    pmf_loss(model, x[:B_LOCAL], y[:B_LOCAL], local, num_classes=10, jvp=jvp).loss.backward()
     assert not torch.allclose(model.u_final_layer.linear.weight.grad, reference["u_final_layer.linear.weight"])
 
 

@@ -50,7 +50,7 @@ def test_train_steps_are_pmf_loss_then_the_optimiser_step_then_the_emas(tmp_path
         res = pmf_loss(model, x, y, draws, num_classes=mcfg.num_classes, norm_p=L.norm_p, norm_eps=L.norm_eps,
                        jvp=jvp)
         opt.zero_grad(set_to_none=True)
-        res["loss"].backward()
+        res.loss.backward()
         opt.step()
         betas = {"d0.9": 0.9, "hl0.05": edm_beta(step + 1, cfg.batch_size, 0.05, cfg.ema.rampup)}
         for name, ema in emas.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from .config import ModelConfig, model_config, preset_of
 from .errors import CheckpointError
 from .nn.model import PMFDiT, is_v_head_key, u_head_only
 from .nn.release import infer_config, load_release_state_dict
-from .sampling import SamplingSetting, default_setting
+from .remote import hub_file, url_file
+from .setting import SamplingSetting, default_setting, exported_setting, read_sidecar, sidecar_path
 from .sharded_checkpoint import is_sharded_checkpoint, read_meta, read_weights
 
 __all__ = ["CKPT_PREFIX", "CKPT_SUFFIX", "FORMAT", "LoadedCheckpoint", "checkpoint_path", "export_ema", "fsync_dir",
@@ -40,23 +42,9 @@ def resolve(spec: str | os.PathLike) -> Path:
         parts = spec[3:].split("/")
         if len(parts) < 3:
             raise CheckpointError(f"hub names look like hf:OWNER/REPO/FILE, got {spec!r}")
-        try:
-            from huggingface_hub import hf_hub_download
-        except ImportError:
-            raise CheckpointError("hub names need `pip install pixel-meanflow[hub]`") from None
-        try:
-            return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
-        except Exception as err:  # network errors, missing files, offline mode without a cached copy
-            raise CheckpointError(f"could not fetch {spec!r} from the hub: {err}") from None
+        return hub_file(spec, "/".join(parts[:2]), "/".join(parts[2:]))
     if spec.startswith(("http://", "https://")):
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / spec.rsplit("/", 1)[-1]
-        if not cache.exists():
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                torch.hub.download_url_to_file(spec, str(cache))
-            except Exception as err:
-                raise CheckpointError(f"could not download {spec!r}: {err}") from None
-        return cache
+        return url_file(spec)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {str(path)!r}")
@@ -74,16 +62,29 @@ def read_file(spec: str | os.PathLike) -> dict:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as err:
             raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({err})") from None
-        if "model_config" in meta:
-            extra = {k: json.loads(meta[k]) for k in ("class_names",) if k in meta}
-            return {"format": FORMAT, "model_config": json.loads(meta["model_config"]), "model": tensors, **extra}
+        if "model_config" in meta:  # our export: one weight set, its config and (since 0.1) its setting
+            extra = {k: json.loads(meta[k]) for k in ("class_names", "sampling_setting") if k in meta}
+            return {"format": FORMAT, "export": True, "model_config": json.loads(meta["model_config"]),
+                    "model": tensors, **extra}
         return tensors
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for damaged files (RuntimeError, KeyError, EOFError, ...)
         size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if size and not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive (old: a pickle)
+            raise CheckpointError(f"{str(path)!r} ({size} bytes) is not a readable PyTorch checkpoint: it starts with "
+                                  f"{head!r}, not the header of a zip archive or a pickle") from None
+        if "weights only load failed" in str(err).lower():  # not torch's advice: weights_only=False runs code
+            found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n\n|$)", str(err), re.S)
+            why = " ".join(found.group(1).split())[:160] if found else "objects beyond tensors and containers"
+            raise CheckpointError(f"{str(path)!r} ({size} bytes) is not a checkpoint this package reads: the safe "
+                                  f"loader refuses it ({why}); a file of unknown origin should never be unpickled "
+                                  "in full") from None
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise CheckpointError(f"{str(path)!r} ({size} bytes) is not a readable PyTorch checkpoint; the file may be "
-                              f"truncated or of another format ({type(err).__name__}: {str(err)[:200]})") from None
+                              f"truncated or of another format ({type(err).__name__}: {first})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a state dict or checkpoint")
     return obj
@@ -122,7 +123,11 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
     Our checkpoints record their config; ``ema`` picks one of their EMA weight sets (default: the EMA of the
     default setting, i.e. the released half-life for a released recipe, else the first EMA if any, else the
     raw weights; ``"raw"`` forces the raw weights). Release-format state dicts use ``arch`` (a preset name,
-    with ``overrides``) or, without it, an architecture inferred from the shapes."""
+    with ``overrides``) or, without it, an architecture inferred from the shapes. A run folder (or its
+    ``checkpoints/``) gives its newest checkpoint, as on the command line. Exports carry the setting of the
+    checkpoint they came from (``export_ema``)."""
+    if not str(spec).startswith(("hf:", "http://", "https://")) and Path(spec).expanduser().is_dir():
+        spec = run_checkpoint(spec)
     obj, weights_of = open_checkpoint(spec)
     if is_training_checkpoint(obj):
         config = ModelConfig.from_dict({**obj["model_config"], **overrides})
@@ -132,6 +137,10 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
                                   f"{train_config['arch']}; drop --arch")
         emas = list(obj.get("ema") or [])
         setting = default_setting(config, train_config, emas)
+        if obj.get("export"):  # one weight set: the EMA was chosen when exporting
+            if ema not in (None, "auto", "raw"):
+                raise CheckpointError(f"--ema {ema} needs a training checkpoint; this export holds one weight set")
+            setting = exported_setting(obj.get("sampling_setting"), setting)
         if ema in (None, "auto"):
             ema = setting.ema or "raw"
         if ema != "raw" and ema not in emas:
@@ -145,24 +154,33 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
         except RuntimeError as err:
             raise CheckpointError(f"checkpoint weights do not fit its recorded config: {str(err)[:500]}") from None
         found_arch = train_config.get("arch") or preset_of(config)
+        ema = None if obj.get("export") else ema
         data = train_config.get("data")
         class_names = obj.get("class_names") or train_config.get("class_names")
     else:
         if ema not in (None, "auto", "raw"):
             raise CheckpointError(f"--ema {ema} needs a training checkpoint; this file holds one set of weights")
-        state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj.get("model", None), dict) \
-            or "state_dict" in obj else obj
-        if arch is not None:
-            config = model_config(arch, **overrides)
-            if not any(is_v_head_key(k) for k in state):
-                config.v_head = False
-        else:
-            config = infer_config(state, **overrides)
-        model = load_release_state_dict(PMFDiT(config), state)
-        found_arch, ema, data, class_names = arch or preset_of(config), None, None, None
-        setting = default_setting(config, {"arch": found_arch} if found_arch else None)
+        model, found_arch, setting = _release_format(obj, spec, arch, overrides)
+        ema, data, class_names = None, None, None
     return LoadedCheckpoint(model.to(device).eval(), found_arch, ema, setting, data,
                             list(class_names) if class_names else None)
+
+
+def _release_format(obj: dict, spec, arch: str | None, overrides: dict) -> tuple[PMFDiT, str | None,
+                                                                                SamplingSetting]:
+    """(model, preset, setting) of a release-format state dict (under ``state_dict`` / ``model`` or bare)."""
+    state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj.get("model", None), dict) \
+        or "state_dict" in obj else obj
+    if arch is not None:
+        config = model_config(arch, **overrides)
+        if not any(is_v_head_key(k) for k in state):
+            config.v_head = False
+    else:
+        config = infer_config(state, **overrides)
+    model = load_release_state_dict(PMFDiT(config), state)
+    found_arch = arch or preset_of(config)
+    setting = default_setting(config, {"arch": found_arch} if found_arch else None)
+    return model, found_arch, exported_setting(read_sidecar(spec), setting)
 
 
 def load_model(spec: str | os.PathLike, *, arch: str | None = None, ema: str | None = None,
@@ -213,16 +231,22 @@ def export_ema(spec: str | os.PathLike, out: str | os.PathLike, *, ema: str | No
     fmt = fmt or ("safetensors" if out.suffix == ".safetensors" else "release")
     if fmt not in ("release", "safetensors"):
         raise CheckpointError(f"export format must be 'release' or 'safetensors', got {fmt!r}")
-    inference = u_head_only(load_model(spec, ema=ema))
+    loaded = load_checkpoint(spec, ema=ema)
+    inference = u_head_only(loaded.model)
     config = inference.config
+    setting = loaded.setting.replace(ema=loaded.ema).to_json()  # the EMA these weights are
     if fmt == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        out.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous() for k, v in inference.state_dict().items()}
-        save_file(tensors, str(out), metadata={"model_config": json.dumps(config.to_dict()), "format": FORMAT})
+        meta = {"model_config": json.dumps(config.to_dict()), "format": FORMAT, "sampling_setting": setting}
+        if loaded.class_names:
+            meta["class_names"] = json.dumps(loaded.class_names)
+        save_atomic(save(tensors, metadata=meta), out)
     else:
         from .nn.release import release_state_dict
 
         save_atomic(release_state_dict(inference, prefix="net."), out)
+        save_atomic(json.dumps({"format": FORMAT, "sampling_setting": json.loads(setting)}, indent=2),
+                    sidecar_path(out))
     return out

@@ -75,8 +75,7 @@ class Checkpointer:
             p = self.parts
             payload = dict(model_config=self.mcfg.to_dict(), model=_cpu(p.model.state_dict()),
                            ema=p.emas.state_dict(), optimizer=p.optimizer.state_dict(),
-                           train_config=self.cfg.to_dict(), world_size=self.info.world_size,
-                           rng={"torch": torch.get_rng_state()})
+                           train_config=self.cfg.to_dict(), world_size=self.info.world_size)
             try:
                 path = save_training_checkpoint(self.directory, step, payload, self.cfg.to_dict(),
                                                 self.cfg.keep_last)

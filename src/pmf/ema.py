@@ -64,8 +64,3 @@ class EMASet:
         for name, w in self.weights.items():
             for k, v in w.items():
                 v.copy_(state[name][k])
-
-    def copy_to(self, name: str, model: torch.nn.Module) -> torch.nn.Module:
-        """Load EMA ``name`` into ``model`` (a separate copy used for sampling)."""
-        model.load_state_dict(self.weights[name])
-        return model

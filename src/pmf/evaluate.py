@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .distributed import gather_rows, rank_world, shard
 from .errors import PMFError
 from .images import save_image
-from .sampling import check_precision, generate
+from .sampling import SamplingSetting, check_precision, generate
 
 
 @dataclass
@@ -35,18 +35,20 @@ class EvalSettings:
     noise_scale: float | None = None  # None: the model's
     batch_size: int = 64
     precision: str = "fp32"  # "bf16": sample under bf16 autocast
+    prediction: str = "x"  # the network's prediction type (the checkpoint's setting says which)
 
     def __post_init__(self) -> None:
         if self.num_images < 2:
             raise PMFError(f"num_images must be >= 2, got {self.num_images}")
-        if self.batch_size < 1 or self.steps < 1:
-            raise PMFError(f"batch_size and steps must be >= 1, got {self.batch_size} and {self.steps}")
+        if self.batch_size < 1:
+            raise PMFError(f"batch_size must be >= 1, got {self.batch_size}")
         check_precision(self.precision)
-        if self.omega <= 0:
-            raise PMFError(f"omega must be positive, got {self.omega}")
-        if not 0 <= self.t_min <= self.t_max <= 1:
-            raise PMFError(f"the guidance interval must satisfy 0 <= t_min <= t_max <= 1, got [{self.t_min}, "
-                           f"{self.t_max}]")
+        self.setting  # noqa: B018  (checks steps, guidance and prediction by the one rule)
+
+    @property
+    def setting(self) -> SamplingSetting:
+        return SamplingSetting(self.omega, self.t_min, self.t_max, self.steps, prediction=self.prediction,
+                               source="the evaluation's settings")
 
 
 # ---- sampling and scoring ----------------------------------------------------------------------------------
@@ -71,8 +73,7 @@ def run_samples(model, settings: EvalSettings, *, featurize: Callable[[np.ndarra
     if png_dir is not None:
         Path(png_dir).mkdir(parents=True, exist_ok=True)
     for batch_idx, images in generate(model, idx, labels, seed=settings.seed, batch_size=settings.batch_size,
-                                      steps=settings.steps, omega=settings.omega, t_min=settings.t_min,
-                                      t_max=settings.t_max, noise_scale=noise_scale, device=device,
+                                      setting=settings.setting, noise_scale=noise_scale, device=device,
                                       progress=progress and rank == 0, precision=settings.precision):
         images = images.numpy()
         batch_labels = (np.asarray(batch_idx) % cfg.num_classes).astype(np.int64)
@@ -176,8 +177,6 @@ def plot(rows: list[dict], metric: str, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def settings_with(base: EvalSettings, **changes) -> EvalSettings:
-    return EvalSettings(**{**asdict(base), **changes})
 
 
 def best_row(rows: list[dict], metric: str) -> dict:

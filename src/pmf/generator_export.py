@@ -10,14 +10,17 @@ from torch import nn
 
 from .nn.model import PMFDiT, u_head_only
 from .objective import to_velocity
+from .setting import check_prediction
 
 
 class OneStepGenerator(nn.Module):
     """images = z - u(z, h = 1, omega, t_min, t_max, y) with z = noise_scale * eps (t = 1, r = 0);
     eps [B, C, H, W] standard normal, labels [B] int64, omega / t_min / t_max [B]. u-head only."""
 
-    def __init__(self, model: PMFDiT, noise_scale: float | None = None):
+    def __init__(self, model: PMFDiT, noise_scale: float | None = None, prediction: str = "x"):
         super().__init__()
+        check_prediction(prediction)
+        self.prediction = prediction
         self.net = u_head_only(model)
         cfg = self.net.config
         self.net.validate_inputs = False  # value checks are data-dependent control flow; shapes stay checked
@@ -29,7 +32,7 @@ class OneStepGenerator(nn.Module):
         z = self.noise_scale * eps  # (B, C, H, W)
         t = torch.ones_like(omega)  # (B,) one step from t = 1 to r = 0, so h = 1
         x_u, _ = self.net(z, t, omega, t_min, t_max, labels, heads="u")
-        return z - to_velocity(z, x_u, t)  # (B, C, H, W), as ``pmf.sampling.sample`` with steps=1
+        return z - to_velocity(z, x_u, t, self.prediction)  # (B, C, H, W), as ``pmf.sampling.sample`` with steps=1
 
 
 def example_inputs(config, batch: int = 2, device=None) -> tuple[torch.Tensor, ...]:
@@ -41,9 +44,10 @@ def example_inputs(config, batch: int = 2, device=None) -> tuple[torch.Tensor, .
 
 
 def export_generator(model: PMFDiT, *, noise_scale: float | None = None, batch: int = 2,
-                     dynamic_batch: bool = True) -> torch.export.ExportedProgram:
-    """The one-step generator of ``model`` as a ``torch.export`` program (dynamic batch size by default)."""
-    gen = OneStepGenerator(model, noise_scale)
+                     dynamic_batch: bool = True, prediction: str = "x") -> torch.export.ExportedProgram:
+    """The one-step generator of ``model`` (of ``prediction`` type, the checkpoint's setting says which) as a
+    ``torch.export`` program (dynamic batch size by default)."""
+    gen = OneStepGenerator(model, noise_scale, prediction)
     device = next(gen.parameters()).device
     args = example_inputs(gen.net.config, max(batch, 2), device)
     dynamic = None

@@ -34,9 +34,9 @@ class MetricsLog:
         self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-        except Exception:  # TensorBoard is optional
-            pass
+        except ImportError:  # TensorBoard is optional: pip install 'pixel-meanflow[tensorboard]'
+            return
+        self.tb = SummaryWriter(str(path.parent / "tensorboard"))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -74,7 +74,7 @@ class GridSampler:
 
     def __init__(self, cfg: TrainConfig, mcfg: ModelConfig, num_classes: int, device):
         s = cfg.sample
-        self.cfg, self.device = s, device
+        self.cfg, self.device, self.prediction = s, device, cfg.loss.prediction
         shape = (mcfg.in_channels, mcfg.input_size, mcfg.input_size)
         self.noise = image_noise(range(s.count), shape, seed=s.seed, noise_scale=mcfg.noise_scale, device=device)
         self.labels = (torch.arange(s.count) % min(num_classes, mcfg.num_classes)).to(device)
@@ -87,5 +87,5 @@ class GridSampler:
         """Samples of the weight set ``weights`` (a state dict of whole tensors)."""
         self.model.load_state_dict(weights)
         x = sample(self.model, self.noise, self.labels, steps=1, omega=self.cfg.omega, t_min=self.cfg.t_min,
-                   t_max=self.cfg.t_max)
+                   t_max=self.cfg.t_max, prediction=self.prediction)
         save_grid(to_uint8(x).numpy(), path, nrow=self.nrow)  # image i is class i % C: one column per class

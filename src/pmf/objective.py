@@ -8,7 +8,6 @@ data-parallel training"); docs/speed.md compares the exact du/dt forms (``JVP_MO
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -186,11 +185,7 @@ def u_total_derivative(net, z, t, r, omega, t_min, t_max, y, tangent_z, *, predi
 @dataclass(frozen=True, eq=False)
 class LossTerms:
     """What ``pmf_loss`` returns: the loss, its logged parts and the intermediates of spec section 3.
-    Image-shaped fields are [B, C, H, W], per-sample fields [B].
-
-    Read by name as the dict it replaces: ``terms["loss"]``, ``"loss_v" in terms``, ``keys()``, ``items()``,
-    ``get()``; these cover the fields and the perceptual ``logs``, and leave out ``loss_v`` and
-    ``per_sample_v_raw`` without a v-head."""
+    Image-shaped fields are [B, C, H, W], per-sample fields [B]; the v-head terms are None without a v-head."""
 
     loss: torch.Tensor  # scalar with gradients: per_sample.mean()
     loss_u: torch.Tensor  # detached mean of (V - v_g)^2 over all elements (logged)
@@ -209,31 +204,6 @@ class LossTerms:
     loss_v: torch.Tensor | None = None  # detached mean of (v - v_g)^2; None without a v-head
     per_sample_v_raw: torch.Tensor | None = None  # [B] detached ||v - v_g||^2; None without a v-head
     logs: dict[str, torch.Tensor] = field(default_factory=dict)  # the perceptual term's logs (loss_lpips, ...)
-
-    _OPTIONAL = ("loss_v", "per_sample_v_raw")
-
-    def keys(self) -> list[str]:
-        names = [f.name for f in fields(self) if f.name != "logs"]
-        return [n for n in names if n not in self._OPTIONAL or getattr(self, n) is not None] + list(self.logs)
-
-    def __getitem__(self, key: str):
-        if key in self.logs:
-            return self.logs[key]
-        if key == "logs" or key not in {f.name for f in fields(self)}:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.keys()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def get(self, key: str, default=None):
-        return self[key] if key in self else default
-
-    def items(self) -> list[tuple[str, torch.Tensor | None]]:
-        return [(k, self[k]) for k in self.keys()]
 
 
 def _u_with_tangent(model, net, z, t, r, cond, v_c, prediction: str, jvp: str):

@@ -3,88 +3,35 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from .choices import PRECISIONS
-from .config import RELEASED_SAMPLING, ModelConfig, preset_of
 from .errors import PMFError
 from .nn.model import as_batch
 from .objective import to_velocity
 from .seeds import IMAGE, derive_seed
+from .setting import SamplingSetting, check_guidance, check_prediction, check_steps, default_setting
 
-
-def _check_guidance(omega, t_min, t_max, steps) -> None:
-    if not isinstance(steps, int) or steps < 1:
-        raise PMFError(f"steps must be a positive integer, got {steps!r}")
-    for name, value in (("omega", omega), ("t_min", t_min), ("t_max", t_max)):
-        if not torch.is_tensor(value) and not isinstance(value, (int, float)):
-            raise PMFError(f"{name} must be a number or a tensor, got {type(value).__name__}")
-    if bool(torch.as_tensor(omega <= 0).any()):
-        raise PMFError(f"omega must be positive, got {omega}")
-    if bool(torch.as_tensor(t_min > t_max).any()):
-        raise PMFError(f"t_min must be <= t_max, got t_min={t_min} > t_max={t_max}")
-
-
-@dataclass(frozen=True)
-class SamplingSetting:
-    """A guidance setting with the EMA it belongs to and where it came from (``source``, for messages)."""
-
-    omega: float = 1.0
-    t_min: float = 0.0
-    t_max: float = 1.0
-    steps: int = 1
-    ema: str | None = None  # an EMA name of a training checkpoint ('hl2000', 'd0.99'), None: the file's weights
-    source: str = "no guidance (omega 1 on [0, 1])"
-
-    def to_dict(self) -> dict:
-        """The setting as JSON-ready fields (what exports and model cards record)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, fields: dict, **changes) -> SamplingSetting:
-        """A setting from ``to_dict``'s fields (unknown keys are ignored, missing ones take the defaults)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{**{k: v for k, v in fields.items() if k in known}, **changes})
-
-    def describe(self) -> str:
-        ema = f", EMA {self.ema}" if self.ema else ""
-        return (f"omega {self.omega:g}, interval [{self.t_min:g}, {self.t_max:g}], {self.steps} step(s){ema} "
-                f"({self.source})")
-
-
-def default_setting(config: ModelConfig, train_config: dict | None = None,
-                    emas: Sequence[str] = ()) -> SamplingSetting:
-    """The sampling setting a checkpoint should be used with unless the user says otherwise.
-
-    A model of a released preset gets the released setting (spec section 4: omega, interval, and the EMA
-    half-life of the released weights where ``emas`` has it). Otherwise a training checkpoint gets its
-    recipe's sampling setting (``train_config["sample"]``) with its first EMA; anything else omega 1 on [0, 1]."""
-    arch = (train_config or {}).get("arch") or preset_of(config)
-    if arch in RELEASED_SAMPLING:
-        rel = RELEASED_SAMPLING[arch]
-        name = f"hl{rel['ema_halflife_kimg']}"
-        ema = name if name in emas else (next(iter(emas)) if emas else None)
-        return SamplingSetting(rel["omega"], rel["t_min"], rel["t_max"], 1, ema, f"the released setting of {arch}")
-    ema = next(iter(emas)) if emas else None
-    cfg = (train_config or {}).get("sample")
-    if cfg:
-        return SamplingSetting(float(cfg["omega"]), float(cfg["t_min"]), float(cfg["t_max"]), 1, ema,
-                               "the training recipe's sampling setting")
-    return SamplingSetting(ema=ema)
+__all__ = ["SamplingSetting", "default_setting", "generate", "image_labels", "image_noise", "model_setting",
+           "prepare_sampler", "sample", "to_uint8"]
 
 
 @torch.no_grad()
 def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 1, omega=1.0, t_min=0.0, t_max=1.0,
-           prediction: str = "x") -> torch.Tensor:
+           prediction: str = "x", setting: SamplingSetting | None = None) -> torch.Tensor:
     """Images [B, C, H, W] from ``noise`` (already times the noise scale) in ``steps`` u-head passes:
     z <- z - (t_i - t_{i+1}) u(z, h = t_i - t_{i+1}, omega, t_min, t_max, y), t = linspace(1, 0, N + 1).
-    Guidance is an input of the network: no extra unconditional pass."""
-    _check_guidance(omega, t_min, t_max, steps)
+    Guidance is an input of the network: no extra unconditional pass. omega, t_min, t_max may be [B] tensors
+    (one setting per image); ``setting`` gives steps, guidance and prediction type at once instead."""
+    if setting is not None:
+        steps, omega, t_min, t_max, prediction = (setting.steps, setting.omega, setting.t_min, setting.t_max,
+                                                  setting.prediction)
+    check_steps(steps)
+    check_prediction(prediction)
+    check_guidance(omega, t_min, t_max)
     B, dev = noise.shape[0], noise.device
     omega, t_min, t_max = (as_batch(v, B, dev, n) for v, n in ((omega, "omega"), (t_min, "t_min"), (t_max, "t_max")))
     labels = as_batch(labels, B, dev, "labels", dtype=torch.long)
@@ -97,6 +44,16 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 1, 
     return z
 
 
+def model_setting(model, setting: SamplingSetting | None = None, **changes) -> tuple[torch.nn.Module,
+                                                                                     SamplingSetting]:
+    """(network, setting) for ``generate``: ``model`` is a network or ``pmf.load_checkpoint``'s result. The
+    setting is ``setting``, else the checkpoint's (as ``pmf sample`` uses it), else ``default_setting`` of the
+    network's config (the released setting for a released preset, else no guidance); ``changes`` (omega,
+    t_min, t_max, steps, prediction; None: unchanged) replace its fields."""
+    net, own = (model.model, model.setting) if isinstance(getattr(model, "setting", None), SamplingSetting) \
+        else (model, None)
+    base = setting or own or default_setting(net.config)
+    return net, base.replace(**changes)
 
 
 def prepare_sampler(model, *, compile: bool = False, cuda_graphs: bool = False):
@@ -155,12 +112,17 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def generate(model, indices: Sequence[int], labels: torch.Tensor, *, seed: int, batch_size: int = 64,
-             steps: int = 1, omega=1.0, t_min=0.0, t_max=1.0, noise_scale: float = 1.0, device=None,
-             progress: bool = True, precision: str = "fp32") -> Iterator[tuple[list[int], torch.Tensor]]:
+             setting: SamplingSetting | None = None, steps: int | None = None, omega=None, t_min=None, t_max=None,
+             noise_scale: float | None = None, device=None, progress: bool = True,
+             precision: str = "fp32") -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield (indices, uint8 images [b, H, W, C]) in batches; image i depends only on (seed, i, label).
-    ``precision="bf16"`` samples under bf16 autocast; ``model`` may come from ``prepare_sampler``."""
+    ``model``: a network (``prepare_sampler``'s result too) or ``pmf.load_checkpoint``'s result, sampled with
+    its own setting unless ``setting`` or single fields are given (``model_setting``). ``noise_scale``
+    defaults to the model's. ``precision="bf16"`` samples under bf16 autocast."""
+    model, setting = model_setting(model, setting, steps=steps, omega=omega, t_min=t_min, t_max=t_max)
     cfg = model.config
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    noise_scale = cfg.noise_scale if noise_scale is None else noise_scale
     device = device or next(model.parameters()).device
     amp = precision_context(precision, device)  # checks the name before any work
     indices = list(indices)
@@ -172,8 +134,7 @@ def generate(model, indices: Sequence[int], labels: torch.Tensor, *, seed: int, 
         idx = indices[start:start + batch_size]
         noise = image_noise(idx, shape, seed=seed, noise_scale=noise_scale, device=device)
         with amp:
-            x = sample(model, noise, labels[start:start + batch_size].to(device), steps=steps, omega=omega,
-                       t_min=t_min, t_max=t_max)
+            x = sample(model, noise, labels[start:start + batch_size].to(device), setting=setting)
         bar.update(len(idx))
         yield idx, to_uint8(x)
     bar.close()

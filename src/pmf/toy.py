@@ -197,11 +197,11 @@ def train(cfg: ToyConfig, dim: int, prediction: str, A: torch.Tensor,
                           generator=data_gen)
         out = pmf_loss(model, x, y, draws, num_classes=1, prediction=prediction, jvp=cfg.jvp)
         opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        out.loss.backward()
         opt.step()
         sched.step()
-        raw.append(out["per_sample_u_raw"].mean().item())
-        weighted.append(out["loss"].item())
+        raw.append(out.per_sample_u_raw.mean().item())
+        weighted.append(out.loss.item())
         if tick is not None:
             tick(raw[-1])
     return model, raw, weighted

@@ -89,14 +89,14 @@ def train_step(parts: Parts, cfg: TrainConfig, mcfg: ModelConfig, step: int, ran
         res = pmf_loss(parts.net, x, y, draws, num_classes=mcfg.num_classes, norm_p=L.norm_p, norm_eps=L.norm_eps,
                        prediction=L.prediction, perceptual=perceptual, no_grad_net=parts.model,
                        **({"jvp": L.jvp} if L.jvp else {}))
-    loss = res["loss"]
+    loss = res.loss
     if D.all_reduce_max((~torch.isfinite(loss.detach())).float()).item() > 0:
         return loss, {}, lr
     parts.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    metrics = {"loss": loss.detach(), "loss_u": res["loss_u"], "loss_v": res.get("loss_v", loss.new_zeros(()))}
-    metrics.update({k: v.detach() for k, v in res.items() if k.startswith("loss_") and torch.is_tensor(v)
-                    and v.dim() == 0})
+    metrics = {"loss": loss.detach(), "loss_u": res.loss_u,
+               "loss_v": res.loss_v if res.loss_v is not None else loss.new_zeros(())}
+    metrics.update({k: v.detach() for k, v in res.logs.items() if torch.is_tensor(v) and v.dim() == 0})
     if cfg.optim.grad_clip is not None:
         metrics["grad_norm"] = P.full(torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.optim.grad_clip))
     parts.optimizer.step()

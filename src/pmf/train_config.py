@@ -13,6 +13,7 @@ from .choices import JvpMode, OptimizerName, ParallelMode, Precision, Prediction
 from .config import PRESETS, RELEASED_SAMPLING, check_choices, dataclass_from_dict, doc
 from .errors import PMFError
 from .perceptual.config import PerceptualConfig
+from .setting import check_guidance
 
 
 def _check(cond: bool, name: str, value, want: str) -> None:
@@ -113,9 +114,8 @@ class SampleConfig:
     def __post_init__(self) -> None:
         _check(self.every >= 0, "sample.every", self.every, ">= 0 (0 turns grids off)")
         _check(self.count >= 1, "sample.count", self.count, ">= 1")
-        _check(self.omega >= 1, "sample.omega", self.omega, ">= 1")
-        _check(0 <= self.t_min <= self.t_max <= 1, "sample.t_min/t_max", (self.t_min, self.t_max),
-               "0 <= t_min <= t_max <= 1")
+        check_guidance(self.omega, self.t_min, self.t_max,
+                       names={k: f"sample.{k}" for k in ("omega", "t_min", "t_max")})  # the sampler's own rule
 
 
 @dataclass

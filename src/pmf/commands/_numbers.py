@@ -48,13 +48,12 @@ def one_guidance(args) -> tuple[float | None, float | None, float | None]:
 
 def check_guidance(*, omega: float | None = None, t_min: float | None = None, t_max: float | None = None,
                    steps: int | None = None) -> None:
-    """The sampling flags, checked before any work starts (None: not given)."""
-    if steps is not None and steps < 1:
-        raise PMFError(f"--steps must be >= 1, got {steps}")
-    if omega is not None and not omega > 0:
-        raise PMFError(f"--omega must be > 0 (1: no guidance), got {omega:g}")
-    for name, value in (("--t-min", t_min), ("--t-max", t_max)):
-        if value is not None and not 0 <= value <= 1:
-            raise PMFError(f"{name} must be in [0, 1], got {value:g}")
-    if t_min is not None and t_max is not None and t_min > t_max:
-        raise PMFError(f"the guidance interval needs t_min <= t_max, got [{t_min:g}, {t_max:g}]")
+    """The sampling flags, checked before any work starts (None: not given) by the setting's own rule
+    (``pmf.setting``); a field not given takes a value that passes, so only the given ones are judged."""
+    from ..setting import check_guidance as check
+    from ..setting import check_steps
+
+    if steps is not None:
+        check_steps(steps, name="--steps")
+    check(1.0 if omega is None else omega, 0.0 if t_min is None else t_min, 1.0 if t_max is None else t_max,
+          names={"omega": "--omega"})

@@ -78,6 +78,7 @@ def add_batch_size(p, *, default=64, help: str | None = None) -> None:
 
 def add_num_images(p, *, default=None, help: str) -> None:
     p.add_argument("--num-images", type=int, default=default, help=help)
+    deprecated(p, "--num-samples", "num_images", type=int)
 
 
 def add_guidance(p, *, sweep: bool = False, default_help: str = "the checkpoint's setting") -> None:

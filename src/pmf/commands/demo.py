@@ -34,7 +34,6 @@ def add_parser(sub) -> None:
     deprecated(p, "--t-min", "t_min", type=float)
     deprecated(p, "--t-max", "t_max", type=float)
     add_num_images(p, default=1000, help="scored samples, balanced over classes (default 1000)")
-    deprecated(p, "--num-samples", "num_images", type=int)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice; 1 is "
                    "faster on a machine busy with other work)")
     add_device(p)
@@ -47,8 +46,13 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+SCORE_BATCH = 250  # images per forward pass of the score (a batch size can move a rare pixel by one level)
+
+
 def score(model, out: Path, *, n: int, seed: int, settings: list[tuple[float, float, float]], verbose=True) -> dict:
-    """Sample n images (n / 10 per class, per-image noise seeds) at each (omega, t_min, t_max) and score them."""
+    """Sample n images (n / 10 per class, per-image noise seeds) at each (omega, t_min, t_max) and score them:
+    the images and scores of ``pmf eval --offline --seed SEED --batch-size 250`` (``run`` passes the training
+    seed + 1, so ``pmf eval``'s default seed 0 draws other images and gets other figures)."""
     from ..images import save_grid
     from ..quality import offline_scores
     from ..sampling import generate
@@ -57,7 +61,7 @@ def score(model, out: Path, *, n: int, seed: int, settings: list[tuple[float, fl
     results = {}
     for omega, t_min, t_max in settings:
         images = np.concatenate([b.numpy() for _, b in generate(
-            model, range(n), labels, seed=seed, batch_size=250, omega=omega, t_min=t_min, t_max=t_max,
+            model, range(n), labels, seed=seed, batch_size=SCORE_BATCH, omega=omega, t_min=t_min, t_max=t_max,
             noise_scale=model.config.noise_scale, progress=False)])
         key = f"omega={omega:g},interval=[{t_min:g},{t_max:g}]"
         results[key] = offline_scores(images, labels.numpy(), dataset="mnist-5k")
@@ -107,6 +111,7 @@ def run(args) -> int:
     if not args.no_score:
         model = load_model(ckpt, ema="d0.99", device=args.device)
         settings = [(args.omega, t_min, t_max), (1.0, 0.0, 1.0)]
+        report["score_seed"] = args.seed + 1
         report["scores"] = score(model, out, n=args.num_images, seed=args.seed + 1, settings=settings)
     report["total_seconds"] = time.perf_counter() - t0
     (out / "demo_metrics.json").write_text(json.dumps(report, indent=2))
@@ -114,4 +119,7 @@ def run(args) -> int:
           f"metrics in {out / 'demo_metrics.json'}")
     print(f"sample from it (the checkpoint records omega {args.omega:g} on [{t_min:g}, {t_max:g}]): "
           f"pmf sample --checkpoint {ckpt} --out {out / 'samples_cli'}")
+    if not args.no_score:  # pmf eval's defaults are seed 0 and batches of 64: other noises, other figures
+        print(f"the same score again: pmf eval --checkpoint {ckpt} --offline --ema d0.99 --seed {args.seed + 1} "
+              f"--num-images {args.num_images} --batch-size {SCORE_BATCH} --out {out / 'eval'}")
     return 0

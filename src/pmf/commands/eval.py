@@ -187,7 +187,7 @@ def run(args) -> int:
     def settings(c, n):
         return EvalSettings(num_images=n, seed=args.seed, steps=args.steps, omega=c["omega"], t_min=c["t_min"],
                             t_max=c["t_max"], noise_scale=args.noise_scale, batch_size=args.batch_size,
-                            precision=args.precision)
+                            precision=args.precision, prediction=base.prediction)
 
     def score(c, n, final):
         nonlocal model

@@ -8,7 +8,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import PMFError
-from ._args import add_checkpoint, add_ema, add_out, checkpoint_arg, legacy_positionals
+from ..setting import sidecar_path
+from ._args import add_checkpoint, add_ema, add_out, checkpoint_arg, legacy_positionals, output_file
 
 # output suffix -> format written
 SUFFIXES = {".pt": "release", ".pth": "release", ".safetensors": "safetensors"}
@@ -36,6 +37,7 @@ def run(args) -> int:
     legacy_positionals(args)
     args.checkpoint = checkpoint_arg(args.checkpoint)
     suffix = Path(args.out).suffix.lower()
+    output_file(args.out)  # a folder that cannot be made is a one-line error before any work
     if args.format == "checkpoint":
         from ..sharded_checkpoint import is_sharded_checkpoint
         from ..train_state import to_single_file
@@ -51,6 +53,10 @@ def run(args) -> int:
                            f"suffixes: {', '.join(f'{k} ({v})' for k, v in SUFFIXES.items())}")
         if args.format is not None and args.format != SUFFIXES[suffix]:
             raise PMFError(f"--format {args.format} does not fit the suffix {suffix!r} (a {SUFFIXES[suffix]} file)")
-        path = export_ema(args.checkpoint, args.out, ema=args.ema, fmt=args.format)
-    print(f"wrote {path}")
+        try:
+            path = export_ema(args.checkpoint, args.out, ema=args.ema, fmt=args.format)
+        except OSError as err:
+            raise PMFError(f"cannot write {args.out!r}: {err.strerror or err}") from None
+    print(f"wrote {path}" + (f" and {sidecar_path(path)} (its sampling setting)" if suffix != ".safetensors"
+                             and args.format != "checkpoint" else ""))
     return 0

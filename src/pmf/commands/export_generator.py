@@ -8,7 +8,7 @@ import torch
 
 from ..errors import PMFError
 from ..generator_export import export_generator, save_generator
-from ._args import add_out, check_device, load_for_sampling, output_file
+from ._args import add_out, check_device, load_for_sampling, output_file, sampling_setting
 from ._loading import add_common_model_args
 
 
@@ -32,18 +32,21 @@ def run(args) -> int:
         raise PMFError(f"--out must end in .pt2, got {str(out)!r}")
     if args.static_batch is not None and args.static_batch < 1:
         raise PMFError(f"--static-batch must be >= 1, got {args.static_batch}")
-    model = load_for_sampling(args, args.device).model
+    loaded = load_for_sampling(args, args.device)
+    model, setting = loaded.model, sampling_setting(loaded)
     cfg = model.config
     noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale
     program = export_generator(model, noise_scale=noise_scale, batch=args.static_batch or 2,
-                               dynamic_batch=args.static_batch is None)
+                               dynamic_batch=args.static_batch is None, prediction=setting.prediction)
     save_generator(program, out)
     shape = [cfg.in_channels, cfg.input_size, cfg.input_size]
     info = {"inputs": {"eps": ["B", *shape], "labels": ["B"], "omega": ["B"], "t_min": ["B"], "t_max": ["B"]},
             "output": ["B", *shape], "output_range": "the [-1, 1] scale, not clipped: clip before converting",
             "noise_scale": noise_scale, "num_classes": cfg.num_classes,
             "null_label": cfg.num_classes, "batch": args.static_batch or "dynamic", "torch": torch.__version__,
-            "model_config": cfg.to_dict()}
+            "model_config": cfg.to_dict(),
+            # how to sample it: pass these omega / t_min / t_max per image for the checkpoint's own images
+            "sampling_setting": setting.to_dict()}
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0

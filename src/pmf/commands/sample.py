@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import torch
@@ -53,7 +54,8 @@ def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint in one (or a few) forward passes",
-                       description="Write PNGs, grid.png and samples.npz (uint8 images, int64 labels).")
+                       description="Write PNGs, grid.png and samples.npz (uint8 images, int64 labels). What an "
+                       "earlier pmf sample wrote into the folder is removed first; other files stay.")
     add_common_model_args(p)
     add_sampling_speed_args(p)
     add_out(p, default="runs/sample", help="output folder (default runs/sample)")
@@ -85,6 +87,19 @@ def class_counts(num_classes: int, per_class: int | None, num_images: int | None
     return [per_class] * num_classes
 
 
+OWN_FILES = ("grid.png", "samples.npz", "sample_settings.json")
+PNG_NAME = re.compile(r"\d{6}_class\d+\.png")
+
+
+def clear_old_samples(out) -> int:
+    """Remove what an earlier ``pmf sample`` wrote into ``out`` (its numbered PNGs, grid, npz and settings), so
+    that the folder never mixes two runs; other files stay. Returns the number of PNGs removed."""
+    pngs = [p for p in out.iterdir() if PNG_NAME.fullmatch(p.name)]
+    for p in pngs + [out / name for name in OWN_FILES]:
+        p.unlink(missing_ok=True)
+    return len(pngs)
+
+
 def run(args) -> int:
     class_counts(1, args.per_class, args.num_images)  # the checks, before any model is loaded
     if args.batch_size < 1:
@@ -96,6 +111,9 @@ def run(args) -> int:
     loaded = load_for_sampling(args, args.device)
     setting = sampling_setting(loaded, omega=omega, t_min=t_min, t_max=t_max, steps=args.steps)
     print(f"sampling: {setting.describe()}", flush=True)
+    removed = clear_old_samples(out)
+    if removed:
+        print(f"removed {removed} sample PNGs of an earlier run from {out}", flush=True)
     model, cfg = loaded.model, loaded.model.config
     model = prepare_sampler(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
     noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale
@@ -107,8 +125,7 @@ def run(args) -> int:
     labels = torch.tensor([c for c, n in zip(classes, counts) for _ in range(n)], dtype=torch.long)
     images = []
     for idx, batch in generate(model, range(len(labels)), labels[: len(labels)], seed=args.seed,
-                               batch_size=args.batch_size, steps=setting.steps, omega=setting.omega,
-                               t_min=setting.t_min, t_max=setting.t_max, noise_scale=noise_scale, device=args.device,
+                               batch_size=args.batch_size, setting=setting, noise_scale=noise_scale, device=args.device,
                                precision=args.precision, progress=not args.no_progress):
         images.append(batch.numpy())
         if not args.no_png:
@@ -120,7 +137,7 @@ def run(args) -> int:
     save_grid(images, out / "grid.png", nrow=counts[0] if args.num_images is None else math.ceil(len(images) ** 0.5))
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     resolved = {"omega": setting.omega, "t_min": setting.t_min, "t_max": setting.t_max, "steps": setting.steps,
-                "ema": setting.ema, "setting": setting.describe()}
+                "ema": setting.ema, "prediction": setting.prediction, "setting": setting.describe()}
     (out / "sample_settings.json").write_text(json.dumps({**settings, **resolved, "noise_scale": noise_scale,
                                                           "classes": classes}, indent=2))
     print(f"wrote {len(images)} images, grid.png and samples.npz to {out}")

@@ -91,7 +91,8 @@ def build(args):
     model = prepare_sampler(ckpt.model, compile=args.compile)
     batcher = Batcher(model, noise_scale=cfg.noise_scale, device=args.device, precision=args.precision,
                       max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                      pad_batches=args.compile, exact=args.exact_batching)
+                      pad_batches=args.compile, exact=args.exact_batching,
+                      prediction=ckpt.setting.prediction)
     app = create_app(batcher, info, ServeLimits(args.max_images, args.max_steps), token=args.token)
     return app, info, batcher
 

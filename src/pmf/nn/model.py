@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import ModelConfig, model_config
 from ..errors import PMFError
+from ..setting import check_guidance
 from .layers import Block, FinalLayer, LabelEmbedder, PatchEmbed, ScalarEmbedder
 
 
@@ -105,11 +106,7 @@ class PMFDiT(nn.Module):
         if bool(((y < 0) | (y > c.num_classes)).any()):
             bad = y[(y < 0) | (y > c.num_classes)][0].item()
             raise PMFError(f"label {bad} out of range [0, {c.num_classes}] ({c.num_classes} is the null label)")
-        if bool((omega <= 0).any()):
-            raise PMFError(f"omega must be positive, got {omega[omega <= 0][0].item()}")
-        if bool((t_min > t_max).any()):
-            i = int((t_min > t_max).nonzero()[0, 0])
-            raise PMFError(f"t_min must be <= t_max, got t_min={t_min[i].item()} > t_max={t_max[i].item()}")
+        check_guidance(omega, t_min, t_max)
 
     def embed(self, z, h, omega, t_min, t_max, y) -> torch.Tensor:
         """Token sequence [class, omega, t_min, t_max, time, patches] + pos_embed: (B, 20 + T, D)."""

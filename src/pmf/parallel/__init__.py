@@ -23,10 +23,10 @@ from .reduction import (
     tree_sum,
     use_ordered_reduction,
 )
-from .sharded_muon import _rows, assign_owners, build_sharded_optimizer, ns_cost, ns_load, orthogonalize_sharded
+from .sharded_muon import _rows, assign_owners, build_sharded_optimizer, ns_cost, orthogonalize_sharded
 
 __all__ = ["PARALLEL_MODES", "REDUCE_MODES", "_rows", "assign_owners", "build_mesh", "build_sharded_optimizer",
            "bytes_of", "ddp_ordered_hook", "full", "is_dtensor", "local", "local_world_size", "mixed_precision",
-           "ns_cost", "ns_load", "ordered_all_reduce_", "ordered_reduce_scatter", "ordered_reduce_scatter_",
+           "ns_cost", "ordered_all_reduce_", "ordered_reduce_scatter", "ordered_reduce_scatter_",
            "orthogonalize_sharded", "resolve_reduce", "shard_group", "shard_model", "tree_sum",
            "use_ordered_reduction"]

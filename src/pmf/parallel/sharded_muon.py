@@ -108,14 +108,6 @@ def _unpack(out_flat: torch.Tensor, shapes, owners, chunk, N: int, rank: int) ->
     return [pieces[i].reshape(-1, n)[:_rows(m, N, rank)[1]] for i, (m, n) in enumerate(shapes)]
 
 
-def ns_load(shapes: list[tuple[int, int]], ranks: int) -> list[int]:
-    """Newton-Schulz cost per rank of the owner assignment (for measurement)."""
-    load = [0] * ranks
-    for s, r in zip(shapes, assign_owners(shapes, ranks)):
-        load[r] += ns_cost(s)
-    return load
-
-
 def _sharded_muon_class():
     from ..optim import Muon, adam_update_, muon_momentum_, newton_schulz_batched
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .. import __version__
 from ..images import make_grid
-from ..sampling import SamplingSetting
+from ..setting import SamplingSetting, SettingError
 from .batcher import Batcher, ImageJob, ServerBusy
 
 SEED_MAX = 2**63 - 1
@@ -88,23 +88,14 @@ def _check(req: GenerateRequest, info: ModelInfo, limits: ServeLimits) -> ImageJ
     for i, c in enumerate(req.classes):
         if not 0 <= c < k:
             raise RequestProblem(f"classes[{i}]", f"class {c} out of range [0, {k - 1}]")
-    s = info.setting
-    omega = s.omega if req.omega is None else req.omega
-    t_min = s.t_min if req.t_min is None else req.t_min
-    t_max = s.t_max if req.t_max is None else req.t_max
-    steps = s.steps if req.steps is None else req.steps
-    for name, v in (("omega", omega), ("t_min", t_min), ("t_max", t_max)):
-        if not math.isfinite(v):
-            raise RequestProblem(name, f"must be a finite number, got {v}")
-    if omega <= 0:
-        raise RequestProblem("omega", f"must be > 0, got {omega:g}")
-    for name, v in (("t_min", t_min), ("t_max", t_max)):
-        if not 0 <= v <= 1:
-            raise RequestProblem(name, f"must be in [0, 1], got {v:g}")
-    if t_min > t_max:
-        raise RequestProblem("t_min", f"must be <= t_max, got t_min={t_min:g} > t_max={t_max:g}")
+    steps = info.setting.steps if req.steps is None else req.steps
     if not 1 <= steps <= limits.max_steps:
         raise RequestProblem("steps", f"must be in [1, {limits.max_steps}], got {steps}")
+    try:  # the setting's own rule (pmf.setting); fields left out are the checkpoint's
+        s = info.setting.replace(omega=req.omega, t_min=req.t_min, t_max=req.t_max, steps=steps)
+    except SettingError as err:
+        raise RequestProblem(err.field, str(err).removeprefix(f"{err.field} ")) from None
+    omega, t_min, t_max = s.omega, s.t_min, s.t_max
     if not 0 <= req.seed <= SEED_MAX:
         raise RequestProblem("seed", f"must be in [0, 2**63 - 1], got {req.seed}")
     return ImageJob(tuple(req.classes), req.seed, float(omega), float(t_min), float(t_max), int(steps))

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from ..errors import PMFError
 from ..sampling import image_noise, precision_context, sample, to_uint8
+from ..setting import check_prediction
 
 SAMPLE_BATCH = 64  # pmf sample's default --batch-size: image i is row i % 64 of a batch of that request
 
@@ -68,7 +69,8 @@ class Batcher:
     is exact either way."""
 
     def __init__(self, model, *, noise_scale: float, device=None, precision: str = "fp32", max_batch: int = 64,
-                 max_wait_ms: float = 5.0, max_queue: int = 4096, pad_batches: bool = False, exact: bool = False):
+                 max_wait_ms: float = 5.0, max_queue: int = 4096, pad_batches: bool = False, exact: bool = False,
+                 prediction: str = "x"):
         if max_batch < 1:
             raise PMFError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
@@ -79,6 +81,8 @@ class Batcher:
         self.shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000.0, max_queue
         self.pad_batches = pad_batches
+        check_prediction(prediction)
+        self.prediction = prediction  # the network's (the checkpoint's sampling setting says which)
         precision_context(precision, self.device)  # checks the name now, not in the first request
         self._groups: dict[int, deque] = {}  # steps -> deque of (pending, image index)
         self._queued = 0
@@ -255,7 +259,7 @@ class Batcher:
         try:
             with torch.inference_mode(), precision_context(self.precision, self.device):
                 x = sample(self.model, noise.to(self.device), labels.to(self.device), steps=steps, omega=omega,
-                           t_min=t_min, t_max=t_max)
+                           t_min=t_min, t_max=t_max, prediction=self.prediction)
         finally:
             self._layout = None
         self.batch_sizes[n] += 1

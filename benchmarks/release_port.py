@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from .release import release_rope_freqs, strip_prefix
+from pmf.config import ModelConfig
+from pmf.nn.release import release_rope_freqs, strip_prefix
 
 
 class _Linear(nn.Module):
