@@ -96,6 +96,17 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 1, 
     return z
 
 
+
+def sample_from(model, unit_noise: torch.Tensor, labels: torch.Tensor, *, noise_scale: float = 1.0, steps: int = 1,
+                omega=1.0, t_min=0.0, t_max=1.0) -> torch.Tensor:
+    """``sample`` of ``noise_scale * unit_noise``; ``model`` is the network, or a runtime that holds the whole
+    sampler and scales the noise itself (an exported ONNX file: ``pmf.onnx_runtime.OnnxGenerator``)."""
+    runtime = getattr(model, "sample_unit_noise", None)
+    if runtime is not None:
+        _check_guidance(omega, t_min, t_max, steps)
+        return runtime(unit_noise, labels, steps=steps, omega=omega, t_min=t_min, t_max=t_max)
+    return sample(model, noise_scale * unit_noise, labels, steps=steps, omega=omega, t_min=t_min, t_max=t_max)
+
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -158,7 +169,8 @@ def generate(model, indices: Sequence[int], labels: torch.Tensor, *, seed: int, 
              steps: int = 1, omega=1.0, t_min=0.0, t_max=1.0, noise_scale: float = 1.0, device=None,
              progress: bool = True, precision: str = "fp32") -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield (indices, uint8 images [b, H, W, C]) in batches; image i depends only on (seed, i, label).
-    ``precision="bf16"`` samples under bf16 autocast; ``model`` may come from ``prepare_sampler``."""
+    ``precision="bf16"`` samples under bf16 autocast; ``model`` may come from ``prepare_sampler``, or be a
+    runtime of ``sample_from`` (then pass ``device``)."""
     cfg = model.config
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
     device = device or next(model.parameters()).device
@@ -170,10 +182,10 @@ def generate(model, indices: Sequence[int], labels: torch.Tensor, *, seed: int, 
     bar = tqdm(total=len(indices), desc="sampling", unit="img", disable=not progress)
     for start in range(0, len(indices), batch_size):
         idx = indices[start:start + batch_size]
-        noise = image_noise(idx, shape, seed=seed, noise_scale=noise_scale, device=device)
+        noise = image_noise(idx, shape, seed=seed, device=device)
         with amp:
-            x = sample(model, noise, labels[start:start + batch_size].to(device), steps=steps, omega=omega,
-                       t_min=t_min, t_max=t_max)
+            x = sample_from(model, noise, labels[start:start + batch_size].to(device), noise_scale=noise_scale,
+                            steps=steps, omega=omega, t_min=t_min, t_max=t_max)
         bar.update(len(idx))
         yield idx, to_uint8(x)
     bar.close()
