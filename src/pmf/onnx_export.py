@@ -31,7 +31,7 @@ def onnx_metadata(loaded, *, steps: int, noise_scale: float, setting=None) -> di
     setting = replace(setting or loaded.setting, steps=steps)
     values = {"setting": setting.to_dict(), "class_names": loaded.class_names, "preset": loaded.arch,
               "image_size": cfg.input_size, "channels": cfg.in_channels, "num_classes": cfg.num_classes,
-              "noise_scale": noise_scale, "steps": steps, "model_config": cfg.to_dict()}
+              "noise_scale": noise_scale, "steps": steps, "model_config": {**cfg.to_dict(), "v_head": False}}
     return {META[k]: json.dumps(v) for k, v in values.items()}
 
 
