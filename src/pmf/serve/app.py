@@ -78,7 +78,8 @@ class GenerateRequest(BaseModel):
     classes: list[int] = Field(min_length=1, description="one class index per image (at least one)")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="image i uses the noise of (seed, i), as pmf sample --seed")
     omega: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
-        None, description="guidance scale, > 0 (1: no guidance); default: the model's")
+        None, description="guidance scale, > 0 (1: no guidance); default: the model's. The network computes in "
+        "float32: a value that rounds to 0 there (below 1.4e-45) gets 422")
     t_min: Unit | None = Field(None, description="start of the guidance interval, in [0, 1]; must be <= t_max (the "
                                "one given, else the model's default): a request that breaks this rule between "
                                "fields, which JSON Schema cannot state, gets 422")
@@ -108,8 +109,8 @@ def _check(req: GenerateRequest, info: ModelInfo, limits: ServeLimits) -> ImageJ
     for name, v in (("omega", omega), ("t_min", t_min), ("t_max", t_max)):
         if not math.isfinite(v):
             raise RequestProblem(name, f"must be a finite number, got {v}")
-    if omega <= 0:
-        raise RequestProblem("omega", f"must be > 0, got {omega:g}")
+    if not np.float32(omega) > 0:  # the network takes float32: 5e-324 > 0 but rounds to 0
+        raise RequestProblem("omega", f"must be > 0 (and at least 1.4e-45, the least float32), got {omega:g}")
     for name, v in (("t_min", t_min), ("t_max", t_max)):
         if not 0 <= v <= 1:
             raise RequestProblem(name, f"must be in [0, 1], got {v:g}")
@@ -208,7 +209,7 @@ def create_app(batcher: Batcher, info: ModelInfo, limits: ServeLimits = ServeLim
                token: str | None = None) -> FastAPI:
     """The application; it starts ``batcher`` when it starts and stops it when it shuts down. With
     ``token``, /info and /generate need ``Authorization: Bearer TOKEN`` (/health and the page do not)."""
-    from .openapi import GENERATE_DESCRIPTION, auth_responses, generate_responses, request_model
+    from .openapi import GENERATE_DESCRIPTION, auth_responses, generate_responses, keep_body_schema, request_model
 
     static = _load_static()
 
@@ -283,6 +284,7 @@ def create_app(batcher: Batcher, info: ModelInfo, limits: ServeLimits = ServeLim
             return JSONResponse({**body, "time_ms": round(ms, 2)}, headers=headers)
         return Response(body, media_type=media, headers=headers)
 
+    keep_body_schema(app, "/generate", body_schema["requestBody"])
     for route, (content, media) in static.items():
         def page(content=content, media=media):
             return Response(content, media_type=media)

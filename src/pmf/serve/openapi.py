@@ -57,3 +57,16 @@ def generate_responses(max_body: int, *, auth: bool) -> dict:
         503: _error("the queue is full or the server is stopping: try again after Retry-After seconds",
                     headers={"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}}),
         **auth_responses(auth)}
+
+
+def keep_body_schema(app, path: str, request_body: dict) -> None:
+    """Serve ``request_body`` in /openapi.json as pydantic wrote it: FastAPI's OpenAPI models turn integer
+    limits into floats (the seed limit 2**63 - 1 would read as 2**63)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            build()["paths"][path]["post"]["requestBody"] = request_body
+        return app.openapi_schema
+
+    app.openapi = openapi
