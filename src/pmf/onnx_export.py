@@ -47,7 +47,7 @@ def export_onnx(loaded, out: str | os.PathLike, *, steps: int | None = None, noi
     steps = setting.steps if steps is None else steps
     cfg = loaded.model.config
     noise_scale = float(cfg.noise_scale if noise_scale is None else noise_scale)
-    gen = OneStepGenerator(loaded.model.float().cpu(), noise_scale, steps=steps)
+    gen = OneStepGenerator(loaded.model, noise_scale, steps=steps).float().cpu()  # a copy: the model stays
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on renamed axes and on training mode
