@@ -1,5 +1,5 @@
-"""Reading checkpoints: local files (.pt/.pth/.safetensors), Hugging Face hub names and URLs; building a
-model from our own training checkpoints or from release-format state dicts."""
+"""Reading checkpoints: local files (.pt/.pth/.safetensors), hub folders (``pmf.hub``), Hugging Face hub names
+and URLs; building a model from our own training checkpoints or from release-format state dicts."""
 
 from __future__ import annotations
 
@@ -100,8 +100,16 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
     default setting, i.e. the released half-life for a released recipe, else the first EMA if any, else the
     raw weights; ``"raw"`` forces the raw weights). Release-format state dicts use ``arch`` (a preset name,
     with ``overrides``) or, without it, an architecture inferred from the shapes."""
+    from .hub import hub_repo_id, is_hub_folder, load_pretrained
     from .sharded_checkpoint import is_sharded_checkpoint, lazy_checkpoint
 
+    # save_pretrained's folder, or a hub repo holding one (hf:OWNER/REPO; hf:OWNER/REPO/FILE is a file)
+    if is_hub_folder(spec) or str(spec).startswith("hf:") and hub_repo_id(spec):
+        if ema not in (None, "auto", "raw") or arch is not None or overrides:
+            raise CheckpointError("a hub folder holds one weight set and its config: drop --ema and --arch")
+        return load_pretrained(spec, device=device)
+    if str(spec).lower().endswith(".onnx"):
+        raise CheckpointError(f"{str(spec)!r} is an ONNX generator: pmf sample and pmf serve run it (onnxruntime)")
     obj = lazy_checkpoint(spec) if is_sharded_checkpoint(spec) else read_file(spec)
     if is_training_checkpoint(obj):
         config = ModelConfig.from_dict({**obj["model_config"], **overrides})

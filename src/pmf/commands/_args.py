@@ -89,8 +89,9 @@ def checkpoint_arg(spec: str) -> str:
     """``--checkpoint`` with a run folder or its ``checkpoints/`` folder replaced by its newest checkpoint (said
     in one line); anything else unchanged."""
     from ..checkpoint import run_checkpoint
+    from ..hub import is_hub_folder
 
-    if not Path(spec).expanduser().is_dir():
+    if not Path(spec).expanduser().is_dir() or is_hub_folder(spec):
         return spec
     found = run_checkpoint(spec)  # a sharded checkpoint folder comes back as it is
     if found != Path(spec).expanduser():
@@ -176,7 +177,8 @@ def add_checkpoint(p, *, required: bool = True, random: bool = True) -> None:
     extra = ", or 'random' (an untrained model of --arch, to try the pipeline)" if random else ""
     p.add_argument("--checkpoint", required=required, help="checkpoint: our training checkpoint (a file, or "
                    "the folder of a sharded one; a run folder gives its newest) or export, a release-format state "
-                   f"dict, .safetensors, a URL or hf:OWNER/REPO/FILE{extra}")
+                   f"dict, .safetensors, a hub folder (pmf export --format hub) or hf:OWNER/REPO holding one, a URL or "
+                   f"hf:OWNER/REPO/FILE{extra}")
 
 
 def add_out(p, *, help: str, default=None, required: bool = False) -> None:

@@ -6,6 +6,7 @@ training checkpoint."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from ..errors import PMFError
@@ -81,4 +82,5 @@ def _export_onnx(args):
     loaded = load_checkpoint(args.checkpoint, ema=args.ema)
     print(f"exporting the {args.steps or loaded.setting.steps}-step generator; setting: {loaded.setting.describe()}",
           flush=True)
-    return export_onnx(loaded, args.out, steps=args.steps)
+    setting = dataclasses.replace(loaded.setting, ema=loaded.ema)  # the EMA exported, which --ema may choose
+    return export_onnx(loaded, args.out, steps=args.steps, setting=setting)
