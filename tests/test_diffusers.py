@@ -5,7 +5,7 @@ import pytest
 import torch
 
 try:
-    import diffusers  # noqa: F401
+    from diffusers import FlowMapEulerDiscreteScheduler  # noqa: F401
 except ImportError:
     pytest.skip("diffusers tests need pip install 'pixel-meanflow[diffusers]'", allow_module_level=True)
 

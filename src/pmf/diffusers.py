@@ -10,7 +10,12 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, FlowMapEulerDiscreteScheduler, ImagePipelineOutput, ModelMixin
+
+try:
+    from diffusers import DiffusionPipeline, FlowMapEulerDiscreteScheduler, ImagePipelineOutput, ModelMixin
+except ImportError as err:  # no diffusers, or one older than its flow-map scheduler
+    raise ImportError(f"pmf.diffusers needs diffusers >= 0.42: pip install 'pixel-meanflow[diffusers]' "
+                      f"({err})") from None
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.utils.torch_utils import randn_tensor
