@@ -76,7 +76,9 @@ def add_sampling_speed_args(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint in one (or a few) forward passes",
-                       description="Write PNGs, grid.png and samples.npz (uint8 images, int64 labels).")
+                       description="Write PNGs, grid.png and samples.npz (uint8 images, int64 labels). A "
+                       "--checkpoint ending in .onnx (pmf export --out FILE.onnx) runs in onnxruntime on the CPU "
+                       "with its recorded setting (docs/deploy.md).")
     add_common_model_args(p)
     add_sampling_speed_args(p)
     add_out(p, default="runs/sample", help="output folder (default runs/sample)")

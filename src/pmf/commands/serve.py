@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve one-step generation as a web page and an HTTP API",
                        description="POST /generate, GET /info, GET /health and the page at GET /. Requests that "
                        "arrive within --max-wait-ms share one forward pass; each image keeps its own noise "
-                       "(see --exact-batching). Needs pip install 'pixel-meanflow[serve]'.")
+                       "(see --exact-batching). A --checkpoint ending in .onnx (pmf export --out FILE.onnx) runs in "
+                       "onnxruntime with no torch model in memory. Needs pip install 'pixel-meanflow[serve]'.")
     add_checkpoint(p)
     p.add_argument("--arch", default=None, help="architecture of a release-format file, or of --checkpoint random "
                    "(default: recorded or inferred)")
