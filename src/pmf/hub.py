@@ -133,9 +133,13 @@ def push_to_hub(model, repo_id: str, *, private: bool | None = None, token: str 
 
 def export_hub(spec: str | os.PathLike, out: str | os.PathLike, *, ema: str | None = None) -> Path:
     """``pmf export --format hub``: one weight set of any checkpoint (``ema`` as ``pmf export``) as a hub
-    folder, with the checkpoint's sampling setting (its EMA: the one exported) and class names."""
+    folder, with the checkpoint's sampling setting (its EMA: the one exported) and class names (those it
+    records, else digits for the built-in sets and the ImageNet names for ImageNet presets:
+    ``pmf.serve.classes``)."""
     from .checkpoint import load_checkpoint
+    from .serve.classes import checkpoint_class_names
 
     loaded = load_checkpoint(spec, ema=ema)
     setting = dataclasses.replace(loaded.setting, ema=loaded.ema)
-    return save_pretrained(loaded.model, out, setting=setting, class_names=loaded.class_names, preset=loaded.arch)
+    return save_pretrained(loaded.model, out, setting=setting, class_names=checkpoint_class_names(loaded),
+                           preset=loaded.arch)

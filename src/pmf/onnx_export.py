@@ -24,12 +24,15 @@ META = {"setting": "pmf.sampling_setting", "class_names": "pmf.class_names", "pr
 
 def onnx_metadata(loaded, *, steps: int, noise_scale: float, setting=None) -> dict[str, str]:
     """The metadata_props of an export of ``loaded`` (a ``pmf.checkpoint.LoadedCheckpoint``): the sampling
-    setting (``SamplingSetting.to_dict``, with the graph's step count), class names, preset, image size."""
+    setting (``SamplingSetting.to_dict``, with the graph's step count), class names (``pmf.serve.classes``),
+    preset, image size."""
     from dataclasses import replace
+
+    from .serve.classes import checkpoint_class_names
 
     cfg = loaded.model.config
     setting = replace(setting or loaded.setting, steps=steps)
-    values = {"setting": setting.to_dict(), "class_names": loaded.class_names, "preset": loaded.arch,
+    values = {"setting": setting.to_dict(), "class_names": checkpoint_class_names(loaded), "preset": loaded.arch,
               "image_size": cfg.input_size, "channels": cfg.in_channels, "num_classes": cfg.num_classes,
               "noise_scale": noise_scale, "steps": steps, "model_config": {**cfg.to_dict(), "v_head": False}}
     return {META[k]: json.dumps(v) for k, v in values.items()}

@@ -80,8 +80,9 @@ def build(args):
     except ImportError:
         raise PMFError("pmf serve needs FastAPI and uvicorn: pip install 'pixel-meanflow[serve]'") from None
     from ..sampling import prepare_sampler
-    from ..serve import Batcher, class_names
+    from ..serve import Batcher
     from ..serve.app import ModelInfo, ServeLimits, create_app
+    from ..serve.classes import checkpoint_class_names
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,7 +90,7 @@ def build(args):
     args.device = "cpu" if onnx and args.device is None else check_device(args.device)
     ckpt = onnx_checkpoint(args) if onnx else load_for_sampling(args, args.device)
     cfg = ckpt.model.config
-    names = ckpt.class_names or class_names(cfg.num_classes, data=ckpt.data, arch=ckpt.arch)
+    names = checkpoint_class_names(ckpt)
     info = ModelInfo(ckpt.arch, cfg.input_size, cfg.in_channels, names, ckpt.setting, cfg.noise_scale, ckpt.ema)
     model = ckpt.model if onnx else prepare_sampler(ckpt.model, compile=args.compile)
     batcher = Batcher(model, noise_scale=cfg.noise_scale, device=args.device, precision=args.precision,
