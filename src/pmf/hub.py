@@ -109,7 +109,8 @@ def _download(repo_id: str, **kw) -> Path:
     try:
         path = snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME], **kw)
     except Exception as err:  # network errors, missing repos, offline mode without a cached copy
-        raise CheckpointError(f"could not fetch the hub repo {repo_id!r}: {str(err)[:300]}") from None
+        raise CheckpointError(f"could not fetch the hub repo {repo_id!r} (nor is it a local folder): "
+                              f"{str(err)[:300]}") from None
     if not is_hub_folder(path):
         raise CheckpointError(f"the hub repo {repo_id!r} holds no {CONFIG_NAME} of format {HUB_FORMAT!r}")
     return Path(path)
