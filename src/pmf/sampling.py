@@ -96,7 +96,6 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 1, 
     return z
 
 
-
 def sample_from(model, unit_noise: torch.Tensor, labels: torch.Tensor, *, noise_scale: float = 1.0, steps: int = 1,
                 omega=1.0, t_min=0.0, t_max=1.0) -> torch.Tensor:
     """``sample`` of ``noise_scale * unit_noise``; ``model`` is the network, or a runtime that holds the whole
@@ -106,6 +105,7 @@ def sample_from(model, unit_noise: torch.Tensor, labels: torch.Tensor, *, noise_
         _check_guidance(omega, t_min, t_max, steps)
         return runtime(unit_noise, labels, steps=steps, omega=omega, t_min=t_min, t_max=t_max)
     return sample(model, noise_scale * unit_noise, labels, steps=steps, omega=omega, t_min=t_min, t_max=t_max)
+
 
 PRECISIONS = ("fp32", "bf16")
 
