@@ -142,7 +142,8 @@ class PixelMeanFlowPipeline(DiffusionPipeline):
             t = torch.full((B,), sigmas[i], device=device)  # (B,) float32, as pmf.sampling.sample's grid
             h = t - torch.full((B,), sigmas[i + 1], device=device)
             x_u = self.transformer(z, h, omega, t_min, t_max, labels).sample  # (B, C, H, W)
-            z = self.scheduler.step(to_velocity(z, x_u, t), timestep, z).prev_sample  # z - (t - r) u
+            u = to_velocity(z, x_u, t, getattr(setting, "prediction", "x"))  # (B, C, H, W)
+            z = self.scheduler.step(u, timestep, z).prev_sample  # z - (t - r) u
         images = (z.clamp(-1, 1) + 1) / 2  # (B, C, H, W) in [0, 1]
         if output_type != "pt":
             images = images.permute(0, 2, 3, 1).float().cpu().numpy()

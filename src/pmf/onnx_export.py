@@ -50,7 +50,8 @@ def export_onnx(loaded, out: str | os.PathLike, *, steps: int | None = None, noi
     steps = setting.steps if steps is None else steps
     cfg = loaded.model.config
     noise_scale = float(cfg.noise_scale if noise_scale is None else noise_scale)
-    gen = OneStepGenerator(loaded.model, noise_scale, steps=steps).float().cpu()  # a copy: the model stays
+    prediction = getattr(setting, "prediction", "x")  # a setting may record the u-prediction ablation
+    gen = OneStepGenerator(loaded.model, noise_scale, steps=steps, prediction=prediction).float().cpu()  # a copy
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on renamed axes and on training mode
