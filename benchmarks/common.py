@@ -51,6 +51,18 @@ def peak_flops(dev: torch.device, precision: str) -> float | None:
     return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``'s "Model name"), for the figures measured on it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -61,11 +73,11 @@ def timer_name(dev: torch.device) -> str:
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], dev: torch.device, *, warmup: int,
-                     repeats: int) -> dict[str, float]:
+                     repeats: int, clock: Callable[[], float] | None = None) -> dict[str, float]:
     """Median seconds per call of each function; calls alternate so that load drift hits all alike.
     On a CPU the clock is this process's CPU time: on a shared machine, wall time mostly measures the
-    other jobs (with one torch thread, CPU time is the work done)."""
-    clock = time.perf_counter if dev.type == "cuda" else time.process_time
+    other jobs (with one torch thread, CPU time is the work done). ``clock`` overrides the choice."""
+    clock = clock or (time.perf_counter if dev.type == "cuda" else time.process_time)
     for _ in range(warmup):
         for fn in fns.values():
             fn()

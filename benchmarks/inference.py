@@ -7,15 +7,24 @@ Our path: SDPA attention, the u-head only, ``inference_mode``, optionally bf16 a
 and CUDA graphs (``--cuda-graphs``, GPU only): ``pmf.sampling.prepare_sampler``, as ``pmf sample --compile``.
 Both paths are timed alternately (median of ``--repeats``).
 
+``--backends eager,compiled,onnx,release`` times any of: our eager network, our compiled one, the generator
+exported to ONNX (``pmf.onnx_export``, fp32) run in onnxruntime with ``--threads`` intra-op threads, and the
+release re-creation; each row gives every backend's seconds, its speed-up over eager and its max abs
+difference from eager. ``--clock wall`` times wall-clock seconds (onnxruntime's threads spin while they wait,
+which a CPU-time clock would count as work).
+
     python benchmarks/inference.py                                 # pMF-S/4, CPU, fp32
     python benchmarks/inference.py --preset pMF-B/16 --device cuda --precision bf16 --compile \\
         --batch 256 --sweep 1,16,64,256 --json inference_b16.json
+    python benchmarks/inference.py --preset pMF-B/16 --threads 2 --clock wall --no-memory \\
+        --backends eager,compiled,onnx,release --batch 4 --sweep 1,8,64
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -44,6 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
+    p.add_argument("--backends", default=None, help="comma-separated, of: eager, compiled, onnx, release (default: "
+                   "ours (eager, or compiled with --compile) against release)")
+    p.add_argument("--clock", choices=["cpu", "wall"], default=None, help="default: wall on CUDA, process CPU time "
+                   "on a CPU")
     p.add_argument("--memory-child", choices=["ours", "release"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -68,6 +81,25 @@ class Bench:
             self.net = prepare_sampler(self.model, compile=True, cuda_graphs=args.cuda_graphs and dev.type == "cuda")
         self.autocast = precision_context(args.precision, dev)  # as `pmf sample --precision`
         self.dev, self.seed = dev, args.seed
+        backends = (args.backends or "").split(",")
+        if "compiled" in backends:
+            self.compiled = prepare_sampler(self.model, compile=True, cuda_graphs=args.cuda_graphs)
+        if "onnx" in backends:
+            self.ort = onnx_generator(self.model, args.preset, args.threads)
+
+    def backend(self, name: str):
+        """(noise, labels) -> images in [-1, 1] for a backend of ``--backends``."""
+        if name == "eager":
+            return lambda noise, labels: self.run(self.model, noise, labels)
+        if name == "compiled":
+            return lambda noise, labels: self.run(self.compiled, noise, labels)
+        if name == "onnx":
+            return lambda noise, labels: self.ort(noise.cpu() / self.cfg.noise_scale, labels.cpu(), *GUIDANCE.values())
+        return {"ours": self.ours, "release": self.released}[name]
+
+    def run(self, net, noise, labels) -> torch.Tensor:
+        with torch.inference_mode(), self.autocast:
+            return sample(net, noise, labels, **GUIDANCE).float()
 
     def inputs(self, batch: int):
         c = self.cfg
@@ -83,6 +115,47 @@ class Bench:
 
     def released(self, noise, labels) -> torch.Tensor:
         return release_generate(self.release, noise, labels, **GUIDANCE)
+
+
+def onnx_generator(model, preset: str, threads: int):
+    """``model``'s one-step generator exported to ONNX (fp32) in a temporary folder, loaded in onnxruntime."""
+    import tempfile
+
+    from pmf.checkpoint import LoadedCheckpoint
+    from pmf.onnx_export import export_onnx
+    from pmf.onnx_runtime import OnnxGenerator
+    from pmf.sampling import SamplingSetting
+
+    folder = tempfile.mkdtemp(prefix="pmf-bench-")
+    path = export_onnx(LoadedCheckpoint(model, preset, None, SamplingSetting(**GUIDANCE)), Path(folder) / "g.onnx")
+    print(f"exported {path} ({path.stat().st_size / 2**20:.0f} MiB)", file=sys.stderr)
+    return OnnxGenerator(path, threads=threads)
+
+
+def compare_backends(args, bench, batches: list[int], dev) -> list[dict]:
+    """One row per batch size: each backend's seconds and images/s, speed-up over the first backend (eager
+    where timed) and max abs difference from it."""
+    names = args.backends.split(",")
+    clock = {"cpu": time.process_time, "wall": time.perf_counter, None: None}[args.clock]
+    rows = []
+    for batch in batches:
+        noise, labels = bench.inputs(batch)
+        fns = {n: bench.backend(n) for n in names}
+        ref = fns[names[0]](noise, labels).cpu()
+        row = {"batch": batch}
+        for n, fn in fns.items():
+            row[f"{n}_max_abs_diff"] = (fn(noise, labels).cpu() - ref).abs().max().item()
+        times = common.time_interleaved({n: (lambda f=fn, z=noise, y=labels: f(z, y)) for n, fn in fns.items()}, dev,
+                                        warmup=args.warmup, repeats=args.repeats, clock=clock)
+        for n in names:
+            row[f"{n}_s"] = round(times[n], 5)
+            row[f"{n}_images_per_s"] = round(batch / times[n], 2)
+            row[f"{n}_speedup_vs_{names[0]}"] = round(times[names[0]] / times[n], 3)
+        if "onnx" in names and "compiled" in names:
+            row["onnx_speedup_vs_compiled"] = round(times["compiled"] / times["onnx"], 3)
+        rows.append(row)
+        print(row, file=sys.stderr)
+    return rows
 
 
 def memory_child(args) -> None:
@@ -102,6 +175,13 @@ def main(argv=None) -> dict:
     dev = common.setup(args.device, args.threads)
     bench = Bench(args, dev)
     batches = sorted({args.batch, *(int(b) for b in args.sweep.split(","))} if args.sweep else {args.batch})
+    if args.backends:
+        result = {"benchmark": "inference_backends", "preset": args.preset, "device": common.device_name(dev),
+                  "cpu": common.cpu_model(), "threads": args.threads, "clock": args.clock or common.timer_name(dev),
+                  "torch": torch.__version__, "onnxruntime": _version("onnxruntime"), "guidance": GUIDANCE,
+                  "backends": args.backends.split(","), "sweep": compare_backends(args, bench, batches, dev)}
+        common.write_json(args.json, result)
+        return result
     rows = []
     for batch in batches:
         noise, labels = bench.inputs(batch)
@@ -140,6 +220,13 @@ def main(argv=None) -> dict:
     }
     common.write_json(args.json, result)
     return result
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
 
 
 if __name__ == "__main__":

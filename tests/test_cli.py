@@ -28,10 +28,10 @@ def train_ckpt(tmp_path_factory):
 
 
 def test_export_refuses_unknown_suffixes(tmp_path, train_ckpt, capsys):
-    out = tmp_path / "x.onnx"
+    out = tmp_path / "x.ckpt"  # (.onnx is a format now: tests/test_onnx.py)
     assert main(["export", str(train_ckpt), str(out)]) == 2
     err = capsys.readouterr().err
-    assert "'.onnx'" in err and ".safetensors" in err and ".pt" in err and not out.exists()
+    assert "'.ckpt'" in err and ".safetensors" in err and ".onnx" in err and ".pt" in err and not out.exists()
     assert main(["export", str(train_ckpt), str(tmp_path / "x.pt"), "--format", "safetensors"]) == 2
     assert main(["export", str(train_ckpt), str(tmp_path / "x.pt")]) == 0 and (tmp_path / "x.pt").is_file()
 

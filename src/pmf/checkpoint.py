@@ -1,5 +1,5 @@
-"""Reading checkpoints: local files (.pt/.pth/.safetensors), Hugging Face hub names and URLs; building a
-model from our own training checkpoints or from release-format state dicts."""
+"""Reading checkpoints: local files (.pt/.pth/.safetensors), hub folders (``pmf.hub``), Hugging Face hub names
+and URLs; building a model from our own training checkpoints or from release-format state dicts."""
 
 from __future__ import annotations
 
@@ -126,6 +126,15 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
     with ``overrides``) or, without it, an architecture inferred from the shapes. A run folder (or its
     ``checkpoints/``) gives its newest checkpoint, as on the command line. Exports carry the setting of the
     checkpoint they came from (``export_ema``)."""
+    from .hub import hub_repo_id, is_hub_folder, load_pretrained
+
+    # save_pretrained's folder, or a hub repo holding one (hf:OWNER/REPO; hf:OWNER/REPO/FILE is a file)
+    if is_hub_folder(spec) or str(spec).startswith("hf:") and hub_repo_id(spec):
+        if ema not in (None, "auto", "raw") or arch is not None or overrides:
+            raise CheckpointError("a hub folder holds one weight set and its config: drop --ema and --arch")
+        return load_pretrained(spec, device=device)
+    if str(spec).lower().endswith(".onnx"):
+        raise CheckpointError(f"{str(spec)!r} is an ONNX generator: pmf sample and pmf serve run it (onnxruntime)")
     if not str(spec).startswith(("hf:", "http://", "https://")) and Path(spec).expanduser().is_dir():
         spec = run_checkpoint(spec)
     obj, weights_of = open_checkpoint(spec)

@@ -10,29 +10,36 @@ from torch import nn
 
 from .nn.model import PMFDiT, u_head_only
 from .objective import to_velocity
-from .setting import check_prediction
+from .setting import check_prediction, check_steps
 
 
 class OneStepGenerator(nn.Module):
     """images = z - u(z, h = 1, omega, t_min, t_max, y) with z = noise_scale * eps (t = 1, r = 0);
-    eps [B, C, H, W] standard normal, labels [B] int64, omega / t_min / t_max [B]. u-head only."""
+    eps [B, C, H, W] standard normal, labels [B] int64, omega / t_min / t_max [B]. u-head only.
+    ``steps`` > 1 unrolls ``pmf.sampling.sample``'s N-step loop (spec section 4) into the same graph."""
 
-    def __init__(self, model: PMFDiT, noise_scale: float | None = None, prediction: str = "x"):
+    def __init__(self, model: PMFDiT, noise_scale: float | None = None, steps: int = 1, prediction: str = "x"):
         super().__init__()
+        check_steps(steps)
         check_prediction(prediction)
-        self.prediction = prediction
         self.net = u_head_only(model)
         cfg = self.net.config
         self.net.validate_inputs = False  # value checks are data-dependent control flow; shapes stay checked
         self.net.eval().requires_grad_(False)
         self.noise_scale = float(cfg.noise_scale if noise_scale is None else noise_scale)
+        self.steps, self.prediction = steps, prediction
+        # the time grid as Python floats, the values ``sample``'s linspace(1, 0, N + 1) holds
+        self.grid = torch.linspace(1.0, 0.0, steps + 1).tolist()
 
     def forward(self, eps: torch.Tensor, labels: torch.Tensor, omega: torch.Tensor, t_min: torch.Tensor,
                 t_max: torch.Tensor) -> torch.Tensor:
         z = self.noise_scale * eps  # (B, C, H, W)
-        t = torch.ones_like(omega)  # (B,) one step from t = 1 to r = 0, so h = 1
-        x_u, _ = self.net(z, t, omega, t_min, t_max, labels, heads="u")
-        return z - to_velocity(z, x_u, t, self.prediction)  # (B, C, H, W), as ``pmf.sampling.sample`` with steps=1
+        for i in range(self.steps):
+            t = torch.full_like(omega, self.grid[i])  # (B,) with steps=1: t = 1, r = 0, so h = 1
+            h = t - self.grid[i + 1]  # (B,)
+            x_u, _ = self.net(z, h, omega, t_min, t_max, labels, heads="u")
+            z = z - h.view(-1, 1, 1, 1) * to_velocity(z, x_u, t, self.prediction)  # as ``pmf.sampling.sample``
+        return z  # (B, C, H, W)
 
 
 def example_inputs(config, batch: int = 2, device=None) -> tuple[torch.Tensor, ...]:

@@ -56,6 +56,23 @@ def model_setting(model, setting: SamplingSetting | None = None, **changes) -> t
     return net, base.replace(**changes)
 
 
+def sample_from(model, unit_noise: torch.Tensor, labels: torch.Tensor, *, noise_scale: float = 1.0,
+                setting: SamplingSetting | None = None, steps: int = 1, omega=1.0, t_min=0.0, t_max=1.0,
+                prediction: str = "x") -> torch.Tensor:
+    """``sample`` of ``noise_scale * unit_noise``; ``model`` is the network, or a runtime that holds the whole
+    sampler, its prediction type included, and scales the noise itself (an exported ONNX file:
+    ``pmf.onnx_runtime.OnnxGenerator``)."""
+    runtime = getattr(model, "sample_unit_noise", None)
+    if runtime is None:
+        return sample(model, noise_scale * unit_noise, labels, steps=steps, omega=omega, t_min=t_min, t_max=t_max,
+                      prediction=prediction, setting=setting)
+    if setting is not None:
+        steps, omega, t_min, t_max = setting.steps, setting.omega, setting.t_min, setting.t_max
+    check_steps(steps)
+    check_guidance(omega, t_min, t_max)
+    return runtime(unit_noise, labels, steps=steps, omega=omega, t_min=t_min, t_max=t_max)
+
+
 def prepare_sampler(model, *, compile: bool = False, cuda_graphs: bool = False):
     """The network as ``sample`` / ``generate`` should call it: unchanged, or with ``compile`` a
     ``torch.compile`` of it with inductor freezing (weights folded into the graph as constants, prepacked
@@ -118,7 +135,8 @@ def generate(model, indices: Sequence[int], labels: torch.Tensor, *, seed: int, 
     """Yield (indices, uint8 images [b, H, W, C]) in batches; image i depends only on (seed, i, label).
     ``model``: a network (``prepare_sampler``'s result too) or ``pmf.load_checkpoint``'s result, sampled with
     its own setting unless ``setting`` or single fields are given (``model_setting``). ``noise_scale``
-    defaults to the model's. ``precision="bf16"`` samples under bf16 autocast."""
+    defaults to the model's. ``precision="bf16"`` samples under bf16 autocast.
+    A runtime of ``sample_from`` (an ONNX file) works too: then pass ``device``."""
     model, setting = model_setting(model, setting, steps=steps, omega=omega, t_min=t_min, t_max=t_max)
     cfg = model.config
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
@@ -132,9 +150,10 @@ def generate(model, indices: Sequence[int], labels: torch.Tensor, *, seed: int, 
     bar = tqdm(total=len(indices), desc="sampling", unit="img", disable=not progress)
     for start in range(0, len(indices), batch_size):
         idx = indices[start:start + batch_size]
-        noise = image_noise(idx, shape, seed=seed, noise_scale=noise_scale, device=device)
+        noise = image_noise(idx, shape, seed=seed, device=device)
         with amp:
-            x = sample(model, noise, labels[start:start + batch_size].to(device), setting=setting)
+            x = sample_from(model, noise, labels[start:start + batch_size].to(device), noise_scale=noise_scale,
+                            setting=setting)
         bar.update(len(idx))
         yield idx, to_uint8(x)
     bar.close()

@@ -56,8 +56,9 @@ def checkpoint_arg(spec: str) -> str:
     """``--checkpoint`` with a run folder or its ``checkpoints/`` folder replaced by its newest checkpoint (said
     in one line); anything else unchanged."""
     from ..checkpoint import run_checkpoint
+    from ..hub import is_hub_folder
 
-    if not Path(spec).expanduser().is_dir():
+    if not Path(spec).expanduser().is_dir() or is_hub_folder(spec):
         return spec
     found = run_checkpoint(spec)  # a sharded checkpoint folder comes back as it is
     if found != Path(spec).expanduser():

@@ -48,7 +48,8 @@ def add_checkpoint(p, *, required: bool = True, random: bool = True) -> None:
     extra = ", or 'random' (an untrained model of --arch, to try the pipeline)" if random else ""
     p.add_argument("--checkpoint", required=required, help="checkpoint: our training checkpoint (a file, or "
                    "the folder of a sharded one; a run folder gives its newest) or export, a release-format state "
-                   f"dict, .safetensors, a URL or hf:OWNER/REPO/FILE{extra}")
+                   f"dict, .safetensors, a hub folder (pmf export --format hub) or hf:OWNER/REPO holding one, a URL or "
+                   f"hf:OWNER/REPO/FILE{extra}")
 
 
 def add_out(p, *, help: str, default=None, required: bool = False) -> None:

@@ -1,10 +1,12 @@
 """``pmf export``: write one EMA (or the raw weights) of a training checkpoint for inference, u-head only,
-in the release's PyTorch format (.pt) or as safetensors; or rewrite a sharded (DCP) training checkpoint as
-one single-file training checkpoint."""
+in the release's PyTorch format (.pt), as safetensors, as an ONNX generator (``pmf.onnx_export``) or as a
+Hugging Face Hub folder (``pmf.hub``); or rewrite a sharded (DCP) training checkpoint as one single-file
+training checkpoint."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from ..errors import PMFError
@@ -12,20 +14,27 @@ from ..setting import sidecar_path
 from ._args import add_checkpoint, add_ema, add_out, checkpoint_arg, legacy_positionals, output_file
 
 # output suffix -> format written
-SUFFIXES = {".pt": "release", ".pth": "release", ".safetensors": "safetensors"}
+SUFFIXES = {".pt": "release", ".pth": "release", ".safetensors": "safetensors", ".onnx": "onnx"}
+FOLDER_FORMATS = ("checkpoint", "hub")  # --format values that the suffix of --out does not tell
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export an EMA of a training checkpoint (release .pt or .safetensors), "
                        "or a sharded checkpoint folder as one training checkpoint file")
     add_checkpoint(p, required=False, random=False)
-    add_out(p, help="output file: .safetensors, or .pt / .pth for the release format or --format checkpoint "
-            "(required)")
+    add_out(p, help="output file: .safetensors, .onnx, or .pt / .pth for the release format or --format checkpoint; "
+            "a folder for --format hub (required)")
     add_ema(p)
-    p.add_argument("--format", choices=[*sorted(set(SUFFIXES.values())), "checkpoint"], default=None,
-                   help="output format (default: from the suffix of --out); 'checkpoint': the whole training state "
-                   "of a sharded checkpoint folder (model, EMAs, optimiser, step) as one step_XXXXXXXX.pt-style "
-                   "file (--ema does not apply)")
+    p.add_argument("--format", choices=[*sorted(set(SUFFIXES.values())), *FOLDER_FORMATS], default=None,
+                   help="output format (default: from the suffix of --out); 'onnx': the sampler (unit noise, "
+                   "labels, omega, t_min, t_max -> images in [-1, 1], dynamic batch) with its setting and class "
+                   "names as metadata, for onnxruntime and pmf sample / pmf serve (docs/deploy.md); 'hub': a "
+                   "Hugging Face Hub folder (config.json, model.safetensors, README.md model card) for "
+                   "PMFDiT.from_pretrained and pmf.diffusers; 'checkpoint': the whole training state of a sharded "
+                   "checkpoint folder (model, EMAs, optimiser, step) as one step_XXXXXXXX.pt-style file (--ema "
+                   "does not apply)")
+    p.add_argument("--steps", type=int, default=None, help="--format onnx: sampling steps of the graph (default: "
+                   "the checkpoint's setting, 1)")
     # the old form `pmf export CHECKPOINT OUT`
     p.add_argument("legacy", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
@@ -37,7 +46,10 @@ def run(args) -> int:
     legacy_positionals(args)
     args.checkpoint = checkpoint_arg(args.checkpoint)
     suffix = Path(args.out).suffix.lower()
-    output_file(args.out)  # a folder that cannot be made is a one-line error before any work
+    if args.steps is not None and "onnx" not in (args.format, SUFFIXES.get(suffix)):
+        raise PMFError("--steps applies to ONNX exports only (the other formats hold the network, not the sampler)")
+    if args.format != "hub":
+        output_file(args.out)  # a folder that cannot be made is a one-line error before any work
     if args.format == "checkpoint":
         from ..sharded_checkpoint import is_sharded_checkpoint
         from ..train_state import to_single_file
@@ -47,16 +59,34 @@ def run(args) -> int:
         if suffix != ".pt":
             raise PMFError(f"--format checkpoint writes a .pt file, got {args.out!r}")
         path = to_single_file(args.checkpoint, args.out)
+    elif args.format == "hub":
+        from ..hub import export_hub
+
+        path = export_hub(args.checkpoint, args.out, ema=args.ema)
     else:
         if suffix not in SUFFIXES:
             raise PMFError(f"cannot tell the format of {args.out!r} from its suffix {suffix or '(none)'!r}; known "
-                           f"suffixes: {', '.join(f'{k} ({v})' for k, v in SUFFIXES.items())}")
+                           f"suffixes: {', '.join(f'{k} ({v})' for k, v in SUFFIXES.items())}; a folder: --format hub")
         if args.format is not None and args.format != SUFFIXES[suffix]:
             raise PMFError(f"--format {args.format} does not fit the suffix {suffix!r} (a {SUFFIXES[suffix]} file)")
         try:
-            path = export_ema(args.checkpoint, args.out, ema=args.ema, fmt=args.format)
+            path = _export_onnx(args) if SUFFIXES[suffix] == "onnx" else \
+                export_ema(args.checkpoint, args.out, ema=args.ema, fmt=args.format)
         except OSError as err:
             raise PMFError(f"cannot write {args.out!r}: {err.strerror or err}") from None
-    print(f"wrote {path}" + (f" and {sidecar_path(path)} (its sampling setting)" if suffix != ".safetensors"
-                             and args.format != "checkpoint" else ""))
+    print(f"wrote {path}" + (f" and {sidecar_path(path)} (its sampling setting)" if suffix in (".pt", ".pth")
+                             and args.format not in ("checkpoint", "hub") else ""))
     return 0
+
+
+def _export_onnx(args):
+    from ..checkpoint import load_checkpoint
+    from ..onnx_export import export_onnx
+
+    if args.steps is not None and args.steps < 1:
+        raise PMFError(f"--steps must be >= 1, got {args.steps}")
+    loaded = load_checkpoint(args.checkpoint, ema=args.ema)
+    print(f"exporting the {args.steps or loaded.setting.steps}-step generator; setting: {loaded.setting.describe()}",
+          flush=True)
+    setting = dataclasses.replace(loaded.setting, ema=loaded.ema)  # the EMA exported, which --ema may choose
+    return export_onnx(loaded, args.out, steps=args.steps, setting=setting)

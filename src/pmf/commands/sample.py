@@ -11,6 +11,7 @@ import torch
 
 from ..errors import PMFError
 from ..images import save_grid, save_image
+from ..onnx_runtime import is_onnx, onnx_checkpoint
 from ..sampling import generate, image_labels, prepare_sampler
 from ._args import (
     add_batch_size,
@@ -55,7 +56,9 @@ def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint in one (or a few) forward passes",
                        description="Write PNGs, grid.png and samples.npz (uint8 images, int64 labels). What an "
-                       "earlier pmf sample wrote into the folder is removed first; other files stay.")
+                       "earlier pmf sample wrote into the folder is removed first; other files stay. A "
+                       "--checkpoint ending in .onnx (pmf export --out FILE.onnx) runs in onnxruntime on the CPU "
+                       "with its recorded setting (docs/deploy.md).")
     add_common_model_args(p)
     add_sampling_speed_args(p)
     add_out(p, default="runs/sample", help="output folder (default runs/sample)")
@@ -106,16 +109,18 @@ def run(args) -> int:
         raise PMFError(f"--batch-size must be >= 1, got {args.batch_size}")
     omega, t_min, t_max = one_guidance(args)
     check_guidance(omega=omega, t_min=t_min, t_max=t_max, steps=args.steps)
-    args.device = check_device(args.device)
+    onnx = is_onnx(args.checkpoint)  # an exported file run in onnxruntime (pmf.onnx_runtime)
+    args.device = "cpu" if onnx and args.device is None else check_device(args.device)
     out = output_folder(args.out)
-    loaded = load_for_sampling(args, args.device)
+    loaded = onnx_checkpoint(args) if onnx else load_for_sampling(args, args.device)
     setting = sampling_setting(loaded, omega=omega, t_min=t_min, t_max=t_max, steps=args.steps)
     print(f"sampling: {setting.describe()}", flush=True)
     removed = clear_old_samples(out)
     if removed:
         print(f"removed {removed} sample PNGs of an earlier run from {out}", flush=True)
     model, cfg = loaded.model, loaded.model.config
-    model = prepare_sampler(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
+    if not onnx:
+        model = prepare_sampler(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
     noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale
     classes = parse_classes(args.classes, cfg.num_classes)
     if classes is None:

@@ -9,6 +9,7 @@ import sys
 import torch
 
 from ..errors import PMFError
+from ..onnx_runtime import is_onnx, onnx_checkpoint
 from ..sampling import PRECISIONS
 from ._args import add_checkpoint, add_device, add_ema, check_device, load_for_sampling
 
@@ -17,7 +18,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve one-step generation as a web page and an HTTP API",
                        description="POST /generate, GET /info, GET /health and the page at GET /. Requests that "
                        "arrive within --max-wait-ms share one forward pass; each image keeps its own noise "
-                       "(see --exact-batching). Needs pip install 'pixel-meanflow[serve]'.")
+                       "(see --exact-batching). A --checkpoint ending in .onnx (pmf export --out FILE.onnx) runs in "
+                       "onnxruntime with no torch model in memory. Needs pip install 'pixel-meanflow[serve]'.")
     add_checkpoint(p)
     p.add_argument("--arch", default=None, help="architecture of a release-format file, or of --checkpoint random "
                    "(default: recorded or inferred)")
@@ -78,22 +80,27 @@ def build(args):
     except ImportError:
         raise PMFError("pmf serve needs FastAPI and uvicorn: pip install 'pixel-meanflow[serve]'") from None
     from ..sampling import prepare_sampler
-    from ..serve import Batcher, class_names
+    from ..serve import Batcher
     from ..serve.app import ModelInfo, ServeLimits, create_app
+    from ..serve.classes import checkpoint_class_names
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.device = check_device(args.device)
-    ckpt = load_for_sampling(args, args.device)
+    onnx = is_onnx(args.checkpoint)  # an exported file run in onnxruntime: no torch model in memory
+    args.device = "cpu" if onnx and args.device is None else check_device(args.device)
+    ckpt = onnx_checkpoint(args) if onnx else load_for_sampling(args, args.device)
     cfg = ckpt.model.config
-    names = class_names(cfg.num_classes, data=ckpt.data, arch=ckpt.arch)
+    names = checkpoint_class_names(ckpt)
     info = ModelInfo(ckpt.arch, cfg.input_size, cfg.in_channels, names, ckpt.setting, cfg.noise_scale, ckpt.ema)
-    model = prepare_sampler(ckpt.model, compile=args.compile)
+    model = ckpt.model if onnx else prepare_sampler(ckpt.model, compile=args.compile)
     batcher = Batcher(model, noise_scale=cfg.noise_scale, device=args.device, precision=args.precision,
                       max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                       pad_batches=args.compile, exact=args.exact_batching,
                       prediction=ckpt.setting.prediction)
-    app = create_app(batcher, info, ServeLimits(args.max_images, args.max_steps), token=args.token)
+    # an ONNX graph holds a fixed number of steps: requests may ask for that number only
+    limits = ServeLimits(args.max_images, ckpt.model.steps, ckpt.model.steps) if onnx else \
+        ServeLimits(args.max_images, args.max_steps)
+    app = create_app(batcher, info, limits, token=args.token)
     return app, info, batcher
 
 

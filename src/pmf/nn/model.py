@@ -60,6 +60,28 @@ class PMFDiT(nn.Module):
         self.reset_parameters()
 
     @torch.no_grad()
+    # The Hugging Face Hub format (pmf.hub), with PyTorchModelHubMixin's method names; huggingface_hub is
+    # needed only for hub repos.
+    def save_pretrained(self, save_directory, **kwargs):
+        """config.json, model.safetensors and a README.md model card in ``save_directory`` (``pmf.hub``)."""
+        from ..hub import save_pretrained
+
+        return save_pretrained(self, save_directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, device=None, **kwargs) -> PMFDiT:
+        """The network (eval mode) of a ``save_pretrained`` folder or hub repo ``OWNER/REPO``; it carries the
+        folder's ``sampling_setting`` and ``class_names``."""
+        from ..hub import load_pretrained
+
+        return load_pretrained(pretrained_model_name_or_path, device=device, **kwargs).model
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """``save_pretrained`` to the hub repo ``repo_id`` (network and write token needed)."""
+        from ..hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     def reset_parameters(self) -> None:
         """The release's initialisation (spec section 5): linear weights N(0, 0.32^2 / fan_in), except the
         four scalar embedders' MLPs, N(0, 1 / fan_in); the two patch convolutions Xavier-uniform over the

@@ -15,14 +15,14 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
 from ..images import make_grid
@@ -41,6 +41,7 @@ class ServeLimits:
 
     max_images: int = 64  # images per request
     max_steps: int = 4  # sampling steps per request
+    min_steps: int = 1  # an ONNX graph holds one step count: min_steps = max_steps
 
 
 @dataclass(frozen=True)
@@ -64,18 +65,30 @@ class RequestProblem(Exception):
         self.field = field
 
 
+Unit = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
 class GenerateRequest(BaseModel):
-    """The body of POST /generate; fields left out take the checkpoint's defaults (GET /info)."""
+    """The body of POST /generate; fields left out (or null) take the checkpoint's defaults (GET /info). The
+    constraints that depend on the loaded model (class range, image count, steps) are added per server by
+    ``pmf.serve.openapi.request_model``, so /openapi.json states them."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    classes: list[int]
-    seed: int = 0
-    omega: float | None = None
-    t_min: float | None = None
-    t_max: float | None = None
-    steps: int | None = None
-    format: Literal["png", "npz", "json"] = "png"
+    classes: list[int] = Field(min_length=1, description="one class index per image (at least one)")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="image i uses the noise of (seed, i), as pmf sample --seed")
+    omega: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description="guidance scale, > 0 (1: no guidance); default: the model's. The network computes in "
+        "float32: a value that rounds to 0 there (below 1.4e-45) gets 422")
+    t_min: Unit | None = Field(None, description="start of the guidance interval, in [0, 1]; must be <= t_max (the "
+                               "one given, else the model's default): a request that breaks this rule between "
+                               "fields, which JSON Schema cannot state, gets 422")
+    t_max: Unit | None = Field(None, description="end of the guidance interval, in [0, 1]; must be >= t_min (the "
+                               "one given, else the model's default), else 422")
+    steps: int | None = Field(None, ge=1, description="sampling steps; default: the model's")
+    format: Literal["png", "npz", "json"] = Field("png", description="png: one grid image (image/png); npz: "
+                                                  "uint8 images and int64 labels (application/octet-stream); json: "
+                                                  "one base64 PNG per image with its settings (application/json)")
 
 
 def _check(req: GenerateRequest, info: ModelInfo, limits: ServeLimits) -> ImageJob:
@@ -89,8 +102,8 @@ def _check(req: GenerateRequest, info: ModelInfo, limits: ServeLimits) -> ImageJ
         if not 0 <= c < k:
             raise RequestProblem(f"classes[{i}]", f"class {c} out of range [0, {k - 1}]")
     steps = info.setting.steps if req.steps is None else req.steps
-    if not 1 <= steps <= limits.max_steps:
-        raise RequestProblem("steps", f"must be in [1, {limits.max_steps}], got {steps}")
+    if not limits.min_steps <= steps <= limits.max_steps:
+        raise RequestProblem("steps", f"must be in [{limits.min_steps}, {limits.max_steps}], got {steps}")
     try:  # the setting's own rule (pmf.setting); fields left out are the checkpoint's
         s = info.setting.replace(omega=req.omega, t_min=req.t_min, t_max=req.t_max, steps=steps)
     except SettingError as err:
@@ -119,10 +132,10 @@ def _validation_message(err: ValidationError | RequestValidationError) -> tuple[
     return field, f"{field}: {msg}"
 
 
-def parse_request(body: bytes) -> GenerateRequest:
-    """The JSON ``body`` (whatever its content type) as a request, or a ``RequestProblem``."""
+def parse_request(body: bytes, model: type[GenerateRequest] = GenerateRequest) -> GenerateRequest:
+    """The JSON ``body`` (whatever its content type) as a ``model`` request, or a ``RequestProblem``."""
     try:
-        return GenerateRequest.model_validate_json(body)
+        return model.model_validate_json(body)
     except ValidationError as err:
         field, message = _validation_message(err)
         raise RequestProblem(field, message.removeprefix(f"{field}: ")) from None
@@ -169,7 +182,8 @@ def _info_json(info: ModelInfo, limits: ServeLimits, batcher: Batcher, auth: boo
             "defaults": {"seed": 0, "omega": s.omega, "t_min": s.t_min, "t_max": s.t_max, "steps": s.steps,
                          "format": "png", "source": s.source},
             "ema": info.ema, "noise_scale": info.noise_scale,
-            "limits": {"max_images": limits.max_images, "max_steps": limits.max_steps, "omega_min_exclusive": 0,
+            "limits": {"max_images": limits.max_images, "min_steps": limits.min_steps, "max_steps": limits.max_steps,
+                       "omega_min_exclusive": 0,
                        "omega_slider_max": max(8.0, math.ceil(2 * s.omega)), "t_min": 0, "t_max": 1,
                        "seed_max": SEED_MAX, "formats": ["png", "npz", "json"]},
             "batching": {"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000,
@@ -186,6 +200,8 @@ def create_app(batcher: Batcher, info: ModelInfo, limits: ServeLimits = ServeLim
                token: str | None = None) -> FastAPI:
     """The application; it starts ``batcher`` when it starts and stops it when it shuts down. With
     ``token``, /info and /generate need ``Authorization: Bearer TOKEN`` (/health and the page do not)."""
+    from .openapi import GENERATE_DESCRIPTION, auth_responses, generate_responses, keep_body_schema, request_model
+
     static = _load_static()
 
     @asynccontextmanager
@@ -234,18 +250,20 @@ def create_app(batcher: Batcher, info: ModelInfo, limits: ServeLimits = ServeLim
                 "images": sum(n * c for n, c in batcher.batch_sizes.items()),
                 "pass_seconds": round(batcher.pass_seconds, 3)}
 
-    @app.get("/info", dependencies=[Depends(authorize)])
+    @app.get("/info", dependencies=[Depends(authorize)], responses=auth_responses(token is not None))
     async def get_info():
         return _info_json(info, limits, batcher, token is not None)
 
+
+    request_type = request_model(GenerateRequest, len(info.class_names), limits)
     body_schema = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": GenerateRequest.model_json_schema()}}}}
+        "application/json": {"schema": request_type.model_json_schema()}}}}
 
     @app.post("/generate", dependencies=[Depends(authorize)], openapi_extra=body_schema,
-              responses={200: {"content": {"image/png": {}, "application/octet-stream": {}}}})
+              description=GENERATE_DESCRIPTION, responses=generate_responses(MAX_BODY, auth=token is not None))
     async def generate(request: Request):
         t0 = time.perf_counter()
-        req = parse_request(await read_body(request))
+        req = parse_request(await read_body(request), request_type)
         job = _check(req, info, limits)
         images = await batcher.generate(job)
         big = images.size > 256 * 256 * 3
@@ -257,6 +275,7 @@ def create_app(batcher: Batcher, info: ModelInfo, limits: ServeLimits = ServeLim
             return JSONResponse({**body, "time_ms": round(ms, 2)}, headers=headers)
         return Response(body, media_type=media, headers=headers)
 
+    keep_body_schema(app, "/generate", body_schema["requestBody"])
     for route, (content, media) in static.items():
         def page(content=content, media=media):
             return Response(content, media_type=media)

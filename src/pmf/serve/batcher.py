@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import PMFError
-from ..sampling import image_noise, precision_context, sample, to_uint8
+from ..sampling import image_noise, precision_context, sample, sample_from, to_uint8
 from ..setting import check_prediction
 
 SAMPLE_BATCH = 64  # pmf sample's default --batch-size: image i is row i % 64 of a batch of that request
@@ -60,10 +60,11 @@ class _Pending:
 class Batcher:
     """Queues ``ImageJob``s and answers each with its uint8 images [N, H, W, C].
 
-    ``model`` is the network as ``prepare_sampler`` returns it. ``pad_batches`` (for a compiled network,
-    one graph per batch size) pads each batch to the next power of two, capped at ``max_batch``, by
-    repeating its last image, so at most log2(max_batch) + 1 graphs are compiled. ``exact`` computes the
-    per-image layers per request (module docstring): merged passes then give every image to the bit as
+    ``model`` is the network as ``prepare_sampler`` returns it, or a runtime of ``pmf.sampling.sample_from``
+    (an ONNX file's ``pmf.onnx_runtime.OnnxGenerator``: pass ``device``; no torch model then). ``pad_batches``
+    (for a compiled network, one graph per batch size) pads each batch to the next power of two, capped at
+    ``max_batch``, by repeating its last image, so at most log2(max_batch) + 1 graphs are compiled. ``exact``
+    computes the per-image layers per request (module docstring): merged passes then give every image to the bit as
     ``pmf sample`` does, at the cost of a few small extra calls per layer and request; without it a merged
     image may differ from ``pmf sample``'s by one level in rare pixels. A pass that holds one request's batch
     is exact either way."""
@@ -92,7 +93,8 @@ class Batcher:
         self.batch_sizes: Counter = Counter()  # images per forward pass -> how many passes had that many
         self.pass_seconds = 0.0  # time in forward passes (noise to uint8), for /health
         self._layout: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None
-        if exact and not pad_batches:  # a compiled graph keeps its own kernels: no per-request layout there
+        # a compiled graph (or an ONNX runtime) keeps its own kernels: no per-request layout there
+        if exact and not pad_batches and isinstance(model, nn.Module):
             for module in self._per_image_layers():
                 module.register_forward_hook(self._rows_as_sample)
 
@@ -245,8 +247,7 @@ class Batcher:
         t0 = time.perf_counter()
         n = len(items)
         jobs = [p.job for p, _ in items]
-        noise = torch.cat([image_noise([i], self.shape, seed=job.seed, noise_scale=self.noise_scale)
-                           for job, (_, i) in zip(jobs, items)])
+        noise = torch.cat([image_noise([i], self.shape, seed=job.seed) for job, (_, i) in zip(jobs, items)])
         labels = torch.tensor([job.labels[i] for job, (_, i) in zip(jobs, items)], dtype=torch.long)
         per_image = [torch.tensor([getattr(job, k) for job in jobs], dtype=torch.float32)
                      for k in ("omega", "t_min", "t_max")]
@@ -258,8 +259,8 @@ class Batcher:
         self._layout, self._rows = self.row_layout(items), size
         try:
             with torch.inference_mode(), precision_context(self.precision, self.device):
-                x = sample(self.model, noise.to(self.device), labels.to(self.device), steps=steps, omega=omega,
-                           t_min=t_min, t_max=t_max, prediction=self.prediction)
+                x = sample_from(self.model, noise.to(self.device), labels.to(self.device), noise_scale=self.noise_scale,
+                                steps=steps, omega=omega, t_min=t_min, t_max=t_max, prediction=self.prediction)
         finally:
             self._layout = None
         self.batch_sizes[n] += 1

@@ -27,3 +27,8 @@ def class_names(num_classes: int, *, data: str | None = None, arch: str | None =
         if names:
             return names
     return [f"class {i}" for i in range(num_classes)]
+
+
+def checkpoint_class_names(loaded) -> list[str]:
+    """The class names a ``pmf.checkpoint.LoadedCheckpoint`` records, else those of its data and preset."""
+    return loaded.class_names or class_names(loaded.model.config.num_classes, data=loaded.data, arch=loaded.arch)

@@ -34,6 +34,8 @@ async function loadInfo() {
   $("count").max = info.limits.max_images;
   const twoSteps = document.querySelector('#steps [data-steps="2"]');
   twoSteps.disabled = info.limits.max_steps < 2;
+  // an ONNX file holds one step count: min_steps = max_steps
+  document.querySelector('#steps [data-steps="1"]').disabled = (info.limits.min_steps || 1) > 1;
   resetDefaults(false);
   renderClasses();
 }

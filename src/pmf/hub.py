@@ -1,0 +1,146 @@
+"""The Hugging Face Hub format of a model, after ``huggingface_hub``'s ``PyTorchModelHubMixin``: a folder with
+``config.json`` (the model config under ``config``, the sampling setting, the class names, the preset),
+``model.safetensors`` (u-head weights, our key names) and a ``README.md`` model card (``pmf.hub_card``).
+``huggingface_hub`` is needed only for hub repos (``pip install 'pixel-meanflow[hub]'``), imported lazily."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from .config import ModelConfig
+from .errors import CheckpointError, PMFError
+from .setting import SamplingSetting
+
+CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
+LIBRARY = "pixel-meanflow"
+HUB_FORMAT = "pixel-meanflow-hub"
+INSTALL = "pip install 'pixel-meanflow[hub]'"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by ``save_pretrained``."""
+    path = Path(str(path)).expanduser()
+    if not ((path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()):
+        return False
+    try:
+        return json.loads((path / CONFIG_NAME).read_text()).get("format") == HUB_FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def hub_repo_id(spec: str | os.PathLike) -> str | None:
+    """The repo id of ``hf:OWNER/REPO``, or of ``OWNER/REPO`` when no such local path exists; else None."""
+    spec = str(spec)
+    name = spec[3:] if spec.startswith("hf:") else spec
+    if _REPO_ID.match(name) and (spec.startswith("hf:") or not Path(spec).expanduser().exists()):
+        return name
+    return None
+
+
+def save_pretrained(model, save_directory: str | os.PathLike, *, setting: SamplingSetting | None = None,
+                    class_names: list[str] | None = None, preset: str | None = None, fid: float | None = None,
+                    license: str = "mit") -> Path:
+    """Write ``model``'s u-head weights, config.json and a model card into ``save_directory``. ``setting`` and
+    ``class_names`` default to those ``from_pretrained`` attached to the model (``model.sampling_setting``,
+    ``model.class_names``); ``fid`` is a measured FID-50K of these weights for the card."""
+    from safetensors.torch import save_file
+
+    from .config import preset_of
+    from .hub_card import model_card
+    from .nn.model import u_head_only
+
+    net = u_head_only(model) if model.config.v_head else model
+    setting = setting or getattr(model, "sampling_setting", None) or SamplingSetting()
+    class_names = class_names if class_names is not None else getattr(model, "class_names", None)
+    preset = preset or preset_of(net.config)
+    if class_names is not None and len(class_names) != net.config.num_classes:
+        raise PMFError(f"{len(class_names)} class names for a model of {net.config.num_classes} classes")
+    out = Path(save_directory).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"format": HUB_FORMAT, "library_name": LIBRARY, "config": net.config.to_dict(),
+              "sampling_setting": setting.to_dict(), "class_names": class_names, "preset": preset, "fid": fid}
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    (out / CARD_NAME).write_text(model_card(config, license=license))
+    return out
+
+
+def load_pretrained(spec: str | os.PathLike, *, device=None, revision: str | None = None,
+                    token: str | bool | None = None, cache_dir: str | None = None, local_files_only: bool = False):
+    """``pmf.checkpoint.LoadedCheckpoint`` of a ``save_pretrained`` folder, or of a hub repo holding one
+    (``OWNER/REPO`` or ``hf:OWNER/REPO``, downloaded once into the Hugging Face cache)."""
+    from safetensors.torch import load_file
+
+    from .checkpoint import LoadedCheckpoint
+    from .nn.model import PMFDiT
+
+    folder = Path(str(spec)).expanduser()
+    if not is_hub_folder(folder):
+        repo = hub_repo_id(spec)
+        if repo is None:
+            raise CheckpointError(f"{str(spec)!r} is neither a folder of save_pretrained (config.json with format "
+                                  f"{HUB_FORMAT!r} and {WEIGHTS_NAME}) nor a hub repo id OWNER/REPO")
+        folder = _download(repo, revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    model = PMFDiT(ModelConfig.from_dict(config["config"]))
+    try:
+        model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{folder / WEIGHTS_NAME} does not fit its config.json: {str(err)[:300]}") from None
+    setting = SamplingSetting.from_dict(config.get("sampling_setting") or {})
+    names = config.get("class_names")
+    model.sampling_setting, model.class_names = setting, names  # what save_pretrained writes back by default
+    return LoadedCheckpoint(model.to(device).eval(), config.get("preset"), setting.ema, setting, None,
+                            list(names) if names else None)
+
+
+def _download(repo_id: str, **kw) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(f"hub repo ids need huggingface_hub: {INSTALL}") from None
+    try:
+        path = snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME], **kw)
+    except Exception as err:  # network errors, missing repos, offline mode without a cached copy
+        raise CheckpointError(f"could not fetch the hub repo {repo_id!r} (nor is it a local folder): "
+                              f"{str(err)[:300]}") from None
+    if not is_hub_folder(path):
+        raise CheckpointError(f"the hub repo {repo_id!r} holds no {CONFIG_NAME} of format {HUB_FORMAT!r}")
+    return Path(path)
+
+
+def push_to_hub(model, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                commit_message: str = "Upload pixel-meanflow model", **save_kwargs) -> str:
+    """``save_pretrained`` into a temporary folder, then upload it to the hub repo ``repo_id`` (created if
+    missing); returns the commit URL. Needs a network and a write token (``huggingface-cli login``)."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise PMFError(f"push_to_hub needs huggingface_hub: {INSTALL}") from None
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, **save_kwargs)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))
+
+
+def export_hub(spec: str | os.PathLike, out: str | os.PathLike, *, ema: str | None = None) -> Path:
+    """``pmf export --format hub``: one weight set of any checkpoint (``ema`` as ``pmf export``) as a hub
+    folder, with the checkpoint's sampling setting (its EMA: the one exported) and class names (those it
+    records, else digits for the built-in sets and the ImageNet names for ImageNet presets:
+    ``pmf.serve.classes``)."""
+    from .checkpoint import load_checkpoint
+    from .serve.classes import checkpoint_class_names
+
+    loaded = load_checkpoint(spec, ema=ema)
+    setting = dataclasses.replace(loaded.setting, ema=loaded.ema)
+    return save_pretrained(loaded.model, out, setting=setting, class_names=checkpoint_class_names(loaded),
+                           preset=loaded.arch)

@@ -1,0 +1,109 @@
+"""A generator exported by ``pmf.onnx_export`` run in onnxruntime: no torch model in memory. It stands in for
+the network where ``pmf sample`` and ``pmf serve`` take one (``config``, and ``sample_unit_noise``, which
+``pmf.sampling.sample_from`` calls instead of the network)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ModelConfig
+from .errors import CheckpointError, PMFError
+from .onnx_export import INPUTS, META
+from .setting import SamplingSetting
+
+INSTALL = "pip install 'pixel-meanflow[onnx]'"
+
+
+def is_onnx(spec) -> bool:
+    return str(spec).lower().endswith(".onnx")
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The ``pmf.*`` metadata of an exported file, decoded (keys as in ``pmf.onnx_export.META``)."""
+    try:
+        import onnx
+    except ImportError:
+        raise PMFError(f"reading an ONNX file needs onnx: {INSTALL}") from None
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as err:
+        raise CheckpointError(f"{str(path)!r} is not a readable ONNX file ({str(err)[:200]})") from None
+    missing = [v for v in META.values() if v not in props]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} lacks the metadata of `pmf export` ({', '.join(missing)}); "
+                              "export it again with pmf export --out FILE.onnx")
+    return {k: json.loads(props[v]) for k, v in META.items()}
+
+
+class OnnxGenerator:
+    """An exported generator: ``(unit noise, labels, omega, t_min, t_max)`` -> images in [-1, 1] (torch, CPU)."""
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise PMFError(f"running an ONNX file needs onnxruntime: {INSTALL}") from None
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"ONNX file not found: {str(path)!r}")
+        meta = read_metadata(path)
+        self.path = path
+        self.setting = SamplingSetting.from_dict(meta["setting"])
+        self.class_names: list[str] | None = meta["class_names"]
+        self.preset: str | None = meta["preset"]
+        self.steps, self.noise_scale = int(meta["steps"]), float(meta["noise_scale"])
+        self.config = ModelConfig.from_dict({**meta["model_config"], "noise_scale": self.noise_scale})
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, noise, labels, omega, t_min, t_max) -> torch.Tensor:
+        """Images [B, C, H, W] from unit noise [B, C, H, W] and per-image labels, omega and interval [B]."""
+        feed = {"noise": np.ascontiguousarray(_numpy(noise), dtype=np.float32),
+                "labels": np.ascontiguousarray(_numpy(labels), dtype=np.int64)}
+        batch = feed["noise"].shape[0]
+        for name, value in zip(INPUTS[2:], (omega, t_min, t_max)):
+            feed[name] = np.ascontiguousarray(np.broadcast_to(_numpy(value), (batch,)), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+    def sample_unit_noise(self, noise: torch.Tensor, labels, *, steps: int, omega, t_min, t_max) -> torch.Tensor:
+        """``pmf.sampling.sample`` for this file (it scales the noise itself); ``steps`` must be the graph's."""
+        if steps != self.steps:
+            raise PMFError(f"{self.path.name} holds a {self.steps}-step generator; sample it with --steps "
+                           f"{self.steps}, or export another with pmf export --steps {steps}")
+        return self(noise, labels, omega, t_min, t_max).to(noise.device)
+
+
+def _numpy(value) -> np.ndarray:
+    return value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+
+
+# flags of pmf sample / pmf serve that act on a torch model: refused for an ONNX file (None/False: not given)
+TORCH_ONLY = {"arch": None, "ema": None, "compile": False, "cuda_graphs": False}
+
+
+def onnx_checkpoint(args):
+    """``--checkpoint FILE.onnx`` of ``pmf sample`` / ``pmf serve`` as a ``pmf.checkpoint.LoadedCheckpoint``
+    whose ``model`` is an ``OnnxGenerator`` (CPU); flags that act on a torch model are refused."""
+    from .checkpoint import LoadedCheckpoint
+
+    for name, unset in TORCH_ONLY.items():
+        if getattr(args, name, unset) not in (unset, "auto"):
+            raise PMFError(f"--{name.replace('_', '-')} applies to a torch checkpoint, not to an ONNX file "
+                           "(its weights, steps and noise scale are fixed at export)")
+    if getattr(args, "precision", "fp32") != "fp32":
+        raise PMFError("an ONNX file runs in float32: drop --precision")
+    if getattr(args, "device", None) not in (None, "cpu"):
+        raise PMFError(f"an ONNX file runs on the CPU (onnxruntime); drop --device {args.device}")
+    gen = OnnxGenerator(args.checkpoint, threads=getattr(args, "threads", None))
+    noise_scale = getattr(args, "noise_scale", None)
+    if noise_scale is not None and noise_scale != gen.noise_scale:
+        raise PMFError(f"{gen.path.name} was exported with noise scale {gen.noise_scale:g}; drop --noise-scale or "
+                       "export again with it")
+    return LoadedCheckpoint(gen, gen.preset, gen.setting.ema, gen.setting, class_names=gen.class_names)

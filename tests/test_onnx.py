@@ -1,0 +1,107 @@
+"""ONNX export (pmf.onnx_export) and its onnxruntime path (pmf.onnx_runtime) in pmf sample and pmf serve: the
+same images as the torch sampler for the same seeds, and the metadata that says how to sample the file."""
+
+import numpy as np
+import pytest
+import torch
+
+try:
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import onnxscript  # noqa: F401
+except ImportError:
+    pytest.skip("ONNX tests need pip install 'pixel-meanflow[onnx]'", allow_module_level=True)
+
+import pmf  # noqa: E402
+from helpers import random_model  # noqa: E402
+from pmf.cli import main  # noqa: E402
+from pmf.onnx_export import export_onnx  # noqa: E402
+from pmf.onnx_runtime import OnnxGenerator, read_metadata  # noqa: E402
+from pmf.sampling import SamplingSetting, image_noise, sample  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NAMES = [f"digit {i}" for i in range(10)]
+RECIPE = {"omega": 2.0, "t_min": 0.1, "t_max": 0.9}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A training checkpoint with class names and a recipe setting, its 1-step export through the CLI and a
+    2-step export through the library."""
+    folder = tmp_path_factory.mktemp("onnx")
+    model = random_model(seed=1)
+    sd = model.state_dict()
+    ckpt = folder / "ck.pt"
+    torch.save({"format": "pixel-meanflow", "model_config": model.config.to_dict(), "model": sd, "ema": {"d0.9": sd},
+                "train_config": {"arch": "pMF-Tiny/4", "sample": RECIPE}, "class_names": NAMES}, ckpt)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["export", "--checkpoint", str(ckpt), "--out", str(folder / "g.onnx")]) == 0
+        export_onnx(pmf.load_checkpoint(ckpt), folder / "g2.onnx", steps=2)
+    finally:
+        torch.set_num_threads(threads)
+    return {"ckpt": ckpt, "one": folder / "g.onnx", "two": folder / "g2.onnx", "model": model}
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_onnx_equals_the_torch_sampler_at_any_batch(files, steps):
+    gen = OnnxGenerator(files["one" if steps == 1 else "two"])
+    model = files["model"]
+    for batch in (1, 5):  # exported at batch 2: the batch is dynamic
+        eps = image_noise(range(batch), (3, 32, 32), seed=batch)
+        labels = torch.arange(batch) % 10
+        omega = torch.linspace(1.0, 4.0, batch)  # per-image guidance is an input, not a constant of the graph
+        got = gen(eps, labels, omega, torch.full((batch,), 0.1), torch.full((batch,), 0.8))
+        want = sample(model, eps, labels, steps=steps, omega=omega, t_min=0.1, t_max=0.8)
+        assert got.shape == want.shape and want.abs().max() > 0.1
+        assert (got - want).abs().max() <= 1e-4
+
+
+def test_metadata_round_trip(files):
+    loaded = pmf.load_checkpoint(files["ckpt"])
+    for key, steps in (("one", 1), ("two", 2)):
+        meta = read_metadata(files[key])
+        gen = OnnxGenerator(files[key])
+        assert gen.setting == SamplingSetting.from_dict(loaded.setting.to_dict(), steps=steps)
+        assert gen.setting.omega == 2.0 and gen.setting.ema == "d0.9" and gen.steps == steps
+        assert gen.class_names == NAMES and gen.preset == "pMF-Tiny/4"
+        assert meta["image_size"] == 32 and meta["channels"] == 3 and meta["num_classes"] == 10
+        assert gen.config == loaded.model.config.__class__.from_dict({**loaded.model.config.to_dict(),
+                                                                       "v_head": False})
+
+
+def test_cli_sample_of_the_onnx_file_equals_the_checkpoint(files, tmp_path, capsys):
+    common = ["--classes", "3,1,4", "--per-class", "2", "--seed", "5", "--no-progress", "--no-png"]
+    assert main(["sample", "--checkpoint", str(files["one"]), "--out", str(tmp_path / "onnx"), *common]) == 0
+    assert main(["sample", "--checkpoint", str(files["ckpt"]), "--out", str(tmp_path / "torch"), *common]) == 0
+    a, b = np.load(tmp_path / "onnx" / "samples.npz"), np.load(tmp_path / "torch" / "samples.npz")
+    assert a["labels"].tolist() == [3, 3, 1, 1, 4, 4] and (a["labels"] == b["labels"]).all()
+    assert np.abs(a["images"].astype(int) - b["images"]).max() <= 1 and a["images"].std() > 10
+    # a file holds one step count and fixed weights: other requests are refused in one line
+    assert main(["sample", "--checkpoint", str(files["one"]), "--steps", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "1-step generator" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(files["one"]), "--compile", "--out", str(tmp_path / "x")]) == 2
+    assert "--compile applies to a torch checkpoint" in capsys.readouterr().err
+
+
+def test_serve_runs_the_onnx_file_without_a_torch_model(files, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from pmf.cli import build_parser
+    from pmf.commands.serve import build
+
+    app, info, batcher = build(build_parser().parse_args(["serve", "--checkpoint", str(files["two"])]))
+    assert isinstance(batcher.model, OnnxGenerator) and not isinstance(batcher.model, torch.nn.Module)
+    assert info.class_names == NAMES and info.setting.steps == 2
+    with TestClient(app) as client:
+        resp = client.post("/generate", json={"classes": [3, 1, 4], "seed": 5, "format": "npz"})
+        assert resp.status_code == 200
+        got = np.load(__import__("io").BytesIO(resp.content))["images"]
+        assert client.post("/generate", json={"classes": [3], "steps": 1}).status_code == 422
+        assert client.get("/info").json()["limits"]["min_steps"] == 2
+    assert main(["sample", "--checkpoint", str(files["ckpt"]), "--classes", "3,1,4", "--per-class", "1", "--seed",
+                 "5", "--steps", "2", "--out", str(tmp_path), "--no-progress", "--no-png"]) == 0
+    assert np.abs(got.astype(int) - np.load(tmp_path / "samples.npz")["images"]).max() <= 1
