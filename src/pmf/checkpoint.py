@@ -126,13 +126,15 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
     with ``overrides``) or, without it, an architecture inferred from the shapes. A run folder (or its
     ``checkpoints/``) gives its newest checkpoint, as on the command line. Exports carry the setting of the
     checkpoint they came from (``export_ema``)."""
-    from .hub import hub_repo_id, is_hub_folder, load_pretrained
+    from .hub import hub_repo_id, is_hub_folder, read_pretrained
 
     # save_pretrained's folder, or a hub repo holding one (hf:OWNER/REPO; hf:OWNER/REPO/FILE is a file)
     if is_hub_folder(spec) or str(spec).startswith("hf:") and hub_repo_id(spec):
         if ema not in (None, "auto", "raw") or arch is not None or overrides:
             raise CheckpointError("a hub folder holds one weight set and its config: drop --ema and --arch")
-        return load_pretrained(spec, device=device)
+        pre = read_pretrained(spec)
+        return LoadedCheckpoint(pre.build(PMFDiT, device), pre.preset, pre.setting.ema, pre.setting, None,
+                                pre.class_names)
     if str(spec).lower().endswith(".onnx"):
         raise CheckpointError(f"{str(spec)!r} is an ONNX generator: pmf sample and pmf serve run it (onnxruntime)")
     if not str(spec).startswith(("hf:", "http://", "https://")) and Path(spec).expanduser().is_dir():

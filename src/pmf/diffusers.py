@@ -24,7 +24,7 @@ from pmf.config import ModelConfig
 from pmf.errors import PMFError
 from pmf.nn.model import PMFDiT, as_batch, u_head_only
 from pmf.objective import to_velocity
-from pmf.sampling import SamplingSetting, _check_guidance
+from pmf.setting import SamplingSetting
 
 
 class PMFTransformer2DModel(ModelMixin, ConfigMixin):
@@ -90,14 +90,14 @@ class PixelMeanFlowPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> PixelMeanFlowPipeline:
         """A ``pmf.hub`` folder or hub repo (``pmf export --format hub``), else a diffusers-layout pipeline."""
-        from pmf.hub import load_pretrained
+        from pmf.hub import read_pretrained
 
         spec = str(pretrained_model_name_or_path)
         if _is_pmf_hub(spec, kwargs):
-            loaded = load_pretrained(spec, **{k: kwargs[k] for k in ("revision", "token", "cache_dir",
-                                                                    "local_files_only") if k in kwargs})
-            pipe = cls.from_network(loaded.model, setting=loaded.setting, class_names=loaded.class_names,
-                                    preset=loaded.arch)
+            pre = read_pretrained(spec, **{k: kwargs[k] for k in ("revision", "token", "cache_dir",
+                                                                 "local_files_only") if k in kwargs})
+            pipe = cls.from_network(pre.build(PMFDiT), setting=pre.setting, class_names=pre.class_names,
+                                    preset=pre.preset)
             return pipe.to(kwargs["torch_dtype"]) if "torch_dtype" in kwargs else pipe
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
@@ -111,7 +111,7 @@ class PixelMeanFlowPipeline(DiffusionPipeline):
         fields = dict(setting=self.transformer.setting, class_names=cfg.class_names, preset=cfg.preset, **kwargs)
         if push_to_hub:
             return hub.push_to_hub(self.transformer.net, repo_id or Path(save_directory).name, **fields)
-        return hub.save_pretrained(self.transformer.net, save_directory, **fields)
+        return self.transformer.net.save_pretrained(save_directory, **fields)
 
     @torch.no_grad()
     def __call__(self, class_labels, num_inference_steps: int = 1, guidance_scale: float | None = None,
@@ -122,10 +122,11 @@ class PixelMeanFlowPipeline(DiffusionPipeline):
         "pt" ([B, C, H, W] in [0, 1])."""
         if output_type not in ("pil", "np", "pt"):
             raise PMFError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        setting = self.transformer.setting
-        omega = setting.omega if guidance_scale is None else guidance_scale
-        t_min, t_max = (setting.t_min, setting.t_max) if guidance_interval is None else guidance_interval
-        _check_guidance(omega, t_min, t_max, num_inference_steps)
+        t_min, t_max = (None, None) if guidance_interval is None else guidance_interval
+        # the setting's own rule (pmf.setting) judges the values; None keeps the model's
+        setting = self.transformer.setting.replace(omega=guidance_scale, t_min=t_min, t_max=t_max,
+                                                   steps=num_inference_steps)
+        omega, t_min, t_max = setting.omega, setting.t_min, setting.t_max
         net, device = self.transformer.net, self._execution_device
         cfg = net.config
         labels = torch.tensor([class_labels] if isinstance(class_labels, int) else list(class_labels), device=device)
@@ -142,7 +143,7 @@ class PixelMeanFlowPipeline(DiffusionPipeline):
             t = torch.full((B,), sigmas[i], device=device)  # (B,) float32, as pmf.sampling.sample's grid
             h = t - torch.full((B,), sigmas[i + 1], device=device)
             x_u = self.transformer(z, h, omega, t_min, t_max, labels).sample  # (B, C, H, W)
-            u = to_velocity(z, x_u, t, getattr(setting, "prediction", "x"))  # (B, C, H, W)
+            u = to_velocity(z, x_u, t, setting.prediction)  # (B, C, H, W)
             z = self.scheduler.step(u, timestep, z).prev_sample  # z - (t - r) u
         images = (z.clamp(-1, 1) + 1) / 2  # (B, C, H, W) in [0, 1]
         if output_type != "pt":

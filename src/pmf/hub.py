@@ -46,16 +46,19 @@ def hub_repo_id(spec: str | os.PathLike) -> str | None:
 def save_pretrained(model, save_directory: str | os.PathLike, *, setting: SamplingSetting | None = None,
                     class_names: list[str] | None = None, preset: str | None = None, fid: float | None = None,
                     license: str = "mit") -> Path:
-    """Write ``model``'s u-head weights, config.json and a model card into ``save_directory``. ``setting`` and
+    """Write ``model``'s weights (a u-head-only network: ``pmf.nn.model.u_head_only``, as
+    ``PMFDiT.save_pretrained`` passes it), config.json and a model card into ``save_directory``. ``setting`` and
     ``class_names`` default to those ``from_pretrained`` attached to the model (``model.sampling_setting``,
     ``model.class_names``); ``fid`` is a measured FID-50K of these weights for the card."""
     from safetensors.torch import save_file
 
     from .config import preset_of
     from .hub_card import model_card
-    from .nn.model import u_head_only
 
-    net = u_head_only(model) if model.config.v_head else model
+    if model.config.v_head:
+        raise PMFError("a hub folder holds the u-head only: save pmf.nn.model.u_head_only(model) (as "
+                       "PMFDiT.save_pretrained does)")
+    net = model
     setting = setting or getattr(model, "sampling_setting", None) or SamplingSetting()
     class_names = class_names if class_names is not None else getattr(model, "class_names", None)
     preset = preset or preset_of(net.config)
@@ -72,14 +75,35 @@ def save_pretrained(model, save_directory: str | os.PathLike, *, setting: Sampli
     return out
 
 
-def load_pretrained(spec: str | os.PathLike, *, device=None, revision: str | None = None,
-                    token: str | bool | None = None, cache_dir: str | None = None, local_files_only: bool = False):
-    """``pmf.checkpoint.LoadedCheckpoint`` of a ``save_pretrained`` folder, or of a hub repo holding one
-    (``OWNER/REPO`` or ``hf:OWNER/REPO``, downloaded once into the Hugging Face cache)."""
-    from safetensors.torch import load_file
+@dataclasses.dataclass
+class Pretrained:
+    """What a ``save_pretrained`` folder holds, before a network is built from it."""
 
-    from .checkpoint import LoadedCheckpoint
-    from .nn.model import PMFDiT
+    config: ModelConfig
+    weights: dict
+    setting: SamplingSetting
+    class_names: list[str] | None
+    preset: str | None
+    source: Path
+
+    def build(self, model_cls, device=None):
+        """A ``model_cls`` network (eval mode) with the weights, carrying ``sampling_setting`` and ``class_names``
+        (what ``save_pretrained`` writes back by default)."""
+        model = model_cls(self.config)
+        try:
+            model.load_state_dict(self.weights, strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"{self.source / WEIGHTS_NAME} does not fit its config.json: {str(err)[:300]}") \
+                from None
+        model.sampling_setting, model.class_names = self.setting, self.class_names
+        return model.to(device).eval()
+
+
+def read_pretrained(spec: str | os.PathLike, *, revision: str | None = None, token: str | bool | None = None,
+                    cache_dir: str | None = None, local_files_only: bool = False) -> Pretrained:
+    """The contents of a ``save_pretrained`` folder, or of a hub repo holding one (``OWNER/REPO`` or
+    ``hf:OWNER/REPO``, downloaded once into the Hugging Face cache)."""
+    from safetensors.torch import load_file
 
     folder = Path(str(spec)).expanduser()
     if not is_hub_folder(folder):
@@ -89,16 +113,10 @@ def load_pretrained(spec: str | os.PathLike, *, device=None, revision: str | Non
                                   f"{HUB_FORMAT!r} and {WEIGHTS_NAME}) nor a hub repo id OWNER/REPO")
         folder = _download(repo, revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
     config = json.loads((folder / CONFIG_NAME).read_text())
-    model = PMFDiT(ModelConfig.from_dict(config["config"]))
-    try:
-        model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{folder / WEIGHTS_NAME} does not fit its config.json: {str(err)[:300]}") from None
-    setting = SamplingSetting.from_dict(config.get("sampling_setting") or {})
     names = config.get("class_names")
-    model.sampling_setting, model.class_names = setting, names  # what save_pretrained writes back by default
-    return LoadedCheckpoint(model.to(device).eval(), config.get("preset"), setting.ema, setting, None,
-                            list(names) if names else None)
+    return Pretrained(ModelConfig.from_dict(config["config"]), load_file(str(folder / WEIGHTS_NAME)),
+                      SamplingSetting.from_dict(config.get("sampling_setting") or {}),
+                      list(names) if names else None, config.get("preset"), folder)
 
 
 def _download(repo_id: str, **kw) -> Path:
@@ -126,21 +144,7 @@ def push_to_hub(model, repo_id: str, *, private: bool | None = None, token: str 
         raise PMFError(f"push_to_hub needs huggingface_hub: {INSTALL}") from None
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(model, tmp, **save_kwargs)
+        model.save_pretrained(tmp, **save_kwargs)
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
     return str(getattr(info, "commit_url", info))
-
-
-def export_hub(spec: str | os.PathLike, out: str | os.PathLike, *, ema: str | None = None) -> Path:
-    """``pmf export --format hub``: one weight set of any checkpoint (``ema`` as ``pmf export``) as a hub
-    folder, with the checkpoint's sampling setting (its EMA: the one exported) and class names (those it
-    records, else digits for the built-in sets and the ImageNet names for ImageNet presets:
-    ``pmf.serve.classes``)."""
-    from .checkpoint import load_checkpoint
-    from .serve.classes import checkpoint_class_names
-
-    loaded = load_checkpoint(spec, ema=ema)
-    setting = dataclasses.replace(loaded.setting, ema=loaded.ema)
-    return save_pretrained(loaded.model, out, setting=setting, class_names=checkpoint_class_names(loaded),
-                           preset=loaded.arch)

@@ -50,7 +50,7 @@ def export_onnx(loaded, out: str | os.PathLike, *, steps: int | None = None, noi
     steps = setting.steps if steps is None else steps
     cfg = loaded.model.config
     noise_scale = float(cfg.noise_scale if noise_scale is None else noise_scale)
-    prediction = getattr(setting, "prediction", "x")  # a setting may record the u-prediction ablation
+    prediction = setting.prediction
     gen = OneStepGenerator(loaded.model, noise_scale, steps=steps, prediction=prediction).float().cpu()  # a copy
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with torch.no_grad(), warnings.catch_warnings():

@@ -50,8 +50,8 @@ def model_setting(model, setting: SamplingSetting | None = None, **changes) -> t
     setting is ``setting``, else the checkpoint's (as ``pmf sample`` uses it), else ``default_setting`` of the
     network's config (the released setting for a released preset, else no guidance); ``changes`` (omega,
     t_min, t_max, steps, prediction; None: unchanged) replace its fields."""
-    net, own = (model.model, model.setting) if isinstance(getattr(model, "setting", None), SamplingSetting) \
-        else (model, None)
+    loaded = isinstance(getattr(model, "setting", None), SamplingSetting) and hasattr(model, "model")
+    net, own = (model.model, model.setting) if loaded else (model, None)
     base = setting or own or default_setting(net.config)
     return net, base.replace(**changes)
 

@@ -60,9 +60,7 @@ def run(args) -> int:
             raise PMFError(f"--format checkpoint writes a .pt file, got {args.out!r}")
         path = to_single_file(args.checkpoint, args.out)
     elif args.format == "hub":
-        from ..hub import export_hub
-
-        path = export_hub(args.checkpoint, args.out, ema=args.ema)
+        path = _export_hub(args.checkpoint, args.out, ema=args.ema)
     else:
         if suffix not in SUFFIXES:
             raise PMFError(f"cannot tell the format of {args.out!r} from its suffix {suffix or '(none)'!r}; known "
@@ -90,3 +88,16 @@ def _export_onnx(args):
           flush=True)
     setting = dataclasses.replace(loaded.setting, ema=loaded.ema)  # the EMA exported, which --ema may choose
     return export_onnx(loaded, args.out, steps=args.steps, setting=setting)
+
+
+def _export_hub(spec: str, out: str, *, ema: str | None = None) -> Path:
+    """One weight set of any checkpoint (``ema`` as ``pmf export``) as a hub folder, with the checkpoint's
+    sampling setting (its EMA: the one exported) and class names (those it records, else digits for the
+    built-in sets and the ImageNet names for ImageNet presets: ``pmf.serve.classes``)."""
+    from ..checkpoint import load_checkpoint
+    from ..serve.classes import checkpoint_class_names
+
+    loaded = load_checkpoint(spec, ema=ema)
+    setting = dataclasses.replace(loaded.setting, ema=loaded.ema)
+    return loaded.model.save_pretrained(out, setting=setting, class_names=checkpoint_class_names(loaded),
+                                        preset=loaded.arch)

@@ -59,22 +59,22 @@ class PMFDiT(nn.Module):
             self.v_final_layer = FinalLayer(D, out_dim)
         self.reset_parameters()
 
-    @torch.no_grad()
     # The Hugging Face Hub format (pmf.hub), with PyTorchModelHubMixin's method names; huggingface_hub is
     # needed only for hub repos.
     def save_pretrained(self, save_directory, **kwargs):
-        """config.json, model.safetensors and a README.md model card in ``save_directory`` (``pmf.hub``)."""
+        """config.json, model.safetensors (u-head weights) and a README.md model card in ``save_directory``
+        (``pmf.hub.save_pretrained``'s keywords: setting, class_names, preset, fid, license)."""
         from ..hub import save_pretrained
 
-        return save_pretrained(self, save_directory, **kwargs)
+        return save_pretrained(u_head_only(self) if self.config.v_head else self, save_directory, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *, device=None, **kwargs) -> PMFDiT:
         """The network (eval mode) of a ``save_pretrained`` folder or hub repo ``OWNER/REPO``; it carries the
         folder's ``sampling_setting`` and ``class_names``."""
-        from ..hub import load_pretrained
+        from ..hub import read_pretrained
 
-        return load_pretrained(pretrained_model_name_or_path, device=device, **kwargs).model
+        return read_pretrained(pretrained_model_name_or_path, **kwargs).build(cls, device)
 
     def push_to_hub(self, repo_id: str, **kwargs) -> str:
         """``save_pretrained`` to the hub repo ``repo_id`` (network and write token needed)."""
@@ -82,6 +82,7 @@ class PMFDiT(nn.Module):
 
         return push_to_hub(self, repo_id, **kwargs)
 
+    @torch.no_grad()
     def reset_parameters(self) -> None:
         """The release's initialisation (spec section 5): linear weights N(0, 0.32^2 / fan_in), except the
         four scalar embedders' MLPs, N(0, 1 / fan_in); the two patch convolutions Xavier-uniform over the
