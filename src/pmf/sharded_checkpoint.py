@@ -263,7 +263,8 @@ def lazy_checkpoint(path: str | os.PathLike) -> dict:
     meta = read_meta(path)
     emas = _Lazy({n: functools.partial(read_weights, path, n) for n in meta.get("emas") or []})
     return _Lazy({"model": functools.partial(read_weights, path, "raw")}, format=FORMAT, step=meta["step"],
-                 model_config=meta["model_config"], train_config=meta["train_config"], ema=emas)
+                 model_config=meta["model_config"], train_config=meta["train_config"], ema=emas,
+                 class_names=meta.get("class_names"))
 
 
 def to_single_file(path: str | os.PathLike, out: str | os.PathLike) -> Path:

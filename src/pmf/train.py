@@ -126,12 +126,16 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     if cfg.batch_size % world:
         raise PMFError(f"batch_size {cfg.batch_size} is not divisible by the number of processes ({world})")
     mcfg = model_config(cfg.arch, **cfg.model_overrides)
-    data = open_training_data(cfg.data, mcfg.input_size)
+    data = open_training_data(cfg.data, mcfg.input_size, 1 if mcfg.in_channels == 1 else 3)
     check_data(data, mcfg, cfg.data)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     resume_path = resolve_resume(resume, ckpt_dir)
+    if cfg.init and resume not in (None, "", "none"):
+        raise PMFError("--init starts a new run from weights and --resume continues a run: pick one")
     state = load_resume(resume_path, mcfg, cfg) if resume_path is not None else None
+    names = getattr(data, "class_names", None)
+    class_names = list(names) if names and len(names) == mcfg.num_classes else None
 
     sharded = cfg.parallel != "ddp"
     info = D.setup(cfg.device, group=sharded)
@@ -140,7 +144,12 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     if cfg.precision == "bf16" and device.type != "cuda":
         D.print0("precision bf16 applies on GPU only; training in fp32", info=info)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = PMFDiT(mcfg).to(device)
+    model = PMFDiT(mcfg)
+    if cfg.init:  # a new run from trained weights: the EMAs below start from them
+        from .finetune import init_weights
+
+        D.print0(init_weights(model, cfg, class_names), info=info, file=sys.stderr)
+    model = model.to(device)
     model.validate_inputs = device.type == "cpu"
     if cfg.grad_checkpointing:
         enable_activation_checkpointing(model)
@@ -204,6 +213,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         path = None
         if saver is not None:  # every rank writes its shards
             meta = dict(step=step, model_config=mcfg.to_dict(), train_config=cfg.to_dict(), emas=emas.names,
+                        class_names=class_names,
                         world_size=info.world_size, parallel=cfg.parallel, optimizer_rule=optimizer_rule(optimizer))
             path = saver.save(step, train_state(model, optimizer, emas), meta)
             last_saved = step
@@ -211,6 +221,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         if info.is_main:
             payload = dict(model_config=mcfg.to_dict(), model=_cpu(model.state_dict()), ema=emas.state_dict(),
                            optimizer=optimizer.state_dict(), train_config=cfg.to_dict(), world_size=info.world_size,
+                           class_names=class_names,
                            rng={"torch": torch.get_rng_state()})
             path = save_training_checkpoint(ckpt_dir, step, payload, cfg.to_dict(), cfg.keep_last)
         last_saved = step

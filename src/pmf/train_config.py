@@ -149,6 +149,11 @@ class TrainConfig:
     shard_size: int | None = None  # hsdp: ranks per shard group (None: the local world size)
     async_checkpoint: bool = False  # fsdp/hsdp: write sharded checkpoints in the background
     reduce: str = "auto"  # gradient averaging: "ordered" (rank-order sums), "native", "auto" (ordered on gloo)
+    # starting weights (pmf.finetune): a checkpoint pmf.load_checkpoint reads; None: a fresh model
+    init: str | None = None
+    init_ema: str | None = None  # which weights of init: an EMA name or "raw"; None: its sampling EMA
+    init_v_head: str = "copy"  # a missing v-head: "copy" (the u-head's blocks) or "fresh"
+    class_map: dict = field(default_factory=dict)  # {new class: checkpoint class}, names or numbers
 
     def __post_init__(self) -> None:
         for name, cls in (("loss", LossConfig), ("optim", OptimConfig), ("ema", EMAConfig), ("sample", SampleConfig)):
@@ -168,6 +173,10 @@ class TrainConfig:
         _check(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
         _check(self.parallel in ("ddp", "fsdp", "hsdp"), "parallel", self.parallel, "'ddp', 'fsdp' or 'hsdp'")
         _check(self.reduce in ("auto", "ordered", "native"), "reduce", self.reduce, "'auto', 'ordered' or 'native'")
+        from .finetune import V_HEAD_INITS
+
+        _check(self.init_v_head in V_HEAD_INITS, "init_v_head", self.init_v_head, " or ".join(map(repr, V_HEAD_INITS)))
+        _check(not self.class_map or self.init is not None, "class_map", self.class_map, "empty without init")
         _check(self.shard_size is None or (isinstance(self.shard_size, int) and self.shard_size >= 1), "shard_size",
                self.shard_size, "None or a positive integer")
         # forward-mode AD (torch.autograd.forward_ad) fails inside FSDP2's custom autograd functions

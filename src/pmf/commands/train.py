@@ -62,6 +62,36 @@ def apply_perceptual_args(cfg: TrainConfig, args) -> None:
         cfg.perceptual = PerceptualConfig(**{**dataclasses.asdict(cfg.perceptual or PerceptualConfig()), **given})
 
 
+def add_init_args(p) -> None:
+    from ..finetune import V_HEAD_INITS
+
+    g = p.add_argument_group("starting weights (a new run from a trained model; see docs/training.md)")
+    g.add_argument("--init", default=None, help="start from this checkpoint's weights (a run folder, training "
+                   "checkpoint, export, release .pt, .safetensors or hf:OWNER/REPO/FILE): fresh optimiser, step 0, "
+                   "EMAs from these weights; the architecture is the checkpoint's unless --arch is given")
+    g.add_argument("--init-ema", default=None, help="which weights of --init: an EMA name or 'raw' (default: its "
+                   "sampling EMA)")
+    g.add_argument("--init-v-head", choices=list(V_HEAD_INITS), default=None, help="a checkpoint without v-head: "
+                   "copy the u-head's blocks into it, or start it fresh (default copy)")
+    g.add_argument("--class-map", default=None, help="NEW=OLD,... (class names or numbers): class rows of --init "
+                   "to keep for the data's classes (default: matching names, else the table when the counts agree)")
+
+
+def apply_init_args(cfg: TrainConfig, args) -> None:
+    from ..finetune import parse_class_map
+
+    if args.init is not None:
+        cfg.init = args.init
+    if args.init_ema is not None:
+        cfg.init_ema = args.init_ema
+    if args.init_v_head is not None:
+        cfg.init_v_head = args.init_v_head
+    if args.class_map is not None:
+        cfg.class_map = parse_class_map(args.class_map)
+    if (cfg.init_ema or cfg.class_map) and not cfg.init:
+        raise PMFError("--init-ema and --class-map apply to --init: give the checkpoint to start from")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a pMF model (CPU, one GPU, or torchrun with many GPUs)",
                        description="Train pMF. Start from --recipe (default 'mnist') or --config FILE and override "
@@ -78,7 +108,8 @@ def add_parser(sub) -> None:
     p.add_argument("--arch", default=None, help=f"model preset, one of {', '.join(PRESETS)} {default(d.arch)}")
     p.add_argument("--num-classes", type=int, default=None, help="classes of the model (default: found in the data)")
     p.add_argument("--channels", type=int, default=None, help="image channels of the model (default: 3 for RGB "
-                   "data, the preset's for gray data, which is repeated to RGB for an RGB model)")
+                   "data, 1 for a folder of gray images, the preset's for other gray data, which is repeated to RGB "
+                   "for an RGB model)")
     p.add_argument("--image-size", type=int, default=None, help="image size of the model (default: the data's "
                    "when all images have one size, else the preset's; images are center-cropped to it)")
     add_out(p, help=f"run folder: checkpoints, metrics.jsonl, samples {default(d.out)}")
@@ -131,6 +162,7 @@ def add_parser(sub) -> None:
     p.add_argument("--async-checkpoint", action="store_true", default=None,
                    help="fsdp/hsdp: write the sharded checkpoints in the background")
     add_perceptual_args(p)
+    add_init_args(p)
     p.set_defaults(func=run)
 
 
@@ -166,6 +198,7 @@ def config_from_args(args) -> TrainConfig:
         data["sample"]["every"] = args.sample_every
     cfg = TrainConfig.from_dict(data)
     apply_perceptual_args(cfg, args)
+    apply_init_args(cfg, args)
     return cfg
 
 
@@ -263,6 +296,11 @@ def fit_model_to_data(cfg: TrainConfig, args) -> str:
     from ..data.probe import probe
 
     facts = probe(cfg.data)
+    if cfg.init:  # the architecture of the starting weights (checked against --arch when given)
+        from ..finetune import init_architecture, init_source
+
+        source = init_source(cfg.init, cfg.init_ema).model.config
+        cfg.arch, cfg.model_overrides = init_architecture(source, args.arch)
     mcfg = model_config(cfg.arch, **cfg.model_overrides)
     for flag in ("num_classes", "channels", "image_size"):
         value = getattr(args, flag, None)
@@ -271,7 +309,8 @@ def fit_model_to_data(cfg: TrainConfig, args) -> str:
     want = {"num_classes": args.num_classes or facts.classes}
     if args.channels is not None:
         want["in_channels"] = args.channels
-    elif facts.channels != mcfg.in_channels and not (facts.channels == 1 and mcfg.in_channels == 3):
+    elif facts.channels != mcfg.in_channels and not (facts.channels == 1 and mcfg.in_channels == 3
+                                                      and facts.kind != "folder"):
         want["in_channels"] = facts.channels
     size = args.image_size or facts.size
     if size is not None and size != mcfg.input_size:
@@ -296,6 +335,8 @@ def run(args) -> int:
         check_device(cfg.device)
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise PMFError(f"--out {cfg.out!r} is a file; give a run folder (it is created if missing)")
+    if cfg.init and args.resume not in (None, "", "none"):
+        raise PMFError("--init starts a new run from weights and --resume continues a run: pick one")
     guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
     found = fit_model_to_data(cfg, args)
     if os.environ.get("RANK", "0") == "0":
