@@ -11,8 +11,8 @@ from PIL import Image
 
 from .builtin import BUILTIN, load_builtin
 from .folder import IMAGE_EXTENSIONS, scan_folder
-from .transforms import GRAY_MODES
 from .packed import is_pack, open_training_data
+from .transforms import GRAY_MODES
 
 SIZE_SAMPLE = 256  # image headers read to decide whether a folder has one fixed size
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-
 GRAY_MODES = frozenset({"1", "L", "I", "I;16", "I;16B", "I;16L", "F"})  # PIL modes of one channel without alpha
 
 
