@@ -268,19 +268,24 @@ def export_ema(spec: str | os.PathLike, out: str | os.PathLike, *, ema: str | No
     sampling setting: the released half-life for a released recipe, else the first EMA) for inference, u-head
     only: ``fmt="release"`` (``.pt``, the release's key names under ``net.``, loadable
     by the released PyTorch port and by ``pmf sample --arch``) or ``fmt="safetensors"`` (our key names, the
-    model config in the metadata; ``pmf sample`` reads it). ``fmt`` defaults from the suffix of ``out``."""
+    model config and any recorded class names in the metadata; ``pmf sample`` reads them). ``fmt`` defaults
+    from the suffix of ``out``."""
     out = Path(out)
     fmt = fmt or ("safetensors" if out.suffix == ".safetensors" else "release")
     if fmt not in ("release", "safetensors"):
         raise CheckpointError(f"export format must be 'release' or 'safetensors', got {fmt!r}")
-    inference = u_head_only(load_model(spec, ema=ema))
+    loaded = load_checkpoint(spec, ema=ema)
+    inference = u_head_only(loaded.model)
     config = inference.config
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
         out.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous() for k, v in inference.state_dict().items()}
-        save_file(tensors, str(out), metadata={"model_config": json.dumps(config.to_dict()), "format": FORMAT})
+        meta = {"model_config": json.dumps(config.to_dict()), "format": FORMAT}
+        if loaded.class_names:  # the training folder's class names travel with the weights
+            meta["class_names"] = json.dumps(loaded.class_names)
+        save_file(tensors, str(out), metadata=meta)
     else:
         from .nn.release import release_state_dict
 

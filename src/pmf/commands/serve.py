@@ -86,7 +86,7 @@ def build(args):
     args.device = check_device(args.device)
     ckpt = load_for_sampling(args, args.device)
     cfg = ckpt.model.config
-    names = class_names(cfg.num_classes, data=ckpt.data, arch=ckpt.arch)
+    names = class_names(cfg.num_classes, data=ckpt.data, arch=ckpt.arch, recorded=ckpt.class_names)
     info = ModelInfo(ckpt.arch, cfg.input_size, cfg.in_channels, names, ckpt.setting, cfg.noise_scale, ckpt.ema)
     model = prepare_sampler(ckpt.model, compile=args.compile)
     batcher = Batcher(model, noise_scale=cfg.noise_scale, device=args.device, precision=args.precision,
