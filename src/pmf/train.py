@@ -235,7 +235,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         gen = torch.Generator(device).manual_seed(step_seed(cfg.seed, step, info.rank))
         draws = sample_draws(x, P_mean=L.P_mean, P_std=L.P_std, data_proportion=L.data_proportion,
                              cfg_max=L.cfg_max, cfg_beta=L.cfg_beta, class_dropout_prob=L.class_dropout_prob,
-                             noise_scale=mcfg.noise_scale, tr_uniform=L.tr_uniform, generator=gen)
+                             noise_scale=mcfg.noise_scale, tr_uniform=L.tr_uniform, generator=gen,
+                             class_dropout=L.class_dropout)
         lr = set_lr(optimizer, lr_factor(step, cfg.optim, cfg.steps))
         if hasattr(perceptual, "manual_seed"):  # the random crops follow the same per-(step, rank) seed
             perceptual.manual_seed(step_seed(cfg.seed + 1, step, info.rank))

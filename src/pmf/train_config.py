@@ -29,6 +29,7 @@ class LossConfig:
     cfg_max: float = 7.0
     cfg_beta: float = 1.0
     class_dropout_prob: float = 0.1
+    class_dropout: str = "first-rows"  # which rows lose their label (pmf.objective.CLASS_DROPOUTS)
     tr_uniform: bool = False
     norm_p: float = 1.0
     norm_eps: float = 0.01
@@ -41,6 +42,10 @@ class LossConfig:
         _check(0 <= self.data_proportion <= 1, "loss.data_proportion", self.data_proportion, "in [0, 1]")
         _check(self.cfg_max >= 0, "loss.cfg_max", self.cfg_max, ">= 0")
         _check(0 <= self.class_dropout_prob <= 1, "loss.class_dropout_prob", self.class_dropout_prob, "in [0, 1]")
+        from .objective import CLASS_DROPOUTS
+
+        _check(self.class_dropout in CLASS_DROPOUTS, "loss.class_dropout", self.class_dropout,
+               " or ".join(map(repr, CLASS_DROPOUTS)))
         _check(self.norm_eps > 0, "loss.norm_eps", self.norm_eps, "> 0")
         _check(self.prediction in ("x", "u"), "loss.prediction", self.prediction, "'x' or 'u'")
         from .objective import JVP_MODES

@@ -64,6 +64,7 @@ def apply_perceptual_args(cfg: TrainConfig, args) -> None:
 
 def add_init_args(p) -> None:
     from ..finetune import V_HEAD_INITS
+    from ..objective import CLASS_DROPOUTS
 
     g = p.add_argument_group("starting weights (a new run from a trained model; see docs/training.md)")
     g.add_argument("--init", default=None, help="start from this checkpoint's weights (a run folder, training "
@@ -73,6 +74,9 @@ def add_init_args(p) -> None:
                    "sampling EMA)")
     g.add_argument("--init-v-head", choices=list(V_HEAD_INITS), default=None, help="a checkpoint without v-head: "
                    "copy the u-head's blocks into it, or start it fresh (default copy)")
+    g.add_argument("--class-dropout", choices=list(CLASS_DROPOUTS), default=None, help="which rows lose "
+                   "their label: first-rows (the release: the first rows, which are the r = t rows) or per-sample "
+                   "(any row, with the same probability) (default first-rows)")
     g.add_argument("--class-map", default=None, help="NEW=OLD,... (class names or numbers): class rows of --init "
                    "to keep for the data's classes (default: matching names, else the table when the counts agree)")
 
@@ -88,6 +92,8 @@ def apply_init_args(cfg: TrainConfig, args) -> None:
         cfg.init_v_head = args.init_v_head
     if args.class_map is not None:
         cfg.class_map = parse_class_map(args.class_map)
+    if args.class_dropout is not None:
+        cfg.loss = dataclasses.replace(cfg.loss, class_dropout=args.class_dropout)
     if (cfg.init_ema or cfg.class_map) and not cfg.init:
         raise PMFError("--init-ema and --class-map apply to --init: give the checkpoint to start from")
 
