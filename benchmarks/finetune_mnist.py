@@ -124,6 +124,9 @@ def main() -> int:
         t = pmf("train", "--recipe", "mnist", "--data", str(low), "--steps", str(args.pretrain), "--out", str(pre),
                 "--sample-every", "0", "--no-progress", "--overwrite", "--ckpt-every", str(args.pretrain), log=log)
         results["pretrain"] = {"steps": args.pretrain, "train_seconds": t}
+    if "pretrain" not in results:  # pretrained by an earlier call: its time from the run's metrics
+        rows = (pre / "metrics.jsonl").read_text().splitlines()
+        results["pretrain"] = {"steps": args.pretrain, "train_seconds": json.loads(rows[-1])["time"]}
     ckpt = pre / "checkpoints" / f"step_{args.pretrain:08d}.pt"
     arms = {"finetuned": ["--data", str(high), "--init", str(ckpt)], "scratch": ["--data", str(high)]}
     if args.arm == "vhead":
