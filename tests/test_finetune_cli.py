@@ -14,6 +14,7 @@ from pmf.cli import main
 from pmf.config import model_config
 from pmf.nn.model import PMFDiT, u_head_only
 from pmf.nn.release import release_state_dict
+from pmf.serve.classes import class_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = ["--steps", "2", "--batch-size", "4", "--sample-every", "0", "--no-progress", "--workers", "0"]
@@ -58,6 +59,9 @@ def test_init_at_42_px_from_a_28_px_model_trains_and_samples_by_class_name(tmp_p
                  str(out), "--no-progress"]) == 0
     assert sorted(p.name for p in out.glob("*.png") if p.name != "grid.png") == ["000000_cat.png", "000001_owl.png"]
     assert np.load(out / "samples.npz")["images"].shape == (2, 42, 42, 1)
+    assert main(["export", "--checkpoint", str(tmp_path / "b"), "--out", str(tmp_path / "b.safetensors")]) == 0
+    assert load_checkpoint(str(tmp_path / "b.safetensors")).class_names == ["cat", "owl"]
+    assert class_names(2, data=str(data42), recorded=["cat", "owl"]) == ["cat", "owl"]  # pmf serve's picker
 
 
 def test_release_format_files_without_and_with_v_head_train_with_init(tmp_path, fixtures_dir, capsys):
