@@ -54,15 +54,25 @@ def write_folders(root: Path) -> tuple[Path, Path]:
     return low, high
 
 
-def pmf(*args: str, log: Path) -> float:
-    """Run ``pmf ARGS`` (this tree's package) and return its wall time."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+def pmf(*args: str, log: Path, wait: bool = True):
+    """Run ``pmf ARGS`` (this tree's package, one torch thread); its wall time, or the process if not ``wait``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     with open(log, "a") as f:
         f.write(f"$ pmf {' '.join(args)}\n")
         f.flush()
-        subprocess.run([sys.executable, "-m", "pmf.cli", *args], check=True, env=env, stdout=f, stderr=f)
+        proc = subprocess.Popen([sys.executable, "-m", "pmf.cli", *args], env=env, stdout=f, stderr=f)
+    if not wait:
+        return proc
+    if proc.wait():
+        raise SystemExit(f"pmf {' '.join(args)} failed; see {log}")
     return time.perf_counter() - t0
+
+
+def run_seconds(run: Path) -> float:
+    """Training seconds of a run from its metrics (a resumed run restarts the clock: the parts are summed)."""
+    times = [json.loads(row)["time"] for row in (run / "metrics.jsonl").read_text().splitlines()]
+    return sum(a for a, b in zip(times, times[1:] + [0.0]) if b < a)
 
 
 def score(ckpt: Path, work: Path, log: Path) -> dict:
@@ -77,17 +87,28 @@ def score(ckpt: Path, work: Path, log: Path) -> dict:
             "frechet_ratio": res["frechet"] / res["frechet_class_means"], "samples": str(out / "samples.npz")}
 
 
-def train_and_score(name: str, args: list[str], steps: int, work: Path, log: Path, every: int) -> dict:
-    run = work / name
-    seconds = pmf("train", "--recipe", "mnist", "--steps", str(steps), "--out", str(run), "--ckpt-every",
-                  str(every), "--keep-last", "20", "--sample-every", "0", "--no-progress", "--overwrite", *args,
-                  log=log)
-    points = {}
-    for ckpt in sorted((run / "checkpoints").glob("step_*.pt")):
-        step = int(ckpt.stem.split("_")[1])
-        points[step] = score(ckpt, work, log)
-        print(f"{name} step {step}: {points[step]}", flush=True)
-    return {"train_seconds": seconds, "steps": steps, "points": points}
+def train_and_score(arms: dict[str, list[str]], steps: int, work: Path, log: Path, every: int) -> dict:
+    """Train the arms side by side (one thread each), then score every checkpoint of each."""
+    procs, results = {}, {}
+    t0 = time.perf_counter()
+    for name, args in arms.items():
+        procs[name] = pmf("train", "--recipe", "mnist", "--steps", str(steps), "--out", str(work / name),
+                          "--ckpt-every", str(every), "--keep-last", "20", "--sample-every", "0", "--no-progress",
+                          "--overwrite", *args, log=log, wait=False)
+    for name, proc in procs.items():
+        if proc.wait():
+            raise SystemExit(f"training {name} failed; see {log}")
+    wall = time.perf_counter() - t0
+    for name in arms:
+        run = work / name
+        points = {}
+        for ckpt in sorted((run / "checkpoints").glob("step_*.pt")):
+            step = int(ckpt.stem.split("_")[1])
+            points[step] = score(ckpt, work, log)
+            print(f"{name} step {step}: {points[step]}", flush=True)
+        results[name] = {"train_seconds": run_seconds(run), "side_by_side_wall_seconds": wall,
+                         "steps": steps, "points": points}
+    return results
 
 
 def figure(results: dict, step: int, path: Path, per_row: int = 10) -> None:
@@ -120,13 +141,11 @@ def main() -> int:
     results = json.loads(out.read_text()) if out.is_file() else {}
     results.update({"cpu": cpu_model(), "threads": os.cpu_count(), "sampling": "omega 3, interval 0.1:0.8, 100/class"})
     pre = work / "pretrain"
-    if not (pre / "checkpoints" / f"step_{args.pretrain:08d}.pt").is_file():
-        t = pmf("train", "--recipe", "mnist", "--data", str(low), "--steps", str(args.pretrain), "--out", str(pre),
-                "--sample-every", "0", "--no-progress", "--overwrite", "--ckpt-every", str(args.pretrain), log=log)
-        results["pretrain"] = {"steps": args.pretrain, "train_seconds": t}
-    if "pretrain" not in results:  # pretrained by an earlier call: its time from the run's metrics
-        rows = (pre / "metrics.jsonl").read_text().splitlines()
-        results["pretrain"] = {"steps": args.pretrain, "train_seconds": json.loads(rows[-1])["time"]}
+    if not (pre / "checkpoints" / f"step_{args.pretrain:08d}.pt").is_file():  # else: an interrupted run continues
+        resume = ["--resume", "auto"] if (pre / "checkpoints").is_dir() else ["--overwrite"]
+        pmf("train", "--recipe", "mnist", "--data", str(low), "--steps", str(args.pretrain), "--out", str(pre),
+            "--sample-every", "0", "--no-progress", "--ckpt-every", str(args.pretrain), *resume, log=log)
+    results["pretrain"] = {"steps": args.pretrain, "train_seconds": run_seconds(pre)}
     ckpt = pre / "checkpoints" / f"step_{args.pretrain:08d}.pt"
     arms = {"finetuned": ["--data", str(high), "--init", str(ckpt)], "scratch": ["--data", str(high)]}
     if args.arm == "vhead":
@@ -134,10 +153,9 @@ def main() -> int:
         pmf("export", str(ckpt), str(release), log=log)
         arms = {f"vhead_{h}": ["--data", str(high), "--init", str(release), "--init-v-head", h]
                 for h in ("copy", "fresh")}
-    for name, extra in arms.items():
-        results[name] = train_and_score(name, extra, args.steps, work, log, args.every)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2, default=str))
+    results.update(train_and_score(arms, args.steps, work, log, args.every))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
     if args.arm == "main":
         figure(results, 150 if 150 in results["finetuned"]["points"] else args.steps, Path(args.figure))
     print(json.dumps(results, indent=2, default=str))
