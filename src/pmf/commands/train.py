@@ -66,7 +66,7 @@ def add_init_args(p) -> None:
     from ..finetune import V_HEAD_INITS
     from ..objective import CLASS_DROPOUTS
 
-    g = p.add_argument_group("starting weights (a new run from a trained model; see docs/training.md)")
+    g = p.add_argument_group("fine-tuning: a new run from trained weights, label dropout (docs/training.md)")
     g.add_argument("--init", default=None, help="start from this checkpoint's weights (a run folder, training "
                    "checkpoint, export, release .pt, .safetensors or hf:OWNER/REPO/FILE): fresh optimiser, step 0, "
                    "EMAs from these weights; the architecture is the checkpoint's unless --arch is given")
