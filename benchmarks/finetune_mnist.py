@@ -87,26 +87,31 @@ def score(ckpt: Path, work: Path, log: Path) -> dict:
             "frechet_ratio": res["frechet"] / res["frechet_class_means"], "samples": str(out / "samples.npz")}
 
 
-def train_and_score(arms: dict[str, list[str]], steps: int, work: Path, log: Path, every: int) -> dict:
-    """Train the arms side by side (one thread each), then score every checkpoint of each."""
+def train_and_score(arms: dict[str, list[str]], steps: int, work: Path, log: Path, every: int,
+                    scored: dict) -> dict:
+    """Train the arms side by side (one thread each), then score every checkpoint of each not in ``scored``."""
     procs, results = {}, {}
     t0 = time.perf_counter()
-    for name, args in arms.items():
+    for name, args in arms.items():  # a run of fewer steps continues (constant rate: the same as one long run)
+        again = ["--resume", "auto"] if (work / name / "checkpoints").is_dir() else ["--overwrite"]
         procs[name] = pmf("train", "--recipe", "mnist", "--steps", str(steps), "--out", str(work / name),
                           "--ckpt-every", str(every), "--keep-last", "20", "--sample-every", "0", "--no-progress",
-                          "--overwrite", *args, log=log, wait=False)
+                          *again, *args, log=log, wait=False)
     for name, proc in procs.items():
         if proc.wait():
             raise SystemExit(f"training {name} failed; see {log}")
     wall = time.perf_counter() - t0
     for name in arms:
         run = work / name
-        points = {}
+        points = {int(k): v for k, v in (scored.get(name) or {}).get("points", {}).items()}
         for ckpt in sorted((run / "checkpoints").glob("step_*.pt")):
             step = int(ckpt.stem.split("_")[1])
+            if step in points:
+                continue
             points[step] = score(ckpt, work, log)
             print(f"{name} step {step}: {points[step]}", flush=True)
-        results[name] = {"train_seconds": run_seconds(run), "side_by_side_wall_seconds": wall,
+        before = (scored.get(name) or {}).get("side_by_side_wall_seconds", 0.0)
+        results[name] = {"train_seconds": run_seconds(run), "side_by_side_wall_seconds": before + wall,
                          "steps": steps, "points": points}
     return results
 
@@ -153,11 +158,11 @@ def main() -> int:
         pmf("export", str(ckpt), str(release), log=log)
         arms = {f"vhead_{h}": ["--data", str(high), "--init", str(release), "--init-v-head", h]
                 for h in ("copy", "fresh")}
-    results.update(train_and_score(arms, args.steps, work, log, args.every))
+    results.update(train_and_score(arms, args.steps, work, log, args.every, results))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))
     if args.arm == "main":
-        figure(results, 150 if 150 in results["finetuned"]["points"] else args.steps, Path(args.figure))
+        figure(results, 150, Path(args.figure))
     print(json.dumps(results, indent=2, default=str))
     return 0
 
