@@ -93,7 +93,10 @@ def train_and_score(arms: dict[str, list[str]], steps: int, work: Path, log: Pat
     procs, results = {}, {}
     t0 = time.perf_counter()
     for name, args in arms.items():  # a run of fewer steps continues (constant rate: the same as one long run)
-        again = ["--resume", "auto"] if (work / name / "checkpoints").is_dir() else ["--overwrite"]
+        again = ["--overwrite"]
+        if (work / name / "checkpoints").is_dir():  # a run started with --init continues from its config
+            again = ["--resume", "auto"] + (["--config", str(work / name / "config.json")] if "--init" in args else [])
+            args = [a for a in args if a != "--init" and not a.endswith(".pt")]
         procs[name] = pmf("train", "--recipe", "mnist", "--steps", str(steps), "--out", str(work / name),
                           "--ckpt-every", str(every), "--keep-last", "20", "--sample-every", "0", "--no-progress",
                           *again, *args, log=log, wait=False)

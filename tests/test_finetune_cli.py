@@ -57,6 +57,11 @@ def test_init_at_42_px_from_a_28_px_model_trains_and_samples_by_class_name(tmp_p
     cfg = json.loads((tmp_path / "b" / "config.json").read_text())
     assert cfg["init"] == str(tmp_path / "a") and cfg["init_ema"] == "d0.99"
     assert trained_config(tmp_path / "b")["input_size"] == 42
+    # the run continues from its config (which names the init) with its own weights, not the init's
+    assert main(["train", "--config", str(tmp_path / "b" / "config.json"), "--resume", "auto", "--steps", "3",
+                 "--no-progress"]) == 0
+    assert "steps 2 -> 3" in capsys.readouterr().err and latest_checkpoint(tmp_path / "b" / "checkpoints").stem \
+        == "step_00000003"
     out = tmp_path / "s"
     assert main(["sample", "--checkpoint", str(tmp_path / "b"), "--classes", "cat,owl", "--per-class", "1", "--out",
                  str(out), "--no-progress"]) == 0

@@ -131,8 +131,6 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     resume_path = resolve_resume(resume, ckpt_dir)
-    if cfg.init and resume not in (None, "", "none"):
-        raise PMFError("--init starts a new run from weights and --resume continues a run: pick one")
     state = load_resume(resume_path, mcfg, cfg) if resume_path is not None else None
     names = getattr(data, "class_names", None)
     class_names = list(names) if names and len(names) == mcfg.num_classes else None
@@ -145,7 +143,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         D.print0("precision bf16 applies on GPU only; training in fp32", info=info)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = PMFDiT(mcfg)
-    if cfg.init:  # a new run from trained weights: the EMAs below start from them
+    if cfg.init and state is None:  # a new run from trained weights (a resumed one has its own): EMAs start here
         from .finetune import init_weights
 
         D.print0(init_weights(model, cfg, class_names), info=info, file=sys.stderr)

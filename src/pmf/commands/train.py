@@ -291,7 +291,10 @@ def report_interrupt(stop: KeyboardInterrupt, cfg: TrainConfig, argv: list[str] 
         print(f"pmf train: interrupted {where}; no checkpoint was saved yet, so there is nothing to resume",
               file=sys.stderr)
         return
-    print(f"pmf train: interrupted {where}; the last checkpoint is {ckpt}\nresume with: {resume_command(argv)}",
+    # a run started with --init continues from its own config (which names the init) without --init
+    again = shlex.join(["pmf", "train", "--config", str(Path(cfg.out) / "config.json"), "--resume", "auto"]) \
+        if cfg.init else resume_command(argv)
+    print(f"pmf train: interrupted {where}; the last checkpoint is {ckpt}\nresume with: {again}",
           file=sys.stderr, flush=True)
 
 
@@ -341,7 +344,7 @@ def run(args) -> int:
         check_device(cfg.device)
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise PMFError(f"--out {cfg.out!r} is a file; give a run folder (it is created if missing)")
-    if cfg.init and args.resume not in (None, "", "none"):
+    if args.init is not None and args.resume not in (None, "", "none"):
         raise PMFError("--init starts a new run from weights and --resume continues a run: pick one")
     guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
     found = fit_model_to_data(cfg, args)
