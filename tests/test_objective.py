@@ -108,6 +108,17 @@ def test_sample_draws_structure():
     assert abs(d.t[:500].median().item() - torch.sigmoid(torch.tensor(0.8)).item()) < 0.03
 
 
+def test_per_sample_label_dropout_reaches_the_r_below_t_rows_with_the_same_rate():
+    x = torch.zeros(1000, 1, 2, 2)
+    kw = dict(P_mean=0.8, P_std=0.8, data_proportion=0.5, cfg_max=7.0, cfg_beta=1.0, class_dropout_prob=0.1,
+              noise_scale=1.0)
+    first = O.sample_draws(x, generator=torch.Generator().manual_seed(0), **kw)
+    per = O.sample_draws(x, generator=torch.Generator().manual_seed(0), class_dropout="per-sample", **kw)
+    assert torch.equal(per.t, first.t) and torch.equal(per.noise, first.noise)  # the same draws otherwise
+    assert int(per.drop.sum()) == int(first.drop.sum())  # the same count, other rows
+    assert not torch.any(first.drop & (first.r < first.t)) and torch.any(per.drop & (per.r < per.t))
+
+
 def test_omega_inverse_cdf_beta2():
     u = torch.linspace(0, 1, 5)
     om = O.omega_from_uniform(u, 7.0, 2.0)

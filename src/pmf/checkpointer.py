@@ -37,8 +37,10 @@ class Checkpointer:
     """Saves ``parts`` into ``OUT/checkpoints``, keeping the newest ``keep_last``; ``last_saved`` is the step
     of the newest checkpoint there (-1: none)."""
 
-    def __init__(self, cfg: TrainConfig, mcfg: ModelConfig, parts: Parts, info: D.DistInfo):
+    def __init__(self, cfg: TrainConfig, mcfg: ModelConfig, parts: Parts, info: D.DistInfo,
+                 class_names: list[str] | None = None):
         self.cfg, self.mcfg, self.parts, self.info = cfg, mcfg, parts, info
+        self.class_names = class_names  # recorded in every checkpoint: they travel with the model
         self.directory = Path(cfg.out) / "checkpoints"
         # a collective (a process group for the background writes): created at the same point on every rank
         self.saver = ShardedSaver(self.directory, cfg.keep_last, cfg.async_checkpoint) if parts.sharded else None
@@ -65,7 +67,7 @@ class Checkpointer:
     def _write_sharded(self, step: int) -> Path:  # every rank writes its shards
         p = self.parts
         meta = dict(step=step, model_config=self.mcfg.to_dict(), train_config=self.cfg.to_dict(), emas=p.emas.names,
-                    world_size=self.info.world_size, parallel=self.cfg.parallel,
+                    class_names=self.class_names, world_size=self.info.world_size, parallel=self.cfg.parallel,
                     optimizer_rule=optimizer_rule(p.optimizer))
         return self.saver.save(step, train_state(p.model, p.optimizer, p.emas), meta)
 
@@ -75,7 +77,8 @@ class Checkpointer:
             p = self.parts
             payload = dict(model_config=self.mcfg.to_dict(), model=_cpu(p.model.state_dict()),
                            ema=p.emas.state_dict(), optimizer=p.optimizer.state_dict(),
-                           train_config=self.cfg.to_dict(), world_size=self.info.world_size)
+                           train_config=self.cfg.to_dict(), world_size=self.info.world_size,
+                           class_names=self.class_names)
             try:
                 path = save_training_checkpoint(self.directory, step, payload, self.cfg.to_dict(),
                                                 self.cfg.keep_last)

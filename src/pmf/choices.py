@@ -13,6 +13,8 @@ TangentAttention = Literal["math", "triton"]  # attention's tangent in the inlin
 Prediction = Literal["x", "u"]  # what the network's u-head predicts (spec section 3)
 OptimizerName = Literal["muon", "adamw"]
 Schedule = Literal["constant", "warmup", "cosine"]
+ClassDropout = Literal["first-rows", "per-sample"]  # which rows lose their label (pmf.objective.drop_labels)
+VHeadInit = Literal["copy", "fresh"]  # a missing v-head of --init: the u-head's blocks, or the fresh model's
 
 PRECISIONS = get_args(Precision)
 PARALLEL_MODES = get_args(ParallelMode)
@@ -22,3 +24,5 @@ TANGENT_ATTENTIONS = get_args(TangentAttention)
 PREDICTIONS = get_args(Prediction)
 OPTIMIZERS = get_args(OptimizerName)
 SCHEDULES = get_args(Schedule)
+CLASS_DROPOUTS = get_args(ClassDropout)
+V_HEAD_INITS = get_args(VHeadInit)

@@ -12,10 +12,11 @@ from .errors import PMFError
 
 
 def doc(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, flag: str | None = None,
-        none: str | None = None, old: tuple[str, ...] = ()):
+        none: str | None = None, old: tuple[str, ...] = (), parse=None):
     """A config field with what the command line shows of it: ``help``, its ``flag`` when not spelled from the
-    field's path, what None means (``none``) and ``old`` spellings kept as hidden aliases with a note."""
-    meta = {"help": help, "flag": flag, "none": none, "old": old}
+    field's path, what None means (``none``), ``old`` spellings kept as hidden aliases with a note, and
+    ``parse`` (text -> value) where the flag's text is not the type's usual form."""
+    meta = {"help": help, "flag": flag, "none": none, "old": old, "parse": parse}
     return dataclasses.field(default=default, default_factory=factory, metadata=meta)
 
 

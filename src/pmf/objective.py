@@ -85,16 +85,22 @@ def first_k_dropped(uniform: torch.Tensor, p: float) -> torch.Tensor:
     return torch.arange(uniform.shape[0], device=uniform.device) < k
 
 
+
+
 def sample_draws(x: torch.Tensor, *, P_mean: float, P_std: float, data_proportion: float, cfg_max: float,
                  cfg_beta: float, class_dropout_prob: float, noise_scale: float, tr_uniform: bool = False,
-                 generator: torch.Generator | None = None) -> Draws:
-    """All random draws of one step for images x [B, C, H, W] from one explicit generator."""
+                 generator: torch.Generator | None = None, class_dropout: str = "first-rows") -> Draws:
+    """All random draws of one step for images x [B, C, H, W] from one explicit generator. ``class_dropout``:
+    "first-rows" (the release, spec 3.5: the first k rows, which are the r = t rows, so the null label is
+    learned on flow-matching rows only) or "per-sample" (each row dropped with probability p, any (t, r))."""
     B, dev = x.shape[0], x.device
     t, r = sample_times(B, P_mean=P_mean, P_std=P_std, data_proportion=data_proportion, tr_uniform=tr_uniform,
                         generator=generator, device=dev)
     noise = noise_scale * torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype)
     omega, t_min, t_max = sample_guidance(t == r, cfg_max=cfg_max, cfg_beta=cfg_beta, generator=generator)
-    drop = first_k_dropped(torch.rand(B, generator=generator, device=dev), class_dropout_prob)
+    uniform = torch.rand(B, generator=generator, device=dev)  # the same draw in both modes
+    drop = first_k_dropped(uniform, class_dropout_prob) if class_dropout == "first-rows" else \
+        uniform < class_dropout_prob
     return Draws(t=t, r=r, noise=noise, omega=omega, t_min=t_min, t_max=t_max, drop=drop)
 
 

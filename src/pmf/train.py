@@ -33,6 +33,7 @@ from .train_build import (
     Parts,
     build,
     build_perceptual_loss,
+    data_class_names,
     enable_activation_checkpointing,
     load_resume,
     parallelize,
@@ -80,7 +81,7 @@ def train_step(parts: Parts, cfg: TrainConfig, mcfg: ModelConfig, step: int, ran
     gen = torch.Generator(x.device).manual_seed(step_seed(cfg.seed, step, rank))
     draws = sample_draws(x, P_mean=L.P_mean, P_std=L.P_std, data_proportion=L.data_proportion, cfg_max=L.cfg_max,
                          cfg_beta=L.cfg_beta, class_dropout_prob=L.class_dropout_prob, noise_scale=mcfg.noise_scale,
-                         tr_uniform=L.tr_uniform, generator=gen)
+                         tr_uniform=L.tr_uniform, generator=gen, class_dropout=L.class_dropout)
     lr = set_lr(parts.optimizer, lr_factor(step, cfg.optim, cfg.steps))
     if hasattr(perceptual, "manual_seed"):  # the random crops follow the same per-(step, rank) seed
         perceptual.manual_seed(step_seed(cfg.seed + 1, step, rank))
@@ -129,7 +130,7 @@ def prepare(cfg: TrainConfig, resume: str | None):
     if cfg.batch_size % world:
         raise PMFError(f"batch_size {cfg.batch_size} is not divisible by the number of processes ({world})")
     mcfg = model_config(cfg.arch, **cfg.model_overrides)
-    data = open_training_data(cfg.data, mcfg.input_size)
+    data = open_training_data(cfg.data, mcfg.input_size, 1 if mcfg.in_channels == 1 else 3)
     check_data(data, mcfg, cfg.data)
     resume_path = resolve_resume(resume, Path(cfg.out) / "checkpoints")
     state = load_resume(resume_path, mcfg, cfg) if resume_path is not None else None
@@ -143,7 +144,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
     if state is not None and int(state["step"]) >= cfg.steps:
         return finished_run(resume_path, int(state["step"]), cfg)
     info = D.setup(cfg.device, group=cfg.parallel != "ddp")
-    parts = build(cfg, mcfg, info)
+    parts = build(cfg, mcfg, info, data_class_names(data, mcfg), resuming=state is not None)
     start = 0
     if state is not None:
         start = restore(parts, resume_path, state)
@@ -159,7 +160,7 @@ class Loop:
 
     def __init__(self, cfg: TrainConfig, mcfg: ModelConfig, data, parts: Parts, info: D.DistInfo):
         self.cfg, self.mcfg, self.data, self.parts, self.info = cfg, mcfg, data, parts, info
-        self.checkpointer = Checkpointer(cfg, mcfg, parts, info)
+        self.checkpointer = Checkpointer(cfg, mcfg, parts, info, data_class_names(data, mcfg))
         self.perceptual = build_perceptual_loss(cfg, info.device)
         self.out = Path(cfg.out)
         self.grid = GridSampler(cfg, mcfg, len(getattr(data, "class_names", [])) or mcfg.num_classes, info.device) \

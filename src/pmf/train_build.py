@@ -5,6 +5,7 @@ its sharding, the optimiser and the EMAs (``build``), their state from the check
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,15 +48,28 @@ def enable_activation_checkpointing(model: torch.nn.Module, enabled: bool = True
             block.checkpointing = enabled
 
 
-def build(cfg: TrainConfig, mcfg: ModelConfig, info: D.DistInfo) -> Parts:
-    """The model (identical initial weights on every rank: one seed), sharded when ``cfg.parallel`` asks, its
-    optimiser and its EMAs (copies of the initial weights)."""
+def data_class_names(data, mcfg: ModelConfig) -> list[str] | None:
+    """The training data's class names (an image folder's class folders), where they name the model's classes."""
+    names = getattr(data, "class_names", None)
+    return list(names) if names and len(names) == mcfg.num_classes else None
+
+
+def build(cfg: TrainConfig, mcfg: ModelConfig, info: D.DistInfo, class_names: list[str] | None = None, *,
+          resuming: bool = False) -> Parts:
+    """The model (identical initial weights on every rank: one seed; a new run with ``cfg.init`` starts from
+    those weights, adapted by ``pmf.finetune``), sharded when ``cfg.parallel`` asks, its optimiser and its EMAs
+    (copies of the initial weights)."""
     device = info.device
     bf16 = cfg.precision == "bf16" and device.type == "cuda"
     if cfg.precision == "bf16" and device.type != "cuda":
         D.print0("precision bf16 applies on GPU only; training in fp32", info=info)
     torch.manual_seed(cfg.seed)
-    model = PMFDiT(mcfg).to(device)
+    model = PMFDiT(mcfg)
+    if cfg.init and not resuming:  # a resumed run has its own weights
+        from .finetune import init_weights
+
+        D.print0(init_weights(model, cfg, class_names), info=info, file=sys.stderr)
+    model = model.to(device)
     model.validate_inputs = device.type == "cpu"
     if cfg.grad_checkpointing:
         enable_activation_checkpointing(model)

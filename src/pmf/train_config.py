@@ -9,11 +9,33 @@ import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .choices import JvpMode, OptimizerName, ParallelMode, Precision, Prediction, ReduceMode, Schedule, TangentAttention
+from .choices import (
+    ClassDropout,
+    JvpMode,
+    OptimizerName,
+    ParallelMode,
+    Precision,
+    Prediction,
+    ReduceMode,
+    Schedule,
+    TangentAttention,
+    VHeadInit,
+)
 from .config import PRESETS, RELEASED_SAMPLING, check_choices, dataclass_from_dict, doc
 from .errors import PMFError
 from .perceptual.config import PerceptualConfig
 from .setting import check_guidance
+
+
+def parse_class_map(text: str | None) -> dict[str, str]:
+    """'NEW=OLD,NEW=OLD' (names or numbers) -> {NEW: OLD}: the text form of ``TrainConfig.class_map``."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        new, sep, old = part.partition("=")
+        if not sep or not new.strip() or not old.strip():
+            raise PMFError(f"--class-map takes NEW=OLD pairs (class names or numbers), got {part!r}")
+        out[new.strip()] = old.strip()
+    return out
 
 
 def _check(cond: bool, name: str, value, want: str) -> None:
@@ -31,6 +53,9 @@ class LossConfig:
     cfg_max: float = doc(7.0, "largest guidance scale drawn in training")
     cfg_beta: float = doc(1.0, "exponent of the guidance-scale distribution")
     class_dropout_prob: float = doc(0.1, "probability of dropping the class label")
+    class_dropout: ClassDropout = doc(
+        "first-rows", "which rows lose their label: first-rows (the release: the first rows of the batch, which are "
+        "the r = t rows) or per-sample (any row, with the same probability)", flag="--class-dropout")
     tr_uniform: bool = doc(False, "draw 10% of the times uniformly")
     norm_p: float = doc(1.0, "power of the adaptive loss weight")
     norm_eps: float = doc(0.01, "epsilon of the adaptive loss weight")
@@ -157,6 +182,17 @@ class TrainConfig:
         "auto", "how processes average gradients: ordered (every element summed in rank order, so ddp, fsdp and "
         "hsdp runs agree to the bit in the reduction), native (the backend's collectives) or auto (ordered on "
         "CPU processes / gloo, native on NCCL)")
+    # starting weights (pmf.finetune): a checkpoint pmf.load_checkpoint reads; None: a fresh model
+    init: str | None = doc(None, "start from this checkpoint's weights (a run folder, training checkpoint, export, "
+                           "release .pt, .safetensors or hf:OWNER/REPO/FILE): fresh optimiser, step 0, EMAs from "
+                           "these weights; the architecture is the checkpoint's unless --arch is given",
+                           none="a fresh model")
+    init_ema: str | None = doc(None, "which weights of --init: an EMA name or 'raw'", none="its sampling EMA")
+    init_v_head: VHeadInit = doc("copy", "a checkpoint without v-head: copy the u-head's blocks into it, or start "
+                                 "it fresh")
+    class_map: dict = doc(factory=dict, help="NEW=OLD,... (class names or numbers): class rows of --init to keep "
+                          "for the data's classes (default: matching names, else the table when the counts agree)",
+                          parse=lambda text: parse_class_map(text))
 
     def __post_init__(self) -> None:
         for name, cls in (("loss", LossConfig), ("optim", OptimConfig), ("ema", EMAConfig), ("sample", SampleConfig)):
@@ -174,6 +210,8 @@ class TrainConfig:
         for name in ("log_every", "ckpt_every", "keep_last"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
         _check(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
+        _check(not (self.class_map or self.init_ema) or self.init is not None, "init", self.init,
+               "a checkpoint with class_map or init_ema (they apply to init)")
         _check(self.shard_size is None or (isinstance(self.shard_size, int) and self.shard_size >= 1), "shard_size",
                self.shard_size, "None or a positive integer")
         # forward-mode AD (torch.autograd.forward_ad) fails inside FSDP2's custom autograd functions

@@ -72,7 +72,9 @@ def converter(leaf: Leaf) -> Callable[[str], object]:
     """The text-to-value function of a leaf's flag; "none" gives NONE where the field may be None."""
     tp, may_be_none = optional(leaf.type)
     origin, choices = typing.get_origin(tp), literal_choices(tp)
-    if choices is not None:
+    if leaf.field.metadata.get("parse") is not None:
+        base = leaf.field.metadata["parse"]
+    elif choices is not None:
         base = str
     elif tp in (int, float, str):
         base = tp
@@ -170,6 +172,12 @@ def add_config_flags(p, cls, example, default: Callable[[str], str], *, only: st
         for old in leaf.field.metadata.get("old", ()):
             group.add_argument(old, dest=leaf.dest, action=_Deprecated, new=leaf.flag, type=convert,
                                help=argparse.SUPPRESS)
+
+
+def flag_value(args, path: str):
+    """The value the command line gave for the config field ``path`` ("arch", "optim.lr"), None if not given."""
+    value = getattr(args, PREFIX + path, None)
+    return None if value is NONE else value
 
 
 def apply_config_flags(data: dict, cls, args) -> dict:

@@ -31,17 +31,22 @@ from ._args import (
 )
 
 
-def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
-    """'3,5,7' or '0-9' -> list of class indices (checked against the model), None for random classes."""
+def parse_classes(text: str | None, num_classes: int, names: list[str] | None = None) -> list[int] | None:
+    """'3,5,7', '0-9' or class names ('d7,d5', from ``names``) -> list of class indices (checked against the
+    model), None for random classes."""
     if text is None:
         return None
     out: list[int] = []
     for part in text.split(","):
         part = part.strip()
+        if names and part in names:
+            out.append(names.index(part))
+            continue
         try:
             lo, hi = (int(v) for v in part.split("-")) if "-" in part else (int(part), int(part))
         except ValueError:
-            raise PMFError(f"--classes takes numbers and ranges like '0-9' or '1,5,7', got {part!r}") from None
+            known = f" or class names such as {', '.join(names[:3])}" if names else ""
+            raise PMFError(f"--classes takes numbers and ranges like '0-9' or '1,5,7'{known}, got {part!r}") from None
         if lo > hi:
             raise PMFError(f"--classes range {part!r} is empty: write the lower class first ({hi}-{lo})")
         out.extend(range(lo, hi + 1))
@@ -62,7 +67,8 @@ def add_parser(sub) -> None:
     add_common_model_args(p)
     add_sampling_speed_args(p)
     add_out(p, default="runs/sample", help="output folder (default runs/sample)")
-    p.add_argument("--classes", default=None, help="classes to sample, e.g. '0-9' or '1,207,360' "
+    p.add_argument("--classes", default=None, help="classes to sample, e.g. '0-9', '1,207,360' or the "
+                   "class names a checkpoint records, e.g. 'd7,d5' "
                    "(default: all classes of a model with <= 100 classes, else 8 random ones)")
     p.add_argument("--per-class", type=int, default=None, help="images per class (default 8)")
     add_num_images(p, help="images in all instead of --per-class: the classes take turns (the first ones get "
@@ -74,6 +80,14 @@ def add_parser(sub) -> None:
     add_progress(p)
     p.add_argument("--no-png", action="store_true", help="write only grid.png and samples.npz")
     p.set_defaults(func=run)
+
+
+def sample_name(index: int, label: int, names: list[str] | None) -> str:
+    """The PNG name of sample ``index``: its class name where the model records names, else its number."""
+    if not names:
+        return f"{index:06d}_class{label}.png"
+    slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in names[label])
+    return f"{index:06d}_{slug}.png"
 
 
 def class_counts(num_classes: int, per_class: int | None, num_images: int | None) -> list[int]:
@@ -122,7 +136,8 @@ def run(args) -> int:
     if not onnx:
         model = prepare_sampler(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
     noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale
-    classes = parse_classes(args.classes, cfg.num_classes)
+    names = loaded.class_names if loaded.class_names and len(loaded.class_names) == cfg.num_classes else None
+    classes = parse_classes(args.classes, cfg.num_classes, names)
     if classes is None:
         classes = list(range(cfg.num_classes)) if cfg.num_classes <= 100 else \
             image_labels(range(8), cfg.num_classes, seed=args.seed).tolist()
@@ -135,7 +150,7 @@ def run(args) -> int:
         images.append(batch.numpy())
         if not args.no_png:
             for i, im in zip(idx, batch.numpy()):
-                save_image(im, out / f"{i:06d}_class{int(labels[i])}.png")
+                save_image(im, out / sample_name(i, int(labels[i]), names))
     images = np.concatenate(images)
     np.savez(out / "samples.npz", images=images, labels=labels.numpy())
     # a row per class with --per-class; a square-ish grid in class order with --num-images
@@ -144,6 +159,7 @@ def run(args) -> int:
     resolved = {"omega": setting.omega, "t_min": setting.t_min, "t_max": setting.t_max, "steps": setting.steps,
                 "ema": setting.ema, "prediction": setting.prediction, "setting": setting.describe()}
     (out / "sample_settings.json").write_text(json.dumps({**settings, **resolved, "noise_scale": noise_scale,
-                                                          "classes": classes}, indent=2))
+                                                          "classes": classes,
+                                                          "class_names": names}, indent=2))
     print(f"wrote {len(images)} images, grid.png and samples.npz to {out}")
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import PMFError
 from ..train_config import RECIPES, TrainConfig, recipe
 from ._args import add_progress, check_device, output_folder
-from ._config_flags import add_config_flags, apply_config_flags
+from ._config_flags import add_config_flags, apply_config_flags, flag_value
 from ._runs import guard_run_folder
 
 
@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
                    "an earlier run; its fields replace the recipe's")
     p.add_argument("--num-classes", type=int, default=None, help="classes of the model (default: found in the data)")
     p.add_argument("--channels", type=int, default=None, help="image channels of the model (default: 3 for RGB "
-                   "data, the preset's for gray data, which is repeated to RGB for an RGB model)")
+                   "data, 1 for a folder of gray images, the preset's for other gray data, which is repeated to RGB "
+                   "for an RGB model)")
     p.add_argument("--image-size", type=int, default=None, help="image size of the model (default: the data's "
                    "when all images have one size, else the preset's; images are center-cropped to it)")
     add_progress(p)
@@ -122,7 +123,10 @@ def report_interrupt(stop: KeyboardInterrupt, cfg: TrainConfig, argv: list[str] 
         print(f"pmf train: interrupted {where}; no checkpoint was saved yet, so there is nothing to resume",
               file=sys.stderr)
         return
-    print(f"pmf train: interrupted {where}; the last checkpoint is {ckpt}\nresume with: {resume_command(argv)}",
+    # a run started with --init continues from its own config (which names the init) without --init
+    again = shlex.join(["pmf", "train", "--config", str(Path(cfg.out) / "config.json"), "--resume", "auto"]) \
+        if cfg.init else resume_command(argv)
+    print(f"pmf train: interrupted {where}; the last checkpoint is {ckpt}\nresume with: {again}",
           file=sys.stderr, flush=True)
 
 
@@ -133,6 +137,11 @@ def fit_model_to_data(cfg: TrainConfig, args) -> str:
     from ..data.probe import probe
 
     facts = probe(cfg.data)
+    if cfg.init:  # the architecture of the starting weights (checked against --arch when given)
+        from ..finetune import init_architecture, init_source
+
+        source = init_source(cfg.init, cfg.init_ema).model.config
+        cfg.arch, cfg.model_overrides = init_architecture(source, flag_value(args, "arch"))
     mcfg = model_config(cfg.arch, **cfg.model_overrides)
     for flag in ("num_classes", "channels", "image_size"):
         value = getattr(args, flag, None)
@@ -141,7 +150,8 @@ def fit_model_to_data(cfg: TrainConfig, args) -> str:
     want = {"num_classes": args.num_classes or facts.classes}
     if args.channels is not None:
         want["in_channels"] = args.channels
-    elif facts.channels != mcfg.in_channels and not (facts.channels == 1 and mcfg.in_channels == 3):
+    elif facts.channels != mcfg.in_channels and not (facts.channels == 1 and mcfg.in_channels == 3
+                                                      and facts.kind != "folder"):
         want["in_channels"] = facts.channels
     size = args.image_size or facts.size
     if size is not None and size != mcfg.input_size:
@@ -165,6 +175,8 @@ def run(args) -> int:
     if cfg.device is not None:
         check_device(cfg.device)
     output_folder(cfg.out)  # a one-line error for a file or a folder that cannot be made
+    if flag_value(args, "init") is not None and args.resume not in (None, "", "none"):
+        raise PMFError("--init starts a new run from weights and --resume continues a run: pick one")
     guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
     found = fit_model_to_data(cfg, args)
     if os.environ.get("RANK", "0") == "0":

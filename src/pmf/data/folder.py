@@ -1,5 +1,5 @@
 """Image folders in the ImageNet layout: one sub-folder per class (class index = position of the folder
-name in sorted order), any image format PIL reads, ADM center crop to the training resolution, RGB."""
+name in sorted order), any image format PIL reads, ADM center crop to the training resolution, RGB or gray."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..errors import PMFError
-from .transforms import adm_center_crop, to_rgb
+from .transforms import adm_center_crop, to_gray, to_rgb
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                               ".jfif"})
@@ -42,11 +42,13 @@ def scan_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
     return paths, np.asarray(labels, dtype=np.int64), classes
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """uint8 [size, size, 3]: decode fully (truncated files raise), convert to RGB, ADM center crop."""
+def load_image(path: str | Path, size: int, channels: int = 3) -> np.ndarray:
+    """uint8 [size, size, channels]: decode fully (truncated files raise), convert to RGB (3) or gray (1),
+    ADM center crop."""
     with Image.open(path) as im:
         im.load()
-        return np.array(adm_center_crop(to_rgb(im), size), dtype=np.uint8)  # a writable copy
+        image = adm_center_crop(to_gray(im) if channels == 1 else to_rgb(im), size)
+        return np.array(image, dtype=np.uint8).reshape(size, size, channels)  # a writable copy
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -54,8 +56,10 @@ class FolderDataset(torch.utils.data.Dataset):
     file is replaced by the next readable one, counted in ``skipped`` of the worker that met it, and named in
     one warning per file for the whole run (a flag per file in shared memory, seen by every worker)."""
 
-    def __init__(self, root: str | Path, size: int):
-        self.root, self.size = Path(root), size
+    def __init__(self, root: str | Path, size: int, channels: int = 3):
+        if channels not in (1, 3):
+            raise PMFError(f"image folders are read as RGB (3 channels) or gray (1), not {channels} channels")
+        self.root, self.size, self.channels = Path(root), size, channels
         self.paths, self.labels, self.class_names = scan_folder(root)
         self.skipped = 0
         self.warned = torch.zeros(len(self.paths), dtype=torch.uint8).share_memory_()
@@ -71,7 +75,7 @@ class FolderDataset(torch.utils.data.Dataset):
         for offset in range(len(self.paths)):
             j = (index + offset) % len(self.paths)
             try:
-                return torch.from_numpy(load_image(self.paths[j], self.size)), int(self.labels[j])
+                return torch.from_numpy(load_image(self.paths[j], self.size, self.channels)), int(self.labels[j])
             except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for damaged files
                 self.skipped += 1
                 if self.warned[j]:

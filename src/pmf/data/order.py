@@ -88,5 +88,5 @@ def check_data(data, config: ModelConfig, name: str) -> None:
                            f"{config.input_size}; pack the data at that size")
         if c != config.in_channels and not (c == 1 and config.in_channels == 3):
             raise PMFError(f"dataset {name!r} has {c} channels but the model takes {config.in_channels}")
-    elif config.in_channels != 3:
-        raise PMFError(f"image folders are read as RGB but the model takes {config.in_channels} channels")
+    elif config.in_channels not in (1, 3):
+        raise PMFError(f"image folders are read as RGB or gray but the model takes {config.in_channels} channels")

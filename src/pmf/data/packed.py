@@ -127,8 +127,9 @@ def is_pack(path: Path) -> bool:
     return path.suffix == PACK_SUFFIX or (path / "meta.json").is_file()
 
 
-def open_training_data(spec: str, size: int) -> ArrayData | FolderDataset:
-    """A dataset from a spec: a built-in name, a .pmfpack folder, an .npz/.npy file or an image folder."""
+def open_training_data(spec: str, size: int, channels: int = 3) -> ArrayData | FolderDataset:
+    """A dataset from a spec: a built-in name, a .pmfpack folder, an .npz/.npy file or an image folder (read
+    with ``channels``: 3 RGB, 1 gray)."""
     if spec in BUILTIN:
         return load_builtin(spec, size=size, split="train")
     path = Path(spec).expanduser()
@@ -142,4 +143,4 @@ def open_training_data(spec: str, size: int) -> ArrayData | FolderDataset:
         return load_arrays(path)
     if not path.exists():
         raise PMFError(f"data {spec!r} not found: not a built-in dataset ({', '.join(BUILTIN)}), a file or a folder")
-    return FolderDataset(path, size)
+    return FolderDataset(path, size, channels)

@@ -12,6 +12,7 @@ from PIL import Image
 from .builtin import BUILTIN, load_builtin
 from .folder import IMAGE_EXTENSIONS, scan_folder
 from .packed import is_pack, open_training_data
+from .transforms import GRAY_MODES
 
 SIZE_SAMPLE = 256  # image headers read to decide whether a folder has one fixed size
 
@@ -48,18 +49,20 @@ def probe(spec: str) -> DataFacts:
                      if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS and not p.name.startswith("."))
         pick = paths if len(paths) <= SIZE_SAMPLE else [paths[i] for i in
                                                           np.linspace(0, len(paths) - 1, SIZE_SAMPLE).astype(int)]
-        sizes = set()
+        sizes, modes = set(), set()
         for p in pick:
             try:
                 with Image.open(p) as im:
                     sizes.add(im.size)
+                    modes.add(im.mode)
             except Exception:  # unreadable files are reported once when training meets them
                 continue
         fixed = next(iter(sizes)) if len(sizes) == 1 else None
         size = fixed[0] if fixed and fixed[0] == fixed[1] else None
         note = "" if size else ("non-square images, center-cropped to the model" if fixed else
                                 "mixed sizes, center-cropped to the model")
-        return DataFacts(spec, len(paths), len(classes), 3, size, "folder", others, note)
+        channels = 1 if modes and modes <= GRAY_MODES else 3  # a folder of gray images trains a gray model
+        return DataFacts(spec, len(paths), len(classes), channels, size, "folder", others, note)
     data = open_training_data(spec, 0)
     classes = max(len(data.class_names), int(np.max(data.labels)) + 1 if len(data.labels) else 0)
     return DataFacts(spec, len(data.labels), classes, data.images.shape[3], data.images.shape[1], "array")

@@ -5,6 +5,13 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+GRAY_MODES = frozenset({"1", "L", "I", "I;16", "I;16B", "I;16L", "F"})  # PIL modes of one channel without alpha
+
+
+def to_gray(image: Image.Image) -> Image.Image:
+    """Mode L from any PIL mode (through ``to_rgb`` unless the image is already 8-bit gray)."""
+    return image if image.mode == "L" else to_rgb(image).convert("L")
+
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB from any PIL mode (grayscale, alpha composited on white, CMYK, palette, 16-bit)."""

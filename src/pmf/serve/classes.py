@@ -16,9 +16,12 @@ def imagenet_names() -> list[str] | None:
     return names if len(names) == 1000 else None
 
 
-def class_names(num_classes: int, *, data: str | None = None, arch: str | None = None) -> list[str]:
-    """One name per class of a model with ``num_classes`` classes trained on ``data`` (a recipe's data entry,
-    if known) with preset ``arch``."""
+def class_names(num_classes: int, *, data: str | None = None, arch: str | None = None,
+                recorded: list[str] | None = None) -> list[str]:
+    """One name per class of a model with ``num_classes`` classes: the names its checkpoint ``recorded`` (the
+    image folder's class folders), else from ``data`` (a recipe's data entry, if known) and preset ``arch``."""
+    if recorded and len(recorded) == num_classes:
+        return list(recorded)
     if data in BUILTIN and num_classes == 10:
         return [str(i) for i in range(10)]
     imagenet = "imagenet" in (data or "").lower() or (arch or "").split("/")[0] in ("pMF-B", "pMF-L", "pMF-H")
@@ -31,4 +34,5 @@ def class_names(num_classes: int, *, data: str | None = None, arch: str | None =
 
 def checkpoint_class_names(loaded) -> list[str]:
     """The class names a ``pmf.checkpoint.LoadedCheckpoint`` records, else those of its data and preset."""
-    return loaded.class_names or class_names(loaded.model.config.num_classes, data=loaded.data, arch=loaded.arch)
+    return class_names(loaded.model.config.num_classes, data=loaded.data, arch=loaded.arch,
+                       recorded=loaded.class_names)
