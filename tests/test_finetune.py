@@ -14,10 +14,10 @@ from pmf.finetune import (
     adapt_state_dict,
     check_architecture,
     class_rows,
-    parse_class_map,
     resample_pos_embed,
 )
 from pmf.nn.model import PMFDiT, u_head_only
+from pmf.train_config import parse_class_map
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
