@@ -18,7 +18,8 @@ SRC = REPO / "src" / "pmf"
 OPTIONAL = {"tensorboard": "tensorboard", "timm": "timm", "lpips": "lpips", "torch_fidelity": "torch-fidelity",
             "mlxtend": "mlxtend", "sklearn": "scikit-learn", "matplotlib": "matplotlib",
             "huggingface_hub": "huggingface_hub", "fastapi": "fastapi", "uvicorn": "uvicorn",
-            "torchvision": "torchvision", "triton": None, "pydantic": "fastapi"}  # triton: part of CUDA torch
+            "torchvision": "torchvision", "triton": None, "pydantic": "fastapi", "onnx": "onnx",
+            "onnxscript": "onnxscript", "onnxruntime": "onnxruntime", "diffusers": "diffusers"}  # triton: part of CUDA torch
 CORE = {"torch", "numpy", "PIL", "safetensors", "tqdm", "pmf"}
 
 

@@ -48,10 +48,15 @@ def _serve_check(**fields):
     from pmf.serve.app import GenerateRequest, ModelInfo, RequestProblem, ServeLimits, _check
 
     info = ModelInfo(None, 8, 1, ["a", "b"], SamplingSetting(), 1.0, None)
-    try:
+    from pydantic import ValidationError
+
+    try:  # the request schema states the single-field bounds (OpenAPI); _check applies the setting's rule
         _check(GenerateRequest(classes=[0], **fields), info, ServeLimits())
     except RequestProblem as err:
         raise SettingError(err.field, str(err)) from None
+    except ValidationError as err:
+        where = err.errors()[0]["loc"][-1]
+        raise SettingError(str(where), f"{where} {err.errors()[0]['msg']}") from None
 
 
 CALLERS = {

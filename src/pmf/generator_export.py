@@ -54,7 +54,7 @@ def export_generator(model: PMFDiT, *, noise_scale: float | None = None, batch: 
                      dynamic_batch: bool = True, prediction: str = "x") -> torch.export.ExportedProgram:
     """The one-step generator of ``model`` (of ``prediction`` type, the checkpoint's setting says which) as a
     ``torch.export`` program (dynamic batch size by default)."""
-    gen = OneStepGenerator(model, noise_scale, prediction)
+    gen = OneStepGenerator(model, noise_scale, prediction=prediction)
     device = next(gen.parameters()).device
     args = example_inputs(gen.net.config, max(batch, 2), device)
     dynamic = None
