@@ -19,14 +19,7 @@ def _fid_text(config: dict) -> str:
     return "FID: not measured for these weights (`pmf eval` measures it)."
 
 
-def model_card(config: dict, *, license: str = "mit") -> str:
-    """The card's text for a hub folder's ``config`` (the dict written to config.json)."""
-    cfg, s = config["config"], config["sampling_setting"]
-    preset = config.get("preset") or "a custom pMF"
-    names = config.get("class_names")
-    shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") if names else "not recorded"
-    classes = cfg["num_classes"]
-    interval = f"[{s['t_min']:g}, {s['t_max']:g}]"
+def _front_matter(license: str) -> str:
     return f"""---
 license: {license}
 library_name: pixel-meanflow
@@ -37,8 +30,17 @@ tags:
 - class-conditional
 - one-step
 ---
+"""
 
-# {preset} (Pixel MeanFlow)
+
+def _overview(config: dict, license: str) -> str:
+    """The title, the paper, and what the model is: image size, classes, network."""
+    cfg = config["config"]
+    preset = config.get("preset") or "a custom pMF"
+    names = config.get("class_names")
+    shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") if names else "not recorded"
+    classes = cfg["num_classes"]
+    return f"""# {preset} (Pixel MeanFlow)
 
 A class-conditional Pixel MeanFlow (pMF) generator: one forward pass maps noise to an image in pixel space, with
 no latent autoencoder ([Lu et al., *One-step Latent-free Image Generation with Pixel Mean Flows*, arXiv
@@ -48,15 +50,24 @@ no latent autoencoder ([Lu et al., *One-step Latent-free Image Generation with P
   ({shown}); noise scale {cfg['noise_scale']:g}.
 - Network: pmfDiT, width {cfg['hidden_size']}, depth {cfg['depth']}, patch {cfg['patch_size']} (u-head only).
 - License: {license}.
+"""
 
-## Sampling setting
+
+def _setting_section(config: dict) -> str:
+    """The sampling setting the folder records, and the FID where it is known."""
+    s = config["sampling_setting"]
+    interval = f"[{s['t_min']:g}, {s['t_max']:g}]"
+    return f"""## Sampling setting
 
 Guidance scale omega {s['omega']:g} on the interval {interval}, {s['steps']} step(s), EMA {s.get('ema') or 'n/a'}
 ({s.get('source', '')}). Guidance is an input of the network: no extra unconditional pass.
 
 {_fid_text(config)}
+"""
 
-## How to sample
+
+# How to sample a hub folder: the same for every model.
+USAGE = """## How to sample
 
 Command line (`pip install pixel-meanflow`; `[hub]` for a hub repo):
 
@@ -89,3 +100,8 @@ images = pipe(class_labels=[0, 1, 2]).images  # PIL images at the setting above
 
 ONNX: `pmf export --checkpoint THIS_FOLDER --out generator.onnx`, then `pmf sample --checkpoint generator.onnx`.
 """
+
+
+def model_card(config: dict, *, license: str = "mit") -> str:
+    """The card's text for a hub folder's ``config`` (the dict written to config.json)."""
+    return "\n".join([_front_matter(license), _overview(config, license), _setting_section(config), USAGE])

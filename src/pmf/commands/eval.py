@@ -121,11 +121,8 @@ def check_offline_dataset(config, dataset: str) -> None:
                        f"--dataset with the data the model was trained on, or FID (--ref)")
 
 
-def run(args) -> int:
-    from ..distributed import broadcast_object, setup
-    from ..evaluate import EvalSettings, best_row, evaluate, grid, plot, progress_bar, table
-    from ..frechet import load_stats
-
+def check_args(args):
+    """The flags checked before anything loads: (omegas, pairs), each None unless swept."""
     args.device = check_device(args.device)
     omegas, pairs = numbers(args.omega, "--omega"), intervals(args.interval)
     check_guidance(steps=args.steps)
@@ -140,16 +137,13 @@ def run(args) -> int:
             raise PMFError(f"--{name.replace('_', '-')} must be >= {2 if name != 'batch_size' else 1}, got {value}")
     if args.out is not None and Path(args.out).is_file():
         raise PMFError(f"--out {args.out!r} is a file; give a folder (it is created if missing)")
-    created = not dist.is_initialized()
-    info = setup(args.device)
-    rank, world, device = info.rank, info.world_size, info.device
-    created = created and dist.is_initialized()
-    progress = not args.no_progress
-    emas = [e.strip() for e in args.ema.split(",") if e.strip()] if args.ema else [None]
+    return omegas, pairs
 
-    def load(ema):
-        return prepare_sampler(load_for_sampling(args, device, ema).model, compile=args.compile,
-                               cuda_graphs=args.cuda_graphs)
+
+def load_settings(args, device, rank: int, emas: list, omegas, pairs):
+    """The sampler of the first EMA, the checkpoint's own setting and the grid of settings; sets args.steps,
+    args.dataset and emas[0] from the checkpoint."""
+    from ..evaluate import grid
 
     loaded = load_for_sampling(args, device, emas[0])
     base = sampling_setting(loaded, steps=args.steps)  # the checkpoint's setting; the flags below may sweep it
@@ -167,57 +161,120 @@ def run(args) -> int:
         print(f"sampling: a sweep of {len(combos)} settings; the checkpoint's own is {base.describe()}", flush=True)
     model = prepare_sampler(loaded.model, compile=args.compile, cuda_graphs=args.cuda_graphs)
     args.dataset = offline_dataset(args.dataset, loaded.data)
-    del loaded
+    return model, base, combos
+
+
+def load_metric(args, model, device):
+    """The mode ("inception" or "offline"), checked before sampling, and the Inception network (or None)."""
+    from ..frechet import load_stats
+
     mode = choose_mode(args, model)
     if mode == "offline":
         check_offline_dataset(model.config, args.dataset)
     inception = None
     if mode == "inception":
-        from ..inception import find_weights, load_inception
+        from ..inception import load_inception
 
         load_stats(args.ref)  # fail before sampling
         inception = load_inception(args.inception_weights, device=device)
+    return mode, inception
+
+
+class Scorer:
+    """Evaluates one setting of the grid with n images; loads another EMA's weights when the setting asks."""
+
+    def __init__(self, args, model, ema, base, mode: str, inception, device, out: Path, rank: int):
+        self.args, self.model, self.ema, self.base, self.mode = args, model, ema, base, mode
+        self.inception, self.device, self.out, self.rank = inception, device, out, rank
+
+    def settings(self, c: dict, n: int):
+        from ..evaluate import EvalSettings
+
+        a = self.args
+        return EvalSettings(num_images=n, seed=a.seed, steps=a.steps, omega=c["omega"], t_min=c["t_min"],
+                            t_max=c["t_max"], noise_scale=a.noise_scale, batch_size=a.batch_size,
+                            precision=a.precision, prediction=self.base.prediction)
+
+    def __call__(self, c: dict, n: int, final: bool) -> dict:
+        from ..evaluate import evaluate
+
+        a, out = self.args, self.out
+        if c["ema"] != self.ema:
+            self.model = prepare_sampler(load_for_sampling(a, self.device, c["ema"]).model, compile=a.compile,
+                                         cuda_graphs=a.cuda_graphs)
+            self.ema = c["ema"]
+        return evaluate(self.model, self.settings(c, n), mode=self.mode, ref=a.ref, dataset=a.dataset,
+                        inception=self.inception, device=self.device,
+                        png_dir=out / "samples" if final and a.save_png else None,
+                        npz_path=out / "samples.npz" if final and a.save_npz and self.rank == 0 else None,
+                        progress=not a.no_progress)
+
+
+def sweep(score: Scorer, combos: list, num_images: int, metric: str) -> tuple[list, list]:
+    """Every setting scored with ``num_images`` images: (table rows, full metrics) on rank 0 (empty elsewhere);
+    writes sweep.json, sweep.md and sweep.png."""
+    from ..evaluate import plot, progress_bar, table
+
+    args, rank, out = score.args, score.rank, score.out
+    rows, full = [], []
+    if rank == 0 and not args.fast and (args.save_png or args.save_npz):
+        print("note: a sweep without --fast keeps no images (--save-png/--save-npz apply to a final run)")
+    bar = progress_bar(len(combos), f"sweep ({num_images} images each)", not args.no_progress)
+    for c in combos:
+        m = score(c, num_images, final=False)
+        if rank == 0:
+            full.append(m)
+            rows.append({**c, **{k: v for k, v in m.items() if isinstance(v, float)}})
+        bar.update(1)
+    bar.close()
+    if rank == 0 and rows:
+        (out / "sweep.json").write_text(json.dumps({"metric": metric, "num_images": num_images, "rows": rows},
+                                                   indent=2))
+        (out / "sweep.md").write_text(table(rows, metric) + "\n")
+        plot(rows, metric, out / "sweep.png")
+        print(table(rows, metric))
+    return rows, full
+
+
+def write_metrics(args, metrics: dict, chosen: dict, mode: str, out: Path, info, seconds: float,
+                  sweep_record: dict | None) -> None:
+    """OUT/metrics.json: the metrics with the exact settings, and the summary line."""
+    record = {**metrics, "ema": chosen["ema"], "checkpoint": args.checkpoint, "arch": args.arch,
+              "dataset": metrics.get("dataset", args.dataset) if mode == "offline" else None,
+              "world_size": info.world_size, "device": str(info.device), "seconds": seconds,
+              "args": {k: v for k, v in vars(args).items() if k != "func"}, "argv": sys.argv[1:],
+              "pixel_meanflow": __version__}
+    if mode == "inception":
+        from ..inception import find_weights
+        record["inception_weights"] = str(find_weights(args.inception_weights))
+    if sweep_record is not None:
+        record["sweep"] = sweep_record
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    print(summary(record) + f"\nwrote {out / 'metrics.json'}")
+
+
+def run(args) -> int:
+    from ..distributed import broadcast_object, setup
+    from ..evaluate import best_row
+
+    omegas, pairs = check_args(args)
+    created = not dist.is_initialized()
+    info = setup(args.device)
+    rank, device = info.rank, info.device
+    created = created and dist.is_initialized()
+    emas = [e.strip() for e in args.ema.split(",") if e.strip()] if args.ema else [None]
+    model, base, combos = load_settings(args, device, rank, emas, omegas, pairs)
+    mode, inception = load_metric(args, model, device)
     num_images = args.num_images or (50_000 if mode == "inception" else 1000)
     search_images = args.fast or num_images
     out = Path(args.out) if args.out else default_out(args.checkpoint)
     if rank == 0:
         output_folder(out)
     metric = "fid" if mode == "inception" else "frechet"
-
-    def settings(c, n):
-        return EvalSettings(num_images=n, seed=args.seed, steps=args.steps, omega=c["omega"], t_min=c["t_min"],
-                            t_max=c["t_max"], noise_scale=args.noise_scale, batch_size=args.batch_size,
-                            precision=args.precision, prediction=base.prediction)
-
-    def score(c, n, final):
-        nonlocal model
-        if c["ema"] != score.ema:
-            model, score.ema = load(c["ema"]), c["ema"]
-        return evaluate(model, settings(c, n), mode=mode, ref=args.ref, dataset=args.dataset, inception=inception,
-                        device=device, png_dir=out / "samples" if final and args.save_png else None,
-                        npz_path=out / "samples.npz" if final and args.save_npz and rank == 0 else None,
-                        progress=progress)
-
-    score.ema = emas[0]
+    score = Scorer(args, model, emas[0], base, mode, inception, device, out, rank)
+    del model
     t0 = time.time()
-    rows, full = [], []
-    if len(combos) > 1:
-        if rank == 0 and not args.fast and (args.save_png or args.save_npz):
-            print("note: a sweep without --fast keeps no images (--save-png/--save-npz apply to a final run)")
-        bar = progress_bar(len(combos), f"sweep ({search_images} images each)", progress)
-        for c in combos:
-            m = score(c, search_images, final=False)
-            if rank == 0:
-                full.append(m)
-                rows.append({**c, **{k: v for k, v in m.items() if isinstance(v, float)}})
-            bar.update(1)
-        bar.close()
-    if rank == 0 and rows:
-        (out / "sweep.json").write_text(json.dumps({"metric": metric, "num_images": search_images, "rows": rows},
-                                                   indent=2))
-        (out / "sweep.md").write_text(table(rows, metric) + "\n")
-        plot(rows, metric, out / "sweep.png")
-        print(table(rows, metric))
+    rows, full = sweep(score, combos, search_images, metric) if len(combos) > 1 else ([], [])
     chosen = combos[0]
     if len(combos) > 1:
         best = broadcast_object(rows.index(best_row(rows, metric)) if rank == 0 else None)
@@ -227,17 +284,9 @@ def run(args) -> int:
     else:  # the sweep already evaluated every setting with the full count
         metrics = full[best] if rank == 0 else None
     if rank == 0:
-        record = {**metrics, "ema": chosen["ema"], "checkpoint": args.checkpoint, "arch": args.arch,
-                  "dataset": metrics.get("dataset", args.dataset) if mode == "offline" else None,
-                  "world_size": world, "device": str(device), "seconds": round(time.time() - t0, 1),
-                  "args": {k: v for k, v in vars(args).items() if k != "func"}, "argv": sys.argv[1:],
-                  "pixel_meanflow": __version__}
-        if mode == "inception":
-            record["inception_weights"] = str(find_weights(args.inception_weights))
-        if len(combos) > 1:
-            record["sweep"] = {"metric": metric, "num_images": search_images, "settings": len(combos)}
-        (out / "metrics.json").write_text(json.dumps(record, indent=2))
-        print(summary(record) + f"\nwrote {out / 'metrics.json'}")
+        grid_record = {"metric": metric, "num_images": search_images, "settings": len(combos)}
+        write_metrics(args, metrics, chosen, mode, out, info, round(time.time() - t0, 1),
+                      grid_record if len(combos) > 1 else None)
     if created:
         dist.destroy_process_group()
     return 0

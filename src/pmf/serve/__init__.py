@@ -1,8 +1,8 @@
 """``pmf serve``: one-step generation as an HTTP API and a web page, with dynamic batching.
 
 ``batcher`` merges the images of concurrent requests into shared forward passes (each image keeps its own
-noise, so batching never changes an image); ``app`` is the FastAPI application (routes, validation,
-encoding); ``classes`` names the classes of a checkpoint; ``static/`` holds the page."""
+noise, so batching never changes an image); ``app`` is the FastAPI application (routes, validation);
+``encode`` writes the response bodies; ``classes`` names the classes of a checkpoint; ``static/`` holds the page."""
 
 from .batcher import Batcher, ImageJob, ServerBusy
 from .classes import class_names

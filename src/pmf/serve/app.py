@@ -7,9 +7,7 @@ data once, at start-up."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
-import io
 import math
 import time
 from contextlib import asynccontextmanager
@@ -17,17 +15,15 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
-from ..images import make_grid
 from ..setting import SamplingSetting, SettingError
 from .batcher import Batcher, ImageJob, ServerBusy
+from .encode import encode
 
 SEED_MAX = 2**63 - 1
 MAX_BODY = 64 * 1024  # bytes; a request of --max-images classes is far smaller
@@ -152,29 +148,6 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 [H, W, C] image (C = 1 or 3)."""
-    buf = io.BytesIO()
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def encode(images: np.ndarray, job: ImageJob, fmt: str, info: ModelInfo) -> tuple[bytes | dict, str]:
-    """The response body of ``images`` uint8 [N, H, W, C] in ``fmt`` and its media type."""
-    labels = np.asarray(job.labels, dtype=np.int64)
-    if fmt == "npz":
-        buf = io.BytesIO()
-        np.savez(buf, images=images, labels=labels)
-        return buf.getvalue(), "application/octet-stream"
-    if fmt == "png":
-        return encode_png(make_grid(images, nrow=min(len(images), 8))), "image/png"
-    return {"images": [{"index": i, "label": int(c), "class_name": info.class_names[c],
-                        "png": base64.b64encode(encode_png(im)).decode("ascii")}
-                       for i, (c, im) in enumerate(zip(job.labels, images))],
-            "settings": {"seed": job.seed, "omega": job.omega, "t_min": job.t_min, "t_max": job.t_max,
-                         "steps": job.steps, "ema": info.ema, "noise_scale": info.noise_scale}}, "application/json"
-
-
 def _info_json(info: ModelInfo, limits: ServeLimits, batcher: Batcher, auth: bool) -> dict:
     s = info.setting
     return {"preset": info.preset, "image_size": info.image_size, "channels": info.channels,
@@ -196,13 +169,79 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
     return {route: ((root / name).read_bytes(), media) for route, (name, media) in STATIC.items()}
 
 
+async def on_invalid(request, err: RequestValidationError):
+    field, message = _validation_message(err)
+    return JSONResponse({"detail": message, "field": field}, status_code=422)
+
+
+async def on_problem(request, err: RequestProblem):
+    return JSONResponse({"detail": str(err), "field": err.field}, status_code=422)
+
+
+async def on_busy(request, err: ServerBusy):
+    return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "1"})
+
+
+async def on_unauthorized(request, err):
+    return JSONResponse({"detail": "this server needs Authorization: Bearer TOKEN"}, status_code=401,
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
+async def on_too_large(request, err):
+    return JSONResponse({"detail": f"body: larger than {MAX_BODY} bytes", "field": "body"}, status_code=413)
+
+
+class Routes:
+    """The handlers of GET /health, GET /info and POST /generate for one batcher, model and token."""
+
+    def __init__(self, batcher: Batcher, info: ModelInfo, limits: ServeLimits, token: str | None, request_type):
+        self.batcher, self.info, self.limits, self.token = batcher, info, limits, token
+        self.request_type = request_type  # GenerateRequest with this model's limits
+
+    def authorize(self, request: Request) -> None:
+        if self.token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise _Unauthorized()
+
+    async def health(self):
+        b = self.batcher
+        return {"status": "ok", "queued": b.queued, "batches": sum(b.batch_sizes.values()),
+                "images": sum(n * c for n, c in b.batch_sizes.items()), "pass_seconds": round(b.pass_seconds, 3)}
+
+    async def get_info(self):
+        return _info_json(self.info, self.limits, self.batcher, self.token is not None)
+
+    async def generate(self, request: Request):
+        t0 = time.perf_counter()
+        req = parse_request(await read_body(request), self.request_type)
+        job = _check(req, self.info, self.limits)
+        images = await self.batcher.generate(job)
+        big = images.size > 256 * 256 * 3
+        body, media = await asyncio.to_thread(encode, images, job, req.format, self.info) if big else \
+            encode(images, job, req.format, self.info)
+        ms = (time.perf_counter() - t0) * 1000
+        headers = {"Server-Timing": f"generate;dur={ms:.1f}"}
+        if isinstance(body, dict):
+            return JSONResponse({**body, "time_ms": round(ms, 2)}, headers=headers)
+        return Response(body, media_type=media, headers=headers)
+
+
+def _add_static(app: FastAPI) -> None:
+    """The page and its files (read from package data once), outside /openapi.json."""
+    for route, (content, media) in _load_static().items():
+        def page(content=content, media=media):
+            return Response(content, media_type=media)
+        app.get(route, include_in_schema=False, response_class=HTMLResponse if route == "/" else Response)(page)
+
+
 def create_app(batcher: Batcher, info: ModelInfo, limits: ServeLimits = ServeLimits(), *,
                token: str | None = None) -> FastAPI:
     """The application; it starts ``batcher`` when it starts and stops it when it shuts down. With
     ``token``, /info and /generate need ``Authorization: Bearer TOKEN`` (/health and the page do not)."""
     from .openapi import GENERATE_DESCRIPTION, auth_responses, generate_responses, keep_body_schema, request_model
-
-    static = _load_static()
 
     @asynccontextmanager
     async def lifespan(app):
@@ -213,73 +252,19 @@ def create_app(batcher: Batcher, info: ModelInfo, limits: ServeLimits = ServeLim
             await batcher.stop()
 
     app = FastAPI(title="pmf serve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
-
-    def authorize(request: Request) -> None:
-        if token is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise _Unauthorized()
-
-    @app.exception_handler(RequestValidationError)
-    async def on_invalid(request, err: RequestValidationError):
-        field, message = _validation_message(err)
-        return JSONResponse({"detail": message, "field": field}, status_code=422)
-
-    @app.exception_handler(RequestProblem)
-    async def on_problem(request, err: RequestProblem):
-        return JSONResponse({"detail": str(err), "field": err.field}, status_code=422)
-
-    @app.exception_handler(ServerBusy)
-    async def on_busy(request, err: ServerBusy):
-        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "1"})
-
-    @app.exception_handler(_Unauthorized)
-    async def on_unauthorized(request, err):
-        return JSONResponse({"detail": "this server needs Authorization: Bearer TOKEN"}, status_code=401,
-                            headers={"WWW-Authenticate": "Bearer"})
-
-    @app.exception_handler(_TooLarge)
-    async def on_too_large(request, err):
-        return JSONResponse({"detail": f"body: larger than {MAX_BODY} bytes", "field": "body"}, status_code=413)
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "queued": batcher.queued, "batches": sum(batcher.batch_sizes.values()),
-                "images": sum(n * c for n, c in batcher.batch_sizes.items()),
-                "pass_seconds": round(batcher.pass_seconds, 3)}
-
-    @app.get("/info", dependencies=[Depends(authorize)], responses=auth_responses(token is not None))
-    async def get_info():
-        return _info_json(info, limits, batcher, token is not None)
-
-
-    request_type = request_model(GenerateRequest, len(info.class_names), limits)
+    for error, handler in ((RequestValidationError, on_invalid), (RequestProblem, on_problem), (ServerBusy, on_busy),
+                           (_Unauthorized, on_unauthorized), (_TooLarge, on_too_large)):
+        app.add_exception_handler(error, handler)
+    routes = Routes(batcher, info, limits, token, request_model(GenerateRequest, len(info.class_names), limits))
+    auth = [Depends(routes.authorize)]
+    app.get("/health")(routes.health)
+    app.get("/info", dependencies=auth, responses=auth_responses(token is not None))(routes.get_info)
     body_schema = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": request_type.model_json_schema()}}}}
-
-    @app.post("/generate", dependencies=[Depends(authorize)], openapi_extra=body_schema,
-              description=GENERATE_DESCRIPTION, responses=generate_responses(MAX_BODY, auth=token is not None))
-    async def generate(request: Request):
-        t0 = time.perf_counter()
-        req = parse_request(await read_body(request), request_type)
-        job = _check(req, info, limits)
-        images = await batcher.generate(job)
-        big = images.size > 256 * 256 * 3
-        body, media = await asyncio.to_thread(encode, images, job, req.format, info) if big else \
-            encode(images, job, req.format, info)
-        ms = (time.perf_counter() - t0) * 1000
-        headers = {"Server-Timing": f"generate;dur={ms:.1f}"}
-        if isinstance(body, dict):
-            return JSONResponse({**body, "time_ms": round(ms, 2)}, headers=headers)
-        return Response(body, media_type=media, headers=headers)
-
+        "application/json": {"schema": routes.request_type.model_json_schema()}}}}
+    app.post("/generate", dependencies=auth, openapi_extra=body_schema, description=GENERATE_DESCRIPTION,
+             responses=generate_responses(MAX_BODY, auth=token is not None))(routes.generate)
     keep_body_schema(app, "/generate", body_schema["requestBody"])
-    for route, (content, media) in static.items():
-        def page(content=content, media=media):
-            return Response(content, media_type=media)
-        app.get(route, include_in_schema=False, response_class=HTMLResponse if route == "/" else Response)(page)
+    _add_static(app)
     return app
 
 
