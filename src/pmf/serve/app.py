@@ -21,9 +21,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
-from ..setting import SamplingSetting, SettingError
+from ..setting import SettingError
 from .batcher import Batcher, ImageJob, ServerBusy
 from .encode import encode
+from .model_info import ModelInfo
 
 SEED_MAX = 2**63 - 1
 MAX_BODY = 64 * 1024  # bytes; a request of --max-images classes is far smaller
@@ -38,19 +39,6 @@ class ServeLimits:
     max_images: int = 64  # images per request
     max_steps: int = 4  # sampling steps per request
     min_steps: int = 1  # an ONNX graph holds one step count: min_steps = max_steps
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What GET /info says about the model (and what requests are checked against)."""
-
-    preset: str | None
-    image_size: int
-    channels: int
-    class_names: list[str]
-    setting: SamplingSetting  # the defaults of omega, interval, steps (and the EMA they belong to)
-    noise_scale: float
-    ema: str | None  # the weights loaded
 
 
 class RequestProblem(Exception):
@@ -123,6 +111,10 @@ def _validation_message(err: ValidationError | RequestValidationError) -> tuple[
         msg = "unknown field (fields: classes, seed, omega, t_min, t_max, steps, format)"
     elif first.get("type") == "missing":
         msg = "required"
+    elif first.get("type") == "too_long":  # the classes list: one image per entry
+        ctx = first.get("ctx") or {}
+        msg = (f"at most {ctx.get('max_length')} images per request (the server's limit, --max-images), got "
+               f"{ctx.get('actual_length')}")
     elif field == "body":
         msg = f"send a JSON object such as {{\"classes\": [3]}} ({msg})"
     return field, f"{field}: {msg}"

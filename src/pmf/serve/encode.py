@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from ..images import make_grid
 from .batcher import ImageJob
-
-if TYPE_CHECKING:
-    from .app import ModelInfo
+from .model_info import ModelInfo
 
 
 def encode_png(image: np.ndarray) -> bytes:
