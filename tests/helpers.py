@@ -77,3 +77,35 @@ def training_checkpoint(run_folder, *, prediction: str = "x") -> Path:
     payload = {"model_config": raw.config.to_dict(), "model": raw.state_dict(), "ema": {"hl0.05": ema.state_dict()},
                "train_config": {"arch": "pMF-Tiny/4", "sample": RECIPE, "loss": {"prediction": prediction}}}
     return save_training_checkpoint(Path(run_folder) / "checkpoints", 6, payload, {})
+
+
+def start_serve(ckpt, *args: str):
+    """``pmf serve --checkpoint ckpt ARGS`` on 127.0.0.1 in a child process (this tree's pmf on its path),
+    returned as (process, base URL) once GET /health answers 200; the caller stops it."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    import pmf
+    from pmf.distributed import free_port
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(pmf.__file__).parents[1]),
+                                                                    os.environ.get("PYTHONPATH")] if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "pmf.cli", "serve", "--checkpoint", str(ckpt), "--port", str(port),
+                             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"pmf serve did not come up: {proc.communicate()[0][-2000:]}")
+        time.sleep(0.5)

@@ -19,6 +19,7 @@ import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 import pmf  # noqa: E402
+from helpers import start_serve  # noqa: E402
 from pmf.cli import build_parser, main  # noqa: E402
 from pmf.commands.serve import build, is_loopback  # noqa: E402
 from pmf.distributed import free_port  # noqa: E402
@@ -363,27 +364,11 @@ def test_real_server_batches_concurrent_requests_exactly(ckpt, model):
 @pytest.mark.slow
 def test_cli_serves_and_stops_on_ctrl_c(ckpt, tmp_path):
     """`pmf serve` as a process: /health answers, a request works, SIGINT stops it cleanly (exit 0)."""
-    import os
     import signal
-    import subprocess
-    import sys
 
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(__import__("pathlib").Path(
-        pmf.__file__).parents[1]), os.environ.get("PYTHONPATH")] if p)}
-    proc = subprocess.Popen([sys.executable, "-m", "pmf.cli", "serve", "--checkpoint", str(ckpt), "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, url = start_serve(ckpt)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "pmf serve did not come up"
-            time.sleep(0.5)
-        resp = httpx.post(f"http://127.0.0.1:{port}/generate", json={"classes": [99]})
+        resp = httpx.post(f"{url}/generate", json={"classes": [99]})
         assert resp.status_code == 422
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)

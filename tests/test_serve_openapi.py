@@ -1,11 +1,8 @@
 """/openapi.json of pmf serve states what the server enforces: the schema's limits come from the loaded model,
 every status the server answers is documented, and schemathesis finds nothing against a live server."""
 
-import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +10,7 @@ import torch
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-import pmf  # noqa: E402
-from helpers import random_model  # noqa: E402
-from pmf.distributed import free_port  # noqa: E402
+from helpers import random_model, start_serve  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -31,23 +26,8 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(ckpt):
     """``pmf serve`` on 127.0.0.1 in a child process; stopped after the module's tests."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(pmf.__file__).parents[1]),
-                                                                    os.environ.get("PYTHONPATH")] if p)}
-    proc = subprocess.Popen([sys.executable, "-m", "pmf.cli", "serve", "--checkpoint", str(ckpt), "--port", str(port),
-                             "--max-images", "12", "--max-steps", "2", "--threads", "1"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_serve(ckpt, "--max-images", "12", "--max-steps", "2", "--threads", "1")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "pmf serve did not come up"
-            time.sleep(0.5)
         yield url
     finally:
         proc.terminate()
