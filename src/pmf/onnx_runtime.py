@@ -72,11 +72,14 @@ class OnnxGenerator:
             feed[name] = np.ascontiguousarray(np.broadcast_to(_numpy(value), (batch,)), dtype=np.float32)
         return torch.from_numpy(self.session.run(None, feed)[0])
 
-    def sample_unit_noise(self, noise: torch.Tensor, labels, *, steps: int, omega, t_min, t_max) -> torch.Tensor:
-        """``pmf.sampling.sample`` for this file (it scales the noise itself); ``steps`` must be the graph's."""
+    def check_steps(self, steps: int) -> None:
         if steps != self.steps:
             raise PMFError(f"{self.path.name} holds a {self.steps}-step generator; sample it with --steps "
                            f"{self.steps}, or export another with pmf export --steps {steps}")
+
+    def sample_unit_noise(self, noise: torch.Tensor, labels, *, steps: int, omega, t_min, t_max) -> torch.Tensor:
+        """``pmf.sampling.sample`` for this file (it scales the noise itself); ``steps`` must be the graph's."""
+        self.check_steps(steps)
         return self(noise, labels, omega, t_min, t_max).to(noise.device)
 
 
@@ -106,4 +109,6 @@ def onnx_checkpoint(args):
     if noise_scale is not None and noise_scale != gen.noise_scale:
         raise PMFError(f"{gen.path.name} was exported with noise scale {gen.noise_scale:g}; drop --noise-scale or "
                        "export again with it")
+    if getattr(args, "steps", None) is not None:  # refused before any work
+        gen.check_steps(args.steps)
     return LoadedCheckpoint(gen, gen.preset, gen.setting.ema, gen.setting, class_names=gen.class_names)
