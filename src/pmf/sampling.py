@@ -46,12 +46,13 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 1, 
 
 def model_setting(model, setting: SamplingSetting | None = None, **changes) -> tuple[torch.nn.Module,
                                                                                      SamplingSetting]:
-    """(network, setting) for ``generate``: ``model`` is a network or ``pmf.load_checkpoint``'s result. The
-    setting is ``setting``, else the checkpoint's (as ``pmf sample`` uses it), else ``default_setting`` of the
-    network's config (the released setting for a released preset, else no guidance); ``changes`` (omega,
-    t_min, t_max, steps, prediction; None: unchanged) replace its fields."""
-    loaded = isinstance(getattr(model, "setting", None), SamplingSetting) and hasattr(model, "model")
-    net, own = (model.model, model.setting) if loaded else (model, None)
+    """(network, setting) for ``generate``: ``model`` is a network, ``pmf.load_checkpoint``'s result or an ONNX
+    runtime. The setting is ``setting``, else the one it records (as ``pmf sample`` uses it), else
+    ``default_setting`` of the network's config (the released setting for a released preset, else no guidance);
+    ``changes`` (omega, t_min, t_max, steps, prediction; None: unchanged) replace its fields."""
+    own = getattr(model, "setting", None)  # load_checkpoint's result, or a runtime that records its setting
+    own = own if isinstance(own, SamplingSetting) else None
+    net = model.model if own is not None and hasattr(model, "model") else model
     base = setting or own or default_setting(net.config)
     return net, base.replace(**changes)
 
