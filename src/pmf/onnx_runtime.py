@@ -17,6 +17,7 @@ from .onnx_export import INPUTS, META
 from .setting import SamplingSetting
 
 INSTALL = "pip install 'pixel-meanflow[onnx]'"
+ORT_FLOOR = "1.23"  # the first that runs opset 23 (pmf.onnx_export.OPSET)
 
 
 def is_onnx(spec) -> bool:
@@ -61,7 +62,13 @@ class OnnxGenerator:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own (pybind) error types
+            if "opset" not in str(err).lower():
+                raise
+            raise PMFError(f"onnxruntime {ort.__version__} cannot run {path.name} (exported at opset "
+                           f"{_opset(path)}): pip install 'onnxruntime>={ORT_FLOOR}'") from None
 
     def __call__(self, noise, labels, omega, t_min, t_max) -> torch.Tensor:
         """Images [B, C, H, W] from unit noise [B, C, H, W] and per-image labels, omega and interval [B]."""
@@ -81,6 +88,13 @@ class OnnxGenerator:
         """``pmf.sampling.sample`` for this file (it scales the noise itself); ``steps`` must be the graph's."""
         self.check_steps(steps)
         return self(noise, labels, omega, t_min, t_max).to(noise.device)
+
+
+def _opset(path: Path) -> int | str:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), "?")
 
 
 def _numpy(value) -> np.ndarray:
