@@ -153,17 +153,18 @@ async def load(url: str, args, num_classes: int) -> dict:
             "share_of_wall_in_passes": round(health["pass_seconds"] / wall, 2)}, kept
 
 
-def check_exact(ckpt, kept) -> bool:
-    """The kept answers equal ``generate`` in this process (the server's defaults: the checkpoint setting)."""
+def level_difference(ckpt, kept) -> int:
+    """The largest uint8 difference of the kept answers from ``generate`` in this process (the server's defaults:
+    the checkpoint setting): 0 with --exact-batching, at most 1 in rare pixels for merged passes."""
     s, model = ckpt.setting, ckpt.model
+    worst = 0
     for body, content in kept:
         got = np.load(io.BytesIO(content))["images"]
         want = np.concatenate([b.numpy() for _, b in generate(
             model, range(len(body["classes"])), torch.tensor(body["classes"]), seed=body["seed"], omega=s.omega,
             t_min=s.t_min, t_max=s.t_max, noise_scale=model.config.noise_scale, progress=False)])
-        if not np.array_equal(got, want):
-            return False
-    return True
+        worst = max(worst, int(np.abs(got.astype(int) - want).max()))
+    return worst
 
 
 def main(argv=None) -> int:
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
            "requests_per_client": args.requests, "images_per_request": args.images, "max_wait_ms": args.max_wait_ms,
            "cpu": f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
            "load_average": [round(x, 2) for x in os.getloadavg()]}
-    rounds, exact = [], True
+    rounds, levels = [], 0
     for r in range(args.rounds):
         row = {"bare_batch_64": round(bare_sampler(ckpt, 64, args.repeats), 1),
                f"bare_batch_{args.images}": round(bare_sampler(ckpt, args.images, args.repeats), 1)}
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
             with Server(args, max_batch) as server:
                 result, kept = asyncio.run(load(server.url, args, num_classes))
             result["max_batch"] = max_batch
-            exact &= check_exact(ckpt, kept)
+            levels = max(levels, level_difference(ckpt, kept))
             row[name] = result
         rounds.append(row)
         print(json.dumps({f"round_{r}": row}), flush=True)
@@ -206,8 +207,10 @@ def main(argv=None) -> int:
         "p99_below_3x_p50_every_round": ratio < 3,
         "no_failures": all(row[k]["failures"] == 0 for row in rounds for k in ("batching_on", "batching_off")),
         "bad_requests_422": all(row[k]["bad_all_422"] for row in rounds for k in ("batching_on", "batching_off")),
-        "images_equal_generate": exact,
+        # 0 with --exact-batching; merged passes may move a rare pixel by one level (docs/serve.md)
+        "images_within_1_level_of_generate": levels <= (0 if "--exact-batching" in args.server_args else 1),
     }
+    out["max_level_difference_from_generate"] = levels
     out["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(out, indent=2))
     if args.json:

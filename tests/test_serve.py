@@ -379,12 +379,10 @@ def test_cli_serves_and_stops_on_ctrl_c(ckpt, tmp_path):
 
 
 def test_merged_pass_is_float_exact(model, monkeypatch):
-    """With exact=True (--exact-batching), before rounding to uint8: every image of a merged pass equals, to
-    the last bit, the same image sampled in a batch of its own request (as pmf sample does). Without the
-    per-request layout of the per-image layers, the few-row GEMMs of the embedders differ (1, 2-3 or >= 4 rows
-    take different MKL paths). Request sizes are even here: an odd one can also move the last bit of its very
-    last elements (vectorised elementwise kernels finish a tensor with a scalar tail), documented, and it
-    rarely reaches uint8."""
+    """With exact=True (--exact-batching), before rounding to uint8: every image of a pass that serves several
+    requests (one of them split: only its image 1 is in this pass) equals, to the last bit, the same image
+    sampled in a batch of its own request (as pmf sample does). Merged into one call, the few-row GEMMs of the
+    embedders and the vectorised SiLU's tail differ on some CPUs."""
     from pmf.sampling import image_noise, sample
 
     monkeypatch.setattr("pmf.serve.batcher.to_uint8", lambda x: x.float())
@@ -396,22 +394,23 @@ def test_merged_pass_is_float_exact(model, monkeypatch):
         def __init__(self, job):
             self.job = job
 
-    items = [(P(j), i) for j in jobs for i in range(len(j.labels))]
+    items = [(P(j), i) for j in jobs for i in range(len(j.labels)) if j.seed != 3 or i == 1]
     got = torch.as_tensor(batcher.run_batch(items, 1))
-    row = 0
+    want = {}
     for j in jobs:
         n = len(j.labels)
-        want = sample(model, image_noise(range(n), (3, 32, 32), seed=j.seed), torch.tensor(j.labels), omega=j.omega,
-                      t_min=j.t_min, t_max=j.t_max)
-        assert torch.equal(got[row:row + n], want), f"request of {n} images"
-        row += n
+        want[j] = sample(model, image_noise(range(n), (3, 32, 32), seed=j.seed), torch.tensor(j.labels),
+                         omega=j.omega, t_min=j.t_min, t_max=j.t_max)
+    assert got.shape[0] == len(items) == 7
+    for row, (p, i) in enumerate(items):
+        assert torch.equal(got[row], want[p.job][i]), f"image {i} of a request of {len(p.job.labels)}"
 
 
 def test_default_batching_differs_by_at_most_one_level(model):
-    """By default merged passes skip the per-request layout: images agree with pmf sample's to one uint8
-    level (and the per-image layers carry no hooks)."""
+    """By default a pass merges its requests into one network call: images agree with pmf sample's to one
+    uint8 level."""
     batcher = Batcher(model, noise_scale=1.0)
-    assert not any(getattr(h, "__self__", None) is batcher for m in model.modules() for h in m._forward_hooks.values())
+    assert not batcher.exact
     jobs = [ImageJob((4,), 1, 2.0, 0.1, 0.9, 1), ImageJob((1, 2, 3), 2, 3.0, 0.2, 0.8, 1)]
 
     class P:

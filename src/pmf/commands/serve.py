@@ -39,11 +39,11 @@ def add_parser(sub) -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first queued image waits for "
                    "others to share its forward pass (default 5)")
     exact = p.add_mutually_exclusive_group()
-    exact.add_argument("--exact-batching", dest="exact_batching", action="store_true", default=True,
-                       help="(default) in merged passes, compute the per-image layers of each request at pmf "
-                       "sample's batch shape, so that every image equals pmf sample's to the bit (docs/serve.md)")
+    exact.add_argument("--exact-batching", dest="exact_batching", action="store_true", default=False,
+                       help="a pass computes each request by the network call pmf sample makes for it, so that "
+                       "every image equals pmf sample's to the bit; requests then share no GEMM (docs/serve.md)")
     exact.add_argument("--fast-batching", dest="exact_batching", action="store_false",
-                       help="merged passes without that layout: faster on a busy CPU, but a merged image may "
+                       help="(default) a pass merges its requests into one network call: a merged image may "
                        "differ from pmf sample's by one uint8 level in rare pixels")
     p.add_argument("--max-images", type=int, default=64, help="most images in one request (default 64)")
     p.add_argument("--max-steps", type=int, default=4, help="most sampling steps a request may ask for "

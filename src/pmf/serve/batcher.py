@@ -5,13 +5,14 @@ Image i of a job with seed s uses the noise of ``image_noise([i], seed=s)`` and 
 class (all per-image inputs of the network), exactly as ``pmf sample --seed s`` computes it; only the number
 of sampling steps must be shared, so the queue is grouped by steps.
 
-Bit-exactness (``exact=True``, ``pmf serve --exact-batching``): token-level layers see B x tokens rows and
-give each row the same result whatever the batch, but a CPU GEMM with very few rows (the embedders of h,
-omega and the interval see one row per image) takes another kernel path for 1, 2-3 and >= 4 rows (MKL), and
-the patch-embedding convolution another one for a single image (oneDNN), which moves the last bit. So with
-``exact`` each per-image layer (a linear layer with one row per image, a convolution) computes a request's
-images in a merged pass as ``pmf sample`` does: in a batch of the request's own size (``SAMPLE_BATCH``
-chunks), each image at its own position."""
+Bit-exactness (``exact=True``, ``pmf serve --exact-batching``): a merged pass computes an image with other
+row counts and tensor sizes than ``pmf sample`` does, and CPU kernels may round differently for them: MKL's
+GEMM takes other paths for 1, 2-3 and >= 4 rows (the embedders see one row per image), oneDNN's convolution
+another one for a single image, and the vectorised SiLU finishes a tensor with a scalar tail whose place moves
+with its size (seen on an AVX2-only AMD EPYC: 1 ulp in a token-level MLP at even request sizes). So with
+``exact`` a pass computes each request chunk (``SAMPLE_BATCH`` images) by its own network call, the call
+``pmf sample`` makes, and takes the images it holds: every image equals ``pmf sample``'s to the bit, and
+requests share the queue and the worker but no GEMM."""
 
 from __future__ import annotations
 
@@ -23,10 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from ..errors import PMFError
-from ..sampling import image_noise, precision_context, sample, sample_from, to_uint8
+from ..sampling import image_noise, precision_context, sample_from, to_uint8
 from ..setting import check_prediction
 
 SAMPLE_BATCH = 64  # pmf sample's default --batch-size: image i is row i % 64 of a batch of that request
@@ -64,10 +64,9 @@ class Batcher:
     (an ONNX file's ``pmf.onnx_runtime.OnnxGenerator``: pass ``device``; no torch model then). ``pad_batches``
     (for a compiled network, one graph per batch size) pads each batch to the next power of two, capped at
     ``max_batch``, by repeating its last image, so at most log2(max_batch) + 1 graphs are compiled. ``exact``
-    computes the per-image layers per request (module docstring): merged passes then give every image to the bit as
-    ``pmf sample`` does, at the cost of a few small extra calls per layer and request; without it a merged
-    image may differ from ``pmf sample``'s by one level in rare pixels. A pass that holds one request's batch
-    is exact either way."""
+    computes each request chunk by its own call (module docstring): every image then equals ``pmf sample``'s to
+    the bit, at the cost of the merged GEMMs; without it a merged image may differ from ``pmf sample``'s by one
+    level in rare pixels. A pass that holds one request's batch is exact either way."""
 
     def __init__(self, model, *, noise_scale: float, device=None, precision: str = "fp32", max_batch: int = 64,
                  max_wait_ms: float = 5.0, max_queue: int = 4096, pad_batches: bool = False, exact: bool = False,
@@ -92,11 +91,7 @@ class Batcher:
         self._executor: ThreadPoolExecutor | None = None
         self.batch_sizes: Counter = Counter()  # images per forward pass -> how many passes had that many
         self.pass_seconds = 0.0  # time in forward passes (noise to uint8), for /health
-        self._layout: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None
-        # a compiled graph (or an ONNX runtime) keeps its own kernels: no per-request layout there
-        if exact and not pad_batches and isinstance(model, nn.Module):
-            for module in self._per_image_layers():
-                module.register_forward_hook(self._rows_as_sample)
+        self.exact = exact and not pad_batches  # padded (compiled) passes run the compiler's kernels anyway
 
     # -- the event-loop side ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -183,61 +178,18 @@ class Batcher:
                     p.future.set_result(p.images)
 
     # -- the worker-thread side ---------------------------------------------------------------------------
-    def _per_image_layers(self) -> list[nn.Module]:
-        """The linear layers that see one row per image ([B, D] inputs) and the convolutions, found by a forward
-        pass of two images (token-level layers see [B, T, D])."""
-        found, handles = [], []
-
-        def probe(module, args):
-            x = args[0]
-            if x.shape[0] == 2 and (x.dim() == 2 or isinstance(module, nn.Conv2d)) and module not in found:
-                found.append(module)
-
-        for module in self.model.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                handles.append(module.register_forward_pre_hook(probe))
-        try:
-            with torch.inference_mode():
-                sample(self.model, torch.zeros(2, *self.shape, device=self.device),
-                       torch.zeros(2, dtype=torch.long, device=self.device))
-        finally:
-            for h in handles:
-                h.remove()
-        return found
-
     @staticmethod
-    def row_layout(items) -> list[tuple]:
-        """(rows of the pass, their positions in the request's ``pmf sample`` batch, that batch's size, and
-        the slice of the pass when the rows are the whole batch in order) for each request chunk in ``items``."""
-        groups: dict[tuple[int, int], tuple[list[int], list[int], int]] = {}
+    def request_chunks(items) -> dict[tuple[int, int], tuple[object, int, list[int], list[int]]]:
+        """The request chunks of a pass: (id of the request, chunk) -> (its job, its first image, the rows of
+        the pass, their positions in the chunk), where chunk c holds the request's images c * ``SAMPLE_BATCH``
+        onwards as one ``pmf sample`` batch does."""
+        chunks: dict = {}
         for row, (p, i) in enumerate(items):
-            n, chunk = len(p.job.labels), i // SAMPLE_BATCH
-            size = min(SAMPLE_BATCH, n - chunk * SAMPLE_BATCH)
-            rows, pos, _ = groups.setdefault((id(p), chunk), ([], [], size))
+            first = i - i % SAMPLE_BATCH
+            _, _, rows, pos = chunks.setdefault((id(p), first), (p.job, first, [], []))
             rows.append(row)
-            pos.append(i % SAMPLE_BATCH)
-        out = []
-        for rows, pos, size in groups.values():
-            whole = pos == list(range(size)) and rows == list(range(rows[0], rows[0] + size))
-            out.append((torch.tensor(rows), torch.tensor(pos), size, slice(rows[0], rows[0] + size) if whole else None))
-        return out
-
-    def _rows_as_sample(self, module: nn.Module, args, out):
-        """A per-image layer (a linear layer with input [B, D], a convolution) recomputed per request chunk at
-        its ``pmf sample`` shape."""
-        x = args[0]
-        layout = self._layout
-        if layout is None or x.shape[0] != self._rows or len(layout) == 1 and layout[0][2] == self._rows:
-            return None  # a pass that is one request's batch already
-        out = out.clone()
-        for rows, pos, size, whole in layout:
-            if whole is not None:  # the request's batch, in order: its rows as they are
-                out[whole] = module.forward(x[whole])
-                continue
-            block = x.new_zeros(size, *x.shape[1:])
-            block[pos] = x[rows]  # the other rows' values do not enter row ``pos``: GEMM rows are independent
-            out[rows] = module.forward(block)[pos]
-        return out
+            pos.append(i - first)
+        return chunks
 
     def padded_size(self, n: int) -> int:
         return min(self.max_batch, 1 << (n - 1).bit_length()) if self.pad_batches else n
@@ -245,6 +197,14 @@ class Batcher:
     def run_batch(self, items, steps: int) -> np.ndarray:
         """One forward pass for ``items`` [(pending or anything with ``.job``, image index)]: uint8 [n, H, W, C]."""
         t0 = time.perf_counter()
+        n = len(items)
+        x = self._exact_pass(items, steps) if self.exact else self._merged_pass(items, steps)
+        self.batch_sizes[n] += 1
+        self.pass_seconds += time.perf_counter() - t0
+        return to_uint8(x[:n]).numpy()
+
+    def _merged_pass(self, items, steps: int) -> torch.Tensor:
+        """All images of ``items`` in one network call (padded to ``padded_size``)."""
         n = len(items)
         jobs = [p.job for p, _ in items]
         noise = torch.cat([image_noise([i], self.shape, seed=job.seed) for job, (_, i) in zip(jobs, items)])
@@ -255,14 +215,26 @@ class Batcher:
         if size > n:  # repeat the last image: rows are computed independently, the copies are dropped
             noise, labels, *per_image = (torch.cat([t, t[-1:].expand(size - n, *t.shape[1:])])
                                          for t in (noise, labels, *per_image))
-        omega, t_min, t_max = (t.to(self.device) for t in per_image)
-        self._layout, self._rows = self.row_layout(items), size
-        try:
-            with torch.inference_mode(), precision_context(self.precision, self.device):
-                x = sample_from(self.model, noise.to(self.device), labels.to(self.device), noise_scale=self.noise_scale,
-                                steps=steps, omega=omega, t_min=t_min, t_max=t_max, prediction=self.prediction)
-        finally:
-            self._layout = None
-        self.batch_sizes[n] += 1
-        self.pass_seconds += time.perf_counter() - t0
-        return to_uint8(x[:n]).numpy()
+        return self._sample(noise, labels, *per_image, steps=steps)
+
+    def _exact_pass(self, items, steps: int) -> torch.Tensor:
+        """Each request chunk of ``items`` by the network call ``pmf sample`` makes for it (all its images, the
+        ones of other passes included), its images in the rows of ``items``."""
+        out = None
+        for job, first, rows, pos in self.request_chunks(items).values():
+            size = min(SAMPLE_BATCH, len(job.labels) - first)
+            index = range(first, first + size)
+            noise = image_noise(index, self.shape, seed=job.seed)
+            labels = torch.tensor([job.labels[i] for i in index], dtype=torch.long)
+            x = self._sample(noise, labels, *(torch.full((size,), float(getattr(job, k)))
+                                              for k in ("omega", "t_min", "t_max")), steps=steps)[pos]
+            out = x.new_empty(len(items), *x.shape[1:]) if out is None else out
+            out[rows] = x
+        return out
+
+    def _sample(self, noise, labels, omega, t_min, t_max, *, steps: int) -> torch.Tensor:
+        dev = self.device
+        with torch.inference_mode(), precision_context(self.precision, dev):
+            return sample_from(self.model, noise.to(dev), labels.to(dev), noise_scale=self.noise_scale, steps=steps,
+                               omega=omega.to(dev), t_min=t_min.to(dev), t_max=t_max.to(dev),
+                               prediction=self.prediction).cpu()
