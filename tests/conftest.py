@@ -7,7 +7,7 @@ import torch
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-# The tests mirror the package (tests/nn/ for pmf.nn, ...). Modules in every
+# The tests mirror the package (tests/nn/ for pmf.nn, ...; test_layout.py keeps it so). Modules in every
 # folder import the shared helpers.py as ``from helpers import ...``, which needs this folder on sys.path.
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
