@@ -1,10 +1,16 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+# The tests mirror the package (tests/nn/ for pmf.nn, ...; test_layout.py keeps it so). Modules in every
+# folder import the shared helpers.py as ``from helpers import ...``, which needs this folder on sys.path.
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
 # The release-produced reference data ship with the tests (tests/fixtures/official, README there);
 # PMF_FIXTURES points the parity tests at another copy.
 FIXTURES = Path(os.environ.get("PMF_FIXTURES", REPO / "tests" / "fixtures" / "official"))

@@ -118,7 +118,7 @@ class Block(nn.Module):
 
     def _jvp_call(self, x: torch.Tensor, dx: torch.Tensor, tail: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.checkpointing and torch.is_grad_enabled():
-            # _jvp's primal saves what _forward saves, in the same order (tests/test_activation_checkpointing.py)
+            # _jvp's primal saves what _forward saves, in the same order (tests/nn/test_activation_checkpointing.py)
             return checkpointed(functools.partial(self._jvp, tail=tail),
                                 lambda x, dx: (self._forward(x, tail), dx), x, dx)
         return self._jvp(x, dx, tail)

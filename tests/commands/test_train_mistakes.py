@@ -14,7 +14,7 @@ from pmf.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def tiny(out, *extra):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-COMMANDS = Path(__file__).resolve().parents[1] / "src" / "pmf" / "commands"
+COMMANDS = Path(__file__).resolve().parents[2] / "src" / "pmf" / "commands"
 
 
 def test_no_command_imports_another():

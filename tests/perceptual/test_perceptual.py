@@ -119,7 +119,7 @@ def test_crop_and_mapping_wrapper_reproduces_lpips_on_the_same_crops(loss_fn, lp
     fn = PerceptualLoss(cfg, loss_fn.lpips, None)
     term, _ = fn(x_pred, x, t, generator=torch.Generator().manual_seed(5))
     boxes = sample_crop_boxes(3, 32, 32, generator=torch.Generator().manual_seed(5))
-    crops = [crop_resize(v, boxes, PARITY_CROP).expand(-1, 3, -1, -1) for v in (x_pred, x)]  # tests/test_crop.py
+    crops = [crop_resize(v, boxes, PARITY_CROP).expand(-1, 3, -1, -1) for v in (x_pred, x)]  # test_crop.py
     with torch.no_grad():
         ref = lpips_ref(crops[0], crops[1]).flatten()  # the package takes [-1, 1]
     torch.testing.assert_close(term.detach(), ref, atol=1e-5, rtol=1e-5)

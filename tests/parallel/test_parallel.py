@@ -23,7 +23,7 @@ from pmf.checkpoint import latest_checkpoint, list_checkpoints, load_model, read
 from pmf.distributed import free_port
 from pmf.errors import PMFError
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: test_train, test_optim
 from test_train import tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
