@@ -75,7 +75,7 @@ def test_a_model_loads_from_any_training_checkpoint_without_the_trainer(tmp_path
     from pmf.sharded_checkpoint import ShardedSaver
     from pmf.train import train
     from pmf.train_config import recipe
-    from pmf.train_state import optimizer_rule, train_state
+    from pmf.train_state import folder_state, optimizer_rule
 
     cfg = recipe("tiny")
     cfg.steps, cfg.ckpt_every, cfg.sample.every, cfg.out = 1, 1, 0, str(tmp_path / "run")
@@ -86,7 +86,7 @@ def test_a_model_loads_from_any_training_checkpoint_without_the_trainer(tmp_path
     optimizer, emas = build_optimizer(model, cfg.optim), EMASet(model, cfg.ema, cfg.batch_size)
     meta = dict(step=3, model_config=model.config.to_dict(), train_config=cfg.to_dict(), emas=emas.names,
                 world_size=1, parallel="fsdp", optimizer_rule=optimizer_rule(optimizer))
-    folder = ShardedSaver(tmp_path / "dcp", keep_last=2).save(3, train_state(model, optimizer, emas), meta)
+    folder = ShardedSaver(tmp_path / "dcp", keep_last=2).save(3, folder_state(model, optimizer, emas), meta)
     loaded = pmf.load_checkpoint(folder, ema="raw").model
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 

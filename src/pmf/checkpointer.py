@@ -17,7 +17,7 @@ from .errors import PMFError
 from .sharded_checkpoint import ShardedSaver
 from .train_build import Parts
 from .train_config import TrainConfig
-from .train_state import optimizer_rule, train_state
+from .train_state import file_state, folder_state, optimizer_rule
 
 
 class CheckpointSaveError(PMFError):
@@ -69,14 +69,13 @@ class Checkpointer:
         meta = dict(step=step, model_config=self.mcfg.to_dict(), train_config=self.cfg.to_dict(), emas=p.emas.names,
                     class_names=self.class_names, world_size=self.info.world_size, parallel=self.cfg.parallel,
                     optimizer_rule=optimizer_rule(p.optimizer))
-        return self.saver.save(step, train_state(p.model, p.optimizer, p.emas), meta)
+        return self.saver.save(step, folder_state(p.model, p.optimizer, p.emas), meta)
 
     def _write_file(self, step: int) -> Path | None:
         path, failure = None, None
         if self.info.is_main:
             p = self.parts
-            payload = dict(model_config=self.mcfg.to_dict(), model=_cpu(p.model.state_dict()),
-                           ema=p.emas.state_dict(), optimizer=p.optimizer.state_dict(),
+            payload = dict(model_config=self.mcfg.to_dict(), **file_state(p.model, p.optimizer, p.emas),
                            train_config=self.cfg.to_dict(), world_size=self.info.world_size,
                            class_names=self.class_names)
             try:
@@ -89,7 +88,3 @@ class Checkpointer:
         if failed.item() > 0:
             raise failure or RuntimeError("rank 0 could not write the checkpoint")
         return path
-
-
-def _cpu(state: dict) -> dict:
-    return {k: v.detach().cpu() for k, v in state.items()}

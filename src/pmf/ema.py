@@ -57,10 +57,18 @@ class EMASet:
     def state_dict(self) -> dict:
         return {name: {k: v.detach().cpu() for k, v in w.items()} for name, w in self.weights.items()}
 
+    @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
+        """Copy the whole tensors of ``state`` (``state_dict``'s form) into the EMAs; a sharded EMA (DTensor)
+        takes its block of each, with no communication."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
         missing = sorted(set(self.weights) - set(state))
         if missing:
             raise KeyError(f"EMAs {missing} missing from the checkpoint (it has {sorted(state)})")
         for name, w in self.weights.items():
             for k, v in w.items():
-                v.copy_(state[name][k])
+                src = state[name][k]
+                if isinstance(v, DTensor):
+                    src = distribute_tensor(src.to(v.device, v.dtype), v.device_mesh, v.placements, src_data_rank=None)
+                v.copy_(src)

@@ -134,13 +134,7 @@ class Muon(torch.optim.Optimizer):
                 raise PMFError("Muon groups take only 2-D weight matrices")
 
     def load_state_dict(self, state_dict: dict) -> None:
-        rules = {g.get("rule") for g in state_dict.get("param_groups", [])}
-        if rules != {RULE}:
-            raise PMFError(
-                "this optimiser state was saved by an earlier version of pixel-meanflow's Muon (the class table "
-                "on Muon, Nesterov without bias correction, plain Adam), which is not the release's optimiser; "
-                "it cannot continue under the current one. Start a new run, or keep the weights by exporting "
-                "them (pmf export) and fine-tuning from there")
+        check_rule(self, [g.get("rule") for g in state_dict.get("param_groups", [])])
         try:
             super().load_state_dict(state_dict)
         except ValueError as err:
@@ -220,6 +214,16 @@ class Muon(torch.optim.Optimizer):
             states, ts = self._next_steps(ps, "exp_avg", "exp_avg_sq")
             adam_update_(ps, [p.grad for p in ps], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                          ts, lr=lr, wd=wd, eps=eps, betas=(b1, b2))
+
+
+def check_rule(optimizer: torch.optim.Optimizer, rules: list) -> None:
+    """Refuse, for a ``Muon``, optimiser state whose parameter groups record ``rules`` other than ``RULE``."""
+    if isinstance(optimizer, Muon) and set(rules) != {RULE}:
+        raise PMFError(
+            "this optimiser state was saved by an earlier version of pixel-meanflow's Muon (the class table "
+            "on Muon, Nesterov without bias correction, plain Adam), which is not the release's optimiser; "
+            "it cannot continue under the current one. Start a new run, or keep the weights by exporting "
+            "them (pmf export) and fine-tuning from there")
 
 
 def split_parameters(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:

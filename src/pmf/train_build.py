@@ -23,7 +23,7 @@ from .nn.model import PMFDiT
 from .optim import build_optimizer
 from .sharded_checkpoint import read_meta
 from .train_config import TrainConfig
-from .train_state import ensure_optimizer_state, file_state, load_full_into, load_sharded, train_state
+from .train_state import restore_file, restore_folder
 
 
 @dataclass
@@ -115,18 +115,11 @@ def load_resume(path: Path, mcfg: ModelConfig, cfg: TrainConfig) -> dict:
 
 def restore(parts: Parts, path: Path, state: dict) -> int:
     """Fill model, optimiser and EMAs from a checkpoint read by ``load_resume`` (a single file, or the meta of a
-    sharded folder); any layout resumes into any other. Returns the step it was saved at."""
-    model, optimizer, emas = parts.model, parts.optimizer, parts.emas
+    sharded folder); any layout resumes into any other (``pmf.train_state``). Returns the step it was saved at."""
     if state.get("sharded"):
-        load_sharded(path, model, optimizer, emas)
-    elif parts.sharded:
-        full = file_state(state, optimizer, model)
-        ensure_optimizer_state(optimizer, model, {k: (tuple(v.shape), v.dtype) for k, v in full.items()})
-        load_full_into(train_state(model, optimizer, emas), full)
+        restore_folder(path, parts.model, parts.optimizer, parts.emas)
     else:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        emas.load_state_dict(state["ema"])
+        restore_file(state, parts.model, parts.optimizer, parts.emas)
     return int(state["step"])
 
 

@@ -1,11 +1,25 @@
-"""The training state of a run as one flat dictionary whose keys do not depend on the layout (plain, DDP or
-FSDP2 / HSDP), and the conversions between it and the two checkpoint forms: the single file of a plain or DDP
-run and the sharded DCP folder (``pmf.sharded_checkpoint``). Keys:
+"""The training state of a run (model, optimiser, EMAs) in its two checkpoint forms, through PyTorch's
+state-dict API (``torch.distributed.checkpoint.state_dict``): ``get_state_dict`` and ``set_state_dict`` give
+and take the state of the model and of the optimiser by parameter name, the same for a plain, DDP or FSDP2 /
+HSDP model, so that either form resumes under any layout.
 
-- ``model/<name>``: the raw weights; ``ema/<ema>/<name>``: every EMA;
-- ``optim/<parameter name>/<state key>``: the optimiser state (Muon momentum, Adam moments and step counts).
+- A single file ``step_XXXXXXXX.pt`` (plain and DDP runs; ``file_state``, ``restore_file``): ``model`` (name
+  -> tensor), ``optimizer`` (``get_state_dict``'s: ``state`` and ``param_groups`` by parameter name) and
+  ``ema`` (EMA -> name -> tensor), whole tensors. Older files hold ``optimizer.state_dict()``, whose integer
+  indices count the parameters of the optimiser's groups in order; they are read in that order. The file's
+  parameter groups (learning rates, betas, ...) replace the run's, as ``Optimizer.load_state_dict`` does.
+- A DCP folder (FSDP2 / HSDP runs, ``pmf.sharded_checkpoint``; ``folder_state``, ``restore_folder``): one flat
+  dictionary, ``model/<name>``, ``ema/<ema>/<name>`` and ``optim/<name>/<state key>`` (DTensors under FSDP2 /
+  HSDP), read into this run's layout by DCP. It holds no parameter groups: a resumed run keeps its own, and
+  ``meta.json`` records the Muon rule for ``pmf.optim.check_rule``.
 
-Trainer side: reading a model from a checkpoint needs none of this (``pmf.checkpoint``)."""
+Done here by hand, where the API has nothing: the EMAs (named copies of the model's state dict, neither module
+nor optimiser) are flattened here and restored by ``EMASet.load_state_dict`` or, from a folder, by DCP in
+place. And ``get_state_dict`` gives an optimiser without state the state of one step with zero gradients and
+learning rate 0 (weights unchanged, every step count 1): a checkpoint written before the first step records
+no optimiser state (``_state_dicts``), and one restored from it leaves the optimiser without state (``_set``).
+
+Reading a model from a checkpoint needs none of this (``pmf.checkpoint``)."""
 
 from __future__ import annotations
 
@@ -14,46 +28,18 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from .checkpoint_files import FORMAT, save_atomic
+from .config import ModelConfig
+from .ema import EMASet
 from .errors import CheckpointError
+from .nn.model import PMFDiT
+from .optim import build_optimizer, check_rule
 from .sharded_checkpoint import dcp_load, read_meta, stored_tensors
+from .train_config import TrainConfig
 
-
-def _param_names(model: torch.nn.Module) -> dict[int, str]:
-    return {id(p): n for n, p in model.named_parameters()}
-
-
-def ensure_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module,
-                           stored: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
-    """Create (zero) the optimiser state entries named in ``stored`` that a fresh optimiser does not hold yet:
-    tensors of the parameter's shape like the parameter (sharded like it), others as plain tensors."""
-    params = {n: p for n, p in model.named_parameters()}
-    for key, (shape, dtype) in stored.items():
-        if not key.startswith("optim/"):
-            continue
-        name, sk = key[len("optim/"):].rsplit("/", 1)
-        p = params.get(name)
-        if p is None or sk in optimizer.state[p]:
-            continue
-        if shape == tuple(p.shape):
-            optimizer.state[p][sk] = torch.zeros_like(p, dtype=dtype)
-        else:
-            optimizer.state[p][sk] = torch.zeros(shape, dtype=dtype, device=p.device if shape else "cpu")
-
-
-def train_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, emas) -> dict[str, torch.Tensor]:
-    """The flat, layout-independent state (keys in the module docstring); the values are the live tensors."""
-    state = {f"model/{k}": v for k, v in model.state_dict().items()}
-    for name, weights in emas.weights.items():
-        state.update({f"ema/{name}/{k}": v for k, v in weights.items()})
-    names = _param_names(model)
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for sk, v in optimizer.state.get(p, {}).items():
-                if torch.is_tensor(v):
-                    state[f"optim/{names[id(p)]}/{sk}"] = v
-    return state
+WHOLE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # a file's tensors: whole, on the CPU
 
 
 def optimizer_rule(optimizer: torch.optim.Optimizer) -> str | None:
@@ -62,79 +48,97 @@ def optimizer_rule(optimizer: torch.optim.Optimizer) -> str | None:
     return rules.pop() if len(rules) == 1 else None
 
 
-def check_rule(optimizer: torch.optim.Optimizer, saved_rules: list) -> None:
-    """Refuse optimiser state saved under another Muon rule (``pmf.optim.Muon.load_state_dict``'s check)."""
-    from .optim import Muon
+def file_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, emas: EMASet) -> dict:
+    """``model``, ``optimizer`` and ``ema`` of a single-file checkpoint of a plain or DDP run (rank 0 calls it
+    alone; other ranks would get empty dictionaries)."""
+    msd, osd = _state_dicts(model, optimizer, WHOLE)
+    return dict(model=msd, optimizer=osd, ema=emas.state_dict())
 
-    if isinstance(optimizer, Muon) and set(saved_rules) != {optimizer_rule(optimizer)}:
-        optimizer.load_state_dict({"param_groups": [{"rule": r} for r in saved_rules], "state": {}})  # raises
+
+def folder_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, emas: EMASet) -> dict:
+    """The flat state of a DCP folder (keys in the module docstring), the live tensors; under FSDP2 / HSDP every
+    rank calls it and saves its shards."""
+    msd, osd = _state_dicts(model, optimizer)
+    return _flatten(msd, osd, emas.weights)
 
 
-def file_state(obj: dict, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The flat state of a single-file training checkpoint (``step_XXXXXXXX.pt``)."""
-    state = {f"model/{k}": v for k, v in obj["model"].items()}
-    for name, weights in (obj.get("ema") or {}).items():
-        state.update({f"ema/{name}/{k}": v for k, v in weights.items()})
-    names = _param_names(model)
-    order = [p for group in optimizer.param_groups for p in group["params"]]
+def restore_file(obj: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, emas: EMASet) -> None:
+    """Fill model, optimiser and EMAs of any layout from a single-file checkpoint ``obj`` (read by every rank:
+    a DTensor receives its block)."""
     saved = obj["optimizer"]
-    check_rule(optimizer, [g.get("rule") for g in saved.get("param_groups", [])])
-    index = [i for g in saved["param_groups"] for i in g["params"]]
-    if len(index) != len(order):
-        raise CheckpointError(f"the checkpoint's optimiser has {len(index)} parameters, this run's {len(order)}")
-    for i, p in zip(index, order):
-        for sk, v in saved["state"].get(i, saved["state"].get(str(i), {})).items():
-            if torch.is_tensor(v):
-                state[f"optim/{names[id(p)]}/{sk}"] = v
-    return state
+    check_rule(optimizer, [g.get("rule") for g in saved["param_groups"]])
+    _set(model, optimizer, obj["model"], _by_name(saved, model, optimizer), StateDictOptions(full_state_dict=True))
+    emas.load_state_dict(obj["ema"])
 
 
-@torch.no_grad()
-def load_full_into(state: dict[str, torch.Tensor], full: dict[str, torch.Tensor]) -> None:
-    """Copy whole tensors ``full`` into the live ``state`` (DTensors receive their local block, no communication)."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
-    missing = sorted(set(state) - set(full))
-    if missing:
-        raise CheckpointError(f"the checkpoint lacks {len(missing)} entries, e.g. {missing[:3]}")
-    for k, dst in state.items():
-        src = full[k]
-        if isinstance(dst, DTensor):
-            src = src.to(dst.device, dst.dtype)
-            piece = distribute_tensor(src, dst.device_mesh, dst.placements, src_data_rank=None)
-            dst.to_local().copy_(piece.to_local())
-        else:
-            dst.copy_(src)
-
-
-def load_sharded(path: str | os.PathLike, model, optimizer, emas) -> dict:
-    """Fill model, optimiser and EMAs from a DCP checkpoint (any layout into this run's layout); returns the meta."""
+def restore_folder(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   emas: EMASet) -> dict:
+    """Fill model, optimiser and EMAs of any layout from a DCP folder (written under any layout: DCP
+    reshards); returns its meta."""
     meta = read_meta(path)
     check_rule(optimizer, [meta.get("optimizer_rule")])
-    ensure_optimizer_state(optimizer, model, stored_tensors(path))
-    state = train_state(model, optimizer, emas)
-    dcp_load(state, path, no_dist=not dist.is_initialized())
+    msd, osd = get_state_dict(model, optimizer)  # the tensors to read into (a fresh optimiser's of a zero step)
+    if not any(k.startswith("optim/") for k in stored_tensors(path)):  # written before the first step
+        osd = {**osd, "state": {}}
+    dcp_load(_flatten(msd, osd, emas.weights), path, no_dist=not dist.is_initialized())  # in place
+    _set(model, optimizer, msd, osd)
     return meta
 
 
 def to_single_file(path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Rewrite a DCP checkpoint as one ``step_XXXXXXXX.pt``-style training checkpoint (model, EMAs, optimiser
-    in ``torch.optim`` layout, step), resumable by a plain or DDP run and readable by ``load_model``."""
-    from .config import ModelConfig
-    from .ema import EMASet
-    from .nn.model import PMFDiT
-    from .optim import build_optimizer
-    from .train_config import TrainConfig
-
+    """Rewrite a DCP folder as one ``step_XXXXXXXX.pt``-style training checkpoint: its state restored into a
+    plain model, optimiser and EMAs built from its configs, written as a plain run writes it; resumable under
+    any layout and readable by ``load_model``."""
     meta = read_meta(path)
     cfg = TrainConfig.from_dict(meta["train_config"])
     model = PMFDiT(ModelConfig.from_dict(meta["model_config"]))
     optimizer = build_optimizer(model, cfg.optim)
     emas = EMASet(model, cfg.ema, cfg.batch_size)
-    ensure_optimizer_state(optimizer, model, stored_tensors(path))
-    dcp_load(train_state(model, optimizer, emas), path, no_dist=True)
+    restore_folder(path, model, optimizer, emas)
     payload = dict(format=FORMAT, step=meta["step"], model_config=meta["model_config"],
-                   model={k: v.detach().clone() for k, v in model.state_dict().items()}, ema=emas.state_dict(),
-                   optimizer=optimizer.state_dict(), train_config=meta["train_config"],
-                   world_size=meta.get("world_size"))
+                   **file_state(model, optimizer, emas), train_config=meta["train_config"],
+                   world_size=meta.get("world_size"), class_names=meta.get("class_names"))
     return save_atomic(payload, out)
+
+
+def _state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 options: StateDictOptions | None = None) -> tuple[dict, dict]:
+    """``get_state_dict`` for saving; an optimiser without state keeps none and records none."""
+    fresh = not optimizer.state
+    msd, osd = get_state_dict(model, optimizer, options=options)
+    if fresh:
+        optimizer.state.clear()
+        osd = {**osd, "state": {}}
+    return msd, osd
+
+
+def _set(model: torch.nn.Module, optimizer: torch.optim.Optimizer, msd: dict, osd: dict,
+         options: StateDictOptions | None = None) -> None:
+    """``set_state_dict``; without optimiser state in ``osd`` the optimiser is left without state."""
+    set_state_dict(model, optimizer, model_state_dict=msd, optim_state_dict=osd, options=options)
+    if not osd["state"]:
+        optimizer.state.clear()
+
+
+def _flatten(msd: dict, osd: dict, emas: dict) -> dict:
+    flat = {f"model/{k}": v for k, v in msd.items()}
+    for name, weights in emas.items():
+        flat.update({f"ema/{name}/{k}": v for k, v in weights.items()})
+    for param, state in osd["state"].items():
+        flat.update({f"optim/{param}/{k}": v for k, v in state.items()})
+    return flat
+
+
+def _by_name(saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """An optimiser state dict by parameter name; an older file's integer indices name the parameters of this
+    optimiser's groups in order (``Optimizer.load_state_dict``'s reading)."""
+    index = [i for g in saved["param_groups"] for i in g["params"]]
+    if not all(isinstance(i, int) for i in index):
+        return saved
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    if len(index) != len(order):
+        raise CheckpointError(f"the checkpoint's optimiser has {len(index)} parameters, this run's {len(order)}")
+    name = dict(zip(index, order))
+    return {"state": {name[i]: s for i, s in saved["state"].items()},
+            "param_groups": [{**g, "params": [name[i] for i in g["params"]]} for g in saved["param_groups"]]}
