@@ -98,7 +98,9 @@ class ShardedSaver:
             future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.group)
             self.pending = (future, tmp, final, meta)
         else:
-            dcp.save(state, checkpoint_id=str(tmp))
+            with warnings.catch_warnings():  # in one process: its note that it assumes one process
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+                dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
             self._complete(tmp, final, meta)
         return final
 
