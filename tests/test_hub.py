@@ -81,3 +81,12 @@ def test_repo_ids_and_offline_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(pmf.CheckpointError, match="could not fetch the hub repo"):
         pmf.PMFDiT.from_pretrained("someone/no-such-pmf-repo")
+
+
+def test_a_hub_export_onto_a_file_is_one_line(exported, tmp_path, capsys):
+    (tmp_path / "g.onnx").write_bytes(b"not a folder")
+    assert main(["export", "--checkpoint", str(exported["ckpt"]), "--format", "hub",
+                 "--out", str(tmp_path / "g.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "--format hub writes a folder" in err and "Traceback" not in err
+    assert (tmp_path / "g.onnx").read_bytes() == b"not a folder"

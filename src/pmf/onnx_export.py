@@ -10,6 +10,7 @@ runtime (docs/deploy.md has the measured effect)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -60,11 +61,17 @@ def export_onnx(loaded, out: str | os.PathLike, *, steps: int | None = None, noi
     prediction = setting.prediction
     gen = OneStepGenerator(loaded.model, noise_scale, steps=steps, prediction=prediction).float().cpu()  # a copy
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's notes on renamed axes and on training mode
-        program = torch.onnx.export(gen, example_inputs(cfg, 2), dynamo=True, input_names=list(INPUTS),
-                                    output_names=[OUTPUT], dynamic_shapes=({0: batch},) * len(INPUTS),
-                                    opset_version=opset, optimize=True, verbose=False)
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)  # its note that torchvision's ops are skipped where torchvision is absent
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on renamed axes and on training mode
+            program = torch.onnx.export(gen, example_inputs(cfg, 2), dynamo=True, input_names=list(INPUTS),
+                                        output_names=[OUTPUT], dynamic_shapes=({0: batch},) * len(INPUTS),
+                                        opset_version=opset, optimize=True, verbose=False)
+    finally:
+        registry.setLevel(level)
     merge_sibling_matmuls(program.model.graph)
     program.model.metadata_props.update(onnx_metadata(loaded, steps=steps, noise_scale=noise_scale, setting=setting))
     out = Path(out)

@@ -6,7 +6,7 @@ its sharding, the optimiser and the EMAs (``build``), their state from the check
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -110,7 +110,17 @@ def load_resume(path: Path, mcfg: ModelConfig, cfg: TrainConfig) -> dict:
     if saved_batch is not None and saved_batch != cfg.batch_size:
         raise PMFError(f"cannot resume from {str(path)!r} with batch size {cfg.batch_size}: it was trained with "
                        f"{saved_batch} (the data order and the EMA schedule depend on it)")
+    saved_ema = obj.get("train_config", {}).get("ema")
+    if saved_ema is not None and saved_ema != (run_ema := asdict(cfg.ema)):
+        own = path.parent.parent / "config.json"
+        hint = f"--config {own}" if own.is_file() else "the settings it was trained with"
+        raise PMFError(f"cannot resume from {str(path)!r}: it keeps other EMAs ({_ema_text(saved_ema)}) than this "
+                       f"run ({_ema_text(run_ema)}); resume with {hint}, or train into another --out")
     return obj
+
+
+def _ema_text(ema: dict) -> str:
+    return f"decays {ema.get('decays')}, half-lives {ema.get('halflives_kimg')} kimg"
 
 
 def restore(parts: Parts, path: Path, state: dict) -> int:

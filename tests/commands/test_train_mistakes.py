@@ -46,6 +46,15 @@ def test_a_config_file_that_is_not_json(tmp_path, capsys):
     assert "holds a JSON list, not an object of config fields" in one_line_error(capsys)
 
 
+def test_resuming_with_other_emas_names_the_run_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny(out, "--steps", "2", "--ckpt-every", "2")) == 0
+    capsys.readouterr()
+    assert main(tiny(out, "--steps", "4", "--ema-decays", "0.5", "--resume", "auto")) == 2
+    line = one_line_error(capsys)
+    assert "it keeps other EMAs" in line and f"resume with --config {out / 'config.json'}" in line
+
+
 def test_resuming_a_finished_run_says_so_and_succeeds(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(tiny(out, "--steps", "2", "--ckpt-every", "2")) == 0

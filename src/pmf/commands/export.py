@@ -60,7 +60,12 @@ def run(args) -> int:
             raise PMFError(f"--format checkpoint writes a .pt file, got {args.out!r}")
         path = to_single_file(args.checkpoint, args.out)
     elif args.format == "hub":
-        path = _export_hub(args.checkpoint, args.out, ema=args.ema)
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise PMFError(f"--format hub writes a folder; {args.out!r} is a file")
+        try:
+            path = _export_hub(args.checkpoint, args.out, ema=args.ema)
+        except OSError as err:
+            raise PMFError(f"cannot write the folder {args.out!r}: {err.strerror or err}") from None
     else:
         if suffix not in SUFFIXES:
             raise PMFError(f"cannot tell the format of {args.out!r} from its suffix {suffix or '(none)'!r}; known "
