@@ -237,4 +237,4 @@ class Batcher:
         with torch.inference_mode(), precision_context(self.precision, dev):
             return sample_from(self.model, noise.to(dev), labels.to(dev), noise_scale=self.noise_scale, steps=steps,
                                omega=omega.to(dev), t_min=t_min.to(dev), t_max=t_max.to(dev),
-                               prediction=self.prediction).cpu()
+                               prediction=self.prediction)
