@@ -21,14 +21,20 @@ def ema_name(kind: str, value: float) -> str:
     return f"hl{value:g}" if kind == "halflife" else f"d{value:g}"
 
 
+def ema_schedules(cfg: EMAConfig) -> dict[str, tuple[str, float]]:
+    """The EMAs ``cfg`` keeps: name -> (kind, value), half-lives first, in the config's order."""
+    schedules = {ema_name("halflife", h): ("halflife", h) for h in cfg.halflives_kimg}
+    schedules.update({ema_name("decay", d): ("decay", d) for d in cfg.decays})
+    return schedules
+
+
 class EMASet:
     """Named EMAs of one model's floating-point state (parameters and buffers), initialised from the
     model's current (already synchronised) weights."""
 
     def __init__(self, model: torch.nn.Module, cfg: EMAConfig, batch_size: int):
         self.cfg, self.batch_size = cfg, batch_size
-        self.schedules = {ema_name("halflife", h): ("halflife", h) for h in cfg.halflives_kimg}
-        self.schedules.update({ema_name("decay", d): ("decay", d) for d in cfg.decays})
+        self.schedules = ema_schedules(cfg)
         state = model.state_dict()
         self.weights = {name: {k: v.detach().clone() for k, v in state.items()} for name in self.schedules}
 

@@ -6,7 +6,7 @@ its sharding, the optimiser and the EMAs (``build``), their state from the check
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,7 +16,7 @@ from . import distributed as D
 from . import parallel as P
 from .checkpoint import FORMAT, latest_checkpoint, read_file, run_checkpoint
 from .config import ModelConfig
-from .ema import EMASet
+from .ema import EMASet, ema_schedules
 from .errors import PMFError
 from .nn.layers import Block
 from .nn.model import PMFDiT
@@ -93,8 +93,9 @@ def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
 
 
 def load_resume(path: Path, mcfg: ModelConfig, cfg: TrainConfig) -> dict:
-    """Read a training checkpoint and check that it fits this run (same architecture, batch size). A sharded
-    (DCP) folder gives its meta (``sharded`` set); its tensors are read once the model is built."""
+    """Read a training checkpoint and check that it fits this run (same architecture and batch size, every EMA of
+    the run). A sharded (DCP) folder gives its meta (``sharded`` set); its tensors are read once the model is
+    built."""
     if path.is_dir():
         obj = {**read_meta(path), "sharded": True}
     else:
@@ -110,17 +111,14 @@ def load_resume(path: Path, mcfg: ModelConfig, cfg: TrainConfig) -> dict:
     if saved_batch is not None and saved_batch != cfg.batch_size:
         raise PMFError(f"cannot resume from {str(path)!r} with batch size {cfg.batch_size}: it was trained with "
                        f"{saved_batch} (the data order and the EMA schedule depend on it)")
-    saved_ema = obj.get("train_config", {}).get("ema")
-    if saved_ema is not None and saved_ema != (run_ema := asdict(cfg.ema)):
+    saved_emas = list(obj["ema"]) if obj.get("ema") is not None else obj.get("emas")  # a file's, or a folder's meta
+    run_emas = list(ema_schedules(cfg.ema))
+    if saved_emas is not None and not set(run_emas) <= set(saved_emas):
         own = path.parent.parent / "config.json"
         hint = f"--config {own}" if own.is_file() else "the settings it was trained with"
-        raise PMFError(f"cannot resume from {str(path)!r}: it keeps other EMAs ({_ema_text(saved_ema)}) than this "
-                       f"run ({_ema_text(run_ema)}); resume with {hint}, or train into another --out")
+        raise PMFError(f"cannot resume from {str(path)!r}: it keeps other EMAs ({', '.join(saved_emas)}) than this "
+                       f"run ({', '.join(run_emas)}); resume with {hint}, or train into another --out")
     return obj
-
-
-def _ema_text(ema: dict) -> str:
-    return f"decays {ema.get('decays')}, half-lives {ema.get('halflives_kimg')} kimg"
 
 
 def restore(parts: Parts, path: Path, state: dict) -> int:
