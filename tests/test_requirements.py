@@ -69,3 +69,10 @@ def test_every_optional_import_of_the_source_is_in_an_extra():
     test_only = {re.split(r"[<>=\[ ]", d)[0].lower() for d in extras["test"]}
     assert {"httpx", "scipy"} <= test_only
     assert not ({"httpx", "scipy"} & in_extras), "httpx and scipy are for the tests only: the [test] extra"
+
+
+def test_the_onnxruntime_floor_is_the_one_the_install_hint_names():
+    from pmf.onnx_runtime import ORT_FLOOR
+
+    floor = next(d for d in project()["optional-dependencies"]["onnx"] if d.startswith("onnxruntime"))
+    assert floor == f"onnxruntime>={ORT_FLOOR}"
