@@ -106,6 +106,39 @@ def test_merge_sibling_matmuls_keeps_the_numbers():
         np.testing.assert_allclose(a, np.maximum(xs @ w, 0), rtol=1e-6, atol=1e-6)
 
 
+def test_pad_mlp_hidden_adds_zero_units_that_change_nothing(tmp_path):
+    """A SwiGLU width that is a multiple of 1024 gets 16 zero units (pmf.onnx_export.pad_mlp_hidden); the
+    network's outputs stay the same numbers, in torch and in the exported file. Other widths are left alone."""
+    from pmf.checkpoint import LoadedCheckpoint
+    from pmf.onnx_export import MLP_PAD, pad_mlp_hidden
+
+    model = random_model(seed=3)
+    assert pad_mlp_hidden(model) == 0  # width 170
+    model = pmf.build_model("pMF-Tiny/4", hidden_size=384, num_heads=4, v_head=False)  # width 1024
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    model.eval()
+    path = export_onnx(LoadedCheckpoint(model, None, None, SamplingSetting()), tmp_path / "wide.onnx")
+    z = torch.randn(2, 3, 32, 32, generator=gen)
+    labels, omega = torch.tensor([1, 7]), torch.full((2,), 2.0)
+    exported = OnnxGenerator(path)(z, labels, omega, torch.full((2,), 0.1), torch.full((2,), 0.8))
+    want = sample(model, z, labels, steps=1, omega=omega, t_min=0.1, t_max=0.8)
+    assert (exported - want).abs().max() <= 1e-4
+    weights = {i.name: i.dims for i in onnx.load(str(path)).graph.initializer}
+    assert sorted({tuple(weights[n.input[1]]) for n in onnx.load(str(path)).graph.node
+                   if n.op_type == "MatMul" and weights.get(n.input[1], [0])[0] == 1024 + MLP_PAD}) == [(1040, 384)]
+    args = (z, torch.ones(2), torch.full((2,), 2.0), torch.full((2,), 0.1), torch.full((2,), 0.8), torch.tensor([1, 7]))
+    with torch.no_grad():
+        before = model(*args, heads="u")[0]
+        assert pad_mlp_hidden(model) == model.config.depth
+        after = model(*args, heads="u")[0]
+    mlp = model.shared_blocks[0].mlp
+    assert mlp.w1.weight.shape == mlp.w3.weight.shape == (1024 + MLP_PAD, 384) and mlp.w2.weight.shape == (384, 1040)
+    assert before.abs().max() > 0.1 and (after - before).abs().max() <= 1e-6
+
+
 def test_an_onnxruntime_without_opset_23_is_told_what_to_install(files, monkeypatch):
     def old_runtime(*args, **kwargs):
         raise RuntimeError("ONNX Runtime only *guarantees* support for models stamped with official released onnx "
