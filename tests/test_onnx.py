@@ -59,13 +59,19 @@ def test_onnx_equals_the_torch_sampler_at_any_batch(files, steps):
         assert (got - want).abs().max() <= 1e-4
 
 
-def test_the_graph_has_one_node_per_norm_and_attention_and_merged_projections(files):
-    """Opset 23: RMSNorm and attention as single nodes; q/k/v and SwiGLU's w1/w3 as one MatMul each."""
+def test_the_graph_has_one_node_per_norm_rope_and_attention_and_merged_projections(files):
+    """Opset 23: RMSNorm, RoPE and attention as single nodes, attention on the token layout (no head
+    transposes); q/k/v and SwiGLU's w1/w3 as one MatMul each."""
     graph = onnx.load(str(files["one"])).graph
     ops = [n.op_type for n in graph.node]
     depth = files["model"].config.depth
     assert ops.count("RMSNormalization") == 4 * depth + 1  # per block: two norms and q, k norms; the final norm
     assert ops.count("Attention") == depth and "Softmax" not in ops
+    assert ops.count("RotaryEmbedding") == 2 * depth  # q and k
+    assert ops.count("Transpose") == 2  # patches to tokens, tokens to the image; none per block
+    attention = next(n for n in graph.node if n.op_type == "Attention")
+    attributes = {a.name: a.i for a in attention.attribute}
+    assert attributes["q_num_heads"] == attributes["kv_num_heads"] == 4  # the 3-D form
     weights = {i.name for i in graph.initializer}
     products = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     # per block: q|k|v, out, w1|w3, w2; the last block queries only the image rows (q apart from k|v); the

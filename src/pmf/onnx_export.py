@@ -21,6 +21,8 @@ import torch
 
 from .errors import PMFError
 from .generator_export import OneStepGenerator, example_inputs
+from .nn.attention import token_layout
+from .nn.token_ops import onnx_translations
 
 OPSET = 23  # the first with RMSNormalization and Attention
 INPUTS = ("noise", "labels", "omega", "t_min", "t_max")
@@ -67,11 +69,12 @@ def export_onnx(loaded, out: str | os.PathLike, *, steps: int | None = None, noi
     level = registry.level
     registry.setLevel(logging.ERROR)  # its note that torchvision's ops are skipped where torchvision is absent
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), token_layout(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on renamed axes and on training mode
             program = torch.onnx.export(gen, example_inputs(cfg, 2), dynamo=True, input_names=list(INPUTS),
                                         output_names=[OUTPUT], dynamic_shapes=({0: batch},) * len(INPUTS),
-                                        opset_version=opset, optimize=True, verbose=False)
+                                        opset_version=opset, optimize=True, verbose=False,
+                                        custom_translation_table=onnx_translations())
     finally:
         registry.setLevel(level)
     merge_sibling_matmuls(program.model.graph)

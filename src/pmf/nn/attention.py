@@ -40,6 +40,16 @@ _BACKEND = _Switch("attention backend", ATTENTION_BACKENDS)
 _TANGENT = _Switch("tangent attention", TANGENT_ATTENTIONS)
 
 
+# Layout of the attention computation: "heads" ([B, H, T, hd]; every training and sampling path) or "tokens"
+# ([B, T, H * hd] through the custom ops of ``pmf.nn.token_ops``; the ONNX export writes each as one node).
+_LAYOUT = _Switch("attention layout", ("heads", "tokens"))
+
+
+def token_layout():
+    """Temporarily compute attention on the token layout (``pmf.nn.token_ops``): the ONNX export's."""
+    return _LAYOUT.use("tokens")
+
+
 def attention_backend(name: str):
     """Temporarily select the attention implementation: ``"sdpa"`` (default) or ``"math"``."""
     return _BACKEND.use(name)
@@ -111,6 +121,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, tail: int | None = None) -> torch.Tensor:
         """Attention over all T tokens of x [B, T, D]; with ``tail`` only the last ``tail`` tokens (image
         patches) are queried: the output is [B, tail, D], equal to the last rows of the full output."""
+        if _LAYOUT.value == "tokens":
+            return self._forward_tokens(x, tail)
         B, T, D = x.shape
         self._check_tail(tail, T)
         xq = x if tail is None else x[:, -tail:]
@@ -122,6 +134,26 @@ class Attention(nn.Module):
         q, k = self._rotate(q), self._rotate(k)
         out = attend(q, k, v)  # (B, H, Tq, hd)
         return self.out_proj(out.transpose(1, 2).reshape(B, Tq, D))  # (B, Tq, D)
+
+    def _forward_tokens(self, x: torch.Tensor, tail: int | None = None) -> torch.Tensor:
+        """``forward`` on the token layout [B, T, H * hd]: the same numbers, with RoPE over a table whose rows
+        for the unrotated (prefix) tokens are the identity (cos 1, sin 0), and no head transposes."""
+        from . import token_ops  # noqa: F401  (registers torch.ops.pmf.*)
+
+        B, T, D = x.shape
+        self._check_tail(tail, T)
+        H, hd = self.num_heads, self.head_dim
+        xq = x if tail is None else x[:, -tail:]
+        Tq = xq.shape[1]
+        q = self.q_norm(self.q_proj(xq).view(B, Tq, H, hd)).reshape(B, Tq, D)
+        k = self.k_norm(self.k_proj(x).view(B, T, H, hd)).reshape(B, T, D)
+        n = min(self.num_rotated, T)
+        cos = torch.cat([self.rope_cos.new_ones(T - n, hd // 2), self.rope_cos[self.num_rotated - n:]])  # (T, hd/2)
+        sin = torch.cat([self.rope_sin.new_zeros(T - n, hd // 2), self.rope_sin[self.num_rotated - n:]])
+        positions = torch.arange(T, device=x.device).expand(B, T)  # (B, T)
+        q = torch.ops.pmf.rotary(q, cos, sin, positions[:, T - Tq:], H)
+        k = torch.ops.pmf.rotary(k, cos, sin, positions, H)
+        return self.out_proj(torch.ops.pmf.attention(q, k, self.v_proj(x), H))  # (B, Tq, D)
 
     def jvp(self, x: torch.Tensor, dx: torch.Tensor, tail: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(y, dy) as ``RMSNorm.jvp`` (``tail`` as in ``forward``). The primal uses the selected backend (SDPA
