@@ -19,7 +19,7 @@ OPTIONAL = {"tensorboard": "tensorboard", "timm": "timm", "lpips": "lpips", "tor
             "mlxtend": "mlxtend", "sklearn": "scikit-learn", "matplotlib": "matplotlib",
             "huggingface_hub": "huggingface_hub", "fastapi": "fastapi", "uvicorn": "uvicorn",
             "torchvision": "torchvision", "triton": None, "pydantic": "fastapi", "onnx": "onnx",
-            "onnxscript": "onnxscript", "onnx_ir": "onnx-ir", "onnxruntime": "onnxruntime",
+            "onnxscript": "onnxscript", "onnxruntime": "onnxruntime",
             "diffusers": "diffusers"}  # triton: part of CUDA torch
 CORE = {"torch", "numpy", "PIL", "safetensors", "tqdm", "pmf"}
 

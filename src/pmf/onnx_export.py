@@ -3,10 +3,10 @@
 [-1, 1] scale (not clipped). The file's metadata records how to sample it (``pmf.onnx_runtime`` reads it).
 
 The graph is written at opset 23, where RMSNorm and attention are single nodes (``RMSNormalization``,
-``Attention``), the projections that multiply one tensor (q, k and v; SwiGLU's w1 and w3) are merged into one
-MatMul each (``merge_sibling_matmuls``), and a SwiGLU width that is a multiple of 1024 gets zero units
-(``pad_mlp_hidden``): the same numbers as the network, fewer, larger and faster matrix products for the runtime
-(docs/deploy.md has the measured effect)."""
+``Attention``), attention runs on the token layout (``pmf.nn.token_ops``: one ``RotaryEmbedding`` node per q and
+k, the 3-D form of ``Attention``, no head transposes), and a SwiGLU width that is a multiple of 1024 gets zero
+units (``pad_mlp_hidden``): the same numbers as the network, in fewer nodes and faster matrix products for the
+runtime (docs/deploy.md has the measured effect)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .errors import PMFError
@@ -77,7 +76,6 @@ def export_onnx(loaded, out: str | os.PathLike, *, steps: int | None = None, noi
                                         custom_translation_table=onnx_translations())
     finally:
         registry.setLevel(level)
-    merge_sibling_matmuls(program.model.graph)
     program.model.metadata_props.update(onnx_metadata(loaded, steps=steps, noise_scale=noise_scale, setting=setting))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -113,43 +111,3 @@ def pad_mlp_hidden(net: torch.nn.Module, pad: int = MLP_PAD) -> int:
             mlp.w2 = wider.requires_grad_(False)
         padded += 1
     return padded
-
-
-def merge_sibling_matmuls(graph) -> int:
-    """Rewrite, in place, each group of MatMuls that multiply one value by different constant 2-D weights
-    [K, N_i] as one MatMul by the weights concatenated along N and a Split of its output (equal numbers: every
-    output column is the same dot product). Returns the number of MatMuls merged away. ``graph`` is an
-    ``onnx_ir.Graph`` (``torch.onnx.export``'s ``program.model.graph``)."""
-    import onnx_ir as ir
-
-    groups: dict = {}
-    for node in graph:
-        weight = node.inputs[1] if node.op_type == "MatMul" and node.domain == "" else None
-        if (weight is not None and weight.is_initializer() and weight.const_value is not None
-                and len(weight.shape) == 2 and not node.outputs[0].is_graph_output()):
-            groups.setdefault(node.inputs[0], []).append(node)
-    merged = 0
-    for x, nodes in groups.items():
-        if len(nodes) < 2:
-            continue
-        weights = [n.inputs[1].const_value.numpy() for n in nodes]
-        if len({(w.shape[0], w.dtype) for w in weights}) != 1:
-            continue
-        name = f"{nodes[0].name}_merged"
-        joined = ir.Value(name=f"{name}_weight", const_value=ir.tensor(np.concatenate(weights, axis=1)))
-        sizes = ir.Value(name=f"{name}_sizes", const_value=ir.tensor(np.array([w.shape[1] for w in weights])))
-        for value in (joined, sizes):
-            value.shape, value.type = value.const_value.shape, ir.TensorType(value.const_value.dtype)
-            graph.register_initializer(value)
-        product = ir.node("MatMul", [x, joined], name=name)
-        split = ir.node("Split", [product.outputs[0], sizes], attributes={"axis": -1}, num_outputs=len(nodes),
-                        name=f"{name}_split")
-        graph.insert_before(nodes[0], [product, split])
-        ir.convenience.replace_all_uses_with([n.outputs[0] for n in nodes], list(split.outputs))
-        old = [n.inputs[1] for n in nodes]
-        graph.remove(nodes, safe=True)
-        for value in old:
-            if not value.uses():
-                graph.initializers.pop(value.name)
-        merged += len(nodes) - 1
-    return merged
