@@ -92,8 +92,8 @@ def pad_mlp_hidden(net: torch.nn.Module, pad: int = MLP_PAD) -> int:
     more hidden units with zero weights; returns how many were padded. The outputs are the same numbers: a
     zero unit is silu(0) * 0 = 0 and meets a zero column of w2. The point is the runtime's GEMM: w2 reads its
     input with a row stride of the hidden width, and at a multiple of 4 KiB every row maps to the same cache
-    sets (onnxruntime's MatMul at K = 2048, N = 768 ran at about 140-180 GFLOP/s on a 2-core AMD EPYC against
-    about 210 at K = 2064; docs/deploy.md)."""
+    sets (onnxruntime's MatMul at K = 2048, N = 768 ran at 130-180 GFLOP/s on a 2-core AMD EPYC against
+    194-217 at K = 2064; docs/deploy.md)."""
     from .nn.layers import SwiGLU
 
     padded = 0
