@@ -21,6 +21,7 @@ import torch
 from .errors import PMFError
 from .generator_export import OneStepGenerator, example_inputs
 from .nn.attention import token_layout
+from .nn.layers import SwiGLU
 from .nn.token_ops import onnx_translations
 
 OPSET = 23  # the first with RMSNormalization and Attention
@@ -94,8 +95,6 @@ def pad_mlp_hidden(net: torch.nn.Module, pad: int = MLP_PAD) -> int:
     input with a row stride of the hidden width, and at a multiple of 4 KiB every row maps to the same cache
     sets (onnxruntime's MatMul at K = 2048, N = 768 ran at 130-180 GFLOP/s on a 2-core AMD EPYC against
     194-217 at K = 2064; docs/deploy.md)."""
-    from .nn.layers import SwiGLU
-
     padded = 0
     for mlp in net.modules():
         if not isinstance(mlp, SwiGLU) or mlp.w2.in_features % ALIASING_WIDTH:

@@ -80,7 +80,8 @@ def rope_angles(grid_size: int, head_dim: int, theta: float = 10000.0) -> torch.
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent feature pairs (2j, 2j+1) of x [B, H, T, hd] by angles with cos/sin [T, hd/2]."""
+    """Rotate adjacent feature pairs (2j, 2j+1) of x [B, H, T, hd] by angles with cos/sin [T, hd/2] (or any
+    x [..., hd] with cos/sin broadcastable to [..., hd/2])."""
     a, b = upcast(x).unflatten(-1, (-1, 2)).unbind(-1)
     cos, sin = cos.to(a.dtype), sin.to(a.dtype)  # (B, H, T, hd/2) each
     out = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)  # (B, H, T, hd/2, 2)
@@ -118,42 +119,42 @@ class Attention(nn.Module):
         if tail is not None and not 0 < tail <= min(self.num_rotated, T):
             raise ValueError(f"tail must be in [1, {min(self.num_rotated, T)}], got {tail}")
 
+    def _heads(self, x: torch.Tensor, tail: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q of the last ``tail`` rows of x [B, T, D] (all with None) and k, after their RMSNorms, and v: each
+        [B, L, H, hd] (L = tail or T)."""
+        B, T, _ = x.shape
+        self._check_tail(tail, T)
+        xq = x if tail is None else x[:, -tail:]
+        q = self.q_norm(self.q_proj(xq).view(B, xq.shape[1], self.num_heads, self.head_dim))  # (B, Tq, H, hd)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.num_heads, self.head_dim))  # (B, T, H, hd)
+        v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim)  # (B, T, H, hd)
+        return q, k, v
+
     def forward(self, x: torch.Tensor, tail: int | None = None) -> torch.Tensor:
         """Attention over all T tokens of x [B, T, D]; with ``tail`` only the last ``tail`` tokens (image
         patches) are queried: the output is [B, tail, D], equal to the last rows of the full output."""
         if _LAYOUT.value == "tokens":
             return self._forward_tokens(x, tail)
-        B, T, D = x.shape
-        self._check_tail(tail, T)
-        xq = x if tail is None else x[:, -tail:]
-        Tq = xq.shape[1]
-        q = self.q_norm(self.q_proj(xq).view(B, Tq, self.num_heads, self.head_dim))  # (B, Tq, H, hd)
-        k = self.k_norm(self.k_proj(x).view(B, T, self.num_heads, self.head_dim))  # (B, T, H, hd)
-        v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim)  # (B, T, H, hd)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T or Tq, hd)
+        q, k, v = (t.transpose(1, 2) for t in self._heads(x, tail))  # (B, H, T or Tq, hd)
         q, k = self._rotate(q), self._rotate(k)
         out = attend(q, k, v)  # (B, H, Tq, hd)
-        return self.out_proj(out.transpose(1, 2).reshape(B, Tq, D))  # (B, Tq, D)
+        return self.out_proj(out.transpose(1, 2).flatten(2))  # (B, Tq, D)
 
     def _forward_tokens(self, x: torch.Tensor, tail: int | None = None) -> torch.Tensor:
         """``forward`` on the token layout [B, T, H * hd]: the same numbers, with RoPE over a table whose rows
         for the unrotated (prefix) tokens are the identity (cos 1, sin 0), and no head transposes."""
         from . import token_ops  # noqa: F401  (registers torch.ops.pmf.*)
 
-        B, T, D = x.shape
-        self._check_tail(tail, T)
-        H, hd = self.num_heads, self.head_dim
-        xq = x if tail is None else x[:, -tail:]
-        Tq = xq.shape[1]
-        q = self.q_norm(self.q_proj(xq).view(B, Tq, H, hd)).reshape(B, Tq, D)
-        k = self.k_norm(self.k_proj(x).view(B, T, H, hd)).reshape(B, T, D)
+        q, k, v = (t.flatten(2) for t in self._heads(x, tail))  # (B, T or Tq, D)
+        B, Tq, T = x.shape[0], q.shape[1], k.shape[1]
+        H, half = self.num_heads, self.head_dim // 2
         n = min(self.num_rotated, T)
-        cos = torch.cat([self.rope_cos.new_ones(T - n, hd // 2), self.rope_cos[self.num_rotated - n:]])  # (T, hd/2)
-        sin = torch.cat([self.rope_sin.new_zeros(T - n, hd // 2), self.rope_sin[self.num_rotated - n:]])
+        cos = torch.cat([self.rope_cos.new_ones(T - n, half), self.rope_cos[self.num_rotated - n:]])  # (T, hd/2)
+        sin = torch.cat([self.rope_sin.new_zeros(T - n, half), self.rope_sin[self.num_rotated - n:]])
         positions = torch.arange(T, device=x.device).expand(B, T)  # (B, T)
         q = torch.ops.pmf.rotary(q, cos, sin, positions[:, T - Tq:], H)
         k = torch.ops.pmf.rotary(k, cos, sin, positions, H)
-        return self.out_proj(torch.ops.pmf.attention(q, k, self.v_proj(x), H))  # (B, Tq, D)
+        return self.out_proj(torch.ops.pmf.attention(q, k, v, H))  # (B, Tq, D)
 
     def jvp(self, x: torch.Tensor, dx: torch.Tensor, tail: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(y, dy) as ``RMSNorm.jvp`` (``tail`` as in ``forward``). The primal uses the selected backend (SDPA
