@@ -38,16 +38,23 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
-def random_model(seed: int = 0, arch: str = "pMF-Tiny/4") -> torch.nn.Module:
-    """A tiny pMF whose zero-initialised output layers are perturbed, so images depend on the noise."""
+def random_model(seed: int = 0, arch: str = "pMF-Tiny/4", **overrides) -> torch.nn.Module:
+    """A tiny pMF (``overrides``: ModelConfig fields) whose zero-initialised output layers are perturbed, so
+    images depend on the noise."""
     import pmf
 
-    model = pmf.build_model(arch)
+    model = pmf.build_model(arch, **overrides)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
     return model.eval()
+
+
+def network_args(z: torch.Tensor, labels) -> tuple:
+    """``PMFDiT`` inputs of a one-step pass (h = 1, omega 2 on [0.1, 0.8]) for images z [B, C, H, W]."""
+    B = z.shape[0]
+    return z, torch.ones(B), torch.full((B,), 2.0), torch.full((B,), 0.1), torch.full((B,), 0.8), torch.tensor(labels)
 
 
 # the sampling setting a tiny training checkpoint of ``training_checkpoint`` records as its recipe's

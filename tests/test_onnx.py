@@ -13,7 +13,7 @@ except ImportError:
     pytest.skip("ONNX tests need pip install 'pixel-meanflow[onnx]'", allow_module_level=True)
 
 import pmf  # noqa: E402
-from helpers import random_model  # noqa: E402
+from helpers import network_args, random_model  # noqa: E402
 from pmf.cli import main  # noqa: E402
 from pmf.onnx_export import export_onnx  # noqa: E402
 from pmf.onnx_runtime import OnnxGenerator, read_metadata  # noqa: E402
@@ -85,14 +85,9 @@ def test_pad_mlp_hidden_adds_zero_units_that_change_nothing(tmp_path):
 
     model = random_model(seed=3)
     assert pad_mlp_hidden(model) == 0  # width 170
-    model = pmf.build_model("pMF-Tiny/4", hidden_size=384, num_heads=4, v_head=False)  # width 1024
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    model.eval()
+    model = random_model(seed=0, hidden_size=384, num_heads=4, v_head=False)  # width 1024
     path = export_onnx(LoadedCheckpoint(model, None, None, SamplingSetting()), tmp_path / "wide.onnx")
-    z = torch.randn(2, 3, 32, 32, generator=gen)
+    z = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     labels, omega = torch.tensor([1, 7]), torch.full((2,), 2.0)
     exported = OnnxGenerator(path)(z, labels, omega, torch.full((2,), 0.1), torch.full((2,), 0.8))
     want = sample(model, z, labels, steps=1, omega=omega, t_min=0.1, t_max=0.8)
@@ -100,7 +95,7 @@ def test_pad_mlp_hidden_adds_zero_units_that_change_nothing(tmp_path):
     weights = {i.name: i.dims for i in onnx.load(str(path)).graph.initializer}
     assert sorted({tuple(weights[n.input[1]]) for n in onnx.load(str(path)).graph.node
                    if n.op_type == "MatMul" and weights.get(n.input[1], [0])[0] == 1024 + MLP_PAD}) == [(1040, 384)]
-    args = (z, torch.ones(2), torch.full((2,), 2.0), torch.full((2,), 0.1), torch.full((2,), 0.8), torch.tensor([1, 7]))
+    args = network_args(z, [1, 7])
     with torch.no_grad():
         before = model(*args, heads="u")[0]
         assert pad_mlp_hidden(model) == model.config.depth

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from helpers import random_model
+from helpers import network_args, random_model
 from pmf.nn.attention import apply_rope, rope_angles, token_layout
 from pmf.nn.token_ops import attention, rotary
 
@@ -45,8 +45,7 @@ def test_token_layout_gives_the_network_outputs(tail):
             got = attn(x, tail)
     assert got.shape == want.shape and want.abs().max() > 0.01
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    z = torch.randn(2, 3, 32, 32)
-    args = (z, torch.ones(2), torch.full((2,), 2.0), torch.full((2,), 0.1), torch.full((2,), 0.8), torch.tensor([1, 7]))
+    args = network_args(torch.randn(2, 3, 32, 32), [1, 7])
     with torch.no_grad():
         want = model(*args, heads="u")[0]
         with token_layout():
