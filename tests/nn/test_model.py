@@ -9,7 +9,8 @@ import torch
 import pmf
 from helpers import load_npz
 from pmf.errors import PMFError
-from pmf.nn.attention import apply_rope, attention_backend, rope_angles
+from pmf.nn.attention import attention_backend, rope_angles
+from pmf.nn.common import apply_rope
 from pmf.nn.release import release_rope_freqs, to_release_key
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from helpers import network_args, random_model
-from pmf.nn.attention import apply_rope, rope_angles, token_layout
+from pmf.nn.attention import rope_angles, token_layout
+from pmf.nn.common import apply_rope
 from pmf.nn.token_ops import attention, rotary
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..choices import TANGENT_ATTENTIONS
-from .common import RMSNorm, linear_tangent, upcast
+from .common import RMSNorm, apply_rope, linear_tangent, upcast
 
 
 class _Switch:
@@ -77,15 +77,6 @@ def rope_angles(grid_size: int, head_dim: int, theta: float = 10000.0) -> torch.
     rows = pos.repeat_interleave(grid_size)  # (T,) row index of each patch
     cols = pos.repeat(grid_size)  # (T,)
     return torch.cat([rows[:, None] * freqs[None], cols[:, None] * freqs[None]], dim=1)  # (T, hd/2)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent feature pairs (2j, 2j+1) of x [B, H, T, hd] by angles with cos/sin [T, hd/2] (or any
-    x [..., hd] with cos/sin broadcastable to [..., hd/2])."""
-    a, b = upcast(x).unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = cos.to(a.dtype), sin.to(a.dtype)  # (B, H, T, hd/2) each
-    out = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)  # (B, H, T, hd/2, 2)
-    return out.flatten(-2).to(x.dtype)
 
 
 class Attention(nn.Module):

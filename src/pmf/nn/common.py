@@ -1,5 +1,5 @@
-"""Elementwise pieces of pmfDiT shared by its layers: float32 upcasting, RMSNorm and the tangent rules of
-linear maps and SiLU (used by the explicit forward-mode passes, ``jvp`` / ``tangent`` methods)."""
+"""Elementwise pieces of pmfDiT shared by its layers: float32 upcasting, RMSNorm, RoPE's rotation and the tangent
+rules of linear maps and SiLU (used by the explicit forward-mode passes, ``jvp`` / ``tangent`` methods)."""
 
 from __future__ import annotations
 
@@ -51,3 +51,12 @@ def silu_tangent(a: torch.Tensor, da: torch.Tensor) -> torch.Tensor:
     """d silu(a) = sigmoid(a) (1 + a (1 - sigmoid(a))) da."""
     s = torch.sigmoid(a)
     return s * (1 + a * (1 - s)) * da
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent feature pairs (2j, 2j+1) of x [B, H, T, hd] by angles with cos/sin [T, hd/2] (or any
+    x [..., hd] with cos/sin broadcastable to [..., hd/2])."""
+    a, b = upcast(x).unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos.to(a.dtype), sin.to(a.dtype)  # (B, H, T, hd/2) each
+    out = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)  # (B, H, T, hd/2, 2)
+    return out.flatten(-2).to(x.dtype)

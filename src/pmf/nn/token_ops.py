@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import apply_rope
+from .common import apply_rope
 
 
 @torch.library.custom_op("pmf::rotary", mutates_args=())
 def rotary(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, num_heads: int) -> Tensor:
     """Rotate the adjacent feature pairs (2j, 2j+1) of each head of x [B, L, H * hd] by the angles of row
-    ``positions[b, l]`` of cos / sin [P, hd/2] (``pmf.nn.attention.apply_rope``'s rotation)."""
+    ``positions[b, l]`` of cos / sin [P, hd/2] (``pmf.nn.common.apply_rope``'s rotation)."""
     B, L, D = x.shape
     c, s = cos[positions][:, :, None], sin[positions][:, :, None]  # (B, L, 1, hd/2)
     return apply_rope(x.view(B, L, num_heads, -1), c, s).reshape(B, L, D)
