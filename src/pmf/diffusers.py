@@ -11,17 +11,15 @@ from pathlib import Path
 
 import torch
 
-try:
-    from diffusers import DiffusionPipeline, FlowMapEulerDiscreteScheduler, ImagePipelineOutput, ModelMixin
-except ImportError as err:  # no diffusers, or one older than its flow-map scheduler
-    raise ImportError(f"pmf.diffusers needs diffusers >= 0.42: pip install 'pixel-meanflow[diffusers]' "
-                      f"({err})") from None
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
-from diffusers.utils.torch_utils import randn_tensor
-
 from pmf.config import ModelConfig
 from pmf.errors import PMFError
+from pmf.extras import needs
+
+with needs("diffusers", "pmf.diffusers needs diffusers >= 0.42"):  # 0.42: the first with the flow-map scheduler
+    from diffusers import DiffusionPipeline, FlowMapEulerDiscreteScheduler, ImagePipelineOutput, ModelMixin
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+    from diffusers.utils.torch_utils import randn_tensor
 from pmf.nn.model import PMFDiT, as_batch, u_head_only
 from pmf.objective import to_velocity
 from pmf.setting import SamplingSetting

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .distributed import gather_rows, rank_world, shard
 from .errors import PMFError
+from .extras import pyplot
 from .images import save_image
 from .sampling import SamplingSetting, check_precision, generate
 
@@ -155,11 +156,7 @@ def table(rows: list[dict], metric: str) -> str:
 
 def plot(rows: list[dict], metric: str, path: str | os.PathLike) -> Path:
     """``metric`` against the guidance scale, one line per (EMA, interval); saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("the sweep's plot needs matplotlib")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for key in dict.fromkeys((r["ema"], r["t_min"], r["t_max"]) for r in rows):
         sel = sorted((r for r in rows if (r["ema"], r["t_min"], r["t_max"]) == key), key=lambda r: r["omega"])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import ModelConfig
 from .errors import CheckpointError, PMFError
+from .extras import needs
 from .setting import SamplingSetting
 
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
@@ -120,10 +121,8 @@ def read_pretrained(spec: str | os.PathLike, *, revision: str | None = None, tok
 
 
 def _download(repo_id: str, **kw) -> Path:
-    try:
+    with needs("hub", "hub repo ids need huggingface_hub"):
         from huggingface_hub import snapshot_download
-    except ImportError:
-        raise CheckpointError(f"hub repo ids need huggingface_hub: {INSTALL}") from None
     try:
         path = snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME], **kw)
     except Exception as err:  # network errors, missing repos, offline mode without a cached copy
@@ -138,10 +137,8 @@ def push_to_hub(model, repo_id: str, *, private: bool | None = None, token: str 
                 commit_message: str = "Upload pixel-meanflow model", **save_kwargs) -> str:
     """``save_pretrained`` into a temporary folder, then upload it to the hub repo ``repo_id`` (created if
     missing); returns the commit URL. Needs a network and a write token (``huggingface-cli login``)."""
-    try:
+    with needs("hub", "push_to_hub needs huggingface_hub"):
         from huggingface_hub import HfApi
-    except ImportError:
-        raise PMFError(f"push_to_hub needs huggingface_hub: {INSTALL}") from None
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, **save_kwargs)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import PMFError
+from .extras import needs
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_FILE}"
@@ -62,10 +63,8 @@ def load_inception(path: str | os.PathLike | None = None, device=None) -> torch.
     """torch-fidelity's Inception-v3 with the local weights (eval mode, no gradients), giving the 2048-d pool
     features and the 1008 unbiased logits."""
     weights = find_weights(path)
-    try:
+    with needs("eval", "FID/IS need torch-fidelity"):
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except ImportError:
-        raise PMFError("FID/IS need torch-fidelity: pip install 'pixel-meanflow[eval]'") from None
     try:
         net = FeatureExtractorInceptionV3("inception-v3-compat", [POOL, LOGITS],
                                           feature_extractor_weights_path=str(weights))

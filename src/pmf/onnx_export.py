@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import PMFError
+from .extras import needs
 from .generator_export import OneStepGenerator, example_inputs
 from .nn.attention import token_layout
 from .nn.layers import SwiGLU
@@ -53,10 +53,8 @@ def export_onnx(loaded, out: str | os.PathLike, *, steps: int | None = None, noi
                 setting=None, opset: int = OPSET) -> Path:
     """Write the ``steps``-step generator of ``loaded`` (default: its setting's steps) as an ONNX file with a
     dynamic batch and the metadata of ``onnx_metadata``; needs ``pip install 'pixel-meanflow[onnx]'``."""
-    try:
+    with needs("onnx", "ONNX export needs onnx and onnxscript"):
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
-    except ImportError:
-        raise PMFError("ONNX export needs onnx and onnxscript: pip install 'pixel-meanflow[onnx]'") from None
     setting = setting or loaded.setting
     steps = setting.steps if steps is None else steps
     cfg = loaded.model.config

@@ -13,10 +13,10 @@ import torch
 
 from .config import ModelConfig
 from .errors import CheckpointError, PMFError
+from .extras import needs
 from .onnx_export import INPUTS, META
 from .setting import SamplingSetting
 
-INSTALL = "pip install 'pixel-meanflow[onnx]'"
 ORT_FLOOR = "1.23"  # the first that runs opset 23 (pmf.onnx_export.OPSET)
 
 
@@ -26,10 +26,8 @@ def is_onnx(spec) -> bool:
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The ``pmf.*`` metadata of an exported file, decoded (keys as in ``pmf.onnx_export.META``)."""
-    try:
+    with needs("onnx", "reading an ONNX file needs onnx"):
         import onnx
-    except ImportError:
-        raise PMFError(f"reading an ONNX file needs onnx: {INSTALL}") from None
     try:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     except Exception as err:
@@ -45,10 +43,8 @@ class OnnxGenerator:
     """An exported generator: ``(unit noise, labels, omega, t_min, t_max)`` -> images in [-1, 1] (torch, CPU)."""
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
-        try:
+        with needs("onnx", "running an ONNX file needs onnxruntime"):
             import onnxruntime as ort
-        except ImportError:
-            raise PMFError(f"running an ONNX file needs onnxruntime: {INSTALL}") from None
         path = Path(path).expanduser()
         if not path.is_file():
             raise CheckpointError(f"ONNX file not found: {str(path)!r}")

@@ -9,15 +9,14 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
+from .extras import needs
 
 
 def hub_file(spec: str, repo: str, filename: str) -> Path:
     """The cached copy of a hub file, else a download; without a network a one-line error in seconds (the
     hub client alone retries for about half a minute) that says how to work offline."""
-    try:
+    with needs("hub", "hub names need huggingface_hub"):
         from huggingface_hub import constants, hf_hub_download
-    except ImportError:
-        raise CheckpointError("hub names need `pip install pixel-meanflow[hub]`") from None
     try:
         return Path(hf_hub_download(repo, filename, local_files_only=True))
     except Exception:  # not cached yet

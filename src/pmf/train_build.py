@@ -18,6 +18,7 @@ from .checkpoint import FORMAT, latest_checkpoint, read_file, run_checkpoint
 from .config import ModelConfig
 from .ema import EMASet, ema_schedules
 from .errors import PMFError
+from .extras import needs
 from .nn.layers import Block
 from .nn.model import PMFDiT
 from .optim import build_optimizer
@@ -155,8 +156,6 @@ def build_perceptual_loss(cfg: TrainConfig, device):
     """The optional perceptual term (imported lazily: the core trains without the extras)."""
     if cfg.perceptual is None or not cfg.perceptual.enabled:
         return None
-    try:
+    with needs("perceptual", "perceptual losses need lpips and timm"):
         from .perceptual import build_perceptual
-    except ImportError as err:
-        raise PMFError(f"perceptual losses need `pip install 'pixel-meanflow[perceptual]'` ({err})") from None
     return build_perceptual(cfg.perceptual, device)

@@ -2,6 +2,7 @@
 the settings the commands report (no training here; see test_cli_train.py)."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -165,6 +166,18 @@ def test_eval_defaults_to_the_checkpoints_setting_and_sweeps(tmp_path, capsys, t
     rows = json.loads((tmp_path / "b" / "sweep.json").read_text())["rows"]
     assert [(r["ema"], r["omega"], r["t_min"], r["t_max"]) for r in rows] == [
         ("d0.9", 1.0, 0.2, 0.7), ("d0.9", 3.0, 0.2, 0.7), ("d0.99", 1.0, 0.2, 0.7), ("d0.99", 3.0, 0.2, 0.7)]
+    assert (tmp_path / "b" / "sweep.png").is_file()
+
+
+def test_an_eval_sweep_without_matplotlib_keeps_its_results(tmp_path, capsys, train_ckpt, fake_offline,
+                                                             monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed: only the figure is missing
+    assert main(["eval", "--checkpoint", str(train_ckpt), "--offline", "--num-images", "10", "--no-progress",
+                 "--device", "cpu", "--omega", "1,3", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sweep.png not written: the sweep's plot needs matplotlib: pip install 'pixel-meanflow[plot]'" in out
+    assert len(json.loads((tmp_path / "sweep.json").read_text())["rows"]) == 2
+    assert (tmp_path / "sweep.md").is_file() and not (tmp_path / "sweep.png").exists()
 
 
 def test_eval_refuses_an_offline_dataset_that_does_not_fit(tmp_path, capsys, fake_offline):
@@ -179,8 +192,6 @@ def test_eval_refuses_an_offline_dataset_that_does_not_fit(tmp_path, capsys, fak
 
 
 def test_toy_checks_matplotlib_first_and_writes_results_before_the_figure(tmp_path, capsys, monkeypatch):
-    import sys
-
     import pmf.commands.toy as toy
     from pmf.errors import PMFError
 

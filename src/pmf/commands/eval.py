@@ -14,6 +14,7 @@ import torch.distributed as dist
 from .. import __version__
 from ..data import BUILTIN
 from ..errors import PMFError
+from ..extras import MissingExtra
 from ..sampling import prepare_sampler
 from ._args import (
     add_batch_size,
@@ -231,7 +232,10 @@ def sweep(score: Scorer, combos: list, num_images: int, metric: str) -> tuple[li
         (out / "sweep.json").write_text(json.dumps({"metric": metric, "num_images": num_images, "rows": rows},
                                                    indent=2))
         (out / "sweep.md").write_text(table(rows, metric) + "\n")
-        plot(rows, metric, out / "sweep.png")
+        try:
+            plot(rows, metric, out / "sweep.png")
+        except MissingExtra as err:  # the figure is optional: the sweep's results are in sweep.json and sweep.md
+            print(f"sweep.png not written: {err}")
         print(table(rows, metric))
     return rows, full
 

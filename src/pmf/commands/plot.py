@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import PMFError
+from ..extras import pyplot
 from ._args import add_out
 
 
@@ -37,13 +38,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def plot_runs(runs: list[str], out: str | Path, keys: list[str], log_y: bool = False) -> Path:
     """One panel per key, one curve per run; returns the PNG path."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PMFError("plots need matplotlib: pip install 'pixel-meanflow[plot]'") from None
+    plt = pyplot()
     data = {str(r): read_metrics(r) for r in runs}
     known = sorted({k for rows in data.values() for row in rows for k, v in row.items()
                     if k != "step" and isinstance(v, (int, float))})

