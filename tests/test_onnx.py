@@ -1,6 +1,9 @@
 """ONNX export (pmf.onnx_export) and its onnxruntime path (pmf.onnx_runtime) in pmf sample and pmf serve: the
 same images as the torch sampler for the same seeds, and the metadata that says how to sample the file."""
 
+import contextlib
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -27,8 +30,8 @@ RECIPE = {"omega": 2.0, "t_min": 0.1, "t_max": 0.9}
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """A training checkpoint with class names and a recipe setting, its 1-step export through the CLI and a
-    2-step export through the library."""
+    """A training checkpoint with class names and a recipe setting, and its 1- and 2-step exports through the
+    CLI (which names the steps of the file in the setting it prints)."""
     folder = tmp_path_factory.mktemp("onnx")
     model = random_model(seed=1)
     sd = model.state_dict()
@@ -39,9 +42,12 @@ def files(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         assert main(["export", "--checkpoint", str(ckpt), "--out", str(folder / "g.onnx")]) == 0
-        export_onnx(pmf.load_checkpoint(ckpt), folder / "g2.onnx", steps=2)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["export", "--checkpoint", str(ckpt), "--out", str(folder / "g2.onnx"), "--steps", "2"]) == 0
     finally:
         torch.set_num_threads(threads)
+    assert "exporting the 2-step generator; setting: omega 2, interval [0.1, 0.9], 2 step(s)" in out.getvalue()
     return {"ckpt": ckpt, "one": folder / "g.onnx", "two": folder / "g2.onnx", "model": model}
 
 

@@ -89,10 +89,10 @@ def _export_onnx(args):
     if args.steps is not None and args.steps < 1:
         raise PMFError(f"--steps must be >= 1, got {args.steps}")
     loaded = load_checkpoint(args.checkpoint, ema=args.ema)
-    print(f"exporting the {args.steps or loaded.setting.steps}-step generator; setting: {loaded.setting.describe()}",
-          flush=True)
-    setting = dataclasses.replace(loaded.setting, ema=loaded.ema)  # the EMA exported, which --ema may choose
-    return export_onnx(loaded, args.out, steps=args.steps, setting=setting)
+    # the file's setting: the checkpoint's, with the EMA exported (which --ema may choose) and the graph's steps
+    setting = dataclasses.replace(loaded.setting, ema=loaded.ema, steps=args.steps or loaded.setting.steps)
+    print(f"exporting the {setting.steps}-step generator; setting: {setting.describe()}", flush=True)
+    return export_onnx(loaded, args.out, steps=setting.steps, setting=setting)
 
 
 def _export_hub(spec: str, out: str, *, ema: str | None = None) -> Path:
