@@ -61,16 +61,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def nontrivial_model(preset: str, seed: int):
+    """A u-head network of ``preset`` with random weights that every block uses: pMF's initialisation zeroes the
+    block gates and the output layer, which would make every image the same."""
+    torch.manual_seed(seed)
+    model = build_model(preset, v_head=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("attn_scale", "mlp_scale")) or "final_layer.linear.weight" in name:
+                p.normal_(0, 0.05)
+    return model.eval()
+
+
 class Bench:
     """Both generators on the same (random, non-trivial) weights and the same noise and labels."""
 
     def __init__(self, args, dev: torch.device):
-        torch.manual_seed(args.seed)
-        src = build_model(args.preset, v_head=False)
-        with torch.no_grad():  # non-zero gates and output layer, so that every block shapes the image
-            for name, p in src.named_parameters():
-                if name.endswith(("attn_scale", "mlp_scale")) or "final_layer.linear.weight" in name:
-                    p.normal_(0, 0.05)
+        src = nontrivial_model(args.preset, args.seed)
         sd = release_state_dict(src)
         self.cfg = cfg = src.config
         self.model = load_release_state_dict(build_model(args.preset, v_head=False), sd).to(dev).eval()
@@ -126,10 +133,10 @@ def onnx_generator(model, preset: str, threads: int):
     from pmf.onnx_runtime import OnnxGenerator
     from pmf.sampling import SamplingSetting
 
-    folder = tempfile.mkdtemp(prefix="pmf-bench-")
-    path = export_onnx(LoadedCheckpoint(model, preset, None, SamplingSetting(**GUIDANCE)), Path(folder) / "g.onnx")
-    print(f"exported {path} ({path.stat().st_size / 2**20:.0f} MiB)", file=sys.stderr)
-    return OnnxGenerator(path, threads=threads)
+    with tempfile.TemporaryDirectory(prefix="pmf-bench-") as folder:  # the session holds the graph: no file left
+        path = export_onnx(LoadedCheckpoint(model, preset, None, SamplingSetting(**GUIDANCE)), Path(folder) / "g.onnx")
+        print(f"exported {path} ({path.stat().st_size / 2**20:.0f} MiB)", file=sys.stderr)
+        return OnnxGenerator(path, threads=threads)
 
 
 def compare_backends(args, bench, batches: list[int], dev) -> list[dict]:
