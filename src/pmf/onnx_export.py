@@ -31,6 +31,9 @@ OUTPUT = "images"
 META = {"setting": "pmf.sampling_setting", "class_names": "pmf.class_names", "preset": "pmf.preset",
         "image_size": "pmf.image_size", "channels": "pmf.channels", "num_classes": "pmf.num_classes",
         "noise_scale": "pmf.noise_scale", "steps": "pmf.steps", "model_config": "pmf.model_config"}
+# how the weights are stored: {"precision": "fp32"} here; pmf.onnx_quantize records int8 and its measured error
+# (optional: files exported before it was written hold fp32 weights)
+WEIGHTS_KEY, FP32 = "pmf.weights", {"precision": "fp32"}
 
 
 def onnx_metadata(loaded, *, steps: int, noise_scale: float, setting=None) -> dict[str, str]:
@@ -46,7 +49,7 @@ def onnx_metadata(loaded, *, steps: int, noise_scale: float, setting=None) -> di
     values = {"setting": setting.to_dict(), "class_names": checkpoint_class_names(loaded), "preset": loaded.arch,
               "image_size": cfg.input_size, "channels": cfg.in_channels, "num_classes": cfg.num_classes,
               "noise_scale": noise_scale, "steps": steps, "model_config": {**cfg.to_dict(), "v_head": False}}
-    return {META[k]: json.dumps(v) for k, v in values.items()}
+    return {**{META[k]: json.dumps(v) for k, v in values.items()}, WEIGHTS_KEY: json.dumps(FP32)}
 
 
 def export_onnx(loaded, out: str | os.PathLike, *, steps: int | None = None, noise_scale: float | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from .config import ModelConfig
 from .errors import CheckpointError, PMFError
 from .extras import needs
-from .onnx_export import INPUTS, META
+from .onnx_export import FP32, INPUTS, META, WEIGHTS_KEY
 from .setting import SamplingSetting
 
 ORT_FLOOR = "1.23"  # the first that runs opset 23 (pmf.onnx_export.OPSET)
@@ -36,7 +37,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     if missing:
         raise CheckpointError(f"{str(path)!r} lacks the metadata of `pmf export` ({', '.join(missing)}); "
                               "export it again with pmf export --out FILE.onnx")
-    return {k: json.loads(props[v]) for k, v in META.items()}
+    return {**{k: json.loads(props[v]) for k, v in META.items()},
+            "weights": json.loads(props[WEIGHTS_KEY]) if WEIGHTS_KEY in props else FP32}
 
 
 class OnnxGenerator:
@@ -54,6 +56,7 @@ class OnnxGenerator:
         self.class_names: list[str] | None = meta["class_names"]
         self.preset: str | None = meta["preset"]
         self.steps, self.noise_scale = int(meta["steps"]), float(meta["noise_scale"])
+        self.weights: dict = meta["weights"]  # {"precision": "fp32"}, or int8 with its error (pmf.onnx_quantize)
         self.config = ModelConfig.from_dict({**meta["model_config"], "noise_scale": self.noise_scale})
         opts = ort.SessionOptions()
         if threads:
@@ -121,4 +124,16 @@ def onnx_checkpoint(args):
                        "export again with it")
     if getattr(args, "steps", None) is not None:  # refused before any work
         gen.check_steps(args.steps)
+    if gen.weights.get("precision", "fp32") != "fp32":
+        print(f"{gen.path.name}: {describe_weights(gen.weights)}", file=sys.stderr, flush=True)
     return LoadedCheckpoint(gen, gen.preset, gen.setting.ema, gen.setting, class_names=gen.class_names)
+
+
+def describe_weights(weights: dict) -> str:
+    """One line on a file's weights: fp32, or a quantisation with the pixel error measured when it was made."""
+    if weights.get("precision", "fp32") == "fp32":
+        return "fp32 weights"
+    err = weights.get("error") or {}
+    measured = (f"; measured at export: up to {err['max_levels']} uint8 levels from the fp32 export, mean "
+                f"{err['mean_levels']:.2f}, on {err['probe_images']} probe images" if err else "")
+    return f"{weights['precision']} weights ({weights.get('method', 'quantised')}){measured}"

@@ -35,6 +35,10 @@ def add_parser(sub) -> None:
                    "does not apply)")
     p.add_argument("--steps", type=int, default=None, help="--format onnx: sampling steps of the graph (default: "
                    "the checkpoint's setting, 1)")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="--format onnx: int8 weights in every matrix "
+                   "product (onnxruntime's dynamic quantisation; a quarter of the size, faster on CPUs with VNNI); "
+                   "the export prints, and the file records, how many uint8 levels it moves the images from the "
+                   "fp32 file (default: fp32)")
     # the old form `pmf export CHECKPOINT OUT`
     p.add_argument("legacy", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
@@ -46,8 +50,10 @@ def run(args) -> int:
     legacy_positionals(args)
     args.checkpoint = checkpoint_arg(args.checkpoint)
     suffix = Path(args.out).suffix.lower()
-    if args.steps is not None and "onnx" not in (args.format, SUFFIXES.get(suffix)):
-        raise PMFError("--steps applies to ONNX exports only (the other formats hold the network, not the sampler)")
+    onnx_only = [flag for flag, value in (("--steps", args.steps), ("--quantize", args.quantize)) if value is not None]
+    if onnx_only and "onnx" not in (args.format, SUFFIXES.get(suffix)):
+        raise PMFError(f"{onnx_only[0]} applies to ONNX exports only (the other formats hold the network, not the "
+                       "sampler)")
     if args.format != "hub":
         output_file(args.out)  # a folder that cannot be made is a one-line error before any work
     if args.format == "checkpoint":
@@ -92,7 +98,14 @@ def _export_onnx(args):
     # the file's setting: the checkpoint's, with the EMA exported (which --ema may choose) and the graph's steps
     setting = dataclasses.replace(loaded.setting, ema=loaded.ema, steps=args.steps or loaded.setting.steps)
     print(f"exporting the {setting.steps}-step generator; setting: {setting.describe()}", flush=True)
-    return export_onnx(loaded, args.out, steps=setting.steps, setting=setting)
+    if args.quantize is None:
+        return export_onnx(loaded, args.out, steps=setting.steps, setting=setting)
+    from ..onnx_quantize import export_int8
+    from ..onnx_runtime import describe_weights, read_metadata
+
+    path, _ = export_int8(loaded, args.out, steps=setting.steps, setting=setting)
+    print(describe_weights(read_metadata(path)["weights"]), flush=True)  # as recorded in the file
+    return path
 
 
 def _export_hub(spec: str, out: str, *, ema: str | None = None) -> Path:
