@@ -37,8 +37,8 @@ def add_parser(sub) -> None:
                    "the checkpoint's setting, 1)")
     p.add_argument("--quantize", choices=["int8"], default=None, help="--format onnx: int8 weights in every matrix "
                    "product (onnxruntime's dynamic quantisation; about a quarter of the size, faster on some CPUs: "
-                   "docs/deploy.md); the export prints, and the file records, how many uint8 levels it moves the images from the "
-                   "fp32 file (default: fp32)")
+                   "docs/deploy.md); the export prints, and the file records, how many uint8 levels it moves the "
+                   "images from the fp32 file (default: fp32)")
     # the old form `pmf export CHECKPOINT OUT`
     p.add_argument("legacy", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
