@@ -85,6 +85,20 @@ def test_pmf_sample_says_the_file_is_int8_and_stays_near_the_fp32_file(files, tm
     assert 0 < np.abs(a - b).mean() < 4
 
 
+def test_serve_reports_the_int8_weights_in_info(files):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from pmf.cli import build_parser
+    from pmf.commands.serve import build
+
+    for key, precision in (("int8", "int8"), ("fp32", "fp32")):
+        app, info, _ = build(build_parser().parse_args(["serve", "--checkpoint", str(files[key])]))
+        with TestClient(app) as client:
+            weights = client.get("/info").json()["weights"]
+        assert weights == read_metadata(files[key])["weights"] and weights["precision"] == precision
+
+
 def test_a_file_without_the_weights_record_reads_as_fp32(files, tmp_path):
     model = onnx.load(str(files["fp32"]))
     kept = [p for p in model.metadata_props if p.key != WEIGHTS_KEY]

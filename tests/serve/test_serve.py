@@ -230,6 +230,7 @@ def test_info_and_health(client):
     assert info["classes"] == [str(i) for i in range(10)]  # the digits of the recipe's built-in set
     assert {k: info["defaults"][k] for k in SETTING} == SETTING and info["defaults"]["steps"] == 1
     assert info["limits"]["max_images"] == 16 and info["limits"]["max_steps"] == 4
+    assert info["weights"] == {"precision": "fp32"}  # a torch checkpoint (an int8 ONNX file: test_onnx_quantize.py)
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["queued"] == 0
 

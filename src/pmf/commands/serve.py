@@ -90,7 +90,8 @@ def build(args):
     ckpt = onnx_checkpoint(args) if onnx else load_for_sampling(args, args.device)
     cfg = ckpt.model.config
     names = checkpoint_class_names(ckpt)
-    info = ModelInfo(ckpt.arch, cfg.input_size, cfg.in_channels, names, ckpt.setting, cfg.noise_scale, ckpt.ema)
+    info = ModelInfo(ckpt.arch, cfg.input_size, cfg.in_channels, names, ckpt.setting, cfg.noise_scale, ckpt.ema,
+                     **({"weights": ckpt.model.weights} if onnx else {}))
     model = ckpt.model if onnx else prepare_sampler(ckpt.model, compile=args.compile)
     batcher = Batcher(model, noise_scale=cfg.noise_scale, device=args.device, precision=args.precision,
                       max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,

@@ -146,7 +146,7 @@ def _info_json(info: ModelInfo, limits: ServeLimits, batcher: Batcher, auth: boo
             "num_classes": len(info.class_names), "classes": info.class_names,
             "defaults": {"seed": 0, "omega": s.omega, "t_min": s.t_min, "t_max": s.t_max, "steps": s.steps,
                          "format": "png", "source": s.source},
-            "ema": info.ema, "noise_scale": info.noise_scale,
+            "ema": info.ema, "noise_scale": info.noise_scale, "weights": info.weights,
             "limits": {"max_images": limits.max_images, "min_steps": limits.min_steps, "max_steps": limits.max_steps,
                        "omega_min_exclusive": 0,
                        "omega_slider_max": max(8.0, math.ceil(2 * s.omega)), "t_min": 0, "t_max": 1,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..setting import SamplingSetting
 
@@ -18,3 +18,5 @@ class ModelInfo:
     setting: SamplingSetting  # the defaults of omega, interval, steps (and the EMA they belong to)
     noise_scale: float
     ema: str | None  # the weights loaded
+    # how they are stored: {"precision": "fp32"}, or an int8 ONNX file's record with its measured error
+    weights: dict = field(default_factory=lambda: {"precision": "fp32"})
