@@ -45,3 +45,19 @@ def tiny_model(tiny_release_sd):
 
     model = pmf.build_model("pMF-Tiny/4")
     return pmf.load_release_state_dict(model, tiny_release_sd)
+
+
+@pytest.fixture
+def fake_offline(monkeypatch):
+    """The offline score without training its classifier: records the images it was given."""
+    import pmf.quality
+
+    seen = []
+
+    def offline_scores(images, labels, *, dataset="mnist-5k", **kw):
+        seen.append(images)
+        return {"accuracy": 0.5, "frechet": float(len(seen)), "frechet_real_floor": 0.1, "accuracy_real_floor": 0.9,
+                "frechet_class_means": 2.0, "dataset": dataset}
+
+    monkeypatch.setattr(pmf.quality, "offline_scores", offline_scores)
+    return seen

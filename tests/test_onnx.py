@@ -1,8 +1,9 @@
-"""ONNX export (pmf.onnx_export) and its onnxruntime path (pmf.onnx_runtime) in pmf sample and pmf serve: the
+"""ONNX export (pmf.onnx_export) and its onnxruntime path (pmf.onnx_runtime) in pmf sample, pmf serve and pmf eval: the
 same images as the torch sampler for the same seeds, and the metadata that says how to sample the file."""
 
 import contextlib
 import io
+import json
 
 import numpy as np
 import pytest
@@ -167,3 +168,18 @@ def test_serve_runs_the_onnx_file_without_a_torch_model(files, tmp_path):
     assert main(["sample", "--checkpoint", str(files["ckpt"]), "--classes", "3,1,4", "--per-class", "1", "--seed",
                  "5", "--steps", "2", "--out", str(tmp_path), "--no-progress", "--no-png"]) == 0
     assert np.abs(got.astype(int) - np.load(tmp_path / "samples.npz")["images"]).max() <= 1
+
+
+def test_eval_scores_the_onnx_files_images_as_the_checkpoints(files, tmp_path, fake_offline, capsys):
+    common = ["--offline", "--num-images", "12", "--batch-size", "5", "--seed", "3", "--no-progress"]
+    assert main(["eval", "--checkpoint", str(files["one"]), "--out", str(tmp_path / "onnx"), *common]) == 0
+    assert main(["eval", "--checkpoint", str(files["ckpt"]), "--out", str(tmp_path / "torch"), *common]) == 0
+    onnx_images, torch_images = (np.asarray(x).astype(int) for x in fake_offline)
+    assert onnx_images.shape == torch_images.shape == (12, 32, 32, 3) and torch_images.std() > 10
+    assert np.abs(onnx_images - torch_images).max() <= 1
+    record = json.loads((tmp_path / "onnx" / "metrics.json").read_text())
+    assert record["weights"] == {"precision": "fp32"} and record["settings"]["omega"] == 2.0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(files["one"]), "--ema", "d0.9", "--out", str(tmp_path / "x"),
+                 *common]) == 2
+    assert "--ema applies to a torch checkpoint" in capsys.readouterr().err

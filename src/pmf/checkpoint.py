@@ -136,7 +136,8 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
         return LoadedCheckpoint(pre.build(PMFDiT, device), pre.preset, pre.setting.ema, pre.setting, None,
                                 pre.class_names)
     if str(spec).lower().endswith(".onnx"):
-        raise CheckpointError(f"{str(spec)!r} is an ONNX generator: pmf sample and pmf serve run it (onnxruntime)")
+        raise CheckpointError(f"{str(spec)!r} is an ONNX generator: pmf sample, pmf serve and pmf eval run it "
+                              "(onnxruntime)")
     if not str(spec).startswith(("hf:", "http://", "https://")) and Path(spec).expanduser().is_dir():
         spec = run_checkpoint(spec)
     obj, weights_of = open_checkpoint(spec)

@@ -138,22 +138,6 @@ def test_sample_uses_the_released_setting_of_a_released_preset(tmp_path, capsys,
         in capsys.readouterr().out
 
 
-@pytest.fixture
-def fake_offline(monkeypatch):
-    """The offline score without training its classifier: records the images it was given."""
-    import pmf.quality
-
-    seen = []
-
-    def offline_scores(images, labels, *, dataset="mnist-5k", **kw):
-        seen.append(images)
-        return {"accuracy": 0.5, "frechet": float(len(seen)), "frechet_real_floor": 0.1, "accuracy_real_floor": 0.9,
-                "frechet_class_means": 2.0, "dataset": dataset}
-
-    monkeypatch.setattr(pmf.quality, "offline_scores", offline_scores)
-    return seen
-
-
 def test_eval_defaults_to_the_checkpoints_setting_and_sweeps(tmp_path, capsys, train_ckpt, fake_offline):
     base = ["eval", "--checkpoint", str(train_ckpt), "--offline", "--num-images", "10", "--no-progress",
             "--device", "cpu"]

@@ -44,8 +44,9 @@ class PMFArgumentParser(argparse.ArgumentParser):
         super().error(message)
 
 
-def add_checkpoint(p, *, required: bool = True, random: bool = True) -> None:
-    extra = ", or 'random' (an untrained model of --arch, to try the pipeline)" if random else ""
+def add_checkpoint(p, *, required: bool = True, random: bool = True, onnx: bool = True) -> None:
+    extra = (", a FILE.onnx of pmf export (run in onnxruntime on the CPU)" if onnx else "") + \
+        (", or 'random' (an untrained model of --arch, to try the pipeline)" if random else "")
     p.add_argument("--checkpoint", required=required, help="checkpoint: our training checkpoint (a file, or "
                    "the folder of a sharded one; a run folder gives its newest) or export, a release-format state "
                    f"dict, .safetensors, a hub folder (pmf export --format hub) or hf:OWNER/REPO holding one, a URL or "

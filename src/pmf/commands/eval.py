@@ -15,6 +15,7 @@ from .. import __version__
 from ..data import BUILTIN
 from ..errors import PMFError
 from ..extras import MissingExtra
+from ..onnx_runtime import is_onnx, onnx_checkpoint
 from ..sampling import prepare_sampler
 from ._args import (
     add_batch_size,
@@ -146,7 +147,8 @@ def load_settings(args, device, rank: int, emas: list, omegas, pairs):
     args.dataset and emas[0] from the checkpoint."""
     from ..evaluate import grid
 
-    loaded = load_for_sampling(args, device, emas[0])
+    onnx = is_onnx(args.checkpoint)  # an exported file (fp32 or int8) run in onnxruntime, as pmf sample does
+    loaded = onnx_checkpoint(args) if onnx else load_for_sampling(args, device, emas[0])
     base = sampling_setting(loaded, steps=args.steps)  # the checkpoint's setting; the flags below may sweep it
     emas[0] = loaded.ema  # the checkpoint's default EMA when none was named
     args.steps = base.steps
@@ -160,7 +162,8 @@ def load_settings(args, device, rank: int, emas: list, omegas, pairs):
             print(f"sampling: {chosen_setting.describe()}", flush=True)
     elif rank == 0:
         print(f"sampling: a sweep of {len(combos)} settings; the checkpoint's own is {base.describe()}", flush=True)
-    model = prepare_sampler(loaded.model, compile=args.compile, cuda_graphs=args.cuda_graphs)
+    model = loaded.model if onnx else \
+        prepare_sampler(loaded.model, compile=args.compile, cuda_graphs=args.cuda_graphs)
     args.dataset = offline_dataset(args.dataset, loaded.data)
     return model, base, combos
 
@@ -241,9 +244,11 @@ def sweep(score: Scorer, combos: list, num_images: int, metric: str) -> tuple[li
 
 
 def write_metrics(args, metrics: dict, chosen: dict, mode: str, out: Path, info, seconds: float,
-                  sweep_record: dict | None) -> None:
-    """OUT/metrics.json: the metrics with the exact settings, and the summary line."""
+                  sweep_record: dict | None, weights: dict | None = None) -> None:
+    """OUT/metrics.json: the metrics with the exact settings (``weights``: an ONNX file's record), and the
+    summary line."""
     record = {**metrics, "ema": chosen["ema"], "checkpoint": args.checkpoint, "arch": args.arch,
+              "weights": weights or {"precision": "fp32"},
               "dataset": metrics.get("dataset", args.dataset) if mode == "offline" else None,
               "world_size": info.world_size, "device": str(info.device), "seconds": seconds,
               "args": {k: v for k, v in vars(args).items() if k != "func"}, "argv": sys.argv[1:],
@@ -290,7 +295,7 @@ def run(args) -> int:
     if rank == 0:
         grid_record = {"metric": metric, "num_images": search_images, "settings": len(combos)}
         write_metrics(args, metrics, chosen, mode, out, info, round(time.time() - t0, 1),
-                      grid_record if len(combos) > 1 else None)
+                      grid_record if len(combos) > 1 else None, getattr(score.model, "weights", None))
     if created:
         dist.destroy_process_group()
     return 0

@@ -21,7 +21,7 @@ FOLDER_FORMATS = ("checkpoint", "hub")  # --format values that the suffix of --o
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export an EMA of a training checkpoint (release .pt or .safetensors), "
                        "or a sharded checkpoint folder as one training checkpoint file")
-    add_checkpoint(p, required=False, random=False)
+    add_checkpoint(p, required=False, random=False, onnx=False)
     add_out(p, help="output file: .safetensors, .onnx, or .pt / .pth for the release format or --format checkpoint; "
             "a folder for --format hub (required)")
     add_ema(p)

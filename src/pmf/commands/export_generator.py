@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
                        "t_min [B], t_max [B]) to images on the [-1, 1] scale, NOT clipped (a one-step sample can "
                        "overshoot): clip to [-1, 1] before converting, as pmf.sampling.to_uint8 does. Also writes a "
                        "JSON file describing its inputs. Load it with torch.export.load(PATH).module().")
-    add_common_model_args(p)
+    add_common_model_args(p, onnx=False)
     add_out(p, required=True, help="output .pt2 file (required)")
     p.add_argument("--static-batch", type=int, default=None,
                    help="trace for this batch size only (default: any batch size)")
