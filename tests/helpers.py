@@ -116,3 +116,17 @@ def start_serve(ckpt, *args: str):
             proc.kill()
             raise AssertionError(f"pmf serve did not come up: {proc.communicate()[0][-2000:]}")
         time.sleep(0.5)
+
+
+def end_process_group() -> None:
+    """Destroy the default process group of a test's worker process, after the caller has dropped its DDP modules
+    (``del ddp``). A DDP reducer freed after ``destroy_process_group`` holds the group's last reference and
+    destroys it while holding the GIL, waiting for gloo's threads, one of which may need the GIL to free a finished
+    collective's tensors: a deadlock at teardown, seen once under torch 2.13.0's CPU build. Collecting the
+    dropped modules first leaves the group's end to ``destroy_process_group``."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()
+    dist.destroy_process_group()

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from helpers import TINY
+from helpers import TINY, end_process_group
 from pmf.config import model_config
 from pmf.distributed import free_port
 from pmf.nn.model import PMFDiT
@@ -55,7 +55,8 @@ def _worker(rank: int, init_file: str, out_dir: str, jvp: str) -> None:
                    no_grad_net=ddp.module)
     out.loss.backward()
     torch.save({n: p.grad for n, p in model.named_parameters()}, os.path.join(out_dir, f"grad{rank}.pt"))
-    dist.destroy_process_group()
+    del ddp, out
+    end_process_group()
 
 
 @pytest.mark.parametrize("jvp", JVP_MODES)

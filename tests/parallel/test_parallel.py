@@ -24,6 +24,7 @@ from pmf.distributed import free_port
 from pmf.errors import PMFError
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: test_train, test_optim
+from helpers import end_process_group  # noqa: E402
 from test_train import tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -229,7 +230,8 @@ def _reduce_worker(rank: int, world: int, port: int, out: str) -> None:
     ddp(x).square().sum().backward()
     result["ddp"] = {n: p.grad.clone() for n, p in lin.named_parameters()}
     torch.save(result, out + f".{rank}")
-    dist.destroy_process_group()
+    del ddp
+    end_process_group()
 
 
 def test_ordered_reduction_sums_in_rank_order(tmp_path):
