@@ -38,7 +38,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{str(path)!r} lacks the metadata of `pmf export` ({', '.join(missing)}); "
                               "export it again with pmf export --out FILE.onnx")
     return {**{k: json.loads(props[v]) for k, v in META.items()},
-            "weights": json.loads(props[WEIGHTS_KEY]) if WEIGHTS_KEY in props else FP32}
+            "weights": json.loads(props[WEIGHTS_KEY]) if WEIGHTS_KEY in props else dict(FP32)}
 
 
 class OnnxGenerator:
@@ -124,14 +124,14 @@ def onnx_checkpoint(args):
                        "export again with it")
     if getattr(args, "steps", None) is not None:  # refused before any work
         gen.check_steps(args.steps)
-    if gen.weights.get("precision", "fp32") != "fp32":
+    if gen.weights != FP32:
         print(f"{gen.path.name}: {describe_weights(gen.weights)}", file=sys.stderr, flush=True)
     return LoadedCheckpoint(gen, gen.preset, gen.setting.ema, gen.setting, class_names=gen.class_names)
 
 
 def describe_weights(weights: dict) -> str:
     """One line on a file's weights: fp32, or a quantisation with the pixel error measured when it was made."""
-    if weights.get("precision", "fp32") == "fp32":
+    if weights == FP32:
         return "fp32 weights"
     err = weights.get("error") or {}
     measured = (f"; measured at export: up to {err['max_levels']} uint8 levels from the fp32 export, mean "

@@ -15,6 +15,7 @@ from .. import __version__
 from ..data import BUILTIN
 from ..errors import PMFError
 from ..extras import MissingExtra
+from ..onnx_export import FP32
 from ..onnx_runtime import is_onnx, onnx_checkpoint
 from ..sampling import prepare_sampler
 from ._args import (
@@ -248,7 +249,7 @@ def write_metrics(args, metrics: dict, chosen: dict, mode: str, out: Path, info,
     """OUT/metrics.json: the metrics with the exact settings (``weights``: an ONNX file's record), and the
     summary line."""
     record = {**metrics, "ema": chosen["ema"], "checkpoint": args.checkpoint, "arch": args.arch,
-              "weights": weights or {"precision": "fp32"},
+              "weights": weights or dict(FP32),
               "dataset": metrics.get("dataset", args.dataset) if mode == "offline" else None,
               "world_size": info.world_size, "device": str(info.device), "seconds": seconds,
               "args": {k: v for k, v in vars(args).items() if k != "func"}, "argv": sys.argv[1:],

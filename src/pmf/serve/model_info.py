@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..onnx_export import FP32
 from ..setting import SamplingSetting
 
 
@@ -19,4 +20,4 @@ class ModelInfo:
     noise_scale: float
     ema: str | None  # the weights loaded
     # how they are stored: {"precision": "fp32"}, or an int8 ONNX file's record with its measured error
-    weights: dict = field(default_factory=lambda: {"precision": "fp32"})
+    weights: dict = field(default_factory=lambda: dict(FP32))
