@@ -23,7 +23,6 @@ from .onnx_export import WEIGHTS_KEY, export_onnx
 from .onnx_runtime import OnnxGenerator
 from .sampling import image_noise, to_uint8
 
-QUANTIZATIONS = ("int8",)
 METHOD = "onnxruntime dynamic quantisation: int8 linear weights per output channel, activations per call"
 PROBE_IMAGES, PROBE_SEED = 8, 0
 
