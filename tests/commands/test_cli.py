@@ -308,3 +308,29 @@ def test_old_num_samples_spelling_works_for_sample_eval_and_demo(tmp_path, capsy
     assert len(np.load(tmp_path / "samples.npz")["images"]) == 3
     for command in (["eval", "--checkpoint", "x"], ["demo"]):
         assert build_parser().parse_args([*command, "--num-samples", "12"]).num_images == 12
+
+
+def test_sampling_into_a_used_folder_of_a_class_named_model_leaves_only_the_new_images(tmp_path, capsys):
+    import numpy as np
+    import torch
+    from helpers import random_model
+
+    model = random_model(seed=1)
+    sd = model.state_dict()
+    ckpt = tmp_path / "named.pt"
+    names = ["seven", "x y", "été"] + [f"digit {i}" for i in range(3, 10)]
+    torch.save({"format": "pixel-meanflow", "model_config": model.config.to_dict(), "model": sd, "ema": {"d0.9": sd},
+                "train_config": {"arch": "pMF-Tiny/4"}, "class_names": names}, ckpt)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    argv = ["sample", "--checkpoint", str(ckpt), "--out", str(out), "--no-progress", "--classes", "0,1,2"]
+    assert main([*argv, "--per-class", "3"]) == 0
+    assert sorted(p.name for p in out.glob("0*.png"))[:2] == ["000000_seven.png", "000001_seven.png"]
+    assert len(list(out.glob("0*.png"))) == 9
+    capsys.readouterr()
+    assert main([*argv[:-1], "1", "--per-class", "1"]) == 0
+    assert "removed 9 sample PNGs of an earlier run" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["000000_x_y.png", "grid.png", "notes.txt", "sample_settings.json",
+                                                     "samples.npz"]
+    assert len(np.load(out / "samples.npz")["images"]) == 1

@@ -86,7 +86,7 @@ def sample_name(index: int, label: int, names: list[str] | None) -> str:
     """The PNG name of sample ``index``: its class name where the model records names, else its number."""
     if not names:
         return f"{index:06d}_class{label}.png"
-    slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in names[label])
+    slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in names[label])  # what PNG_NAME matches
     return f"{index:06d}_{slug}.png"
 
 
@@ -105,7 +105,8 @@ def class_counts(num_classes: int, per_class: int | None, num_images: int | None
 
 
 OWN_FILES = ("grid.png", "samples.npz", "sample_settings.json")
-PNG_NAME = re.compile(r"\d{6}_class\d+\.png")
+# Every name sample_name writes: six digits, then the class number or a class name's slug (its characters).
+PNG_NAME = re.compile(r"\d{6}_[\w.-]+\.png")
 
 
 def clear_old_samples(out) -> int:
