@@ -54,6 +54,10 @@ def test_size_rule_crops_padded_images_back_and_averages_rgb(quality_cache):
     test32 = load_builtin("mnist-5k", size=32, split="test")
     assert np.array_equal(quality.fit_size(test32.images, 28), test28.images)
     assert np.array_equal(quality.fit_size(np.repeat(test28.images, 3, axis=3), 28), test28.images)
+    big = np.repeat(np.repeat(test28.images[:4], 4, axis=1), 4, axis=2)  # 112 px: pooled 4x4 back to 28
+    assert np.array_equal(quality.fit_size(big, 28), test28.images[:4])
+    smooth = load_builtin("mnist-5k", size=112, split="test").images[:4]  # bicubic: pooled within rounding
+    assert np.abs(quality.fit_size(smooth, 28).astype(int) - test28.images[:4]).mean() < 6
     small = quality.fit_size(test28.images[:2, 2:-2, 2:-2], 28)  # 24 -> 28: zero border of 2
     assert small.shape == (2, 28, 28, 1) and small[:, :2].max() == 0 and small[:, -2:].max() == 0
     s = quality.offline_scores(torch.from_numpy(test32.images[:100]), torch.from_numpy(test32.labels[:100]),

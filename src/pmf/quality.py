@@ -6,9 +6,10 @@ distance between its penultimate features of the generated images and of the hel
 Two baselines are scored the same way with the same labels and count: real training images (the floor a
 perfect generator would reach) and per-class mean images (what a blurry generator gets).
 
-Size rule: images larger than the classifier's input are centre-cropped, smaller ones centre-padded with
-zeros (MNIST padded 28 -> 32 for training crops back exactly to the original 28x28); RGB images are averaged
-to one channel.
+Size rule: images k times the classifier's input (k an integer, as from ``pmf train --image-size`` on an
+upsampled built-in set) are average-pooled k x k back to it; other larger images are centre-cropped, smaller
+ones centre-padded with zeros (MNIST padded 28 -> 32 for training crops back exactly to the original 28x28);
+RGB images are averaged to one channel.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def cache_dir() -> Path:
 
 
 def fit_size(images, size: int) -> np.ndarray:
-    """uint8 [N, H, W, C] -> uint8 [N, size, size, 1]: channels averaged, centre crop or zero pad to ``size``."""
+    """uint8 [N, H, W, C] -> uint8 [N, size, size, 1]: channels averaged, then the module's size rule."""
     if torch.is_tensor(images):
         images = images.cpu().numpy()
     images = np.asarray(images)
@@ -66,7 +67,11 @@ def fit_size(images, size: int) -> np.ndarray:
     if images.shape[3] == 3:
         images = np.round(images.astype(np.float32).mean(axis=3, keepdims=True)).astype(np.uint8)
     h = images.shape[1]
-    if h > size:
+    if h > size and h % size == 0:  # an upsampled copy (--image-size): average-pool back to the classifier's size
+        k = h // size
+        pooled = images.reshape(len(images), size, k, size, k, 1).astype(np.float32).mean(axis=(2, 4))
+        images = np.round(pooled).astype(np.uint8)
+    elif h > size:
         lo = (h - size) // 2
         images = images[:, lo:lo + size, lo:lo + size]
     elif h < size:

@@ -172,6 +172,8 @@ class Loop:
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            if getattr(self.data, "resized", ""):  # the data's resize rule, beside the config that names the data
+                (self.out / "data.json").write_text(json.dumps({"data": cfg.data, "resized": self.data.resized}))
         self.log = MetricsLog(self.out / "metrics.jsonl", start if resumed else None, info.is_main)
         order = DataOrder(len(self.data.labels), cfg.batch_size, info.rank, info.world_size, cfg.seed)
         D.print0(run_header(cfg, self.parts.model, self.data, info.device, start), info=info, file=sys.stderr)

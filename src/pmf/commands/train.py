@@ -134,6 +134,7 @@ def fit_model_to_data(cfg: TrainConfig, args) -> str:
     """Set ``cfg.model_overrides`` so that the model has the data's classes, channels and image size (or those
     of --num-classes / --channels / --image-size) where the preset differs; returns what was found."""
     from ..config import model_config
+    from ..data.builtin import resized_note
     from ..data.probe import probe
 
     facts = probe(cfg.data)
@@ -164,7 +165,9 @@ def fit_model_to_data(cfg: TrainConfig, args) -> str:
     changed = {k: v for k, v in want.items() if getattr(mcfg, k) != v}
     cfg.model_overrides = {**cfg.model_overrides, **changed}
     model = f"model {cfg.arch}" + (f" with {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")
-    return f"data {facts.describe()}; {model}"
+    final = want.get("input_size", mcfg.input_size)
+    resize = f"; images {resized_note(facts.stored, final)}" if facts.stored and facts.stored < final else ""
+    return f"data {facts.describe()}; {model}{resize}"
 
 
 def run(args) -> int:

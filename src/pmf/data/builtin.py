@@ -22,6 +22,7 @@ class ArrayData:
     images: np.ndarray
     labels: np.ndarray
     class_names: list[str]
+    resized: str = ""  # how the images were brought to the model's size (RESIZE_RULE applied), "" if not
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
@@ -34,7 +35,7 @@ class ArrayData:
         return len(self.class_names)
 
     def subset(self, index: np.ndarray) -> ArrayData:
-        return ArrayData(self.images[index], self.labels[index], self.class_names)
+        return ArrayData(self.images[index], self.labels[index], self.class_names, self.resized)
 
 
 def mnist_5k_path() -> Path:
@@ -60,8 +61,12 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, d.target.astype(np.int64)
 
 
+RESIZE_RULE = ("centred zero pad when the size grows by at most a quarter (MNIST 28 -> 32), else a bicubic resize "
+               "of each channel (PIL, uint8, clipped)")
+
+
 def resize_to(images: np.ndarray, size: int) -> np.ndarray:
-    """Zero-pad (centred) when ``size`` is larger by at most a quarter, else resize bicubically (PIL)."""
+    """uint8 [N, H, H, C] -> [N, size, size, C] by RESIZE_RULE."""
     h = images.shape[1]
     if size == h:
         return images
@@ -70,21 +75,35 @@ def resize_to(images: np.ndarray, size: int) -> np.ndarray:
         return np.pad(images, ((0, 0), (lo, size - h - lo), (lo, size - h - lo), (0, 0)))
     from PIL import Image
 
-    out = [np.asarray(Image.fromarray(im[..., 0]).resize((size, size), Image.BICUBIC)) for im in images]
-    return np.stack(out)[..., None]
+    def one(im: np.ndarray) -> np.ndarray:
+        planes = [np.asarray(Image.fromarray(np.ascontiguousarray(im[..., c])).resize((size, size), Image.BICUBIC))
+                  for c in range(im.shape[-1])]
+        return np.stack(planes, axis=-1)
+
+    return np.stack([one(im) for im in images])
+
+
+def resized_note(h: int, size: int) -> str:
+    """The record of a resize from h x h to size x size (what ``ArrayData.resized`` holds)."""
+    if size == h:
+        return ""
+    rule = "centred zero pad" if h < size <= h + h // 4 else "bicubic resize (PIL, per channel)"
+    return f"{h}x{h} -> {size}x{size} by {rule}"
 
 
 def load_builtin(name: str, *, size: int | None = None, split: str = "train") -> ArrayData:
     """A built-in dataset: ``"mnist-5k"`` (28x28, 10 classes) or ``"digits"`` (8x8, 10 classes), optionally
-    brought to ``size`` pixels (MNIST 28 -> 32 is a zero pad), ``split`` one of train / test / all."""
+    brought to ``size`` pixels by RESIZE_RULE (MNIST 28 -> 32 is a zero pad), ``split`` one of train / test /
+    all."""
     if name not in BUILTIN:
         raise PMFError(f"unknown built-in dataset {name!r}; choose one of {', '.join(BUILTIN)}")
     if split not in ("train", "test", "all"):
         raise PMFError(f"split must be 'train', 'test' or 'all', got {split!r}")
     images, labels = _load_mnist_5k() if name == "mnist-5k" else _load_digits()
-    if size is not None:
+    note = resized_note(images.shape[1], size) if size else ""
+    if size:
         images = resize_to(images, size)
-    data = ArrayData(images, labels.astype(np.int64), [str(i) for i in range(10)])
+    data = ArrayData(images, labels.astype(np.int64), [str(i) for i in range(10)], note)
     test = np.arange(len(labels)) % 10 == 9
     if split == "all":
         return data

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PMFError
-from .builtin import BUILTIN, ArrayData, load_builtin
+from .builtin import BUILTIN, ArrayData, load_builtin, resize_to, resized_note
 from .folder import FolderDataset, load_image, scan_folder
 
 PACK_SUFFIX = ".pmfpack"
@@ -129,7 +129,8 @@ def is_pack(path: Path) -> bool:
 
 def open_training_data(spec: str, size: int, channels: int = 3) -> ArrayData | FolderDataset:
     """A dataset from a spec: a built-in name, a .pmfpack folder, an .npz/.npy file or an image folder (read
-    with ``channels``: 3 RGB, 1 gray)."""
+    with ``channels``: 3 RGB, 1 gray). Built-in sets and smaller square arrays are brought to ``size`` by
+    ``RESIZE_RULE`` (recorded in ``ArrayData.resized``); a pack must already have it."""
     if spec in BUILTIN:
         return load_builtin(spec, size=size, split="train")
     path = Path(spec).expanduser()
@@ -140,7 +141,12 @@ def open_training_data(spec: str, size: int, channels: int = 3) -> ArrayData | F
     if path.suffix in (".npz", ".npy"):
         if not path.is_file():
             raise PMFError(f"array file not found: {str(path)!r}")
-        return load_arrays(path)
+        data = load_arrays(path)
+        h = data.images.shape[1]
+        if size and h < size and data.images.shape[2] == h:  # smaller square arrays are brought up to the model
+            data = ArrayData(resize_to(np.asarray(data.images), size), data.labels, data.class_names,
+                             resized_note(h, size))
+        return data
     if not path.exists():
         raise PMFError(f"data {spec!r} not found: not a built-in dataset ({', '.join(BUILTIN)}), a file or a folder")
     return FolderDataset(path, size, channels)

@@ -29,6 +29,7 @@ class DataFacts:
     kind: str  # "built-in", "array", "folder"
     skipped: int = 0  # files in class folders that are not images (by their suffix)
     note: str = ""
+    stored: int | None = None  # the stored image size of a built-in set or an array file (resized to the model)
 
     def describe(self) -> str:
         size = f"{self.size}x{self.size}" if self.size else self.note or "any size"
@@ -41,7 +42,8 @@ def probe(spec: str) -> DataFacts:
     if spec in BUILTIN:
         data = load_builtin(spec, split="train")
         return DataFacts(spec, len(data.labels), data.num_classes, data.images.shape[3], None, "built-in",
-                         note=f"{data.images.shape[1]}x{data.images.shape[2]} resized to the model")
+                         note=f"{data.images.shape[1]}x{data.images.shape[2]} resized to the model",
+                         stored=data.images.shape[1])
     path = Path(spec).expanduser()
     if path.is_dir() and not is_pack(path):
         paths, labels, classes = scan_folder(path)
@@ -65,4 +67,5 @@ def probe(spec: str) -> DataFacts:
         return DataFacts(spec, len(paths), len(classes), channels, size, "folder", others, note)
     data = open_training_data(spec, 0)
     classes = max(len(data.class_names), int(np.max(data.labels)) + 1 if len(data.labels) else 0)
-    return DataFacts(spec, len(data.labels), classes, data.images.shape[3], data.images.shape[1], "array")
+    return DataFacts(spec, len(data.labels), classes, data.images.shape[3], data.images.shape[1], "array",
+                     stored=data.images.shape[1])

@@ -1,0 +1,239 @@
+"""The paper's claims on real images: x- against u-prediction as the patch dimension grows (Table 2), and the
+ablations a CPU can run (Muon against AdamW, the patch bottleneck, adaptive weighting, data_proportion).
+
+Every cell trains the ``mnist`` recipe (pMF-MNIST/7 widths) on MNIST-5k brought to SIZE px by ``--image-size``
+(the package's resize rule, recorded in the run's data.json) with SIZE/4 px patches, so that every model has
+16 tokens and only the dimension per token (patch^2) grows: 28/7 = 49, 56/14 = 196, 112/28 = 784, 224/56 =
+3136. Each cell's last checkpoint is sampled through ``pmf sample`` (50 per class) at omega 1 and at the
+recipe's guidance (omega 3 on [0.1, 0.8]), with 1 and 2 steps, and judged by the offline score (pmf.quality:
+images average-pooled back to 28 px; accuracy and the Frechet ratio, the generated images' Frechet distance
+over that of per-class mean images, below 1 is better than blurry means).
+
+Resumable: a cell with a result file is skipped, a cell with checkpoints resumes (``--resume auto``).
+
+    python benchmarks/claims.py run --work /tmp/claims --jobs 2            # every cell, main study first
+    python benchmarks/claims.py run --work /tmp/claims --only main-112-x-0  # cells whose id starts so
+    python benchmarks/claims.py table                                      # docs/claims.md's tables
+    python benchmarks/claims.py figure --work /tmp/claims --out docs/claims.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "cpu" / "claims"
+PATCH = {28: 7, 56: 14, 112: 28, 224: 56}  # 16 tokens at every size
+GUIDED = ("--omega", "3", "--interval", "0.1:0.8")  # the mnist recipe's setting
+SETTINGS = {"omega1_1step": ("--omega", "1", "--steps", "1"), "guided_1step": (*GUIDED, "--steps", "1"),
+            "omega1_2step": ("--omega", "1", "--steps", "2"), "guided_2step": (*GUIDED, "--steps", "2")}
+
+
+@dataclass(frozen=True)
+class Cell:
+    study: str  # "main" or an ablation's name
+    size: int
+    pred: str
+    seed: int
+    flags: tuple[str, ...] = ()
+    overrides: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.study}-{self.size}-{self.pred}-{self.seed}"
+
+    def train_args(self, steps: int, out: Path) -> list[str]:
+        mo = {"patch_size": PATCH[self.size], **self.overrides}
+        return ["train", "--recipe", "mnist", "--data", "mnist-5k", "--image-size", str(self.size),
+                "--model-overrides", json.dumps(mo), "--loss-prediction", self.pred, "--seed", str(self.seed),
+                "--steps", str(steps), "--out", str(out), "--resume", "auto", "--no-progress", "--sample-every",
+                "0", "--ckpt-every", "200", *self.flags]
+
+
+ABLATIONS = {  # name: (flags, model overrides); each at 112/28 and 28/7, x-prediction
+    "adamw": (("--optimizer", "adamw", "--lr", "1e-3"), {}),
+    "bottleneck16": ((), {"bottleneck_dim": 16}),
+    "bottleneck512": ((), {"bottleneck_dim": 512}),
+    "no-adaptive": (("--loss-norm-p", "0"), {}),
+    "dp0.25": (("--loss-data-proportion", "0.25"), {}),
+    "dp0.75": (("--loss-data-proportion", "0.75"), {}),
+}
+
+
+def cells(seeds: int, sizes: list[int]) -> list[Cell]:
+    """Main study first (the acceptance pair 112/28 first), then the ablations."""
+    out = [Cell("main", s, p, seed) for s in sizes for seed in range(seeds) for p in ("x", "u")]
+    out += [Cell(name, s, "x", seed, flags, mo) for name, (flags, mo) in ABLATIONS.items()
+            for seed in range(seeds) for s in (112, 28)]
+    return out
+
+
+def pmf(args: list[str], log: Path, threads: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(threads)}
+    f = open(log, "a")
+    f.write(f"$ pmf {' '.join(args)}\n")
+    f.flush()
+    return subprocess.Popen([sys.executable, "-m", "pmf.cli", *args], env=env, stdout=f, stderr=f)
+
+
+def wait(proc: subprocess.Popen, what: str, log: Path) -> None:
+    if proc.wait():
+        raise SystemExit(f"{what} failed (exit {proc.returncode}); see {log}")
+
+
+def loss_curve(run: Path) -> dict:
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines() if r.strip()]
+    times = [r["time"] for r in rows]
+    seconds = sum(a for a, b in zip(times, times[1:] + [0.0]) if b < a)  # a resumed run restarts the clock
+    return {"step": [r["step"] for r in rows], "loss": [r["loss"] for r in rows],
+            "loss_u": [r.get("loss_u") for r in rows], "train_seconds": seconds}
+
+
+def score(cell: Cell, run: Path, steps: int, log: Path, threads: int) -> dict:
+    sys.path.insert(0, str(ROOT / "src"))
+    from pmf.quality import offline_scores
+
+    ckpt = run / "checkpoints" / f"step_{steps:08d}.pt"
+    scores = {}
+    for name, flags in SETTINGS.items():
+        out = run / "samples" / name
+        wait(pmf(["sample", "--checkpoint", str(ckpt), "--out", str(out), "--per-class", "50", "--no-png",
+                  "--no-progress", "--seed", "0", *flags], log, threads), f"sampling {cell.id}", log)
+        s = np.load(out / "samples.npz")
+        r = offline_scores(s["images"], s["labels"], verbose=False)
+        scores[name] = {"accuracy": r["accuracy"], "frechet": r["frechet"],
+                        "frechet_ratio": r["frechet"] / r["frechet_class_means"]}
+    return scores
+
+
+def run_cell(cell: Cell, work: Path, steps: int, threads: int) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import cpu_model
+
+    result = RESULTS / f"{cell.id}.json"
+    run, log = work / cell.id, work / f"{cell.id}.log"
+    run.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    wait(pmf(cell.train_args(steps, run), log, threads), f"training {cell.id}", log)
+    curve = loss_curve(run)
+    scores = score(cell, run, steps, log, threads)
+    import torch
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps({
+        "cell": cell.id, "study": cell.study, "size": cell.size, "patch": PATCH[cell.size],
+        "dims_per_token": PATCH[cell.size] ** 2, "prediction": cell.pred, "seed": cell.seed, "steps": steps,
+        "flags": list(cell.flags), "model_overrides": cell.overrides, "scores": scores, "curve": curve,
+        "train_minutes": curve["train_seconds"] / 60, "wall_minutes_this_call": (time.time() - t0) / 60,
+        "threads": threads, "cpu": cpu_model(), "torch": torch.__version__}, indent=1))
+    print(f"{cell.id}: {json.dumps(scores['guided_1step'])}", flush=True)
+
+
+def run(args) -> None:
+    todo = [c for c in cells(args.seeds, args.sizes) if not (RESULTS / f"{c.id}.json").exists()
+            and (not args.only or any(c.id.startswith(o) for o in args.only))]
+    print(f"{len(todo)} cells to run: {', '.join(c.id for c in todo)}", flush=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    running: list[subprocess.Popen] = []
+    for cell in todo:
+        while len(running) >= args.jobs:
+            running = [p for p in running if p.poll() is None] or []
+            time.sleep(5)
+        cmd = [sys.executable, __file__, "one", cell.id, "--work", str(args.work), "--steps", str(args.steps),
+               "--threads", str(args.threads), "--seeds", str(args.seeds), "--sizes", *map(str, args.sizes)]
+        running.append(subprocess.Popen(cmd))
+    for p in running:
+        p.wait()
+
+
+def one(args) -> None:
+    cell = next(c for c in cells(args.seeds, args.sizes) if c.id == args.cell)
+    run_cell(cell, args.work, args.steps, args.threads)
+
+
+def load_results() -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+
+
+def mean_spread(values: list[float]) -> str:
+    v = np.asarray(values)
+    return f"{v.mean():.3f} ± {(v.max() - v.min()) / 2:.3f}" if len(v) > 1 else f"{v[0]:.3f} (1 seed)"
+
+
+def table(args) -> None:
+    """Markdown tables: per cell mean ± half the seed-to-seed range of accuracy and Frechet ratio."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in load_results():
+        groups.setdefault((r["study"], r["size"], r["prediction"]), []).append(r)
+    print("| study | input / patch | dims per token | prediction | seeds | setting | accuracy | Frechet ratio | "
+          "minutes per cell |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (study, size, pred), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "main", kv[0])):
+        for setting in SETTINGS:
+            acc = [r["scores"][setting]["accuracy"] for r in rs]
+            fr = [r["scores"][setting]["frechet_ratio"] for r in rs]
+            minutes = np.mean([r["train_minutes"] for r in rs])
+            print(f"| {study} | {size} / {PATCH[size]} | {PATCH[size] ** 2} | {pred} | {len(rs)} | {setting} | "
+                  f"{mean_spread(acc)} | {mean_spread(fr)} | {minutes:.1f} |")
+
+
+def figure(args) -> None:
+    """Rows: patch dimension; columns: x, u (seed 0, guided, 1 step; the first 10 images, one per class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [s for s in PATCH if (args.work / f"main-{s}-x-0" / "samples").is_dir()]
+    fig, axes = plt.subplots(len(sizes), 2, figsize=(10, 1.4 * len(sizes) + 0.6), squeeze=False)
+    for i, s in enumerate(sizes):
+        for j, pred in enumerate(("x", "u")):
+            ax = axes[i][j]
+            ax.axis("off")
+            path = args.work / f"main-{s}-{pred}-0" / "samples" / "guided_1step" / "samples.npz"
+            if not path.exists():
+                continue
+            d = np.load(path)
+            pick = [int(np.flatnonzero(d["labels"] == c)[0]) for c in range(10)]
+            row = np.concatenate([d["images"][k, ..., 0] for k in pick], axis=1)
+            ax.imshow(row, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_title(f"{s} px, patch {PATCH[s]} ({PATCH[s] ** 2} dims/token): {pred}-prediction", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    for name in ("run", "one"):
+        q = sub.add_parser(name)
+        if name == "one":
+            q.add_argument("cell")
+        q.add_argument("--work", type=Path, required=True, help="run folders and logs")
+        q.add_argument("--steps", type=int, default=2000)
+        q.add_argument("--seeds", type=int, default=2)
+        q.add_argument("--sizes", type=int, nargs="+", default=[112, 28, 56], choices=sorted(PATCH))
+        q.add_argument("--threads", type=int, default=1, help="torch threads per cell")
+        if name == "run":
+            q.add_argument("--jobs", type=int, default=2, help="cells at once")
+            q.add_argument("--only", nargs="*", help="cell id prefixes")
+    sub.add_parser("table")
+    q = sub.add_parser("figure")
+    q.add_argument("--work", type=Path, required=True)
+    q.add_argument("--out", type=Path, default=ROOT / "docs" / "claims.png")
+    args = p.parse_args()
+    {"run": run, "one": one, "table": table, "figure": figure}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
