@@ -92,3 +92,28 @@ def test_a_model_loads_from_any_training_checkpoint_without_the_trainer(tmp_path
 
     for spec in (file, folder):
         assert loaded_modules(spec) == [], spec
+
+
+@pytest.mark.parametrize("module", ["pmf", "pmf.sampling", "pmf.serve"])
+def test_sampling_and_serving_import_no_trainer_and_no_dcp(module):
+    """The package's face is lazy: importing the sampler or the server loads no trainer module, no
+    torch.distributed.checkpoint and no checkpoint reader until a name that needs them is used."""
+    code = (f"import json, sys, {module}; print(json.dumps(sorted(n for n in sys.modules if n.startswith('pmf') or "
+            "n == 'torch.distributed.checkpoint')))")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(json.loads(proc.stdout.splitlines()[-1]))
+    assert module in loaded
+    assert not loaded & {*TRAINER, "torch.distributed.checkpoint", "pmf.sharded_checkpoint", "pmf.distributed"}
+    if module == "pmf":
+        assert loaded == {"pmf"}
+
+
+def test_the_lazy_face_gives_the_public_names():
+    import pmf
+
+    assert pmf.PMFDiT.__module__ == "pmf.nn.model" and callable(pmf.load_checkpoint)
+    assert set(pmf.__all__) <= set(dir(pmf)) and pmf.__version__
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        pmf.nope  # noqa: B018

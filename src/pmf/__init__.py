@@ -1,10 +1,35 @@
-"""pixel-meanflow: Pixel MeanFlow (pMF) in PyTorch."""
+"""pixel-meanflow: Pixel MeanFlow (pMF) in PyTorch.
 
-from .checkpoint import load_checkpoint, load_model  # noqa: E402  (after .nn: checkpoint builds models)
-from .config import PRESETS, ModelConfig, model_config
-from .errors import CheckpointError, PMFError
-from .nn import PMFDiT, build_model, count_parameters, load_release_state_dict, release_state_dict
+The names below are loaded on first use (PEP 562), so ``import pmf.sampling`` or ``import pmf.serve`` pays only
+for what it imports itself."""
 
-__version__ = "0.1.0"
-__all__ = ["PRESETS", "CheckpointError", "ModelConfig", "PMFDiT", "PMFError", "build_model", "count_parameters",
-           "load_checkpoint", "load_model", "load_release_state_dict", "model_config", "release_state_dict"]
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("pixel-meanflow")
+except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH without an install
+    __version__ = "0+unknown"
+
+_FACE = {  # public name -> the module that defines it
+    "load_checkpoint": "checkpoint", "load_model": "checkpoint",
+    "PRESETS": "config", "ModelConfig": "config", "model_config": "config",
+    "CheckpointError": "errors", "PMFError": "errors",
+    "PMFDiT": "nn", "build_model": "nn", "count_parameters": "nn", "load_release_state_dict": "nn",
+    "release_state_dict": "nn",
+}
+__all__ = sorted(_FACE)
+
+
+def __getattr__(name: str):
+    if name in _FACE:
+        value = getattr(importlib.import_module(f".{_FACE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pmf' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_FACE})
