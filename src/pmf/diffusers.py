@@ -1,8 +1,9 @@
 """A diffusers pipeline of a pMF (``pip install 'pixel-meanflow[diffusers]'``): ``PixelMeanFlowPipeline`` with
 a ``transformer`` (``PMFTransformer2DModel``, the network as a diffusers model) and diffusers' own flow-map
-scheduler (``FlowMapEulerDiscreteScheduler``: z_r = z_t - (t - r) u, which is pMF's few-step update, spec
-section 4). It reads and writes the hub folder of ``pmf.hub`` (``pmf export --format hub``), and the standard
-diffusers layout too. Absolute imports throughout: this module's name must not stand for the package."""
+scheduler (``FlowMapEulerDiscreteScheduler``), whose time grid the pipeline steps on with pMF's one update
+``pmf.sampling.flow_map_step`` (z_r = z_t - (t - r) u, spec section 4). It reads and writes the hub folder of
+``pmf.hub`` (``pmf export --format hub``), and the standard diffusers layout too. Absolute imports throughout:
+this module's name must not stand for the package."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ with needs("diffusers", "pmf.diffusers needs diffusers >= 0.42"):  # 0.42: the f
     from diffusers.models.modeling_outputs import Transformer2DModelOutput
     from diffusers.utils.torch_utils import randn_tensor
 from pmf.nn.model import PMFDiT, as_batch, u_head_only
-from pmf.objective import to_velocity
+from pmf.sampling import flow_map_step
 from pmf.setting import SamplingSetting
 
 
@@ -137,12 +138,13 @@ class PixelMeanFlowPipeline(DiffusionPipeline):
                                                                       (t_max, "t_max")))
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         sigmas = self.scheduler.sigmas.tolist()
-        for i, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            t = torch.full((B,), sigmas[i], device=device)  # (B,) float32, as pmf.sampling.sample's grid
-            h = t - torch.full((B,), sigmas[i + 1], device=device)
-            x_u = self.transformer(z, h, omega, t_min, t_max, labels).sample  # (B, C, H, W)
-            u = to_velocity(z, x_u, t, setting.prediction)  # (B, C, H, W)
-            z = self.scheduler.step(u, timestep, z).prev_sample  # z - (t - r) u
+        def denoise(*inputs):
+            return self.transformer(*inputs).sample  # (B, C, H, W)
+
+        for i, _ in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            # the scheduler's grid holds pmf.sampling.time_grid's values; the update is pMF's one step
+            t, r = (torch.full((B,), v, device=device) for v in sigmas[i:i + 2])  # (B,) float32
+            z = flow_map_step(denoise, z, t, r, omega, t_min, t_max, labels, setting.prediction)
         images = (z.clamp(-1, 1) + 1) / 2  # (B, C, H, W) in [0, 1]
         if output_type != "pt":
             images = images.permute(0, 2, 3, 1).float().cpu().numpy()

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .nn.model import PMFDiT, u_head_only
-from .objective import to_velocity
+from .sampling import flow_map_step, time_grid, u_head
 from .setting import check_prediction, check_steps
 
 
@@ -28,17 +28,14 @@ class OneStepGenerator(nn.Module):
         self.net.eval().requires_grad_(False)
         self.noise_scale = float(cfg.noise_scale if noise_scale is None else noise_scale)
         self.steps, self.prediction = steps, prediction
-        # the time grid as Python floats, the values ``sample``'s linspace(1, 0, N + 1) holds
-        self.grid = torch.linspace(1.0, 0.0, steps + 1).tolist()
+        self.grid = time_grid(steps)  # Python floats: constants of the graph
 
     def forward(self, eps: torch.Tensor, labels: torch.Tensor, omega: torch.Tensor, t_min: torch.Tensor,
                 t_max: torch.Tensor) -> torch.Tensor:
-        z = self.noise_scale * eps  # (B, C, H, W)
+        z, denoise = self.noise_scale * eps, u_head(self.net)  # (B, C, H, W)
         for i in range(self.steps):
-            t = torch.full_like(omega, self.grid[i])  # (B,) with steps=1: t = 1, r = 0, so h = 1
-            h = t - self.grid[i + 1]  # (B,)
-            x_u, _ = self.net(z, h, omega, t_min, t_max, labels, heads="u")
-            z = z - h.view(-1, 1, 1, 1) * to_velocity(z, x_u, t, self.prediction)  # as ``pmf.sampling.sample``
+            t, r = (torch.full_like(omega, v) for v in self.grid[i:i + 2])  # (B,); one step: t = 1, r = 0
+            z = flow_map_step(denoise, z, t, r, omega, t_min, t_max, labels, self.prediction)
         return z  # (B, C, H, W)
 
 

@@ -15,32 +15,52 @@ from .objective import to_velocity
 from .seeds import IMAGE, derive_seed
 from .setting import SamplingSetting, check_guidance, check_prediction, check_steps, default_setting
 
-__all__ = ["SamplingSetting", "default_setting", "generate", "image_labels", "image_noise", "model_setting",
-           "prepare_sampler", "sample", "to_uint8"]
+__all__ = ["SamplingSetting", "default_setting", "flow_map_step", "generate", "image_labels", "image_noise",
+           "model_setting", "prepare_sampler", "sample", "time_grid", "to_uint8", "u_head"]
+
+
+def time_grid(steps: int) -> list[float]:
+    """t_0 = 1 > t_1 > ... > t_N = 0, the float32 values of linspace(1, 0, N + 1) as Python floats (spec
+    section 4); the sampler and the exported generator both step on it."""
+    check_steps(steps)
+    return torch.linspace(1.0, 0.0, steps + 1).tolist()
+
+
+def flow_map_step(denoise, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, omega: torch.Tensor,
+                  t_min: torch.Tensor, t_max: torch.Tensor, labels: torch.Tensor, prediction: str = "x"):
+    """One pMF step z_r = z_t - (t - r) u(z_t, h = t - r, omega, t_min, t_max, y) (spec section 4), the one
+    update of ``sample``, the exported generator and the diffusers pipeline. ``denoise(z, h, omega, t_min,
+    t_max, labels)`` returns the u-head's prediction [B, C, H, W] (x, or u for u-prediction); z [B, C, H, W],
+    t, r, omega, t_min, t_max [B], labels [B]. Tensors only, no data-dependent branch: export-safe."""
+    h = t - r  # (B,)
+    return z - h.view(-1, 1, 1, 1) * to_velocity(z, denoise(z, h, omega, t_min, t_max, labels), t, prediction)
+
+
+def u_head(model):
+    """``flow_map_step``'s ``denoise`` of a pmfDiT: its u-head's prediction."""
+    return lambda z, h, omega, t_min, t_max, labels: model(z, h, omega, t_min, t_max, labels, heads="u")[0]
 
 
 @torch.no_grad()
 def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 1, omega=1.0, t_min=0.0, t_max=1.0,
            prediction: str = "x", setting: SamplingSetting | None = None) -> torch.Tensor:
-    """Images [B, C, H, W] from ``noise`` (already times the noise scale) in ``steps`` u-head passes:
-    z <- z - (t_i - t_{i+1}) u(z, h = t_i - t_{i+1}, omega, t_min, t_max, y), t = linspace(1, 0, N + 1).
-    Guidance is an input of the network: no extra unconditional pass. omega, t_min, t_max may be [B] tensors
-    (one setting per image); ``setting`` gives steps, guidance and prediction type at once instead."""
+    """Images [B, C, H, W] from ``noise`` (already times the noise scale) in ``steps`` u-head passes of
+    ``flow_map_step`` on ``time_grid(steps)``. Guidance is an input of the network: no extra unconditional
+    pass. omega, t_min, t_max may be [B] tensors (one setting per image); ``setting`` gives steps, guidance
+    and prediction type at once instead."""
     if setting is not None:
         steps, omega, t_min, t_max, prediction = (setting.steps, setting.omega, setting.t_min, setting.t_max,
                                                   setting.prediction)
-    check_steps(steps)
     check_prediction(prediction)
     check_guidance(omega, t_min, t_max)
+    grid = time_grid(steps)
     B, dev = noise.shape[0], noise.device
     omega, t_min, t_max = (as_batch(v, B, dev, n) for v, n in ((omega, "omega"), (t_min, "t_min"), (t_max, "t_max")))
     labels = as_batch(labels, B, dev, "labels", dtype=torch.long)
-    grid = torch.linspace(1.0, 0.0, steps + 1, device=dev)
-    z = noise
+    z, denoise = noise, u_head(model)
     for i in range(steps):
-        t, r = grid[i].expand(B), grid[i + 1].expand(B)
-        x_u, _ = model(z, t - r, omega, t_min, t_max, labels, heads="u")
-        z = z - (t - r).view(-1, 1, 1, 1) * to_velocity(z, x_u, t, prediction)
+        t, r = (torch.full((B,), v, device=dev) for v in grid[i:i + 2])
+        z = flow_map_step(denoise, z, t, r, omega, t_min, t_max, labels, prediction)
     return z
 
 
