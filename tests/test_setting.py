@@ -193,3 +193,17 @@ def test_eval_and_serve_sample_a_u_prediction_checkpoint_as_u(tmp_path, monkeypa
     noise = image_noise([0], (1, 8, 8), seed=0, noise_scale=loaded.model.config.noise_scale)
     first = to_uint8(sample(loaded.model, noise, torch.tensor([0]), **RECIPE, prediction="u"))
     assert np.array_equal(got[:1], first.numpy())
+
+
+def test_one_ema_naming_rule_for_the_trainer_and_the_released_setting():
+    from pmf.config import RELEASED_SAMPLING
+    from pmf.ema import ema_schedules
+    from pmf.setting import ema_name
+    from pmf.train_config import EMAConfig
+
+    assert ema_name("halflife", 2000.0) == ema_name("halflife", 2000) == "hl2000"
+    assert list(ema_schedules(EMAConfig(halflives_kimg=[500.0, 1000], decays=[0.99]))) == ["hl500", "hl1000",
+                                                                                            "d0.99"]
+    for rel in RELEASED_SAMPLING.values():  # a released EMA's name is the one a run of that half-life keeps
+        assert ema_name("halflife", rel["ema_halflife_kimg"]) in ema_schedules(
+            EMAConfig(halflives_kimg=[float(rel["ema_halflife_kimg"])], decays=[]))

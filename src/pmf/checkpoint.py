@@ -17,6 +17,7 @@ from .checkpoint_files import (
     FORMAT,
     checkpoint_path,
     fsync_dir,
+    is_onnx,
     list_checkpoints,
     save_atomic,
     save_training_checkpoint,
@@ -135,7 +136,7 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
         pre = read_pretrained(spec)
         return LoadedCheckpoint(pre.build(PMFDiT, device), pre.preset, pre.setting.ema, pre.setting, None,
                                 pre.class_names)
-    if str(spec).lower().endswith(".onnx"):
+    if is_onnx(spec):
         raise CheckpointError(f"{str(spec)!r} is an ONNX generator: pmf sample, pmf serve and pmf eval run it "
                               "(onnxruntime)")
     if not str(spec).startswith(("hf:", "http://", "https://")) and Path(spec).expanduser().is_dir():

@@ -50,6 +50,11 @@ def fsync_dir(path: str | os.PathLike) -> None:
         pass
 
 
+def is_onnx(spec) -> bool:
+    """An exported ONNX generator (run in onnxruntime), told by its suffix."""
+    return str(spec).lower().endswith(".onnx")
+
+
 def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
     return Path(directory) / f"{CKPT_PREFIX}{step:08d}{CKPT_SUFFIX}"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from .setting import ema_name
 from .train_config import EMAConfig
 
 
@@ -14,11 +15,6 @@ def edm_beta(step: int, batch: int, halflife_kimg: float, rampup: float = 0.05) 
     step * batch * rampup) (spec section 6); ``step`` counts the updates done, this one included."""
     halflife_img = min(halflife_kimg * 1000.0, step * batch * rampup)
     return 0.5 ** (batch / max(halflife_img, 1e-8))
-
-
-def ema_name(kind: str, value: float) -> str:
-    """Stable names: ``hl500`` for a 500-kimg half-life, ``d0.99`` for a constant decay 0.99."""
-    return f"hl{value:g}" if kind == "halflife" else f"d{value:g}"
 
 
 def ema_schedules(cfg: EMAConfig) -> dict[str, tuple[str, float]]:

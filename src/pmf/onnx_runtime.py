@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint_files import is_onnx  # noqa: F401  (the commands import it from here)
 from .config import ModelConfig
 from .errors import CheckpointError, PMFError
 from .extras import needs
@@ -20,9 +21,6 @@ from .setting import SamplingSetting
 
 ORT_FLOOR = "1.23"  # the first that runs opset 23 (pmf.onnx_export.OPSET)
 
-
-def is_onnx(spec) -> bool:
-    return str(spec).lower().endswith(".onnx")
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

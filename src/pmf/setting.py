@@ -19,6 +19,11 @@ from .config import RELEASED_SAMPLING, ModelConfig, preset_of
 from .errors import PMFError
 
 
+def ema_name(kind: str, value: float) -> str:
+    """The one naming rule of EMAs: ``hl500`` for a 500-kimg half-life, ``d0.99`` for a constant decay 0.99."""
+    return f"hl{value:g}" if kind == "halflife" else f"d{value:g}"
+
+
 class SettingError(PMFError):
     """A sampling setting outside the valid range; ``field`` names the first bad field."""
 
@@ -122,7 +127,7 @@ def default_setting(config: ModelConfig, train_config: dict | None = None,
     first = next(iter(emas), None)
     if arch in RELEASED_SAMPLING:
         rel = RELEASED_SAMPLING[arch]
-        name = f"hl{rel['ema_halflife_kimg']}"
+        name = ema_name("halflife", rel["ema_halflife_kimg"])
         return SamplingSetting(rel["omega"], rel["t_min"], rel["t_max"], 1, name if name in emas else first,
                                f"the released setting of {arch}", prediction)
     cfg = train_config.get("sample")
