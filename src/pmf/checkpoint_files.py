@@ -90,9 +90,15 @@ def save_training_checkpoint(directory: str | os.PathLike, step: int, payload: d
     path = checkpoint_path(directory, step)
     save_atomic({"format": FORMAT, "step": step, **payload}, path)
     save_atomic(json.dumps(config, indent=2), path.with_suffix(".json"))
+    prune_checkpoints(directory, keep_last)
+    return path
+
+
+def prune_checkpoints(directory: str | os.PathLike, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` complete checkpoints (files and sharded folders) of ``directory``;
+    the one pruning rule of both writers, called only after a new checkpoint is complete."""
     for _, old in list_checkpoints(directory)[:-keep_last]:
         remove_checkpoint(old)
-    return path
 
 
 def remove_checkpoint(path: Path) -> None:

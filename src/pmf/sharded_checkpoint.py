@@ -30,8 +30,7 @@ from .checkpoint_files import (
     checkpoint_path,
     fsync_dir,
     is_sharded_checkpoint,
-    list_checkpoints,
-    remove_checkpoint,
+    prune_checkpoints,
     save_atomic,
 )
 from .distributed import barrier, rank_world
@@ -122,8 +121,7 @@ class ShardedSaver:
             fsync_dir(self.directory)
             for stale in self.directory.glob(".step_*.tmp"):  # left by interrupted saves
                 shutil.rmtree(stale, ignore_errors=True)
-            for _, old in list_checkpoints(self.directory)[:-self.keep_last]:
-                remove_checkpoint(old)
+            prune_checkpoints(self.directory, self.keep_last)
         barrier()
 
 
