@@ -3,13 +3,11 @@ flags; runs as one process or under ``torchrun`` (DDP, FSDP2 or HSDP, ``--parall
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from ..errors import PMFError
@@ -73,32 +71,6 @@ def read_config_file(spec: str) -> dict:
     return data
 
 
-@contextlib.contextmanager
-def stop_after_step():
-    """The first Ctrl-C asks the training loop to stop after the running step and save a checkpoint; a second
-    one stops at once. Under torchrun (or off the main thread) Ctrl-C keeps its default effect."""
-    from .. import train as T
-
-    if os.environ.get("WORLD_SIZE", "1") != "1" or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handle(signum, frame):
-        if T.stop_requested.is_set():
-            raise KeyboardInterrupt
-        T.stop_requested.set()
-        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
-
-    T.stop_requested.clear()
-    previous = signal.signal(signal.SIGINT, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        T.stop_requested.clear()
-
-
 def resume_command(argv: list[str] | None) -> str:
     """The command line that continues this run: the original one with ``--resume auto`` (and without
     ``--overwrite``, which would delete the run)."""
@@ -114,20 +86,28 @@ def resume_command(argv: list[str] | None) -> str:
     return shlex.join(["pmf", *kept, "--resume", "auto"])
 
 
-def report_interrupt(stop: KeyboardInterrupt, cfg: TrainConfig, argv: list[str] | None) -> None:
+def report_interrupt(stop: KeyboardInterrupt, cfg: TrainConfig, argv: list[str] | None, command: str = "train"
+                     ) -> int:
+    """Print (on rank 0) where the run stopped and the command that resumes it; returns the exit status."""
     from ..checkpoint import latest_checkpoint
+    from ..stopping import exit_code, signal_name
 
+    signum = getattr(stop, "signum", signal.SIGINT)
+    if os.environ.get("RANK", "0") != "0":
+        return exit_code(signum)
     ckpt = getattr(stop, "checkpoint", None) or latest_checkpoint(Path(cfg.out) / "checkpoints")
     where = f"at step {stop.step}" if hasattr(stop, "step") else "mid-step"
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
     if ckpt is None:
-        print(f"pmf train: interrupted {where}; no checkpoint was saved yet, so there is nothing to resume",
-              file=sys.stderr)
-        return
+        print(f"pmf {command}: {how} {where}; no checkpoint was saved yet, so there is nothing to resume",
+              file=sys.stderr, flush=True)
+        return exit_code(signum)
     # a run started with --init continues from its own config (which names the init) without --init
     again = shlex.join(["pmf", "train", "--config", str(Path(cfg.out) / "config.json"), "--resume", "auto"]) \
         if cfg.init else resume_command(argv)
-    print(f"pmf train: interrupted {where}; the last checkpoint is {ckpt}\nresume with: {again}",
+    print(f"pmf {command}: {how} {where}; the last checkpoint is {ckpt}\nresume with: {again}",
           file=sys.stderr, flush=True)
+    return exit_code(signum)
 
 
 def fit_model_to_data(cfg: TrainConfig, args) -> str:
@@ -169,6 +149,7 @@ def fit_model_to_data(cfg: TrainConfig, args) -> str:
 
 def run(args) -> int:
     from ..distributed import cleanup
+    from ..stopping import StopRequest
     from ..train import CheckpointSaveError, train
 
     cfg = config_from_args(args)
@@ -182,11 +163,10 @@ def run(args) -> int:
     if os.environ.get("RANK", "0") == "0":
         print(found, file=sys.stderr, flush=True)  # stdout carries only the JSON summary
     try:
-        with stop_after_step():
-            summary = train(cfg, resume=args.resume, progress=not args.no_progress)
-    except KeyboardInterrupt as stop:
-        report_interrupt(stop, cfg, getattr(args, "argv", None))
-        return 130
+        with StopRequest().installed() as stop:
+            summary = train(cfg, resume=args.resume, progress=not args.no_progress, stop=stop)
+    except KeyboardInterrupt as interrupted:
+        return report_interrupt(interrupted, cfg, getattr(args, "argv", None))
     except CheckpointSaveError as err:
         resume = f"; resume with: {resume_command(getattr(args, 'argv', None))}" if err.intact else ""
         raise PMFError(f"{err}{resume}") from None
