@@ -14,6 +14,7 @@ from ..errors import PMFError
 from ..train_config import RECIPES, TrainConfig, recipe
 from ._args import add_progress, check_device, output_folder
 from ._config_flags import add_config_flags, apply_config_flags, flag_value
+from ._resume import config_to_resume
 from ._runs import guard_run_folder
 
 
@@ -32,7 +33,8 @@ def add_parser(sub) -> None:
     p.add_argument("--image-size", type=int, default=None, help="image size of the model (default: the data's "
                    "when all images have one size, else the preset's; images are center-cropped to it)")
     add_progress(p)
-    p.add_argument("--resume", default=None, help="'auto' (newest checkpoint of --out), a run folder or a file")
+    p.add_argument("--resume", default=None, help="'auto' (newest checkpoint of --out; none: start at step 0), a "
+                   "run folder or a file; the run continues with its own config (docs/training.md)")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a run folder that has checkpoints "
                    "(deletes its checkpoints, metrics, samples and summary)")
     # the defaults shown are the default recipe's; another recipe brings its own
@@ -102,21 +104,22 @@ def report_interrupt(stop: KeyboardInterrupt, cfg: TrainConfig, argv: list[str] 
         print(f"pmf {command}: {how} {where}; no checkpoint was saved yet, so there is nothing to resume",
               file=sys.stderr, flush=True)
         return exit_code(signum)
-    # a run started with --init continues from its own config (which names the init) without --init
-    again = shlex.join(["pmf", "train", "--config", str(Path(cfg.out) / "config.json"), "--resume", "auto"]) \
-        if cfg.init else resume_command(argv)
+    again = resume_command(argv)
     print(f"pmf {command}: {how} {where}; the last checkpoint is {ckpt}\nresume with: {again}",
           file=sys.stderr, flush=True)
     return exit_code(signum)
 
 
-def fit_model_to_data(cfg: TrainConfig, args) -> str:
+def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> str:
     """Set ``cfg.model_overrides`` so that the model has the data's classes, channels and image size (or those
-    of --num-classes / --channels / --image-size) where the preset differs; returns what was found."""
+    of --num-classes / --channels / --image-size) where the preset differs; returns what was found. A resumed
+    run keeps the model it records."""
     from ..config import model_config
     from ..data.probe import probe
 
     facts = probe(cfg.data)
+    if resumed is not None:
+        return f"data {facts.describe()}; model {cfg.arch}; resuming {resumed} with the run's own config"
     if cfg.init:  # the architecture of the starting weights (checked against --arch when given)
         from ..finetune import init_architecture, init_source
 
@@ -156,10 +159,9 @@ def run(args) -> int:
     if cfg.device is not None:
         check_device(cfg.device)
     output_folder(cfg.out)  # a one-line error for a file or a folder that cannot be made
-    if flag_value(args, "init") is not None and args.resume not in (None, "", "none"):
-        raise PMFError("--init starts a new run from weights and --resume continues a run: pick one")
     guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
-    found = fit_model_to_data(cfg, args)
+    cfg, resumed = config_to_resume(cfg, args, read_config_file(args.config) if args.config else None)
+    found = fit_model_to_data(cfg, args, resumed)
     if os.environ.get("RANK", "0") == "0":
         print(found, file=sys.stderr, flush=True)  # stdout carries only the JSON summary
     try:
