@@ -134,7 +134,7 @@ def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> st
     if args.channels is not None:
         want["in_channels"] = args.channels
     elif facts.channels != mcfg.in_channels and not (facts.channels == 1 and mcfg.in_channels == 3
-                                                      and facts.kind != "folder"):
+                                                      and facts.kind not in ("folder", "pack")):
         want["in_channels"] = facts.channels
     size = args.image_size or facts.size
     if size is not None and size != mcfg.input_size:
