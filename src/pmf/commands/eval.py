@@ -73,8 +73,8 @@ def default_out(checkpoint: str) -> Path:
 
 
 def choose_mode(args, model) -> str:
-    """"offline" when asked or when the Inception weights are missing for a small built-in-sized model;
-    "inception" when the weights are there; else the missing-weights error."""
+    """"offline" when asked (--offline); "inception" when the Inception weights are there; else the error that
+    names the weights file (FID was asked for: another score in its place would pass for it)."""
     from ..inception import find_weights, weights_available
 
     if args.offline:
@@ -84,11 +84,6 @@ def choose_mode(args, model) -> str:
             raise PMFError("FID needs reference statistics: --ref FILE.npz (see `pmf refstats` and "
                            "docs/evaluation.md), or --offline for the classifier score")
         return "inception"
-    cfg = model.config
-    if args.inception_weights is None and cfg.num_classes <= 10 and cfg.input_size <= 64:
-        print("Inception weights not found: reporting the OFFLINE classifier score instead of FID "
-              f"(dataset {args.dataset}).", flush=True)
-        return "offline"
     find_weights(args.inception_weights)  # raises the error naming the file and where to put it
     raise AssertionError("unreachable")
 

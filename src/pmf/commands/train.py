@@ -120,11 +120,15 @@ def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> st
     facts = probe(cfg.data)
     if resumed is not None:
         return f"data {facts.describe()}; model {cfg.arch}; resuming {resumed} with the run's own config"
+    note = ""
     if cfg.init:  # the architecture of the starting weights (checked against --arch when given)
         from ..finetune import init_architecture, init_source
 
-        source = init_source(cfg.init, cfg.init_ema).model.config
+        source, recipe_arch = init_source(cfg.init, cfg.init_ema).model.config, cfg.arch
         cfg.arch, cfg.model_overrides = init_architecture(source, flag_value(args, "arch"))
+        if cfg.arch != recipe_arch:
+            note = (f"\n--init {cfg.init} is a {cfg.arch}: its architecture replaces the recipe's {recipe_arch}; the "
+                    f"recipe's other settings stay (batch {cfg.batch_size}, lr {cfg.optim.lr:g}, --steps {cfg.steps})")
     mcfg = model_config(cfg.arch, **cfg.model_overrides)
     for flag in ("num_classes", "channels", "image_size"):
         value = getattr(args, flag, None)
@@ -147,7 +151,7 @@ def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> st
     changed = {k: v for k, v in want.items() if getattr(mcfg, k) != v}
     cfg.model_overrides = {**cfg.model_overrides, **changed}
     model = f"model {cfg.arch}" + (f" with {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")
-    return f"data {facts.describe()}; {model}"
+    return f"data {facts.describe()}; {model}{note}"
 
 
 def run(args) -> int:

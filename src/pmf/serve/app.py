@@ -23,12 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .. import __version__
 from ..class_choice import class_of, name_index
 from ..errors import PMFError
+from ..seeds import SEED_MAX, seed_problem
 from ..setting import SettingError
 from .batcher import Batcher, ImageJob, ServerBusy
 from .encode import encode
 from .model_info import ModelInfo
 
-SEED_MAX = 2**63 - 1
 MAX_BODY = 64 * 1024  # bytes; a request of --max-images classes is far smaller
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/style.css": ("style.css", "text/css; charset=utf-8")}
@@ -99,8 +99,8 @@ def _check(req: GenerateRequest, info: ModelInfo, limits: ServeLimits) -> ImageJ
     except SettingError as err:
         raise RequestProblem(err.field, str(err).removeprefix(f"{err.field} ")) from None
     omega, t_min, t_max = s.omega, s.t_min, s.t_max
-    if not 0 <= req.seed <= SEED_MAX:
-        raise RequestProblem("seed", f"must be in [0, 2**63 - 1], got {req.seed}")
+    if seed_problem(req.seed):
+        raise RequestProblem("seed", seed_problem(req.seed))
     return ImageJob(tuple(labels), req.seed, float(omega), float(t_min), float(t_max), int(steps))
 
 
