@@ -4,13 +4,11 @@ hub folder of pmf export --format hub."""
 import pytest
 import torch
 
-try:
-    from diffusers import FlowMapEulerDiscreteScheduler  # noqa: F401
-except ImportError:
-    pytest.skip("diffusers tests need pip install 'pixel-meanflow[diffusers]'", allow_module_level=True)
+from helpers import needs_or_skip, random_model
+
+needs_or_skip("diffusers", "pmf.diffusers")
 
 import pmf  # noqa: E402
-from helpers import random_model  # noqa: E402
 from pmf.cli import main  # noqa: E402
 from pmf.diffusers import PixelMeanFlowPipeline  # noqa: E402
 from pmf.sampling import image_noise, sample  # noqa: E402

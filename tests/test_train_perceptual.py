@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from helpers import tiny_config
+from helpers import needs_or_skip, tiny_config
 from pmf.cli import main
 from pmf.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-pytest.importorskip("timm")
+needs_or_skip("perceptual", "timm")
 
 
 @pytest.fixture

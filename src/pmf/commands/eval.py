@@ -116,7 +116,8 @@ def check_offline_dataset(config, dataset: str) -> None:
         problems.append(f"it has {classes} classes, the model {config.num_classes}")
     if problems:
         raise PMFError(f"the offline score of {dataset} cannot judge this model: {'; '.join(problems)}. Use "
-                       f"--dataset with the data the model was trained on, or FID (--ref)")
+                       f"--dataset with the built-in set the model was trained on ({', '.join(BUILTIN)}), or FID "
+                       "(--ref) for a model of other data")
 
 
 def check_args(args):
