@@ -37,8 +37,12 @@ def add_parser(sub) -> None:
                    "run folder or a file; the run continues with its own config (docs/training.md)")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a run folder that has checkpoints "
                    "(deletes its checkpoints, metrics, samples and summary)")
+    mnist = recipe("mnist")
+    p.add_argument("--interval", default=None, metavar="T_MIN:T_MAX", help="guidance interval of the sample "
+                   "grids, recorded as the checkpoint's sampling setting (default: the recipe's; mnist: "
+                   f"{mnist.sample.t_min:g}:{mnist.sample.t_max:g})")
     # the defaults shown are the default recipe's; another recipe brings its own
-    add_config_flags(p, TrainConfig, recipe("mnist"), lambda text: f"the recipe's; mnist: {text}")
+    add_config_flags(p, TrainConfig, mnist, lambda text: f"the recipe's; mnist: {text}", replaced=INTERVAL)
     p.set_defaults(func=run)
 
 
@@ -52,10 +56,31 @@ def merged(base: dict, over: dict) -> dict:
 
 def config_from_args(args) -> TrainConfig:
     """The recipe (default mnist), the fields of --config over it, then the flags given."""
+    interval_flag(args)
     data = recipe(args.recipe or "mnist").to_dict()
     if args.config:
         data = merged(data, read_config_file(args.config))
     return TrainConfig.from_dict(apply_config_flags(data, TrainConfig, args))
+
+
+INTERVAL = {"sample.t_min": "--interval", "sample.t_max": "--interval"}  # the old --sample-t-min / --sample-t-max
+
+
+def interval_flag(args) -> None:
+    """--interval T_MIN:T_MAX as the grids' fields (sample.t_min, sample.t_max), as if their flags were given."""
+    from ._config_flags import PREFIX
+    from ._numbers import intervals
+
+    pairs = intervals(getattr(args, "interval", None))
+    if pairs is None:
+        return
+    if len(pairs) != 1:
+        raise PMFError(f"--interval takes one T_MIN:T_MAX pair here, got {args.interval!r}")
+    for field, value in zip(INTERVAL, pairs[0]):
+        if getattr(args, PREFIX + field, None) is not None:
+            raise PMFError(f"--interval and the old --{field.replace('.', '-').replace('_', '-')} both set "
+                           f"{field}: give --interval only")
+        setattr(args, PREFIX + field, value)
 
 
 def read_config_file(spec: str) -> dict:
