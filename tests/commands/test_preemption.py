@@ -146,7 +146,7 @@ def test_a_second_signal_stops_at_once_and_a_repeated_delivery_counts_once(monke
     clock[0] += 5
     with pytest.raises(stopping.Stopped) as stopped:
         stop.handle(signal.SIGTERM, None)
-    from pmf.commands.train import report_interrupt
+    from pmf.commands._runs import report_interrupt
     from pmf.train_config import recipe
 
     assert report_interrupt(stopped.value, recipe("tiny"), ["train"]) == 143

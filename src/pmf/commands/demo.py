@@ -13,7 +13,7 @@ import torch
 from ..errors import PMFError
 from ._args import add_device, add_num_images, add_out, add_progress, add_seed, deprecated
 from ._config_flags import add_perceptual_args, apply_perceptual_args
-from ._runs import guard_run_folder
+from ._runs import guard_run_folder, report_interrupt
 
 DEFAULT_STEPS = 800
 
@@ -79,7 +79,6 @@ def run(args) -> int:
     from ..train import train
     from ..train_config import recipe_mnist
     from ._args import check_device, check_guidance, intervals, output_folder
-    from .train import report_interrupt
 
     args.device = check_device(args.device)
     pairs = intervals(args.interval)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import signal
 import sys
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from ..train_config import RECIPES, TrainConfig, recipe
 from ._args import add_progress, check_device, output_folder
 from ._config_flags import add_config_flags, apply_config_flags, flag_value
 from ._resume import config_to_resume
-from ._runs import guard_run_folder
+from ._runs import guard_run_folder, report_interrupt, resume_command
 
 
 def add_parser(sub) -> None:
@@ -96,43 +94,6 @@ def read_config_file(spec: str) -> dict:
     if not isinstance(data, dict):
         raise PMFError(f"--config {str(path)!r} holds a JSON {type(data).__name__}, not an object of config fields")
     return data
-
-
-def resume_command(argv: list[str] | None) -> str:
-    """The command line that continues this run: the original one with ``--resume auto`` (and without
-    ``--overwrite``, which would delete the run)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    kept, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--resume":
-            skip = True
-        elif not (a.startswith("--resume=") or a == "--overwrite"):
-            kept.append(a)
-    return shlex.join(["pmf", *kept, "--resume", "auto"])
-
-
-def report_interrupt(stop: KeyboardInterrupt, cfg: TrainConfig, argv: list[str] | None, command: str = "train"
-                     ) -> int:
-    """Print (on rank 0) where the run stopped and the command that resumes it; returns the exit status."""
-    from ..checkpoint import latest_checkpoint
-    from ..stopping import exit_code, signal_name
-
-    signum = getattr(stop, "signum", signal.SIGINT)
-    if os.environ.get("RANK", "0") != "0":
-        return exit_code(signum)
-    ckpt = getattr(stop, "checkpoint", None) or latest_checkpoint(Path(cfg.out) / "checkpoints")
-    where = f"at step {stop.step}" if hasattr(stop, "step") else "mid-step"
-    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
-    if ckpt is None:
-        print(f"pmf {command}: {how} {where}; no checkpoint was saved yet, so there is nothing to resume",
-              file=sys.stderr, flush=True)
-        return exit_code(signum)
-    again = resume_command(argv)
-    print(f"pmf {command}: {how} {where}; the last checkpoint is {ckpt}\nresume with: {again}",
-          file=sys.stderr, flush=True)
-    return exit_code(signum)
 
 
 def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> str:
