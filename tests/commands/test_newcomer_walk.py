@@ -80,3 +80,14 @@ def test_a_negative_seed_is_refused_by_pmf_sample_as_by_the_server(tmp_path, cap
         main(["sample", "--checkpoint", "random", "--arch", "pMF-Tiny/4", "--seed", "-1", "--out", str(tmp_path)])
     assert seed_problem(-1) in capsys.readouterr().err
     assert seed_problem(2**63) and seed_problem(0) is None
+
+
+def test_the_offline_scores_refusal_names_only_datasets_it_takes():
+    from pmf.commands.eval import check_offline_dataset
+    from pmf.config import model_config
+    from pmf.errors import PMFError
+
+    with pytest.raises(PMFError) as err:
+        check_offline_dataset(model_config("pMF-Tiny/4", num_classes=3, input_size=16), "mnist-5k")
+    assert "built-in set the model was trained on (mnist-5k, digits), or FID (--ref) for a model of other data" \
+        in str(err.value)
