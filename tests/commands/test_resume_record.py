@@ -55,3 +55,15 @@ def test_an_init_given_to_a_resume_must_be_the_runs(tmp_path, fixtures_dir, caps
     assert main(["train", "--recipe", "tiny", "--out", str(fresh), "--init", str(fixtures_dir / "net_tiny.pt"),
                  "--steps", "1", "--resume", "auto", *FAST]) == 0
     assert json.loads((fresh / "config.json").read_text())["init"] == str(fixtures_dir / "net_tiny.pt")
+
+
+def test_a_record_of_an_older_version_is_said_and_the_commands_config_runs(tmp_path, capsys):
+    out = tmp_path / "R"
+    assert main(["train", "--recipe", "tiny", "--out", str(out), "--steps", "2", *FAST]) == 0
+    step = out / "checkpoints" / "step_00000002.json"
+    step.write_text(json.dumps({**json.loads(step.read_text()), "retired_field": 1}))
+    capsys.readouterr()
+    assert main(["train", "--recipe", "tiny", "--out", str(out), "--steps", "3", "--resume", "auto", *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "does not read in this version" in err and "retired_field" in err
+    assert json.loads((out / "config.json").read_text())["steps"] == 3

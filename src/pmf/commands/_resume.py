@@ -6,6 +6,7 @@ values given. ``--recipe`` is a base for new runs and is not compared."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ..errors import PMFError
@@ -104,5 +105,11 @@ def config_to_resume(asked: TrainConfig, args, config_file: dict | None) -> tupl
     path = resolve_resume(args.resume, Path(asked.out) / "checkpoints")
     recorded = recorded_config(path) if path is not None and path.exists() else None
     if recorded is None:
+        return asked, None
+    try:
+        TrainConfig.from_dict(recorded)
+    except PMFError as err:  # a run of an older version: its record does not read; the command's config runs
+        print(f"pmf train: note: the config {path} records does not read in this version ({err}); resuming with "
+              "the command's config, which becomes the run's record", file=sys.stderr, flush=True)
         return asked, None
     return resumed_config(asked, recorded, given_paths(args, config_file), args, path), path

@@ -146,11 +146,11 @@ def run(args) -> int:
     from ..train import CheckpointSaveError, train
 
     cfg = config_from_args(args)
-    if cfg.device is not None:
-        check_device(cfg.device)
     output_folder(cfg.out)  # a one-line error for a file or a folder that cannot be made
     guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
     cfg, resumed = config_to_resume(cfg, args, read_config_file(args.config) if args.config else None)
+    if cfg.device is not None:
+        check_device(cfg.device)
     found = fit_model_to_data(cfg, args, resumed)
     if os.environ.get("RANK", "0") == "0":
         print(found, file=sys.stderr, flush=True)  # stdout carries only the JSON summary
