@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on request (the signal ``signum``) after ``step`` steps; ``checkpoint`` holds that step
     (None: nothing saved, or not rank 0)."""
 
-    def __init__(self, step: int, checkpoint: Path | None, signum: int = 2):
+    def __init__(self, step: int, checkpoint: Path | None, signum: int = signal.SIGINT):
         super().__init__(f"interrupted after step {step}")
         self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
@@ -215,8 +216,8 @@ class Loop:
             self.sample_grid(done)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             self.last_ckpt = self.checkpointer.save(done) or self.last_ckpt
-        signum = self.stop.agreed(self.info.device) if self.stop is not None else 0
-        if signum:  # every rank agreed on this step: all save it together
+        signum = self.stop.agreed(self.info.device) if self.stop is not None and done < cfg.steps else 0
+        if signum:  # every rank agreed on this step: all save it together (the last step just finishes)
             if self.checkpointer.last_saved != done:
                 self.last_ckpt = self.checkpointer.save(done) or self.last_ckpt
             self.checkpointer.finish()
