@@ -76,6 +76,8 @@ def report_interrupt(stop: KeyboardInterrupt, cfg, argv: list[str] | None, comma
               file=sys.stderr, flush=True)
         return exit_code(signum)
     again = resume_command(argv)
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        again += "  (under the same torchrun or srun launch as before)"
     print(f"pmf {command}: {how} {where}; the last checkpoint is {ckpt}\nresume with: {again}",
           file=sys.stderr, flush=True)
     return exit_code(signum)
