@@ -130,3 +130,23 @@ def end_process_group() -> None:
 
     gc.collect()
     dist.destroy_process_group()
+
+
+def needs_or_skip(extra: str, module: str):
+    """Import ``module`` (a package of the extra ``extra`` as pmf imports it, ``pmf.extras.needs``, or a pmf module
+    that needs the extra) or skip the
+    calling test module with the package's own message: the extra's install command, or, for a torchvision
+    built for another torch, that mismatch and its ways out (never a failure at collection)."""
+    import importlib
+
+    import pytest
+
+    from pmf.extras import MissingExtra, needs
+
+    try:
+        if module.startswith("pmf."):  # a module of the package says what is missing itself
+            return importlib.import_module(module)
+        with needs(extra, f"these tests need {module}"):
+            return importlib.import_module(module)
+    except MissingExtra as err:
+        pytest.skip(str(err), allow_module_level=True)

@@ -4,13 +4,11 @@ hub folder of pmf export --format hub."""
 import pytest
 import torch
 
-try:
-    from diffusers import FlowMapEulerDiscreteScheduler  # noqa: F401
-except ImportError:
-    pytest.skip("diffusers tests need pip install 'pixel-meanflow[diffusers]'", allow_module_level=True)
+from helpers import needs_or_skip, random_model
+
+needs_or_skip("diffusers", "pmf.diffusers")
 
 import pmf  # noqa: E402
-from helpers import random_model  # noqa: E402
 from pmf.cli import main  # noqa: E402
 from pmf.diffusers import PixelMeanFlowPipeline  # noqa: E402
 from pmf.sampling import image_noise, sample  # noqa: E402
@@ -59,7 +57,11 @@ def test_generator_outputs_and_labels(hub_dir):
     pil = pipe(class_labels=7).images
     assert len(pil) == 1 and pil[0].size == (32, 32)
     assert pipe.get_label_ids(["digit 3", "nine", "9"]) == [3, 9, 9]
-    with pytest.raises(pmf.PMFError, match="unknown class name 'cat'"):
+    assert pipe.get_label_ids(["4", 2]) == [4, 2]  # pmf.class_choice: a number that is no name is an index
+    named = pipe(class_labels=["nine", "digit 3"], generator=torch.Generator().manual_seed(1), output_type="np")
+    indexed = pipe(class_labels=[9, 3], generator=torch.Generator().manual_seed(1), output_type="np")
+    assert (named.images == indexed.images).all()
+    with pytest.raises(pmf.PMFError, match="unknown class 'cat'"):
         pipe.get_label_ids("cat")
 
 

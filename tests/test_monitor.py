@@ -44,3 +44,14 @@ def test_a_failing_tensorboard_is_not_swallowed(tmp_path, monkeypatch):
     _fake_tensorboard(monkeypatch, broken)
     with pytest.raises(PermissionError, match="cannot write"):
         MetricsLog(tmp_path / "metrics.jsonl", None, True)
+
+
+def test_a_training_grid_has_one_class_per_column():
+    from pmf.monitor import grid_columns
+
+    for count, classes, want in [(64, 3, 9), (100, 10, 10), (64, 10, 10), (16, 10, 10), (64, 1, 8), (64, 1000, 8),
+                                 (16, 2, 4)]:
+        nrow = grid_columns(count, classes)
+        assert nrow == want, (count, classes)
+        if classes <= count:  # image i = row * nrow + column is class i % classes: the column decides it
+            assert nrow % classes == 0

@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from helpers import tiny_config
+from helpers import needs_or_skip, tiny_config
 from pmf.cli import main
 from pmf.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-pytest.importorskip("timm")
+needs_or_skip("perceptual", "timm")
 
 
 @pytest.fixture
@@ -62,4 +62,5 @@ def test_demo_refuses_to_start_without_perceptual_weights(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert rc == 2 and "refusing to train with random features" in err
     assert err.count("vgg16-397923af.pth") >= 1 and "convnextv2_base" in err
+    assert "train without the term: --no-lpips and --no-convnext" in err
     assert not list((tmp_path / "demo").rglob("*.pt"))  # no training step was taken

@@ -174,7 +174,7 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
         if ema not in (None, "auto", "raw"):
             raise CheckpointError(f"--ema {ema} needs a training checkpoint; this file holds one set of weights")
         model, found_arch, setting = _release_format(obj, spec, arch, overrides)
-        ema, data, class_names = None, None, None
+        ema, data, class_names = None, None, read_sidecar(spec, "class_names")
     return LoadedCheckpoint(model.to(device).eval(), found_arch, ema, setting, data,
                             list(class_names) if class_names else None)
 
@@ -260,6 +260,8 @@ def export_ema(spec: str | os.PathLike, out: str | os.PathLike, *, ema: str | No
         from .nn.release import release_state_dict
 
         save_atomic(release_state_dict(inference, prefix="net."), out)
-        save_atomic(json.dumps({"format": FORMAT, "sampling_setting": json.loads(setting)}, indent=2),
-                    sidecar_path(out))
+        beside = {"format": FORMAT, "sampling_setting": json.loads(setting)}
+        if loaded.class_names:  # the class folders' names travel with the weights, as in the other formats
+            beside["class_names"] = loaded.class_names
+        save_atomic(json.dumps(beside, indent=2), sidecar_path(out))
     return out

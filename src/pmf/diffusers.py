@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from pmf.class_choice import class_of
 from pmf.config import ModelConfig
 from pmf.errors import PMFError
 from pmf.extras import needs
@@ -72,14 +73,11 @@ class PixelMeanFlowPipeline(DiffusionPipeline):
             for part in str(name).split(","):
                 self.labels.setdefault(part.strip(), i)
 
-    def get_label_ids(self, label: str | list[str]) -> list[int]:
-        """Class indices of class names (the names the model records; GET /info of pmf serve lists them too)."""
-        names = [label] if isinstance(label, str) else list(label)
-        missing = [n for n in names if n not in self.labels]
-        if missing:
-            known = ", ".join(list(self.labels)[:20]) + (", ..." if len(self.labels) > 20 else "")
-            raise PMFError(f"unknown class name {missing[0]!r}; the model's classes: {known or 'none recorded'}")
-        return [self.labels[n] for n in names]
+    def get_label_ids(self, label: int | str | list[int | str]) -> list[int]:
+        """Class indices of class names (the names the model records; GET /info of pmf serve lists them too) or
+        indices, by the rule of ``pmf.class_choice`` (the same as pmf sample's and pmf serve's)."""
+        items = [label] if isinstance(label, (int, str)) else list(label)
+        return [class_of(item, self.transformer.net.config.num_classes, self.labels) for item in items]
 
     @classmethod
     def from_network(cls, model: PMFDiT, **kwargs) -> PixelMeanFlowPipeline:
@@ -116,9 +114,9 @@ class PixelMeanFlowPipeline(DiffusionPipeline):
     def __call__(self, class_labels, num_inference_steps: int = 1, guidance_scale: float | None = None,
                  guidance_interval: tuple[float, float] | None = None, generator=None,
                  latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True):
-        """Images of ``class_labels`` (an int or a list) in ``num_inference_steps`` passes (spec section 4);
-        ``None`` for guidance means the model's setting. ``output_type``: "pil", "np" ([B, H, W, C] in [0, 1]),
-        "pt" ([B, C, H, W] in [0, 1])."""
+        """Images of ``class_labels`` (an index or a name, or a list of them: ``get_label_ids``) in
+        ``num_inference_steps`` passes (spec section 4); ``None`` for guidance means the model's setting.
+        ``output_type``: "pil", "np" ([B, H, W, C] in [0, 1]), "pt" ([B, C, H, W] in [0, 1])."""
         if output_type not in ("pil", "np", "pt"):
             raise PMFError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         t_min, t_max = (None, None) if guidance_interval is None else guidance_interval
@@ -128,7 +126,7 @@ class PixelMeanFlowPipeline(DiffusionPipeline):
         omega, t_min, t_max = setting.omega, setting.t_min, setting.t_max
         net, device = self.transformer.net, self._execution_device
         cfg = net.config
-        labels = torch.tensor([class_labels] if isinstance(class_labels, int) else list(class_labels), device=device)
+        labels = torch.tensor(self.get_label_ids(class_labels), device=device)
         B = len(labels)
         if latents is None:
             latents = cfg.noise_scale * randn_tensor((B, cfg.in_channels, cfg.input_size, cfg.input_size),

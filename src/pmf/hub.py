@@ -51,7 +51,7 @@ def save_pretrained(model, save_directory: str | os.PathLike, *, setting: Sampli
     ``PMFDiT.save_pretrained`` passes it), config.json and a model card into ``save_directory``. ``setting`` and
     ``class_names`` default to those ``from_pretrained`` attached to the model (``model.sampling_setting``,
     ``model.class_names``); ``fid`` is a measured FID-50K of these weights for the card."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from .config import preset_of
     from .hub_card import model_card
@@ -71,7 +71,8 @@ def save_pretrained(model, save_directory: str | os.PathLike, *, setting: Sampli
               "sampling_setting": setting.to_dict(), "class_names": class_names, "preset": preset, "fid": fid}
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    # written as the other files are (their mode follows the umask; safetensors' save_file makes its file 0600)
+    (out / WEIGHTS_NAME).write_bytes(save(tensors, metadata={"format": "pt"}))
     (out / CARD_NAME).write_text(model_card(config, license=license))
     return out
 

@@ -68,6 +68,14 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, emas: 
             "optimizer": P.bytes_of(opt), "emas": P.bytes_of(v for w in emas.weights.values() for v in w.values())}
 
 
+def grid_columns(count: int, num_classes: int) -> int:
+    """Columns of a grid of ``count`` images where image i is class i % num_classes: a multiple of the classes
+    near a square grid, so each column holds one class; a square grid when there are more classes than images."""
+    if num_classes > count:
+        return int(math.ceil(math.sqrt(count)))
+    return num_classes * max(1, round(math.sqrt(count) / num_classes))
+
+
 class GridSampler:
     """One-step samples of fixed noises and classes (class i % num_classes for image i) from the first EMA
     (the raw weights without EMAs), written as a PNG grid."""
@@ -79,8 +87,7 @@ class GridSampler:
         self.noise = image_noise(range(s.count), shape, seed=s.seed, noise_scale=mcfg.noise_scale, device=device)
         self.labels = (torch.arange(s.count) % min(num_classes, mcfg.num_classes)).to(device)
         self.model = PMFDiT(mcfg).to(device).eval()
-        self.nrow = min(num_classes, mcfg.num_classes) if s.count % min(num_classes, mcfg.num_classes) == 0 \
-            else int(math.ceil(math.sqrt(s.count)))
+        self.nrow = grid_columns(s.count, min(num_classes, mcfg.num_classes))
 
     @torch.no_grad()
     def save(self, weights: dict, path: Path) -> None:

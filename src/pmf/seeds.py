@@ -5,6 +5,12 @@ cut to 63 bits, and a stream number keeps streams of different purposes apart.""
 from __future__ import annotations
 
 MODULUS = 2**63 - 1  # seeds stay in [0, 2^63 - 1)
+SEED_MAX = 2**63 - 1  # the largest seed a user gives (pmf sample --seed, the seed of pmf serve's /generate)
+
+
+def seed_problem(seed: int) -> str | None:
+    """Why ``seed`` is not a seed a user may give (one rule for the command line and the server), or None."""
+    return None if 0 <= seed <= SEED_MAX else f"must be in [0, 2**63 - 1], got {seed}"
 
 # Streams. IMAGE is the per-image sampling stream: its seeds (stream number 0) are pinned by the tests,
 # since published samples depend on them.

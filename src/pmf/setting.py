@@ -150,19 +150,20 @@ def exported_setting(recorded: dict | None, fallback: SamplingSetting) -> Sampli
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
-    """Where a release-format export keeps its setting: ``NAME.sampling.json`` beside ``NAME.pt`` (the state
-    dict itself stays exactly the release's, for the release's own loader)."""
+    """Where a release-format export keeps its setting and class names: ``NAME.sampling.json`` beside
+    ``NAME.pt`` (the state dict itself stays exactly the release's, for the release's own loader)."""
     path = Path(path)
     return path.with_name(f"{path.stem}.sampling.json")
 
 
-def read_sidecar(spec) -> dict | None:
-    """The fields recorded beside a local release-format export (``sidecar_path``), or None."""
+def read_sidecar(spec, field: str = "sampling_setting"):
+    """A field recorded beside a local release-format export (``sidecar_path``): its ``sampling_setting``
+    (default) or ``class_names``; None without one."""
     path = Path(str(spec)).expanduser()
     side = sidecar_path(path)
     if str(spec).startswith(("hf:", "http://", "https://")) or not side.is_file():
         return None
     try:
-        return json.loads(side.read_text()).get("sampling_setting")
+        return json.loads(side.read_text()).get(field)
     except (OSError, ValueError, AttributeError):
         raise PMFError(f"{str(side)!r} beside the checkpoint is not a readable setting file") from None

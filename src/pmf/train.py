@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from .nn.attention import tangent_attention
 from .objective import pmf_loss, sample_draws
 from .optim import lr_factor, set_lr
 from .seeds import LOSS, derive_seed
+from .stopping import StopRequest
 from .train_build import (
     Parts,
     build,
@@ -50,17 +51,13 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return derive_seed(seed, step, rank, stream=LOSS)
 
 
-# Set (by the command line's Ctrl-C handler) to stop after the running step with a checkpoint. Only for one
-# process: under torchrun the ranks could see Ctrl-C at different steps, and a checkpoint is a collective.
-stop_requested = threading.Event()
-
-
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on request after ``step`` steps; ``checkpoint`` holds that step (None: nothing saved)."""
+    """Training stopped on request (the signal ``signum``) after ``step`` steps; ``checkpoint`` holds that step
+    (None: nothing saved, or not rank 0)."""
 
-    def __init__(self, step: int, checkpoint: Path | None):
+    def __init__(self, step: int, checkpoint: Path | None, signum: int = signal.SIGINT):
         super().__init__(f"interrupted after step {step}")
-        self.step, self.checkpoint = step, checkpoint
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
 
 def finished_run(path: Path, step: int, cfg: TrainConfig) -> dict:
@@ -137,13 +134,19 @@ def prepare(cfg: TrainConfig, resume: str | None):
     return mcfg, data, resume_path, state
 
 
-def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True) -> dict:
+def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True, stop: StopRequest | None = None
+          ) -> dict:
     """Train per ``cfg``; ``resume`` is None, ``"auto"`` (newest checkpoint in the run folder, if any), a
-    run folder or a checkpoint file. Returns a summary (last checkpoint, steps, seconds, last losses)."""
+    run folder or a checkpoint file. With ``stop``, a requested stop (``pmf.stopping``) ends the run after the
+    running step with a checkpoint there (``TrainingInterrupted``). Returns a summary (last checkpoint, steps,
+    seconds, last losses)."""
     mcfg, data, resume_path, state = prepare(cfg, resume)
     if state is not None and int(state["step"]) >= cfg.steps:
         return finished_run(resume_path, int(state["step"]), cfg)
     info = D.setup(cfg.device, group=cfg.parallel != "ddp")
+    if resume == "auto" and resume_path is None:
+        D.print0(f"--resume auto: no checkpoint in {Path(cfg.out) / 'checkpoints'} yet; starting at step 0",
+                 info=info, file=sys.stderr)
     parts = build(cfg, mcfg, info, data_class_names(data, mcfg), resuming=state is not None)
     start = 0
     if state is not None:
@@ -151,15 +154,16 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True)
         D.print0(f"resumed from {resume_path} at step {start}", info=info)
     del state
     parallelize(parts, cfg, info)
-    return Loop(cfg, mcfg, data, parts, info).run(start, resumed=resume_path is not None, progress=progress)
+    return Loop(cfg, mcfg, data, parts, info, stop).run(start, resumed=resume_path is not None, progress=progress)
 
 
 class Loop:
     """The steps of one run with what happens between them: metrics lines, sample grids, checkpoints, the
-    stops (a non-finite loss, Ctrl-C)."""
+    stops (a non-finite loss, a stop request)."""
 
-    def __init__(self, cfg: TrainConfig, mcfg: ModelConfig, data, parts: Parts, info: D.DistInfo):
-        self.cfg, self.mcfg, self.data, self.parts, self.info = cfg, mcfg, data, parts, info
+    def __init__(self, cfg: TrainConfig, mcfg: ModelConfig, data, parts: Parts, info: D.DistInfo,
+                 stop: StopRequest | None = None):
+        self.cfg, self.mcfg, self.data, self.parts, self.info, self.stop = cfg, mcfg, data, parts, info, stop
         self.checkpointer = Checkpointer(cfg, mcfg, parts, info, data_class_names(data, mcfg))
         self.perceptual = build_perceptual_loss(cfg, info.device)
         self.out = Path(cfg.out)
@@ -214,11 +218,13 @@ class Loop:
             self.sample_grid(done)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             self.last_ckpt = self.checkpointer.save(done) or self.last_ckpt
-        if stop_requested.is_set() and self.info.world_size == 1:
+        signum = self.stop.agreed(self.info.device) if self.stop is not None and done < cfg.steps else 0
+        if signum:  # every rank agreed on this step: all save it together (the last step just finishes)
             if self.checkpointer.last_saved != done:
                 self.last_ckpt = self.checkpointer.save(done) or self.last_ckpt
+            self.checkpointer.finish()
             self.bar.close()
-            raise TrainingInterrupted(done, self.last_ckpt)
+            raise TrainingInterrupted(done, self.last_ckpt, signum)
 
     def sample_grid(self, done: int) -> None:
         emas, model = self.parts.emas, self.parts.model

@@ -187,7 +187,8 @@ class TrainConfig:
                            "release .pt, .safetensors or hf:OWNER/REPO/FILE): fresh optimiser, step 0, EMAs from "
                            "these weights; the architecture is the checkpoint's unless --arch is given",
                            none="a fresh model")
-    init_ema: str | None = doc(None, "which weights of --init: an EMA name or 'raw'", none="its sampling EMA")
+    init_ema: str | None = doc(None, "which weights of --init, as --ema of pmf sample: an EMA name (hl1000, d0.99) "
+                               "or 'raw'", flag="--ema", none="its sampling EMA", old=("--init-ema",))
     init_v_head: VHeadInit = doc("copy", "a checkpoint without v-head: copy the u-head's blocks into it, or start "
                                  "it fresh")
     class_map: dict = doc(factory=dict, help="NEW=OLD,... (class names or numbers): class rows of --init to keep "

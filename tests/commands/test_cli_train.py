@@ -43,20 +43,23 @@ def test_ctrl_c_saves_and_prints_the_command_that_resumes(tmp_path, capsys):
     import shlex
 
     out = tmp_path / "run"
-    argv = tiny(out, "--steps", "100000", "--ckpt-every", "2", "--log-every", "1")
+    data = image_folder(tmp_path / "data", 2, 32, per_class=4)  # decoded by data-loading processes
+    argv = tiny(out, "--data", str(data), "--batch-size", "4", "--steps", "100000", "--ckpt-every", "2",
+                "--log-every", "1", "--workers", "2")
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "pmf.cli", *argv], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 120
         while not (out / "checkpoints" / "step_00000002.pt").exists():
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: to the data-loading processes too
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
+    assert stderr.count("Ctrl-C: stopping after this step") == 1
     line = next(ln for ln in stderr.splitlines() if ln.startswith("pmf train: interrupted"))
     step = int(line.split("at step ")[1].split(";")[0])
     assert step >= 2 and str(out / "checkpoints" / f"step_{step:08d}.pt") in line  # saved at the interrupt

@@ -46,7 +46,7 @@ def test_init_at_42_px_from_a_28_px_model_trains_and_samples_by_class_name(tmp_p
     data28 = gray_folder(tmp_path / "d28", 28)
     assert main(["train", "--recipe", "mnist", "--data", str(data28), "--out", str(tmp_path / "a"), *FAST]) == 0
     data42 = gray_folder(tmp_path / "d42", 42, names=("owl", "cat"))
-    assert main(["train", "--recipe", "mnist", "--data", str(data42), "--init", str(tmp_path / "a"), "--init-ema",
+    assert main(["train", "--recipe", "mnist", "--data", str(data42), "--init", str(tmp_path / "a"), "--ema",
                  "nope", "--out", str(tmp_path / "b"), *FAST]) == 2
     assert "EMA 'nope' is not in the checkpoint" in capsys.readouterr().err
     capsys.readouterr()
@@ -94,8 +94,7 @@ def test_release_format_files_without_and_with_v_head_train_with_init(tmp_path, 
 def test_init_refusals_are_one_line(tmp_path, fixtures_dir, capsys):
     data = gray_folder(tmp_path / "d", 32, mode="RGB")
     base = ["train", "--recipe", "tiny", "--data", str(data), "--out", str(tmp_path / "r"), *FAST]
-    cases = [(["--init", str(fixtures_dir / "net_tiny.pt"), "--resume", "auto"], "pick one"),
-             (["--init", str(tmp_path / "missing.pt")], "not found"),
+    cases = [(["--init", str(tmp_path / "missing.pt")], "not found"),
              (["--init", str(fixtures_dir / "net_tiny.pt"), "--arch", "pMF-MNIST/7"], "patch_size 4 vs 7")]
     for extra, message in cases:
         capsys.readouterr()

@@ -52,9 +52,11 @@ def test_resuming_with_other_emas_names_the_run_config(tmp_path, capsys):
     capsys.readouterr()
     assert main(tiny(out, "--steps", "4", "--ema-decays", "0.5", "--resume", "auto")) == 2
     line = one_line_error(capsys)
-    assert "it keeps other EMAs" in line and f"resume with --config {out / 'config.json'}" in line
-    # another ramp-up keeps the same EMAs: it resumes, as before
-    assert main(tiny(out, "--steps", "3", "--ckpt-every", "3", "--ema-rampup", "0.1", "--resume", "auto")) == 0
+    assert "--ema-decays [0.5] (the run has [0.9])" in line and str(out / "config.json") in line
+    # another ramp-up would make the record lie about the EMAs too: refused; without it the run resumes
+    assert main(tiny(out, "--steps", "3", "--ckpt-every", "3", "--ema-rampup", "0.1", "--resume", "auto")) == 2
+    assert "--ema-rampup 0.1 (the run has 0.05)" in one_line_error(capsys)
+    assert main(tiny(out, "--steps", "3", "--ckpt-every", "3", "--resume", "auto")) == 0
 
 
 def test_resuming_a_finished_run_says_so_and_succeeds(tmp_path, capsys):

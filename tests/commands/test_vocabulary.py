@@ -111,3 +111,20 @@ def test_export_takes_flags_and_the_old_positionals(tmp_path, capsys):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert main(["export", "--checkpoint", str(ckpt)]) == 2
     assert "missing --out" in capsys.readouterr().err
+
+
+def test_train_speaks_the_shared_vocabulary(tmp_path, capsys):
+    from pmf.commands.train import config_from_args
+
+    parser = commands()["train"]
+    flags = {s for a in visible(parser) for s in a.option_strings}
+    assert {"--interval", "--ema"} <= flags and not flags & {"--sample-t-min", "--sample-t-max", "--init-ema"}
+    parse = build_parser().parse_args
+    cfg = config_from_args(parse(["train", "--recipe", "tiny", "--interval", "0.2:0.7"]))
+    assert (cfg.sample.t_min, cfg.sample.t_max) == (0.2, 0.7)
+    old = config_from_args(parse(["train", "--recipe", "tiny", "--sample-t-min", "0.3", "--init", "x.pt",
+                                  "--init-ema", "raw"]))
+    assert (old.sample.t_min, old.sample.t_max, old.init_ema) == (0.3, 1.0, "raw")
+    err = capsys.readouterr().err
+    assert "--sample-t-min is deprecated; use --interval" in err and "--init-ema is deprecated; use --ema" in err
+    assert config_from_args(parse(["train", "--init", "x.pt", "--ema", "d0.9"])).init_ema == "d0.9"

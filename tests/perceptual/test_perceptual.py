@@ -315,8 +315,9 @@ def test_missing_weights_raise_one_error_naming_the_files(tmp_path, monkeypatch)
     assert W.VGG16_FILE in msg and str(tmp_path / "torch" / "hub" / "checkpoints") in msg and W.LPIPS_ENV in msg
     assert "model.safetensors of timm/convnextv2_base.fcmae_ft_in22k_in1k" in msg and W.CONVNEXT_ENV in msg
     monkeypatch.setenv(W.CONVNEXT_ENV, str(tmp_path / "nope.safetensors"))
-    with pytest.raises(PMFError, match="nope.safetensors"):
+    with pytest.raises(PMFError, match="nope.safetensors") as err:
         build_perceptual(PerceptualConfig(convnext=True, download=False))
+    assert "train without the term: --no-convnext, or" in str(err.value)  # the flag of the missing term only
 
 
 def test_local_weight_files_load_from_config_and_env(loss_fn, tmp_path, monkeypatch):

@@ -141,10 +141,12 @@ def value_at(config, path: tuple[str, ...]):
     return getattr(node, path[-1]), True
 
 
-def add_config_flags(p, cls, example, default: Callable[[str], str], *, only: str | None = None) -> None:
+def add_config_flags(p, cls, example, default: Callable[[str], str], *, only: str | None = None,
+                     replaced: dict[str, str] | None = None) -> None:
     """One flag per leaf of ``cls`` (of its section ``only`` when given), sections as argument groups. The help
     shows ``default(text)`` with the value in ``example`` (a config), or the class default in a section that
-    ``example`` leaves off; where a section may be None, ``--no-SECTION`` turns it off."""
+    ``example`` leaves off; where a section may be None, ``--no-SECTION`` turns it off. ``replaced``: leaf path
+    -> the command's own flag that sets it; the leaf's flag stays as a hidden old spelling with a note."""
     groups: dict[str, object] = {}
     for leaf in leaves(cls):
         section = leaf.path[0] if len(leaf.path) > 1 else None
@@ -157,6 +159,11 @@ def add_config_flags(p, cls, example, default: Callable[[str], str], *, only: st
             if optional(field_types(cls)[section])[1]:
                 group.add_argument(f"--no-{section}", dest=OFF + section, action="store_true",
                                    help=f"turn off the recipe's {meta.get('help') or section}")
+        new = (replaced or {}).get(".".join(leaf.path))
+        if new is not None:
+            group.add_argument(leaf.flag, dest=leaf.dest, action=_Deprecated, new=new, type=converter(leaf),
+                               help=argparse.SUPPRESS)
+            continue
         value, present = value_at(example, leaf.path)
         text = default(shown(value, leaf)) if present else shown(value, leaf)
         help = f"{leaf.help} (default: {text})".replace("%", "%%")

@@ -1,8 +1,12 @@
-"""Run folders of the training commands (``pmf train``, ``pmf demo``): what a run writes, and the guard against
-restarting over a run that holds checkpoints."""
+"""Run folders of the training commands (``pmf train``, ``pmf demo``): what a run writes, the guard against
+restarting over a run that holds checkpoints, and what a stopped run says (where it stopped, how to resume)."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import signal
+import sys
 from pathlib import Path
 
 from ..errors import PMFError
@@ -38,3 +42,42 @@ def guard_run_folder(out: str | Path, *, resume: str | None, overwrite: bool, fl
             elif path.exists():
                 path.unlink()
         print(f"--overwrite: deleted the earlier run's outputs in {out}", flush=True)
+
+
+def resume_command(argv: list[str] | None) -> str:
+    """The command line that continues this run: the original one with ``--resume auto`` (and without
+    ``--overwrite``, which would delete the run)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not (a.startswith("--resume=") or a == "--overwrite"):
+            kept.append(a)
+    return shlex.join(["pmf", *kept, "--resume", "auto"])
+
+
+def report_interrupt(stop: KeyboardInterrupt, cfg, argv: list[str] | None, command: str = "train"
+                     ) -> int:
+    """Print (on rank 0) where the run stopped and the command that resumes it; returns the exit status."""
+    from ..checkpoint import latest_checkpoint
+    from ..stopping import exit_code, signal_name
+
+    signum = getattr(stop, "signum", signal.SIGINT)
+    if os.environ.get("RANK", "0") != "0":
+        return exit_code(signum)
+    ckpt = getattr(stop, "checkpoint", None) or latest_checkpoint(Path(cfg.out) / "checkpoints")
+    where = f"at step {stop.step}" if hasattr(stop, "step") else "mid-step"
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
+    if ckpt is None:
+        print(f"pmf {command}: {how} {where}; no checkpoint was saved yet, so there is nothing to resume",
+              file=sys.stderr, flush=True)
+        return exit_code(signum)
+    again = resume_command(argv)
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        again += "  (under the same torchrun or srun launch as before)"
+    print(f"pmf {command}: {how} {where}; the last checkpoint is {ckpt}\nresume with: {again}",
+          file=sys.stderr, flush=True)
+    return exit_code(signum)

@@ -69,8 +69,21 @@ def add_workers(p, *, default=None, help: str) -> None:
     p.add_argument("--workers", type=int, default=default, help=help)
 
 
+def seed_value(text: str) -> int:
+    """A --seed: an integer in [0, 2**63 - 1], as pmf serve takes it (``pmf.seeds.seed_problem``)."""
+    from ..seeds import seed_problem
+
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if seed_problem(seed):
+        raise argparse.ArgumentTypeError(seed_problem(seed))
+    return seed
+
+
 def add_seed(p, *, default=0, help: str = "random seed (default 0)") -> None:
-    p.add_argument("--seed", type=int, default=default, help=help)
+    p.add_argument("--seed", type=seed_value, default=default, help=help)
 
 
 def add_batch_size(p, *, default=64, help: str | None = None) -> None:

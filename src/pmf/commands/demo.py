@@ -13,7 +13,7 @@ import torch
 from ..errors import PMFError
 from ._args import add_device, add_num_images, add_out, add_progress, add_seed, deprecated
 from ._config_flags import add_perceptual_args, apply_perceptual_args
-from ._runs import guard_run_folder
+from ._runs import guard_run_folder, report_interrupt
 
 DEFAULT_STEPS = 800
 
@@ -75,6 +75,7 @@ def score(model, out: Path, *, n: int, seed: int, settings: list[tuple[float, fl
 
 def run(args) -> int:
     from ..checkpoint import load_model
+    from ..stopping import StopRequest
     from ..train import train
     from ..train_config import recipe_mnist
     from ._args import check_device, check_guidance, intervals, output_folder
@@ -103,7 +104,11 @@ def run(args) -> int:
     cfg.__post_init__()
     out = Path(args.out)
     t0 = time.perf_counter()
-    summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+    try:
+        with StopRequest().installed() as stop:  # Ctrl-C or SIGTERM: a checkpoint at the step, resumable
+            summary = train(cfg, resume=args.resume, progress=not args.no_progress, stop=stop)
+    except KeyboardInterrupt as interrupted:
+        return report_interrupt(interrupted, cfg, getattr(args, "argv", None), command="demo")
     train_seconds = time.perf_counter() - t0
     ckpt = summary["last_checkpoint"]
     report = {"steps": cfg.steps, "train_seconds": train_seconds, "steps_per_s": summary["steps_per_s"],

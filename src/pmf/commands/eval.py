@@ -73,8 +73,8 @@ def default_out(checkpoint: str) -> Path:
 
 
 def choose_mode(args, model) -> str:
-    """"offline" when asked or when the Inception weights are missing for a small built-in-sized model;
-    "inception" when the weights are there; else the missing-weights error."""
+    """"offline" when asked (--offline); "inception" when the Inception weights are there; else the error that
+    names the weights file (FID was asked for: another score in its place would pass for it)."""
     from ..inception import find_weights, weights_available
 
     if args.offline:
@@ -84,11 +84,6 @@ def choose_mode(args, model) -> str:
             raise PMFError("FID needs reference statistics: --ref FILE.npz (see `pmf refstats` and "
                            "docs/evaluation.md), or --offline for the classifier score")
         return "inception"
-    cfg = model.config
-    if args.inception_weights is None and cfg.num_classes <= 10 and cfg.input_size <= 64:
-        print("Inception weights not found: reporting the OFFLINE classifier score instead of FID "
-              f"(dataset {args.dataset}).", flush=True)
-        return "offline"
     find_weights(args.inception_weights)  # raises the error naming the file and where to put it
     raise AssertionError("unreachable")
 
@@ -121,7 +116,8 @@ def check_offline_dataset(config, dataset: str) -> None:
         problems.append(f"it has {classes} classes, the model {config.num_classes}")
     if problems:
         raise PMFError(f"the offline score of {dataset} cannot judge this model: {'; '.join(problems)}. Use "
-                       f"--dataset with the data the model was trained on, or FID (--ref)")
+                       f"--dataset with the built-in set the model was trained on ({', '.join(BUILTIN)}), or FID "
+                       "(--ref) for a model of other data")
 
 
 def check_args(args):

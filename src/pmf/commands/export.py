@@ -83,7 +83,8 @@ def run(args) -> int:
                 export_ema(args.checkpoint, args.out, ema=args.ema, fmt=args.format)
         except OSError as err:
             raise PMFError(f"cannot write {args.out!r}: {err.strerror or err}") from None
-    print(f"wrote {path}" + (f" and {sidecar_path(path)} (its sampling setting)" if suffix in (".pt", ".pth")
+    print(f"wrote {path}" + (f" and {sidecar_path(path)} (its sampling setting and class names)"
+                             if suffix in (".pt", ".pth")
                              and args.format not in ("checkpoint", "hub") else ""))
     return 0
 

@@ -9,7 +9,8 @@ from ._args import add_out, add_progress, add_workers, legacy_positionals
 
 def add_parser(sub) -> None:
     p = sub.add_parser("pack", help="preprocess an image folder (ImageNet layout) into a packed uint8 array",
-                       description="ADM center crop to --size, RGB conversion, uint8 [N, H, W, 3] images.npy "
+                       description="ADM center crop to --size, RGB conversion (gray for a folder of gray "
+                       "images), uint8 [N, H, W, 3 or 1] images.npy "
                        "(memory-mapped at training time), labels.npy and meta.json. Unreadable files are skipped "
                        "and counted.")
     p.add_argument("folder", help="image folder with one sub-folder per class")
@@ -22,6 +23,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..data.folder import left_out
     from ..data.packed import pack_folder
     from ..errors import PMFError
 
@@ -29,7 +31,9 @@ def run(args) -> int:
     if args.size < 1:
         raise PMFError(f"--size must be positive, got {args.size}")
     stats = pack_folder(args.folder, args.out, args.size, workers=args.workers, progress=not args.no_progress)
-    print(f"packed {stats['packed']} images into {stats['out']}; skipped {stats['skipped']} unreadable files")
+    gray = " (gray: one channel, as training on the folder reads it)" if stats["channels"] == 1 else ""
+    print(f"packed {stats['packed']} images{gray} into {stats['out']}; skipped {stats['skipped']} unreadable "
+          f"files{left_out(args.folder)}")
     for f in stats["skipped_files"][:20]:
         print(f"  skipped: {f}")
     return 0

@@ -9,10 +9,12 @@ import re
 import numpy as np
 import torch
 
+from ..class_choice import parse_classes
 from ..errors import PMFError
 from ..images import save_grid, save_image
 from ..onnx_runtime import is_onnx, onnx_checkpoint
 from ..sampling import generate, image_labels, prepare_sampler
+from ..serve.classes import class_names
 from ._args import (
     add_batch_size,
     add_common_model_args,
@@ -31,33 +33,6 @@ from ._args import (
 )
 
 
-def parse_classes(text: str | None, num_classes: int, names: list[str] | None = None) -> list[int] | None:
-    """'3,5,7', '0-9' or class names ('d7,d5', from ``names``) -> list of class indices (checked against the
-    model), None for random classes."""
-    if text is None:
-        return None
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if names and part in names:
-            out.append(names.index(part))
-            continue
-        try:
-            lo, hi = (int(v) for v in part.split("-")) if "-" in part else (int(part), int(part))
-        except ValueError:
-            known = f" or class names such as {', '.join(names[:3])}" if names else ""
-            raise PMFError(f"--classes takes numbers and ranges like '0-9' or '1,5,7'{known}, got {part!r}") from None
-        if lo > hi:
-            raise PMFError(f"--classes range {part!r} is empty: write the lower class first ({hi}-{lo})")
-        out.extend(range(lo, hi + 1))
-    if not out:
-        raise PMFError("--classes names no class")
-    bad = [c for c in out if not 0 <= c < num_classes]
-    if bad:
-        raise PMFError(f"class {bad[0]} out of range [0, {num_classes - 1}]")
-    return out
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint in one (or a few) forward passes",
                        description="Write PNGs, grid.png and samples.npz (uint8 images, int64 labels). What an "
@@ -67,9 +42,10 @@ def add_parser(sub) -> None:
     add_common_model_args(p)
     add_sampling_speed_args(p)
     add_out(p, default="runs/sample", help="output folder (default runs/sample)")
-    p.add_argument("--classes", default=None, help="classes to sample, e.g. '0-9', '1,207,360' or the "
-                   "class names a checkpoint records, e.g. 'd7,d5' "
-                   "(default: all classes of a model with <= 100 classes, else 8 random ones)")
+    p.add_argument("--classes", default=None, help="classes to sample: indices, names or ranges, e.g. '0-9', "
+                   "'1,207,360', 'cat,dog'; a class's name wins over its number, and a model whose class names are "
+                   "numbers takes numbers only as names (docs/serve.md, Classes) (default: all classes of a model "
+                   "with <= 100 classes, else 8 random ones)")
     p.add_argument("--per-class", type=int, default=None, help="images per class (default 8)")
     add_num_images(p, help="images in all instead of --per-class: the classes take turns (the first ones get "
                    "one more when the count does not divide evenly)")
@@ -138,7 +114,9 @@ def run(args) -> int:
         model = prepare_sampler(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
     noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale
     names = loaded.class_names if loaded.class_names and len(loaded.class_names) == cfg.num_classes else None
-    classes = parse_classes(args.classes, cfg.num_classes, names)
+    known = class_names(cfg.num_classes, data=getattr(loaded, "data", None), arch=getattr(loaded, "arch", None),
+                        recorded=loaded.class_names)  # the names GET /info of pmf serve lists: one rule
+    classes = parse_classes(args.classes, cfg.num_classes, known)
     if classes is None:
         classes = list(range(cfg.num_classes)) if cfg.num_classes <= 100 else \
             image_labels(range(8), cfg.num_classes, seed=args.seed).tolist()

@@ -3,20 +3,17 @@ flags; runs as one process or under ``torchrun`` (DDP, FSDP2 or HSDP, ``--parall
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shlex
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from ..errors import PMFError
 from ..train_config import RECIPES, TrainConfig, recipe
 from ._args import add_progress, check_device, output_folder
 from ._config_flags import add_config_flags, apply_config_flags, flag_value
-from ._runs import guard_run_folder
+from ._resume import config_to_resume
+from ._runs import guard_run_folder, report_interrupt, resume_command
 
 
 def add_parser(sub) -> None:
@@ -34,11 +31,16 @@ def add_parser(sub) -> None:
     p.add_argument("--image-size", type=int, default=None, help="image size of the model (default: the data's "
                    "when all images have one size, else the preset's; images are center-cropped to it)")
     add_progress(p)
-    p.add_argument("--resume", default=None, help="'auto' (newest checkpoint of --out), a run folder or a file")
+    p.add_argument("--resume", default=None, help="'auto' (newest checkpoint of --out; none: start at step 0), a "
+                   "run folder or a file; the run continues with its own config (docs/training.md)")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a run folder that has checkpoints "
                    "(deletes its checkpoints, metrics, samples and summary)")
+    mnist = recipe("mnist")
+    p.add_argument("--interval", default=None, metavar="T_MIN:T_MAX", help="guidance interval of the sample "
+                   "grids, recorded as the checkpoint's sampling setting (default: the recipe's; mnist: "
+                   f"{mnist.sample.t_min:g}:{mnist.sample.t_max:g})")
     # the defaults shown are the default recipe's; another recipe brings its own
-    add_config_flags(p, TrainConfig, recipe("mnist"), lambda text: f"the recipe's; mnist: {text}")
+    add_config_flags(p, TrainConfig, mnist, lambda text: f"the recipe's; mnist: {text}", replaced=INTERVAL)
     p.set_defaults(func=run)
 
 
@@ -52,10 +54,31 @@ def merged(base: dict, over: dict) -> dict:
 
 def config_from_args(args) -> TrainConfig:
     """The recipe (default mnist), the fields of --config over it, then the flags given."""
+    interval_flag(args)
     data = recipe(args.recipe or "mnist").to_dict()
     if args.config:
         data = merged(data, read_config_file(args.config))
     return TrainConfig.from_dict(apply_config_flags(data, TrainConfig, args))
+
+
+INTERVAL = {"sample.t_min": "--interval", "sample.t_max": "--interval"}  # the old --sample-t-min / --sample-t-max
+
+
+def interval_flag(args) -> None:
+    """--interval T_MIN:T_MAX as the grids' fields (sample.t_min, sample.t_max), as if their flags were given."""
+    from ._config_flags import PREFIX
+    from ._numbers import intervals
+
+    pairs = intervals(getattr(args, "interval", None))
+    if pairs is None:
+        return
+    if len(pairs) != 1:
+        raise PMFError(f"--interval takes one T_MIN:T_MAX pair here, got {args.interval!r}")
+    for field, value in zip(INTERVAL, pairs[0]):
+        if getattr(args, PREFIX + field, None) is not None:
+            raise PMFError(f"--interval and the old --{field.replace('.', '-').replace('_', '-')} both set "
+                           f"{field}: give --interval only")
+        setattr(args, PREFIX + field, value)
 
 
 def read_config_file(spec: str) -> dict:
@@ -73,76 +96,26 @@ def read_config_file(spec: str) -> dict:
     return data
 
 
-@contextlib.contextmanager
-def stop_after_step():
-    """The first Ctrl-C asks the training loop to stop after the running step and save a checkpoint; a second
-    one stops at once. Under torchrun (or off the main thread) Ctrl-C keeps its default effect."""
-    from .. import train as T
-
-    if os.environ.get("WORLD_SIZE", "1") != "1" or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handle(signum, frame):
-        if T.stop_requested.is_set():
-            raise KeyboardInterrupt
-        T.stop_requested.set()
-        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
-
-    T.stop_requested.clear()
-    previous = signal.signal(signal.SIGINT, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        T.stop_requested.clear()
-
-
-def resume_command(argv: list[str] | None) -> str:
-    """The command line that continues this run: the original one with ``--resume auto`` (and without
-    ``--overwrite``, which would delete the run)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    kept, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--resume":
-            skip = True
-        elif not (a.startswith("--resume=") or a == "--overwrite"):
-            kept.append(a)
-    return shlex.join(["pmf", *kept, "--resume", "auto"])
-
-
-def report_interrupt(stop: KeyboardInterrupt, cfg: TrainConfig, argv: list[str] | None) -> None:
-    from ..checkpoint import latest_checkpoint
-
-    ckpt = getattr(stop, "checkpoint", None) or latest_checkpoint(Path(cfg.out) / "checkpoints")
-    where = f"at step {stop.step}" if hasattr(stop, "step") else "mid-step"
-    if ckpt is None:
-        print(f"pmf train: interrupted {where}; no checkpoint was saved yet, so there is nothing to resume",
-              file=sys.stderr)
-        return
-    # a run started with --init continues from its own config (which names the init) without --init
-    again = shlex.join(["pmf", "train", "--config", str(Path(cfg.out) / "config.json"), "--resume", "auto"]) \
-        if cfg.init else resume_command(argv)
-    print(f"pmf train: interrupted {where}; the last checkpoint is {ckpt}\nresume with: {again}",
-          file=sys.stderr, flush=True)
-
-
-def fit_model_to_data(cfg: TrainConfig, args) -> str:
+def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> str:
     """Set ``cfg.model_overrides`` so that the model has the data's classes, channels and image size (or those
-    of --num-classes / --channels / --image-size) where the preset differs; returns what was found."""
+    of --num-classes / --channels / --image-size) where the preset differs; returns what was found. A resumed
+    run keeps the model it records."""
     from ..config import model_config
     from ..data.builtin import resized_note
     from ..data.probe import probe
 
     facts = probe(cfg.data)
+    if resumed is not None:
+        return f"data {facts.describe()}; model {cfg.arch}; resuming {resumed} with the run's own config"
+    note = ""
     if cfg.init:  # the architecture of the starting weights (checked against --arch when given)
         from ..finetune import init_architecture, init_source
 
-        source = init_source(cfg.init, cfg.init_ema).model.config
+        source, recipe_arch = init_source(cfg.init, cfg.init_ema).model.config, cfg.arch
         cfg.arch, cfg.model_overrides = init_architecture(source, flag_value(args, "arch"))
+        if cfg.arch != recipe_arch:
+            note = (f"\n--init {cfg.init} is a {cfg.arch}: its architecture replaces the recipe's {recipe_arch}; the "
+                    f"recipe's other settings stay (batch {cfg.batch_size}, lr {cfg.optim.lr:g}, --steps {cfg.steps})")
     mcfg = model_config(cfg.arch, **cfg.model_overrides)
     for flag in ("num_classes", "channels", "image_size"):
         value = getattr(args, flag, None)
@@ -152,7 +125,7 @@ def fit_model_to_data(cfg: TrainConfig, args) -> str:
     if args.channels is not None:
         want["in_channels"] = args.channels
     elif facts.channels != mcfg.in_channels and not (facts.channels == 1 and mcfg.in_channels == 3
-                                                      and facts.kind != "folder"):
+                                                      and facts.kind not in ("folder", "pack")):
         want["in_channels"] = facts.channels
     size = args.image_size or facts.size
     if size is not None and size != mcfg.input_size:
@@ -167,29 +140,28 @@ def fit_model_to_data(cfg: TrainConfig, args) -> str:
     model = f"model {cfg.arch}" + (f" with {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")
     final = want.get("input_size", mcfg.input_size)
     resize = f"; images {resized_note(facts.stored, final)}" if facts.stored and facts.stored < final else ""
-    return f"data {facts.describe()}; {model}{resize}"
+    return f"data {facts.describe()}; {model}{resize}{note}"
 
 
 def run(args) -> int:
     from ..distributed import cleanup
+    from ..stopping import StopRequest
     from ..train import CheckpointSaveError, train
 
     cfg = config_from_args(args)
+    output_folder(cfg.out)  # a one-line error for a file or a folder that cannot be made
+    guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
+    cfg, resumed = config_to_resume(cfg, args, read_config_file(args.config) if args.config else None)
     if cfg.device is not None:
         check_device(cfg.device)
-    output_folder(cfg.out)  # a one-line error for a file or a folder that cannot be made
-    if flag_value(args, "init") is not None and args.resume not in (None, "", "none"):
-        raise PMFError("--init starts a new run from weights and --resume continues a run: pick one")
-    guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
-    found = fit_model_to_data(cfg, args)
+    found = fit_model_to_data(cfg, args, resumed)
     if os.environ.get("RANK", "0") == "0":
         print(found, file=sys.stderr, flush=True)  # stdout carries only the JSON summary
     try:
-        with stop_after_step():
-            summary = train(cfg, resume=args.resume, progress=not args.no_progress)
-    except KeyboardInterrupt as stop:
-        report_interrupt(stop, cfg, getattr(args, "argv", None))
-        return 130
+        with StopRequest().installed() as stop:
+            summary = train(cfg, resume=args.resume, progress=not args.no_progress, stop=stop)
+    except KeyboardInterrupt as interrupted:
+        return report_interrupt(interrupted, cfg, getattr(args, "argv", None))
     except CheckpointSaveError as err:
         resume = f"; resume with: {resume_command(getattr(args, 'argv', None))}" if err.intact else ""
         raise PMFError(f"{err}{resume}") from None

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..errors import PMFError
-from .transforms import adm_center_crop, to_gray, to_rgb
+from .transforms import adm_center_crop, channels_of, to_gray, to_rgb
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                               ".jfif"})
@@ -27,6 +27,10 @@ def scan_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
         raise PMFError(f"data path {str(root)!r} is not a folder (expected one sub-folder of images per class, "
                        "a packed .pmfpack folder, an .npz file or a built-in name)")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    comma = [c for c in classes if "," in c]
+    if comma:  # class names travel with the model; pmf sample --classes separates them by commas
+        raise PMFError(f"class folder {comma[0]!r} in {str(root)!r} has a comma in its name, which pmf sample "
+                       "--classes could not select (commas separate classes there): rename it")
     paths: list[Path] = []
     labels: list[int] = []
     for index, name in enumerate(classes):
@@ -40,6 +44,32 @@ def scan_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
         raise PMFError(f"no images found in {str(root)!r} (looked in {len(classes)} class sub-folders for "
                        f"{', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
     return paths, np.asarray(labels, dtype=np.int64), classes
+
+
+def root_images(root: str | Path) -> list[Path]:
+    """The images directly in ``root``, outside every class sub-folder: not part of the data set."""
+    root = Path(root).expanduser()
+    return sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()) \
+        if root.is_dir() else []
+
+
+def left_out(root: str | Path) -> str:
+    """The note that images at the top of ``root`` are left out ("" when there are none)."""
+    n = len(root_images(root))
+    return f"; left out {n} images at the top of the folder (only class sub-folders hold data)" if n else ""
+
+
+def folder_channels(paths: list[Path], sample: int = 256) -> int:
+    """1 when the images (up to ``sample`` of them, spread over the list) are all gray, else 3."""
+    pick = paths if len(paths) <= sample else [paths[i] for i in np.linspace(0, len(paths) - 1, sample).astype(int)]
+    modes = set()
+    for p in pick:
+        try:
+            with Image.open(p) as im:
+                modes.add(im.mode)
+        except Exception:  # unreadable files are reported where they are decoded
+            continue
+    return channels_of(modes)
 
 
 def load_image(path: str | Path, size: int, channels: int = 3) -> np.ndarray:

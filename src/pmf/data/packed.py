@@ -14,35 +14,37 @@ import numpy as np
 
 from ..errors import PMFError
 from .builtin import BUILTIN, ArrayData, load_builtin, resize_to, resized_note
-from .folder import FolderDataset, load_image, scan_folder
+from .folder import FolderDataset, folder_channels, load_image, scan_folder
 
 PACK_SUFFIX = ".pmfpack"
 
 
-def _decode(args: tuple[str, int]) -> np.ndarray | None:
-    path, size = args
+def _decode(args: tuple[str, int, int]) -> np.ndarray | None:
+    path, size, channels = args
     try:
-        return load_image(path, size)
+        return load_image(path, size, channels)
     except Exception:  # unreadable or truncated: counted and skipped by the caller
         return None
 
 
 def pack_folder(root: str | Path, out: str | Path, size: int, *, workers: int | None = None,
                 progress: bool = True) -> dict:
-    """Decode, RGB-convert and ADM-center-crop every image of ``root`` into ``out`` (a .pmfpack folder).
-    Unreadable files are skipped; returns counts (``packed``, ``skipped``, ``skipped_files``)."""
+    """Decode, RGB-convert (gray for a folder of gray images, as training on the folder reads it) and
+    ADM-center-crop every image of ``root`` into ``out`` (a .pmfpack folder). Unreadable files are skipped;
+    returns counts (``packed``, ``skipped``, ``skipped_files``) and ``channels``."""
     from tqdm.auto import tqdm
 
     paths, labels, classes = scan_folder(root)
+    channels = folder_channels(paths)
     out = Path(out)
     if out.suffix != PACK_SUFFIX:
         out = out.with_name(out.name + PACK_SUFFIX)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "images.npy.partial"
-    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, channels))
     keep, skipped = [], []
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    jobs = [(str(p), size) for p in paths]
+    jobs = [(str(p), size, channels) for p in paths]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = pool.map(_decode, jobs, chunksize=64)
@@ -57,7 +59,7 @@ def pack_folder(root: str | Path, out: str | Path, size: int, *, workers: int | 
         raise PMFError(f"none of the {len(paths)} images in {str(root)!r} could be read")
     if skipped:  # rewrite without the empty rows
         final = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8,
-                                          shape=(len(keep), size, size, 3))
+                                          shape=(len(keep), size, size, channels))
         for start in range(0, len(keep), 4096):
             final[start:start + 4096] = images[start:min(start + 4096, len(keep))]
         final.flush()
@@ -67,10 +69,11 @@ def pack_folder(root: str | Path, out: str | Path, size: int, *, workers: int | 
         del images
         os.replace(tmp, out / "images.npy")
     np.save(out / "labels.npy", labels[np.asarray(keep, dtype=np.int64)])
-    meta = {"class_names": classes, "size": size, "count": len(keep), "skipped": len(skipped),
+    meta = {"class_names": classes, "size": size, "channels": channels, "count": len(keep), "skipped": len(skipped),
             "skipped_files": [str(p) for p in skipped[:100]], "source": str(Path(root).resolve())}
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    return {"out": str(out), "packed": len(keep), "skipped": len(skipped), "skipped_files": meta["skipped_files"]}
+    return {"out": str(out), "packed": len(keep), "skipped": len(skipped), "skipped_files": meta["skipped_files"],
+            "channels": channels}
 
 
 def _write(decoded, images: np.ndarray, paths: list[Path]) -> tuple[list[int], list[Path]]:

@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 
 from .builtin import BUILTIN, load_builtin
-from .folder import IMAGE_EXTENSIONS, scan_folder
+from .folder import IMAGE_EXTENSIONS, left_out, scan_folder
 from .packed import is_pack, open_training_data
-from .transforms import GRAY_MODES
+from .transforms import channels_of
 
 SIZE_SAMPLE = 256  # image headers read to decide whether a folder has one fixed size
 
@@ -26,7 +26,7 @@ class DataFacts:
     classes: int
     channels: int
     size: int | None
-    kind: str  # "built-in", "array", "folder"
+    kind: str  # "built-in", "array", "pack", "folder"
     skipped: int = 0  # files in class folders that are not images (by their suffix)
     note: str = ""
     stored: int | None = None  # the stored image size of a built-in set or an array file (resized to the model)
@@ -35,7 +35,8 @@ class DataFacts:
         size = f"{self.size}x{self.size}" if self.size else self.note or "any size"
         text = (f"{self.spec}: {self.images:,} images, {self.classes} classes, {size}, "
                 f"{'gray' if self.channels == 1 else f'{self.channels} channels'}")
-        return text + (f"; skipped {self.skipped} files that are not images" if self.skipped else "")
+        text += f"; skipped {self.skipped} files that are not images" if self.skipped else ""
+        return text + (left_out(self.spec) if self.kind == "folder" else "")
 
 
 def probe(spec: str) -> DataFacts:
@@ -63,9 +64,10 @@ def probe(spec: str) -> DataFacts:
         size = fixed[0] if fixed and fixed[0] == fixed[1] else None
         note = "" if size else ("non-square images, center-cropped to the model" if fixed else
                                 "mixed sizes, center-cropped to the model")
-        channels = 1 if modes and modes <= GRAY_MODES else 3  # a folder of gray images trains a gray model
+        channels = channels_of(modes)  # a folder of gray images trains a gray model
         return DataFacts(spec, len(paths), len(classes), channels, size, "folder", others, note)
     data = open_training_data(spec, 0)
     classes = max(len(data.class_names), int(np.max(data.labels)) + 1 if len(data.labels) else 0)
-    return DataFacts(spec, len(data.labels), classes, data.images.shape[3], data.images.shape[1], "array",
+    kind = "pack" if is_pack(path) else "array"  # a pack of a gray folder trains a gray model, as the folder
+    return DataFacts(spec, len(data.labels), classes, data.images.shape[3], data.images.shape[1], kind,
                      stored=data.images.shape[1])

@@ -8,6 +8,11 @@ from PIL import Image
 GRAY_MODES = frozenset({"1", "L", "I", "I;16", "I;16B", "I;16L", "F"})  # PIL modes of one channel without alpha
 
 
+def channels_of(modes: set[str]) -> int:
+    """The channels of a folder whose images have these PIL modes: 1 when all are gray, else 3 (RGB)."""
+    return 1 if modes and modes <= GRAY_MODES else 3
+
+
 def to_gray(image: Image.Image) -> Image.Image:
     """Mode L from any PIL mode (through ``to_rgb`` unless the image is already 8-bit gray)."""
     return image if image.mode == "L" else to_rgb(image).convert("L")

@@ -143,5 +143,8 @@ def missing_message(missing: list[MissingWeights]) -> str:
     lines = ["perceptual loss: pretrained weights not found, refusing to train with random features."]
     for m in missing:
         lines.append(f"  - {m.what}: need {m.file}; {m.how}.")
-    lines.append("  (or turn the term off: lpips=False / convnext=False)")
+    off = [flag for term, flag in (("LPIPS", "--no-lpips"), ("ConvNeXt", "--no-convnext"))
+           if any(m.what.startswith(term) for m in missing)]
+    lines.append(f"  (or train without the term: {' and '.join(off)}, or --no-perceptual for both; in Python "
+                 "PerceptualConfig(lpips=False) / (convnext=False))")
     return "\n".join(lines)

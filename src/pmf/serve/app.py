@@ -21,12 +21,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
+from ..class_choice import class_of, name_index
+from ..errors import PMFError
+from ..seeds import SEED_MAX, seed_problem
 from ..setting import SettingError
 from .batcher import Batcher, ImageJob, ServerBusy
 from .encode import encode
 from .model_info import ModelInfo
 
-SEED_MAX = 2**63 - 1
 MAX_BODY = 64 * 1024  # bytes; a request of --max-images classes is far smaller
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/style.css": ("style.css", "text/css; charset=utf-8")}
@@ -59,7 +61,8 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    classes: list[int] = Field(min_length=1, description="one class index per image (at least one)")
+    classes: list[int | str] = Field(min_length=1, description="one class per image (at least one): an index, "
+                                     "or a name as pmf sample --classes takes it")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="image i uses the noise of (seed, i), as pmf sample --seed")
     omega: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description="guidance scale, > 0 (1: no guidance); default: the model's. The network computes in "
@@ -82,9 +85,12 @@ def _check(req: GenerateRequest, info: ModelInfo, limits: ServeLimits) -> ImageJ
         raise RequestProblem("classes", "give at least one class (one entry per image)")
     if n > limits.max_images:
         raise RequestProblem("classes", f"{n} images requested; the limit is {limits.max_images} per request")
+    index, labels = name_index(info.class_names), []
     for i, c in enumerate(req.classes):
-        if not 0 <= c < k:
-            raise RequestProblem(f"classes[{i}]", f"class {c} out of range [0, {k - 1}]")
+        try:
+            labels.append(class_of(c, k, index))
+        except PMFError as err:
+            raise RequestProblem(f"classes[{i}]", str(err)) from None
     steps = info.setting.steps if req.steps is None else req.steps
     if not limits.min_steps <= steps <= limits.max_steps:
         raise RequestProblem("steps", f"must be in [{limits.min_steps}, {limits.max_steps}], got {steps}")
@@ -93,15 +99,17 @@ def _check(req: GenerateRequest, info: ModelInfo, limits: ServeLimits) -> ImageJ
     except SettingError as err:
         raise RequestProblem(err.field, str(err).removeprefix(f"{err.field} ")) from None
     omega, t_min, t_max = s.omega, s.t_min, s.t_max
-    if not 0 <= req.seed <= SEED_MAX:
-        raise RequestProblem("seed", f"must be in [0, 2**63 - 1], got {req.seed}")
-    return ImageJob(tuple(req.classes), req.seed, float(omega), float(t_min), float(t_max), int(steps))
+    if seed_problem(req.seed):
+        raise RequestProblem("seed", seed_problem(req.seed))
+    return ImageJob(tuple(labels), req.seed, float(omega), float(t_min), float(t_max), int(steps))
 
 
 def _validation_message(err: ValidationError | RequestValidationError) -> tuple[str, str]:
     """(field, "field: message") of the first problem pydantic found."""
     first = err.errors()[0]
     loc = [p for p in first.get("loc", ()) if p != "body"]
+    if loc[:1] == ["classes"] and len(loc) > 2:  # an entry of the classes list, not the union member tried
+        loc = loc[:2]
     if first.get("type") == "json_invalid":
         return "body", "body: not valid JSON (send a JSON object such as {\"classes\": [3]})"
     field = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
@@ -247,7 +255,7 @@ def create_app(batcher: Batcher, info: ModelInfo, limits: ServeLimits = ServeLim
     for error, handler in ((RequestValidationError, on_invalid), (RequestProblem, on_problem), (ServerBusy, on_busy),
                            (_Unauthorized, on_unauthorized), (_TooLarge, on_too_large)):
         app.add_exception_handler(error, handler)
-    routes = Routes(batcher, info, limits, token, request_model(GenerateRequest, len(info.class_names), limits))
+    routes = Routes(batcher, info, limits, token, request_model(GenerateRequest, info.class_names, limits))
     auth = [Depends(routes.authorize)]
     app.get("/health")(routes.health)
     app.get("/info", dependencies=auth, responses=auth_responses(token is not None))(routes.get_info)

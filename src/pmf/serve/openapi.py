@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, create_model
+from pydantic import Field, WithJsonSchema, create_model
 
 GENERATE_DESCRIPTION = (
     "Generate one image per entry of `classes` in one forward pass (or `steps` passes); image i depends only on "
@@ -19,16 +19,23 @@ ERROR = {"type": "object", "required": ["detail"], "properties": {
     "field": {"type": "string", "description": "the field at fault: classes, classes[3], omega, body, ..."}}}
 
 
-def request_model(base, num_classes: int, limits):
-    """``base`` (``GenerateRequest``) with the constraints of this server: classes in [0, num_classes - 1],
-    1 to ``limits.max_images`` of them, steps in [``limits.min_steps``, ``limits.max_steps``]."""
-    cls = Annotated[int, Field(ge=0, le=num_classes - 1)]
+def request_model(base, class_names: list[str], limits):
+    """``base`` (``GenerateRequest``) with the constraints of this server: class indices in [0, num_classes - 1]
+    or the texts that name a class (``pmf.class_choice``), 1 to ``limits.max_images`` of them, steps in
+    [``limits.min_steps``, ``limits.max_steps``]."""
+    from ..class_choice import class_texts
+
+    num_classes = len(class_names)
+    # checked by the server's one rule (``class_of``), so that its 422 names the entry; stated here in full
+    cls = Annotated[int | str, WithJsonSchema({"anyOf": [
+        {"type": "integer", "minimum": 0, "maximum": num_classes - 1},
+        {"type": "string", "enum": class_texts(num_classes, class_names)}]})]
     steps = Annotated[int, Field(ge=limits.min_steps, le=limits.max_steps)]
     return create_model(
         "GenerateRequest", __base__=base,
         classes=(list[cls], Field(min_length=1, max_length=limits.max_images, description=(
-            f"one class index per image, in [0, {num_classes - 1}] (GET /info names them); 1 to "
-            f"{limits.max_images} images"))),
+            f"one class per image: an index in [0, {num_classes - 1}], or a name of GET /info's classes (a "
+            f"text as pmf sample --classes reads one class); 1 to {limits.max_images} images"))),
         steps=(steps | None, Field(None, description=f"sampling steps in [{limits.min_steps}, {limits.max_steps}]; "
                                    "default: the model's")))
 
