@@ -168,10 +168,12 @@ def fit_model_to_data(cfg: TrainConfig, args) -> str:
 
 
 def run(args) -> int:
+    from ..accumulate import check_accumulation
     from ..distributed import cleanup
     from ..train import CheckpointSaveError, train
 
     cfg = config_from_args(args)
+    check_accumulation(cfg.batch_size, int(os.environ.get("WORLD_SIZE", "1")), cfg.grad_accum)  # before any write
     if cfg.device is not None:
         check_device(cfg.device)
     output_folder(cfg.out)  # a one-line error for a file or a folder that cannot be made
