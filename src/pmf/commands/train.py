@@ -164,7 +164,17 @@ def fit_model_to_data(cfg: TrainConfig, args) -> str:
     changed = {k: v for k, v in want.items() if getattr(mcfg, k) != v}
     cfg.model_overrides = {**cfg.model_overrides, **changed}
     model = f"model {cfg.arch}" + (f" with {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")
-    return f"data {facts.describe()}; {model}"
+    return f"data {facts.describe()}; {model}{one_class_guidance(cfg, args, want['num_classes'])}"
+
+
+def one_class_guidance(cfg: TrainConfig, args, num_classes: int) -> str:
+    """A one-class model samples without guidance unless --sample-omega says otherwise: its class and the null
+    label describe the same images, so guidance has no direction to push in (docs/training.md, "Unconditional
+    data"). Returns what the header line says of it."""
+    if num_classes != 1 or flag_value(args, "sample.omega") is not None:
+        return ""
+    cfg.sample.omega, cfg.sample.t_min, cfg.sample.t_max = 1.0, 0.0, 1.0
+    return "; grids and the recorded sampling setting use omega 1 (no guidance; --sample-omega sets another)"
 
 
 def run(args) -> int:

@@ -1,5 +1,6 @@
 """Image folders in the ImageNet layout: one sub-folder per class (class index = position of the folder
-name in sorted order), any image format PIL reads, ADM center crop to the training resolution, RGB or gray."""
+name in sorted order), or loose images without class sub-folders (one class, named after the folder: an
+unconditional model); any image format PIL reads, ADM center crop to the training resolution, RGB or gray."""
 
 from __future__ import annotations
 
@@ -34,12 +35,17 @@ def scan_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
         paths += found
         labels += [index] * len(found)
     if not paths:
-        loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
-        hint = (f"; it holds {len(loose)} images directly: put them in one sub-folder per class "
-                "(a single sub-folder for unconditional data)") if loose else ""
-        raise PMFError(f"no images found in {str(root)!r} (looked in {len(classes)} class sub-folders for "
-                       f"{', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
+        paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not paths:
+            raise PMFError(f"no images found in {str(root)!r} (looked in it and in {len(classes)} class sub-folders "
+                           f"for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return paths, np.zeros(len(paths), dtype=np.int64), [one_class_name(root)]
     return paths, np.asarray(labels, dtype=np.int64), classes
+
+
+def one_class_name(root: Path) -> str:
+    """The name of the one class of a folder of loose images (no class sub-folders): the folder's name."""
+    return root.resolve().name or "images"
 
 
 def load_image(path: str | Path, size: int, channels: int = 3) -> np.ndarray:

@@ -32,7 +32,8 @@ class DataFacts:
 
     def describe(self) -> str:
         size = f"{self.size}x{self.size}" if self.size else self.note or "any size"
-        text = (f"{self.spec}: {self.images:,} images, {self.classes} classes, {size}, "
+        classes = "one class (an unconditional model)" if self.classes == 1 else f"{self.classes} classes"
+        text = (f"{self.spec}: {self.images:,} images, {classes}, {size}, "
                 f"{'gray' if self.channels == 1 else f'{self.channels} channels'}")
         return text + (f"; skipped {self.skipped} files that are not images" if self.skipped else "")
 
