@@ -56,7 +56,8 @@ def run_header(cfg: TrainConfig, model: torch.nn.Module, data, device, start: in
     precision = cfg.precision if device.type == "cuda" else "fp32"
     steps = f"steps {start} -> {cfg.steps}" if start else f"{cfg.steps} steps"
     return (f"training {cfg.arch} ({params / 1e6:.2f}M parameters, {model.config.input_size}px) on {cfg.data} "
-            f"({len(data.labels):,} images, {classes} class{"es" if classes != 1 else ""}) | {device}, {precision} | {steps}, "
+            f"({len(data.labels):,} images, {classes} {'class' if classes == 1 else 'classes'}) | {device}, "
+            f"{precision} | {steps}, "
             f"batch {cfg.batch_size}")
 
 

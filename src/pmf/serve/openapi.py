@@ -24,11 +24,12 @@ def request_model(base, num_classes: int, limits):
     1 to ``limits.max_images`` of them, steps in [``limits.min_steps``, ``limits.max_steps``]."""
     cls = Annotated[int, Field(ge=0, le=num_classes - 1)]
     steps = Annotated[int, Field(ge=limits.min_steps, le=limits.max_steps)]
+    one = num_classes == 1  # a one-class (unconditional) model: a request may leave its classes out
     return create_model(
         "GenerateRequest", __base__=base,
-        classes=(list[cls], Field(min_length=1, max_length=limits.max_images, description=(
+        classes=(list[cls], Field([0] if one else ..., min_length=1, max_length=limits.max_images, description=(
             f"one class index per image, in [0, {num_classes - 1}] (GET /info names them); 1 to "
-            f"{limits.max_images} images"))),
+            f"{limits.max_images} images" + ("; default [0]: one image of the model's one class" if one else "")))),
         steps=(steps | None, Field(None, description=f"sampling steps in [{limits.min_steps}, {limits.max_steps}]; "
                                    "default: the model's")))
 
