@@ -151,7 +151,7 @@ def fit_model_to_data(cfg: TrainConfig, args) -> str:
     if args.channels is not None:
         want["in_channels"] = args.channels
     elif facts.channels != mcfg.in_channels and not (facts.channels == 1 and mcfg.in_channels == 3
-                                                      and facts.kind != "folder"):
+                                                      and facts.kind not in ("folder", "datasets")):
         want["in_channels"] = facts.channels
     size = args.image_size or facts.size
     if size is not None and size != mcfg.input_size:
@@ -186,11 +186,11 @@ def run(args) -> int:
     check_accumulation(cfg.batch_size, int(os.environ.get("WORLD_SIZE", "1")), cfg.grad_accum)  # before any write
     if cfg.device is not None:
         check_device(cfg.device)
-    output_folder(cfg.out)  # a one-line error for a file or a folder that cannot be made
     if flag_value(args, "init") is not None and args.resume not in (None, "", "none"):
         raise PMFError("--init starts a new run from weights and --resume continues a run: pick one")
+    found = fit_model_to_data(cfg, args)  # bad data stops here, before the run folder is made or cleared
+    output_folder(cfg.out)  # a one-line error for a file or a folder that cannot be made
     guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
-    found = fit_model_to_data(cfg, args)
     if os.environ.get("RANK", "0") == "0":
         print(found, file=sys.stderr, flush=True)  # stdout carries only the JSON summary
     try:

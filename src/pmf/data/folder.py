@@ -53,8 +53,13 @@ def load_image(path: str | Path, size: int, channels: int = 3) -> np.ndarray:
     ADM center crop."""
     with Image.open(path) as im:
         im.load()
-        image = adm_center_crop(to_gray(im) if channels == 1 else to_rgb(im), size)
-        return np.array(image, dtype=np.uint8).reshape(size, size, channels)  # a writable copy
+        return prepare_image(im, size, channels)
+
+
+def prepare_image(im: Image.Image, size: int, channels: int = 3) -> np.ndarray:
+    """A decoded image as uint8 [size, size, channels]: RGB (3) or gray (1), ADM center crop."""
+    image = adm_center_crop(to_gray(im) if channels == 1 else to_rgb(im), size)
+    return np.array(image, dtype=np.uint8).reshape(size, size, channels)  # a writable copy
 
 
 class FolderDataset(torch.utils.data.Dataset):

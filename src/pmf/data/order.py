@@ -12,7 +12,6 @@ from ..config import ModelConfig
 from ..errors import PMFError
 from ..seeds import DATA_ORDER, derive_seed
 from .builtin import ArrayData
-from .folder import FolderDataset
 
 
 class DataOrder:
@@ -53,7 +52,7 @@ class _StepBatches(torch.utils.data.Sampler):
 def batches(data, order: DataOrder, start: int, stop: int, num_workers: int, pin: bool):
     """Yield (uint8 images [b, H, W, C], int64 labels [b]) for steps start..stop-1."""
     num_workers = min(num_workers, os.cpu_count() or 1)  # more decoding processes than cores only slow down
-    if isinstance(data, FolderDataset):
+    if isinstance(data, torch.utils.data.Dataset):  # decoded on the fly: image folders, ``datasets`` splits
         loader = torch.utils.data.DataLoader(data, batch_sampler=_StepBatches(order, start, stop),
                                              num_workers=num_workers, pin_memory=pin,
                                              prefetch_factor=4 if num_workers else None)

@@ -43,6 +43,12 @@ def probe(spec: str) -> DataFacts:
         data = load_builtin(spec, split="train")
         return DataFacts(spec, len(data.labels), data.num_classes, data.images.shape[3], None, "built-in",
                          note=f"{data.images.shape[1]}x{data.images.shape[2]} resized to the model")
+    from .hf import is_hf, probe_hf
+
+    if is_hf(spec):
+        f = probe_hf(spec)
+        return DataFacts(spec, f["images"], f["classes"], f["channels"], f["size"], "datasets",
+                         note="" if f["size"] else "mixed sizes, center-cropped to the model")
     path = Path(spec).expanduser()
     if path.is_dir() and not is_pack(path):
         paths, labels, classes = scan_folder(path)
