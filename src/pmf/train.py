@@ -30,6 +30,7 @@ from .nn.attention import tangent_attention
 from .objective import pmf_loss, sample_draws
 from .optim import lr_factor, set_lr
 from .seeds import LOSS, derive_seed
+from .tracking import WandbRun, import_wandb
 from .train_build import (
     Parts,
     build,
@@ -150,6 +151,8 @@ def prepare(cfg: TrainConfig, resume: str | None):
     if cfg.batch_size % world:
         raise PMFError(f"batch_size {cfg.batch_size} is not divisible by the number of processes ({world})")
     A.check_accumulation(cfg.batch_size, world, cfg.grad_accum)
+    if cfg.wandb:
+        import_wandb()
     mcfg = model_config(cfg.arch, **cfg.model_overrides)
     data = open_training_data(cfg.data, mcfg.input_size, 1 if mcfg.in_channels == 1 else 3)
     check_data(data, mcfg, cfg.data)
@@ -186,7 +189,7 @@ class Loop:
         self.out = Path(cfg.out)
         self.grid = GridSampler(cfg, mcfg, len(getattr(data, "class_names", [])) or mcfg.num_classes, info.device) \
             if info.is_main and cfg.sample.every else None
-        self.last_ckpt, self.last = None, {}
+        self.last_ckpt, self.last, self.wandb = None, {}, None
 
     def run(self, start: int, *, resumed: bool, progress: bool) -> dict:
         cfg, info = self.cfg, self.info
@@ -194,6 +197,16 @@ class Loop:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         self.log = MetricsLog(self.out / "metrics.jsonl", start if resumed else None, info.is_main)
+        self.wandb = WandbRun(cfg.wandb, self.out, cfg.to_dict(), resumed=resumed) \
+            if cfg.wandb and info.is_main else None
+        try:
+            return self.steps(start, progress)
+        finally:
+            if self.wandb is not None:
+                self.wandb.finish()
+
+    def steps(self, start: int, progress: bool) -> dict:
+        cfg, info = self.cfg, self.info
         order = DataOrder(len(self.data.labels), cfg.batch_size, info.rank, info.world_size, cfg.seed)
         D.print0(run_header(cfg, self.parts.model, self.data, info.device, start), info=info, file=sys.stderr)
         self.bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step",
@@ -224,8 +237,10 @@ class Loop:
         self.bar.update(1)
         if done % cfg.log_every == 0 or done == cfg.steps:
             self.last, ips = self.meter.flush()
-            self.log.write({"step": done, **self.last, "lr": lr, "img_per_s": ips, "time": time.perf_counter() -
-                            t_start})
+            record = {"step": done, **self.last, "lr": lr, "img_per_s": ips, "time": time.perf_counter() - t_start}
+            self.log.write(record)
+            if self.wandb is not None:
+                self.wandb.log(record)
             # loss_u / loss_v, not the adaptive-weighted loss (near 2 by construction, spec section 3)
             self.bar.set_postfix(loss_u=f"{self.last['loss_u']:.4g}", loss_v=f"{self.last['loss_v']:.4g}",
                                  img_s=f"{ips:.0f}")
@@ -245,7 +260,10 @@ class Loop:
         if self.parts.sharded:  # whole tensors: a collective on every rank
             weights = {k: P.full(v) for k, v in weights.items()}
         if self.grid is not None:
-            self.grid.save(weights, self.out / "samples" / f"step_{done:08d}.png")
+            path = self.out / "samples" / f"step_{done:08d}.png"
+            self.grid.save(weights, path)
+            if self.wandb is not None:
+                self.wandb.image(path, done)
 
     def summary(self, start: int, seconds: float) -> dict:
         p, ran = self.parts, max(self.cfg.steps - start, 0)

@@ -166,6 +166,9 @@ class TrainConfig:
                                               none="off")
     out: str = doc("runs/pmf", "run folder: checkpoints, metrics.jsonl, samples")
     log_every: int = doc(50, "steps between metrics lines")
+    wandb: str | None = doc(None, "also log to Weights & Biases in this project: the scalars, sample grids and "
+                            "config (needs pixel-meanflow[wandb]; WANDB_MODE=offline logs without network)",
+                            flag="--wandb", none="off")
     ckpt_every: int = doc(1000, "steps between checkpoints")
     keep_last: int = doc(3, "checkpoints kept")
     precision: Precision = doc("fp32", "bf16: autocast on GPU")

@@ -180,10 +180,13 @@ def one_class_guidance(cfg: TrainConfig, args, num_classes: int) -> str:
 def run(args) -> int:
     from ..accumulate import check_accumulation
     from ..distributed import cleanup
+    from ..tracking import import_wandb
     from ..train import CheckpointSaveError, train
 
     cfg = config_from_args(args)
     check_accumulation(cfg.batch_size, int(os.environ.get("WORLD_SIZE", "1")), cfg.grad_accum)  # before any write
+    if cfg.wandb:
+        import_wandb()
     if cfg.device is not None:
         check_device(cfg.device)
     if flag_value(args, "init") is not None and args.resume not in (None, "", "none"):
