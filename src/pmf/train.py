@@ -23,7 +23,7 @@ from . import parallel as P
 from .checkpointer import Checkpointer, CheckpointSaveError
 from .config import ModelConfig, model_config
 from .data import open_training_data
-from .data.order import DataOrder, batches, check_data, to_model_input
+from .data.order import DataOrder, batches, check_data, data_size, to_model_input
 from .errors import PMFError
 from .monitor import GridSampler, MetricsLog, run_header, state_bytes
 from .nn.attention import tangent_attention
@@ -156,6 +156,8 @@ def prepare(cfg: TrainConfig, resume: str | None):
     mcfg = model_config(cfg.arch, **cfg.model_overrides)
     data = open_training_data(cfg.data, mcfg.input_size, 1 if mcfg.in_channels == 1 else 3)
     check_data(data, mcfg, cfg.data)
+    if getattr(data, "streaming", False):
+        data.check_first_batch(cfg.batch_size)
     resume_path = resolve_resume(resume, Path(cfg.out) / "checkpoints")
     state = load_resume(resume_path, mcfg, cfg) if resume_path is not None else None
     return mcfg, data, resume_path, state
@@ -207,7 +209,7 @@ class Loop:
 
     def steps(self, start: int, progress: bool) -> dict:
         cfg, info = self.cfg, self.info
-        order = DataOrder(len(self.data.labels), cfg.batch_size, info.rank, info.world_size, cfg.seed)
+        order = DataOrder(data_size(self.data), cfg.batch_size, info.rank, info.world_size, cfg.seed)
         D.print0(run_header(cfg, self.parts.model, self.data, info.device, start), info=info, file=sys.stderr)
         self.bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step",
                         disable=not (progress and info.is_main))

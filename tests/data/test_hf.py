@@ -121,3 +121,26 @@ def test_bad_datasets_are_one_line_and_leave_the_run_folder_alone(tmp_path, case
     with pytest.raises(PMFError) as info:  # the library says the same
         HFImages(spec, 28)
     assert want in str(info.value)
+
+
+def test_a_streamed_split_trains_and_resumes_exactly(mnist_disk, tmp_path):
+    spec = f"hf:{mnist_disk}:split=test,streaming"
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = ("train", "--recipe", "tiny", "--data", spec, "--batch-size", "8", "--ckpt-every", "2",
+              "--sample-every", "0", "--no-progress", "--log-every", "1")
+    rc, err = run_cli(*common, "--steps", "4", "--out", str(full))  # 20 images: the 3rd batch starts epoch 2
+    assert rc == 0, err
+    assert f"{spec}: " in err and "10 classes, 28x28, gray" in err
+    assert run_cli(*common, "--steps", "2", "--out", str(part))[0] == 0
+    assert run_cli(*common, "--steps", "4", "--out", str(part), "--resume", "auto")[0] == 0
+    rows = [(full / "metrics.jsonl").read_text().splitlines(), (part / "metrics.jsonl").read_text().splitlines()]
+    assert [r.split('"img_per_s"')[0] for r in rows[0]] == [r.split('"img_per_s"')[0] for r in rows[1]]
+    assert read_file(latest_checkpoint(full / "checkpoints"))["class_names"] == NAMES
+
+
+def test_a_stream_that_ends_before_the_first_batch_is_one_line(mnist_disk, tmp_path):
+    run = tmp_path / "run"
+    rc, err = run_cli("train", "--recipe", "tiny", "--data", f"hf:{mnist_disk}:split=test,streaming",
+                      "--batch-size", "32", "--out", str(run))
+    assert rc == 2 and "ends after 20 images, before the first batch of 32" in err, err
+    assert len(err.strip().splitlines()) == 1 and not run.exists()

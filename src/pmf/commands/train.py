@@ -167,6 +167,16 @@ def fit_model_to_data(cfg: TrainConfig, args) -> str:
     return f"data {facts.describe()}; {model}{one_class_guidance(cfg, args, want['num_classes'])}"
 
 
+def check_stream(cfg: TrainConfig) -> None:
+    """A streamed ``datasets`` split that ends before the first batch stops before the run folder is touched."""
+    from ..data.hf import is_hf, parse_spec
+
+    if is_hf(cfg.data) and parse_spec(cfg.data).streaming:
+        from ..data.hf_stream import HFStream
+
+        HFStream(cfg.data, 1).check_first_batch(cfg.batch_size)
+
+
 def one_class_guidance(cfg: TrainConfig, args, num_classes: int) -> str:
     """A one-class model samples without guidance unless --sample-omega says otherwise: its class and the null
     label describe the same images, so guidance has no direction to push in (docs/training.md, "Unconditional
@@ -192,6 +202,7 @@ def run(args) -> int:
     if flag_value(args, "init") is not None and args.resume not in (None, "", "none"):
         raise PMFError("--init starts a new run from weights and --resume continues a run: pick one")
     found = fit_model_to_data(cfg, args)  # bad data stops here, before the run folder is made or cleared
+    check_stream(cfg)
     output_folder(cfg.out)  # a one-line error for a file or a folder that cannot be made
     guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":

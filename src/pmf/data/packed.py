@@ -149,7 +149,10 @@ def open_training_data(spec: str, size: int, channels: int = 3):
     from .hf import HFImages, is_hf
 
     if is_hf(spec):
-        return HFImages(spec, size, channels)
+        from .hf import parse_spec
+        from .hf_stream import HFStream
+
+        return HFStream(spec, size, channels) if parse_spec(spec).streaming else HFImages(spec, size, channels)
     path = Path(spec).expanduser()
     if is_pack(path):
         if not path.exists():

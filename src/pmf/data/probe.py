@@ -22,7 +22,7 @@ class DataFacts:
     """``size`` None: the images are resized or cropped to the model (built-in sets, folders of mixed sizes)."""
 
     spec: str
-    images: int
+    images: int | None  # None: a stream of unknown length
     classes: int
     channels: int
     size: int | None
@@ -33,7 +33,8 @@ class DataFacts:
     def describe(self) -> str:
         size = f"{self.size}x{self.size}" if self.size else self.note or "any size"
         classes = "one class (an unconditional model)" if self.classes == 1 else f"{self.classes} classes"
-        text = (f"{self.spec}: {self.images:,} images, {classes}, {size}, "
+        count = "a stream of images" if self.images is None else f"{self.images:,} images"
+        text = (f"{self.spec}: {count}, {classes}, {size}, "
                 f"{'gray' if self.channels == 1 else f'{self.channels} channels'}")
         return text + (f"; skipped {self.skipped} files that are not images" if self.skipped else "")
 
@@ -48,7 +49,7 @@ def probe(spec: str) -> DataFacts:
     if is_hf(spec):
         f = probe_hf(spec)
         return DataFacts(spec, f["images"], f["classes"], f["channels"], f["size"], "datasets",
-                         note="" if f["size"] else "mixed sizes, center-cropped to the model")
+                         note="" if f["size"] else "mixed sizes, center-cropped to the model")  # images None: a stream
     path = Path(spec).expanduser()
     if path.is_dir() and not is_pack(path):
         paths, labels, classes = scan_folder(path)
