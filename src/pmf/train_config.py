@@ -150,8 +150,9 @@ class TrainConfig:
 
     arch: str = doc("pMF-Tiny/4", f"model preset, one of {', '.join(PRESETS)}")
     model_overrides: dict = doc(factory=dict, help="model config fields as JSON, e.g. '{\"depth\": 6}'")
-    data: str = doc("mnist-5k", "built-in name (mnist-5k, digits), image folder, .pmfpack folder (see `pmf pack`) "
-                    "or .npz/.npy file")
+    data: str = doc("mnist-5k", "built-in name (mnist-5k, digits), image folder (class sub-folders, or loose "
+                    "images: one class), .pmfpack folder (see `pmf pack`), .npz/.npy file, or a datasets split: "
+                    "hf:OWNER/NAME[:split=,image=,label=,config=,streaming] or a local parquet / save_to_disk path")
     batch_size: int = doc(64, "global batch over all processes")
     grad_accum: int = doc(1, "gradient accumulation: each process's batch runs as this many equal micro-batches "
                           "whose gradients add up to the batch's before the one optimiser step (same result, less "

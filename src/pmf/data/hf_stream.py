@@ -30,6 +30,8 @@ class HFStream:
         self.spec = parse_spec(spec) if isinstance(spec, str) else spec
         self.image_size, self.channels = size, channels
         self.ds = load_split(self.spec)
+        if self.ds.features is None:  # some streamed sets state their features only once read
+            self.ds = self.ds._resolve_features()
         self.image, self.label, names = pick_columns(self.ds.features, self.spec)
         if self.label is not None and names is None:
             raise PMFError(f"streaming {self.spec.source!r} needs a ClassLabel label column (its classes must be "
