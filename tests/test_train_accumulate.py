@@ -160,7 +160,7 @@ def _spawn_worker(rank: int, port: int, runs: list) -> None:
 
 
 @pytest.mark.slow
-def test_accumulation_under_two_processes_ddp_and_fsdp(tmp_path):
+def test_accumulation_under_two_processes_ddp_and_fsdp(tmp_path, float64):  # float64: the sharded folders read back
     """2 processes (gloo), 32 images each in 4 micro-batches of 8, against one pass: under DDP and under FSDP2."""
     ddp1, ddp4, fsdp1, fsdp4 = (tmp_path / n for n in ("ddp1", "ddp4", "fsdp1", "fsdp4"))
     runs = [(ddp1, {}), (ddp4, dict(grad_accum=4)), (fsdp1, dict(parallel="fsdp")),
