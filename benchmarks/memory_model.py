@@ -1,6 +1,7 @@
 """The per-GPU memory model of docs/training.md ("Memory per GPU"): state bytes (parameters, gradients,
 optimiser state, EMAs) under DDP, FSDP2 and HSDP, activation bytes per image with and without activation
-checkpointing, and the largest per-GPU batch that fits on GPUs of 40 and 80 GB.
+checkpointing, the largest per-GPU batch that fits on GPUs of 24, 40 and 80 GB, and the micro-batch and
+``--grad-accum`` that run the recipes' batch of 1024 on one such GPU.
 
 How the numbers are obtained:
 - State bytes are measured (``pmf.monitor.state_bytes``: the bytes of the live tensors after one optimiser step)
@@ -37,6 +38,8 @@ from pmf.train_config import EMAConfig, OptimConfig
 PRESETS = ["pMF-B/16", "pMF-L/16", "pMF-H/16", "pMF-B/32", "pMF-L/32", "pMF-H/32"]
 N_EMAS = 3  # the released recipes keep half-lives 500, 1000 and 2000 kimg
 GPUS = 8
+GPU_GB = (24, 40, 80)  # a consumer card, an A100-40GB, an A100/H100-80GB
+RECIPE_BATCH = 1024  # the released recipes' batch, run on one GPU with gradient accumulation
 GIB = 1024**3
 
 
@@ -121,6 +124,13 @@ def largest_batch(free_bytes: float, per_image: float) -> int:
     return max(int(free_bytes // per_image), 0)
 
 
+def micro_batches(batch: int, fits: int) -> dict:
+    """The largest micro-batch that divides ``batch`` and fits (``fits`` images), and the ``--grad-accum`` that
+    gives ``batch`` with it; both None when not even one image fits."""
+    micro = max((d for d in range(1, min(batch, fits) + 1) if batch % d == 0), default=None)
+    return {"micro_batch": micro, "grad_accum": None if micro is None else batch // micro}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--measure-state", default="pMF-B/16,pMF-B/32")
@@ -176,12 +186,14 @@ def main(argv=None) -> None:
                                      f"checkpointing per block x {c['blocks']} blocks x width ratio {width:.3f}; "
                                      "with checkpointing the measured transients plus the blocks' saved inputs")
         fits = {}
-        for gb in (40, 80):
+        for gb in GPU_GB:
             for mode in ("ddp", "fsdp", "hsdp"):
                 free = args.usable * gb * 1e9 - sum(row["state"][mode].values())
                 for kind, per in row["activations_per_image"].items():
                     fits[f"{gb}GB/{mode}/{kind}"] = largest_batch(free, per)
         row["largest_batch"] = fits
+        row["one_gpu_recipe_batch"] = {f"{gb}GB/{kind}": micro_batches(RECIPE_BATCH, fits[f"{gb}GB/ddp/{kind}"])
+                                       for gb in GPU_GB for kind in ("plain", "ckpt")}
         result["presets"][preset] = row
     common.write_json(args.json, result)
 
@@ -207,6 +219,15 @@ def markdown(result: dict) -> str:
         a, f = row["activations_per_image"], row["largest_batch"]
         pair = [f"{f[f'{g}GB/ddp/{k}']} / {f[f'{g}GB/fsdp/{k}']}" for k in ("plain", "ckpt") for g in (40, 80)]
         lines.append(f"| {preset} | {a['plain'] / gb:.2f} GB | {a['ckpt'] / gb:.2f} GB | " + " | ".join(pair) + " |")
+    sizes = " | ".join(f"{g} GB" for g in GPU_GB)
+    lines += ["", f"| model | one GPU at batch {RECIPE_BATCH}: micro-batch x --grad-accum, {sizes} | with "
+              f"checkpointing, {sizes} |", "|---|" + "---|" * (2 * len(GPU_GB))]
+    for preset, row in result["presets"].items():
+        if "one_gpu_recipe_batch" not in row:
+            continue
+        cells = [row["one_gpu_recipe_batch"][f"{g}GB/{k}"] for k in ("plain", "ckpt") for g in GPU_GB]
+        lines.append(f"| {preset} | " + " | ".join("does not fit" if c["micro_batch"] is None else
+                                                    f"{c['micro_batch']} x {c['grad_accum']}" for c in cells) + " |")
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ OPTIONAL = {"tensorboard": "tensorboard", "timm": "timm", "lpips": "lpips", "tor
             "huggingface_hub": "huggingface_hub", "fastapi": "fastapi", "uvicorn": "uvicorn",
             "torchvision": "torchvision", "triton": None, "pydantic": "fastapi", "onnx": "onnx",
             "onnxscript": "onnxscript", "onnxruntime": "onnxruntime",
-            "diffusers": "diffusers"}  # triton: part of CUDA torch
+            "diffusers": "diffusers", "wandb": "wandb", "datasets": "datasets"}  # triton: part of CUDA torch
 CORE = {"torch", "numpy", "PIL", "safetensors", "tqdm", "pmf"}
 
 

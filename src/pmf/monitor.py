@@ -11,6 +11,7 @@ import torch
 
 from . import parallel as P
 from .config import ModelConfig
+from .data.order import data_size
 from .ema import EMASet
 from .images import save_grid
 from .nn.model import PMFDiT, count_parameters
@@ -56,7 +57,8 @@ def run_header(cfg: TrainConfig, model: torch.nn.Module, data, device, start: in
     precision = cfg.precision if device.type == "cuda" else "fp32"
     steps = f"steps {start} -> {cfg.steps}" if start else f"{cfg.steps} steps"
     return (f"training {cfg.arch} ({params / 1e6:.2f}M parameters, {model.config.input_size}px) on {cfg.data} "
-            f"({len(data.labels):,} images, {classes} classes) | {device}, {precision} | {steps}, "
+            f"({data_size(data):,} images, {classes} {'class' if classes == 1 else 'classes'}) | {device}, "
+            f"{precision} | {steps}, "
             f"batch {cfg.batch_size}")
 
 

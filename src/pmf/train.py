@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import accumulate as A
 from . import distributed as D
 from . import parallel as P
 from .checkpointer import Checkpointer, CheckpointSaveError
 from .config import ModelConfig, model_config
 from .data import open_training_data
-from .data.order import DataOrder, batches, check_data, to_model_input
+from .data.order import DataOrder, batches, check_data, data_size, to_model_input
 from .errors import PMFError
 from .monitor import GridSampler, MetricsLog, run_header, state_bytes
 from .nn.attention import tangent_attention
@@ -30,6 +31,7 @@ from .objective import pmf_loss, sample_draws
 from .optim import lr_factor, set_lr
 from .seeds import LOSS, derive_seed
 from .stopping import StopRequest
+from .tracking import WandbRun, import_wandb
 from .train_build import (
     Parts,
     build,
@@ -72,8 +74,9 @@ def finished_run(path: Path, step: int, cfg: TrainConfig) -> dict:
 
 def train_step(parts: Parts, cfg: TrainConfig, mcfg: ModelConfig, step: int, rank: int, x: torch.Tensor,
                y: torch.Tensor, perceptual=None) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
-    """One optimiser step on the batch (x, y) with the loss draws of (seed, step, rank). Returns the loss, the
-    metrics (detached scalars) and the learning rate. A non-finite loss returns before the update."""
+    """One optimiser step on the batch (x, y) with the loss draws of (seed, step, rank), in ``cfg.grad_accum``
+    micro-batches (``pmf.accumulate``). Returns the loss, the metrics (detached scalars) and the learning rate. A
+    non-finite loss returns before the update."""
     L = cfg.loss
     gen = torch.Generator(x.device).manual_seed(step_seed(cfg.seed, step, rank))
     draws = sample_draws(x, P_mean=L.P_mean, P_std=L.P_std, data_proportion=L.data_proportion, cfg_max=L.cfg_max,
@@ -82,6 +85,29 @@ def train_step(parts: Parts, cfg: TrainConfig, mcfg: ModelConfig, step: int, ran
     lr = set_lr(parts.optimizer, lr_factor(step, cfg.optim, cfg.steps))
     if hasattr(perceptual, "manual_seed"):  # the random crops follow the same per-(step, rank) seed
         perceptual.manual_seed(step_seed(cfg.seed + 1, step, rank))
+    slices = A.micro_slices(x.shape[0], cfg.grad_accum)
+    parts.optimizer.zero_grad(set_to_none=True)
+    micro = []
+    for i, (rows, term) in enumerate(zip(slices, A.perceptual_parts(perceptual, x, slices))):
+        with A.gradient_sync(parts.net, parts.model, sync=i == len(slices) - 1):
+            loss, metrics = micro_step(parts, cfg, mcfg, x[rows], y[rows], A.slice_draws(draws, rows), term,
+                                       share=1 / len(slices))
+        if not metrics:
+            return loss, {}, lr
+        micro.append(metrics)
+    metrics = A.merge_metrics(micro)
+    if cfg.optim.grad_clip is not None:
+        metrics["grad_norm"] = P.full(torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.optim.grad_clip))
+    parts.optimizer.step()
+    parts.emas.update(parts.model, step + 1)
+    return metrics["loss"], metrics, lr
+
+
+def micro_step(parts: Parts, cfg: TrainConfig, mcfg: ModelConfig, x: torch.Tensor, y: torch.Tensor, draws,
+               perceptual, share: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The pMF loss of one micro-batch (``share`` of the batch) and its backward pass, which adds its gradients
+    to the parameters'. Returns the loss and its metrics; ({} before any backward) for a non-finite loss."""
+    L = cfg.loss
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if parts.bf16 else contextlib.nullcontext()
     with autocast, tangent_attention(L.tangent_attention):
         res = pmf_loss(parts.net, x, y, draws, num_classes=mcfg.num_classes, norm_p=L.norm_p, norm_eps=L.norm_eps,
@@ -89,17 +115,12 @@ def train_step(parts: Parts, cfg: TrainConfig, mcfg: ModelConfig, step: int, ran
                        **({"jvp": L.jvp} if L.jvp else {}))
     loss = res.loss
     if D.all_reduce_max((~torch.isfinite(loss.detach())).float()).item() > 0:
-        return loss, {}, lr
-    parts.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    metrics = {"loss": loss.detach(), "loss_u": res.loss_u,
+        return loss, {}
+    (loss * share if share != 1 else loss).backward()
+    metrics = {"loss": loss.detach() * share, "loss_u": res.loss_u,
                "loss_v": res.loss_v if res.loss_v is not None else loss.new_zeros(())}
     metrics.update({k: v.detach() for k, v in res.logs.items() if torch.is_tensor(v) and v.dim() == 0})
-    if cfg.optim.grad_clip is not None:
-        metrics["grad_norm"] = P.full(torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.optim.grad_clip))
-    parts.optimizer.step()
-    parts.emas.update(parts.model, step + 1)
-    return loss, metrics, lr
+    return loss, metrics
 
 
 class Meter:
@@ -126,9 +147,14 @@ def prepare(cfg: TrainConfig, resume: str | None):
     world = D.env_world_size()
     if cfg.batch_size % world:
         raise PMFError(f"batch_size {cfg.batch_size} is not divisible by the number of processes ({world})")
+    A.check_accumulation(cfg.batch_size, world, cfg.grad_accum)
+    if cfg.wandb:
+        import_wandb()
     mcfg = model_config(cfg.arch, **cfg.model_overrides)
     data = open_training_data(cfg.data, mcfg.input_size, 1 if mcfg.in_channels == 1 else 3)
     check_data(data, mcfg, cfg.data)
+    if getattr(data, "streaming", False):
+        data.check_first_batch(cfg.batch_size)
     resume_path = resolve_resume(resume, Path(cfg.out) / "checkpoints")
     state = load_resume(resume_path, mcfg, cfg) if resume_path is not None else None
     return mcfg, data, resume_path, state
@@ -169,7 +195,7 @@ class Loop:
         self.out = Path(cfg.out)
         self.grid = GridSampler(cfg, mcfg, len(getattr(data, "class_names", [])) or mcfg.num_classes, info.device) \
             if info.is_main and cfg.sample.every else None
-        self.last_ckpt, self.last = None, {}
+        self.last_ckpt, self.last, self.wandb = None, {}, None
 
     def run(self, start: int, *, resumed: bool, progress: bool) -> dict:
         cfg, info = self.cfg, self.info
@@ -179,7 +205,17 @@ class Loop:
             if getattr(self.data, "resized", ""):  # the data's resize rule, beside the config that names the data
                 (self.out / "data.json").write_text(json.dumps({"data": cfg.data, "resized": self.data.resized}))
         self.log = MetricsLog(self.out / "metrics.jsonl", start if resumed else None, info.is_main)
-        order = DataOrder(len(self.data.labels), cfg.batch_size, info.rank, info.world_size, cfg.seed)
+        self.wandb = WandbRun(cfg.wandb, self.out, cfg.to_dict(), resumed=resumed) \
+            if cfg.wandb and info.is_main else None
+        try:
+            return self.steps(start, progress)
+        finally:
+            if self.wandb is not None:
+                self.wandb.finish()
+
+    def steps(self, start: int, progress: bool) -> dict:
+        cfg, info = self.cfg, self.info
+        order = DataOrder(data_size(self.data), cfg.batch_size, info.rank, info.world_size, cfg.seed)
         D.print0(run_header(cfg, self.parts.model, self.data, info.device, start), info=info, file=sys.stderr)
         self.bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step",
                         disable=not (progress and info.is_main))
@@ -209,8 +245,10 @@ class Loop:
         self.bar.update(1)
         if done % cfg.log_every == 0 or done == cfg.steps:
             self.last, ips = self.meter.flush()
-            self.log.write({"step": done, **self.last, "lr": lr, "img_per_s": ips, "time": time.perf_counter() -
-                            t_start})
+            record = {"step": done, **self.last, "lr": lr, "img_per_s": ips, "time": time.perf_counter() - t_start}
+            self.log.write(record)
+            if self.wandb is not None:
+                self.wandb.log(record)
             # loss_u / loss_v, not the adaptive-weighted loss (near 2 by construction, spec section 3)
             self.bar.set_postfix(loss_u=f"{self.last['loss_u']:.4g}", loss_v=f"{self.last['loss_v']:.4g}",
                                  img_s=f"{ips:.0f}")
@@ -232,7 +270,10 @@ class Loop:
         if self.parts.sharded:  # whole tensors: a collective on every rank
             weights = {k: P.full(v) for k, v in weights.items()}
         if self.grid is not None:
-            self.grid.save(weights, self.out / "samples" / f"step_{done:08d}.png")
+            path = self.out / "samples" / f"step_{done:08d}.png"
+            self.grid.save(weights, path)
+            if self.wandb is not None:
+                self.wandb.image(path, done)
 
     def summary(self, start: int, seconds: float) -> dict:
         p, ran = self.parts, max(self.cfg.steps - start, 0)

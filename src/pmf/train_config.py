@@ -150,9 +150,13 @@ class TrainConfig:
 
     arch: str = doc("pMF-Tiny/4", f"model preset, one of {', '.join(PRESETS)}")
     model_overrides: dict = doc(factory=dict, help="model config fields as JSON, e.g. '{\"depth\": 6}'")
-    data: str = doc("mnist-5k", "built-in name (mnist-5k, digits), image folder, .pmfpack folder (see `pmf pack`) "
-                    "or .npz/.npy file")
+    data: str = doc("mnist-5k", "built-in name (mnist-5k, digits), image folder (class sub-folders, or loose "
+                    "images: one class), .pmfpack folder (see `pmf pack`), .npz/.npy file, or a datasets split: "
+                    "hf:OWNER/NAME[:split=,image=,label=,config=,streaming] or a local parquet / save_to_disk path")
     batch_size: int = doc(64, "global batch over all processes")
+    grad_accum: int = doc(1, "gradient accumulation: each process's batch runs as this many equal micro-batches "
+                          "whose gradients add up to the batch's before the one optimiser step (same result, less "
+                          "memory)", flag="--grad-accum")
     steps: int = doc(1000, "training steps")
     seed: int = doc(0, "random seed of weights, data order and draws")
     loss: LossConfig = doc(factory=LossConfig, help="the pMF objective (spec section 3)")
@@ -163,6 +167,9 @@ class TrainConfig:
                                               none="off")
     out: str = doc("runs/pmf", "run folder: checkpoints, metrics.jsonl, samples")
     log_every: int = doc(50, "steps between metrics lines")
+    wandb: str | None = doc(None, "also log to Weights & Biases in this project: the scalars, sample grids and "
+                            "config (needs pixel-meanflow[wandb]; WANDB_MODE=offline logs without network)",
+                            flag="--wandb", none="off")
     ckpt_every: int = doc(1000, "steps between checkpoints")
     keep_last: int = doc(3, "checkpoints kept")
     precision: Precision = doc("fp32", "bf16: autocast on GPU")
@@ -205,11 +212,13 @@ class TrainConfig:
         if self.arch not in PRESETS:
             raise PMFError(f"unknown architecture {self.arch!r}; known presets: {', '.join(PRESETS)}")
         check_choices(self)
-        for name in ("batch_size", "steps"):
+        for name in ("batch_size", "steps", "grad_accum"):
             _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, getattr(self, name),
                    "a positive integer")
         for name in ("log_every", "ckpt_every", "keep_last"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        _check(self.batch_size % self.grad_accum == 0, "grad_accum", self.grad_accum,
+               f"a divisor of batch_size {self.batch_size}")
         _check(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
         _check(not (self.class_map or self.init_ema) or self.init is not None, "init", self.init,
                "a checkpoint with class_map or init_ema (they apply to init)")

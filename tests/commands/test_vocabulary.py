@@ -24,6 +24,8 @@ VARIANTS = {
     "ema": {"--ema", "--emas"},
     "seed": {"--seed"},
     "batch": {"--batch-size", "--batch"},
+    "gradient accumulation": {"--grad-accum", "--gradient-accumulation-steps", "--accum-steps", "--micro-batch",
+                              "--micro-batch-size"},
 }
 
 

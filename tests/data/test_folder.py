@@ -37,10 +37,11 @@ def test_scan_sorted_classes_and_errors(folder, tmp_path):
     (tmp_path / "empty" / "x").mkdir(parents=True)
     with pytest.raises(PMFError, match="no images"):
         scan_folder(tmp_path / "empty")
-    (tmp_path / "loose").mkdir()
-    Image.new("RGB", (4, 4)).save(tmp_path / "loose" / "a.png")
-    with pytest.raises(PMFError, match="one sub-folder per class"):
-        scan_folder(tmp_path / "loose")
+    (tmp_path / "loose" / "empty").mkdir(parents=True)
+    for name in ("b.png", "a.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / "loose" / name)
+    paths, labels, classes = scan_folder(tmp_path / "loose")  # loose images: one class named after the folder
+    assert [p.name for p in paths] == ["a.png", "b.png"] and labels.tolist() == [0, 0] and classes == ["loose"]
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -15,8 +15,10 @@ from ._config_flags import NONE, OFF, PREFIX, leaves
 
 # fields a resume may change: the length of the run and how it runs, not the steps it takes (any process layout
 # resumes into any other, see docs/parallel.md)
+# (grad_accum: micro-batches compute the batch's gradient, equal within float rounding; wandb: logging only)
 MAY_CHANGE = ("steps", "out", "log_every", "ckpt_every", "keep_last", "num_workers", "device", "compile",
-              "grad_checkpointing", "parallel", "shard_size", "reduce", "async_checkpoint", "sample.every")
+              "grad_checkpointing", "parallel", "shard_size", "reduce", "async_checkpoint", "sample.every",
+              "grad_accum", "wandb")
 # --num-classes / --channels / --image-size: their model config field
 MODEL_FLAGS = {"num_classes": "num_classes", "channels": "in_channels", "image_size": "input_size"}
 

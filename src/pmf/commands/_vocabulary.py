@@ -17,6 +17,7 @@ CONCEPTS = {
     "checkpoint": "--checkpoint", "output": "--out", "workers": "--workers", "threads": "--threads",
     "progress": "--no-progress", "device": "--device", "image count": "--num-images", "guidance": "--omega",
     "interval": "--interval", "ema": "--ema", "seed": "--seed", "batch": "--batch-size",
+    "gradient accumulation": "--grad-accum",
 }
 DEVICE_HELP = "cpu, cuda, cuda:1, mps (default: cuda when a GPU is visible, else cpu)"
 

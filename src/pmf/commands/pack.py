@@ -8,12 +8,15 @@ from ._args import add_out, add_progress, add_workers, legacy_positionals
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("pack", help="preprocess an image folder (ImageNet layout) into a packed uint8 array",
+    p = sub.add_parser("pack", help="preprocess an image folder (ImageNet layout) or a datasets split into a packed "
+                       "uint8 array",
                        description="ADM center crop to --size, RGB conversion (gray for a folder of gray "
                        "images), uint8 [N, H, W, 3 or 1] images.npy "
                        "(memory-mapped at training time), labels.npy and meta.json. Unreadable files are skipped "
                        "and counted.")
-    p.add_argument("folder", help="image folder with one sub-folder per class")
+    p.add_argument("folder", help="image folder with one sub-folder per class (or loose images: one class), or a "
+                   "datasets split: hf:OWNER/NAME[:split=...,image=...,label=...] or a local parquet / save_to_disk "
+                   "path")
     add_out(p, help="output folder (.pmfpack is appended if missing; required)")
     p.add_argument("--size", type=int, required=True, help="training resolution, e.g. 256")
     add_workers(p, help="decoding processes (default min(8, CPUs))")

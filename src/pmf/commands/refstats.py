@@ -53,13 +53,31 @@ class _Arrays(torch.utils.data.Dataset):
         return out[..., None] if out.ndim == 2 else out
 
 
+class _Images(torch.utils.data.Dataset):
+    """The images of a training dataset of (image, label) pairs, as uint8 arrays."""
+
+    def __init__(self, data: torch.utils.data.Dataset):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.data[i][0].numpy()
+
+
 def image_source(spec: str, size: int, split: str = "train") -> torch.utils.data.Dataset:
-    """Images of a built-in set (its own size rule), an .npz/.npy array file, a .pmfpack folder or an image
-    folder (all image files below it, sorted; RGB, ADM center crop)."""
+    """Images of a built-in set (its own size rule), a ``datasets`` split (``hf:...``, a local parquet or
+    save_to_disk path), an .npz/.npy array file, a .pmfpack folder or an image folder (all image files below it,
+    sorted; RGB, ADM center crop)."""
     if spec in BUILTIN:
         from ..data import load_builtin
 
         return _Arrays(load_builtin(spec, size=size, split=split).images, size)
+    from ..data.hf import HFImages, is_hf
+
+    if is_hf(spec):  # its split is the spec's (hf:NAME:split=test)
+        return _Images(HFImages(spec, size, 3))
     path = Path(spec).expanduser()
     if not path.exists():
         raise PMFError(f"{spec!r} is not a built-in dataset ({', '.join(BUILTIN)}), a file or a folder")
@@ -100,8 +118,10 @@ def reference_stats(dataset: torch.utils.data.Dataset, net, *, batch_size: int =
 def add_parser(sub) -> None:
     p = sub.add_parser("refstats", help="FID reference statistics (.npz: mu, sigma) of a dataset",
                        description="Inception pool statistics of an image folder, packed dataset, .npz/.npy "
-                       "array file or built-in set at --size pixels (ADM center crop), for `pmf eval --ref`.")
-    p.add_argument("source", help="image folder, .pmfpack folder, .npz/.npy file or built-in name")
+                       "array file, datasets split or built-in set at --size pixels (ADM center crop), for "
+                       "`pmf eval --ref`.")
+    p.add_argument("source", help="image folder, .pmfpack folder, .npz/.npy file, built-in name, or a datasets "
+                   "split: hf:OWNER/NAME[:split=test,image=COLUMN] or a local parquet / save_to_disk path")
     p.add_argument("--size", type=int, required=True, help="resolution the model generates (e.g. 256)")
     add_out(p, required=True, help="output .npz (required)")
     p.add_argument("--split", default="train", choices=["train", "test", "all"], help="split of a built-in set")

@@ -125,7 +125,7 @@ def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> st
     if args.channels is not None:
         want["in_channels"] = args.channels
     elif facts.channels != mcfg.in_channels and not (facts.channels == 1 and mcfg.in_channels == 3
-                                                      and facts.kind not in ("folder", "pack")):
+                                                      and facts.kind not in ("folder", "pack", "datasets")):
         want["in_channels"] = facts.channels
     size = args.image_size or facts.size
     if size is not None and size != mcfg.input_size:
@@ -140,21 +140,47 @@ def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> st
     model = f"model {cfg.arch}" + (f" with {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")
     final = want.get("input_size", mcfg.input_size)
     resize = f"; images {resized_note(facts.stored, final)}" if facts.stored and facts.stored < final else ""
-    return f"data {facts.describe()}; {model}{resize}{note}"
+    return f"data {facts.describe()}; {model}{resize}{note}{one_class_guidance(cfg, args, want['num_classes'])}"
+
+
+def check_stream(cfg: TrainConfig) -> None:
+    """A streamed ``datasets`` split that ends before the first batch stops before the run folder is touched."""
+    from ..data.hf import is_hf, parse_spec
+
+    if is_hf(cfg.data) and parse_spec(cfg.data).streaming:
+        from ..data.hf_stream import HFStream
+
+        HFStream(cfg.data, 1).check_first_batch(cfg.batch_size)
+
+
+def one_class_guidance(cfg: TrainConfig, args, num_classes: int) -> str:
+    """A one-class model samples without guidance unless --sample-omega says otherwise: its class and the null
+    label describe the same images, so guidance has no direction to push in (docs/training.md, "Unconditional
+    data"). Returns what the header line says of it."""
+    if num_classes != 1 or flag_value(args, "sample.omega") is not None:
+        return ""
+    cfg.sample.omega, cfg.sample.t_min, cfg.sample.t_max = 1.0, 0.0, 1.0
+    return "; grids and the recorded sampling setting use omega 1 (no guidance; --sample-omega sets another)"
 
 
 def run(args) -> int:
+    from ..accumulate import check_accumulation
     from ..distributed import cleanup
     from ..stopping import StopRequest
+    from ..tracking import import_wandb
     from ..train import CheckpointSaveError, train
 
     cfg = config_from_args(args)
-    output_folder(cfg.out)  # a one-line error for a file or a folder that cannot be made
-    guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
+    if cfg.wandb:
+        import_wandb()
     cfg, resumed = config_to_resume(cfg, args, read_config_file(args.config) if args.config else None)
+    check_accumulation(cfg.batch_size, int(os.environ.get("WORLD_SIZE", "1")), cfg.grad_accum)  # before any write
     if cfg.device is not None:
         check_device(cfg.device)
-    found = fit_model_to_data(cfg, args, resumed)
+    found = fit_model_to_data(cfg, args, resumed)  # bad data stops here, before the run folder is made or cleared
+    check_stream(cfg)
+    output_folder(cfg.out)  # a one-line error for a file or a folder that cannot be made
+    guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":
         print(found, file=sys.stderr, flush=True)  # stdout carries only the JSON summary
     try:

@@ -1,5 +1,6 @@
 """Image folders in the ImageNet layout: one sub-folder per class (class index = position of the folder
-name in sorted order), any image format PIL reads, ADM center crop to the training resolution, RGB or gray."""
+name in sorted order), or loose images without class sub-folders (one class, named after the folder: an
+unconditional model); any image format PIL reads, ADM center crop to the training resolution, RGB or gray."""
 
 from __future__ import annotations
 
@@ -38,11 +39,11 @@ def scan_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
         paths += found
         labels += [index] * len(found)
     if not paths:
-        loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
-        hint = (f"; it holds {len(loose)} images directly: put them in one sub-folder per class "
-                "(a single sub-folder for unconditional data)") if loose else ""
-        raise PMFError(f"no images found in {str(root)!r} (looked in {len(classes)} class sub-folders for "
-                       f"{', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
+        paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not paths:
+            raise PMFError(f"no images found in {str(root)!r} (looked in it and in {len(classes)} class sub-folders "
+                           f"for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return paths, np.zeros(len(paths), dtype=np.int64), [one_class_name(root)]
     return paths, np.asarray(labels, dtype=np.int64), classes
 
 
@@ -54,8 +55,11 @@ def root_images(root: str | Path) -> list[Path]:
 
 
 def left_out(root: str | Path) -> str:
-    """The note that images at the top of ``root`` are left out ("" when there are none)."""
+    """The note that images at the top of ``root`` are left out ("" when there are none, or when the folder
+    has no class sub-folder with images: then its loose images are the data, one class)."""
     n = len(root_images(root))
+    if n and Path(scan_folder(root)[0][0]).parent == Path(root).expanduser():
+        return ""
     return f"; left out {n} images at the top of the folder (only class sub-folders hold data)" if n else ""
 
 
@@ -72,13 +76,23 @@ def folder_channels(paths: list[Path], sample: int = 256) -> int:
     return channels_of(modes)
 
 
+def one_class_name(root: Path) -> str:
+    """The name of the one class of a folder of loose images (no class sub-folders): the folder's name."""
+    return root.resolve().name or "images"
+
+
 def load_image(path: str | Path, size: int, channels: int = 3) -> np.ndarray:
     """uint8 [size, size, channels]: decode fully (truncated files raise), convert to RGB (3) or gray (1),
     ADM center crop."""
     with Image.open(path) as im:
         im.load()
-        image = adm_center_crop(to_gray(im) if channels == 1 else to_rgb(im), size)
-        return np.array(image, dtype=np.uint8).reshape(size, size, channels)  # a writable copy
+        return prepare_image(im, size, channels)
+
+
+def prepare_image(im: Image.Image, size: int, channels: int = 3) -> np.ndarray:
+    """A decoded image as uint8 [size, size, channels]: RGB (3) or gray (1), ADM center crop."""
+    image = adm_center_crop(to_gray(im) if channels == 1 else to_rgb(im), size)
+    return np.array(image, dtype=np.uint8).reshape(size, size, channels)  # a writable copy
 
 
 class FolderDataset(torch.utils.data.Dataset):

@@ -12,7 +12,6 @@ from ..config import ModelConfig
 from ..errors import PMFError
 from ..seeds import DATA_ORDER, derive_seed
 from .builtin import ArrayData
-from .folder import FolderDataset
 
 
 class DataOrder:
@@ -52,8 +51,11 @@ class _StepBatches(torch.utils.data.Sampler):
 
 def batches(data, order: DataOrder, start: int, stop: int, num_workers: int, pin: bool):
     """Yield (uint8 images [b, H, W, C], int64 labels [b]) for steps start..stop-1."""
+    if getattr(data, "streaming", False):  # pmf.data.hf_stream: the stream's own order
+        yield from data.batches(order, start, stop)
+        return
     num_workers = min(num_workers, os.cpu_count() or 1)  # more decoding processes than cores only slow down
-    if isinstance(data, FolderDataset):
+    if isinstance(data, torch.utils.data.Dataset):  # decoded on the fly: image folders, ``datasets`` splits
         loader = torch.utils.data.DataLoader(data, batch_sampler=_StepBatches(order, start, stop),
                                              num_workers=num_workers, pin_memory=pin,
                                              prefetch_factor=4 if num_workers else None)
@@ -72,8 +74,17 @@ def to_model_input(images: torch.Tensor, config: ModelConfig, device) -> torch.T
     return x.contiguous()
 
 
+def data_size(data) -> int:
+    """Images per epoch of training data (0 for a stream whose size is not known yet)."""
+    return (data.size or 0) if getattr(data, "streaming", False) else len(data.labels)
+
+
 def check_data(data, config: ModelConfig, name: str) -> None:
     """Errors before any step: empty data, labels outside the model's classes, wrong image shapes."""
+    if getattr(data, "streaming", False):  # labels are read with the images: the classes are the ClassLabel's
+        if data.num_classes > config.num_classes:
+            raise PMFError(f"dataset {name!r} has {data.num_classes} classes but the model has {config.num_classes}")
+        return
     labels = np.asarray(data.labels)
     if len(labels) == 0:
         raise PMFError(f"dataset {name!r} holds no images")

@@ -30,33 +30,47 @@ def _decode(args: tuple[str, int, int]) -> np.ndarray | None:
 def pack_folder(root: str | Path, out: str | Path, size: int, *, workers: int | None = None,
                 progress: bool = True) -> dict:
     """Decode, RGB-convert (gray for a folder of gray images, as training on the folder reads it) and
-    ADM-center-crop every image of ``root`` into ``out`` (a .pmfpack folder). Unreadable files are skipped;
-    returns counts (``packed``, ``skipped``, ``skipped_files``) and ``channels``."""
+    ADM-center-crop every image of ``root`` (an image folder, or a ``datasets`` spec: ``pmf.data.hf``) into
+    ``out`` (a .pmfpack folder). Unreadable files are skipped; returns counts (``packed``, ``skipped``,
+    ``skipped_files``) and ``channels``."""
     from tqdm.auto import tqdm
 
+    from .hf import HFImages, is_hf
+
+    if is_hf(str(root)):
+        data = HFImages(str(root), size, 3)
+        items = [f"{root}[{i}]" for i in range(len(data))]
+        decoded = tqdm((data[i][0].numpy() for i in range(len(data))), total=len(data), desc="packing",
+                       unit="img", disable=not progress)
+        return _pack(decoded, items, data.labels, data.class_names, out, size, str(root), 3)
     paths, labels, classes = scan_folder(root)
     channels = folder_channels(paths)
-    out = Path(out)
-    if out.suffix != PACK_SUFFIX:
-        out = out.with_name(out.name + PACK_SUFFIX)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "images.npy.partial"
-    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, channels))
-    keep, skipped = [], []
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     jobs = [(str(p), size, channels) for p in paths]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = pool.map(_decode, jobs, chunksize=64)
             decoded = tqdm(results, total=len(jobs), desc="packing", unit="img", disable=not progress)
-            keep, skipped = _write(decoded, images, paths)
-    else:
-        decoded = tqdm(map(_decode, jobs), total=len(jobs), desc="packing", unit="img", disable=not progress)
-        keep, skipped = _write(decoded, images, paths)
+            return _pack(decoded, paths, labels, classes, out, size, str(Path(root).resolve()), channels)
+    decoded = tqdm(map(_decode, jobs), total=len(jobs), desc="packing", unit="img", disable=not progress)
+    return _pack(decoded, paths, labels, classes, out, size, str(Path(root).resolve()), channels)
+
+
+def _pack(decoded, items: list, labels: np.ndarray, classes: list[str], out: str | Path, size: int,
+          source: str, channels: int) -> dict:
+    """Write the decoded images [size, size, channels] (None: unreadable, skipped) of ``items`` with their
+    labels as a .pmfpack."""
+    out = Path(out)
+    if out.suffix != PACK_SUFFIX:
+        out = out.with_name(out.name + PACK_SUFFIX)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "images.npy.partial"
+    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), size, size, channels))
+    keep, skipped = _write(decoded, images, items)
     images.flush()
     if not keep:
         tmp.unlink()
-        raise PMFError(f"none of the {len(paths)} images in {str(root)!r} could be read")
+        raise PMFError(f"none of the {len(items)} images in {source!r} could be read")
     if skipped:  # rewrite without the empty rows
         final = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8,
                                           shape=(len(keep), size, size, channels))
@@ -70,7 +84,7 @@ def pack_folder(root: str | Path, out: str | Path, size: int, *, workers: int | 
         os.replace(tmp, out / "images.npy")
     np.save(out / "labels.npy", labels[np.asarray(keep, dtype=np.int64)])
     meta = {"class_names": classes, "size": size, "channels": channels, "count": len(keep), "skipped": len(skipped),
-            "skipped_files": [str(p) for p in skipped[:100]], "source": str(Path(root).resolve())}
+            "skipped_files": [str(p) for p in skipped[:100]], "source": source}
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     return {"out": str(out), "packed": len(keep), "skipped": len(skipped), "skipped_files": meta["skipped_files"],
             "channels": channels}
@@ -130,12 +144,20 @@ def is_pack(path: Path) -> bool:
     return path.suffix == PACK_SUFFIX or (path / "meta.json").is_file()
 
 
-def open_training_data(spec: str, size: int, channels: int = 3) -> ArrayData | FolderDataset:
-    """A dataset from a spec: a built-in name, a .pmfpack folder, an .npz/.npy file or an image folder (read
-    with ``channels``: 3 RGB, 1 gray). Built-in sets and smaller square arrays are brought to ``size`` by
-    ``RESIZE_RULE`` (recorded in ``ArrayData.resized``); a pack must already have it."""
+def open_training_data(spec: str, size: int, channels: int = 3):
+    """A dataset from a spec: a built-in name, a ``datasets`` split (``hf:...``, a local parquet or save_to_disk
+    path: ``pmf.data.hf``), a .pmfpack folder, an .npz/.npy file or an image folder (read with ``channels``: 3
+    RGB, 1 gray). Built-in sets and smaller square arrays are brought to ``size`` by ``RESIZE_RULE`` (recorded
+    in ``ArrayData.resized``); a pack must already have it."""
     if spec in BUILTIN:
         return load_builtin(spec, size=size, split="train")
+    from .hf import HFImages, is_hf
+
+    if is_hf(spec):
+        from .hf import parse_spec
+        from .hf_stream import HFStream
+
+        return HFStream(spec, size, channels) if parse_spec(spec).streaming else HFImages(spec, size, channels)
     path = Path(spec).expanduser()
     if is_pack(path):
         if not path.exists():

@@ -22,7 +22,7 @@ class DataFacts:
     """``size`` None: the images are resized or cropped to the model (built-in sets, folders of mixed sizes)."""
 
     spec: str
-    images: int
+    images: int | None  # None: a stream of unknown length
     classes: int
     channels: int
     size: int | None
@@ -33,7 +33,9 @@ class DataFacts:
 
     def describe(self) -> str:
         size = f"{self.size}x{self.size}" if self.size else self.note or "any size"
-        text = (f"{self.spec}: {self.images:,} images, {self.classes} classes, {size}, "
+        classes = "one class (an unconditional model)" if self.classes == 1 else f"{self.classes} classes"
+        count = "a stream of images" if self.images is None else f"{self.images:,} images"
+        text = (f"{self.spec}: {count}, {classes}, {size}, "
                 f"{'gray' if self.channels == 1 else f'{self.channels} channels'}")
         text += f"; skipped {self.skipped} files that are not images" if self.skipped else ""
         return text + (left_out(self.spec) if self.kind == "folder" else "")
@@ -45,6 +47,12 @@ def probe(spec: str) -> DataFacts:
         return DataFacts(spec, len(data.labels), data.num_classes, data.images.shape[3], None, "built-in",
                          note=f"{data.images.shape[1]}x{data.images.shape[2]} resized to the model",
                          stored=data.images.shape[1])
+    from .hf import is_hf, probe_hf
+
+    if is_hf(spec):
+        f = probe_hf(spec)
+        return DataFacts(spec, f["images"], f["classes"], f["channels"], f["size"], "datasets",
+                         note="" if f["size"] else "mixed sizes, center-cropped to the model")  # images None: a stream
     path = Path(spec).expanduser()
     if path.is_dir() and not is_pack(path):
         paths, labels, classes = scan_folder(path)

@@ -91,15 +91,22 @@ class PerceptualLoss:
         """Per-sample raw distances [n] of every enabled term (no thresholds applied)."""
         return {name: self.distance(name, a, b) for name in self._terms()}
 
+    def draw_boxes(self, batch: int, height: int, width: int, generator: torch.Generator | None = None):
+        """The crop boxes (top, left, h, w) [batch, 4] of the next call, from ``generator`` or ``self.generator``."""
+        return sample_crop_boxes(batch, height, width, scale=self.config.crop_scale,
+                                 generator=generator if generator is not None else self.generator)
+
     def __call__(self, x_pred: torch.Tensor, x: torch.Tensor, t: torch.Tensor, *,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """x_pred, x [B, C, H, W] in [-1, 1] (C = 1 or 3), t [B] -> (weighted term [B], logs of raw means)."""
+                 generator: torch.Generator | None = None,
+                 boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """x_pred, x [B, C, H, W] in [-1, 1] (C = 1 or 3), t [B] -> (weighted term [B], logs of raw means).
+        ``boxes`` [B, 4]: crop boxes drawn beforehand (``draw_boxes``: a batch cut into micro-batches)."""
         cfg = self.config
         B, C = x_pred.shape[:2]
         if C not in (1, 3):
             raise PMFError(f"perceptual losses need 1 or 3 image channels, got {C}")
-        boxes = sample_crop_boxes(B, x_pred.shape[2], x_pred.shape[3], scale=cfg.crop_scale,
-                                  generator=generator if generator is not None else self.generator)  # (B, 4)
+        if boxes is None:
+            boxes = self.draw_boxes(B, x_pred.shape[2], x_pred.shape[3], generator)  # (B, 4)
         terms = self._terms()
         t = t.reshape(B)
         raw = {name: x_pred.new_zeros(B, dtype=torch.float32) for name in terms}

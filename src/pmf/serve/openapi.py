@@ -31,11 +31,13 @@ def request_model(base, class_names: list[str], limits):
         {"type": "integer", "minimum": 0, "maximum": num_classes - 1},
         {"type": "string", "enum": class_texts(num_classes, class_names)}]})]
     steps = Annotated[int, Field(ge=limits.min_steps, le=limits.max_steps)]
+    one = num_classes == 1  # a one-class (unconditional) model: a request may leave its classes out
     return create_model(
         "GenerateRequest", __base__=base,
-        classes=(list[cls], Field(min_length=1, max_length=limits.max_images, description=(
+        classes=(list[cls], Field([0] if one else ..., min_length=1, max_length=limits.max_images, description=(
             f"one class per image: an index in [0, {num_classes - 1}], or a name of GET /info's classes (a "
-            f"text as pmf sample --classes reads one class); 1 to {limits.max_images} images"))),
+            f"text as pmf sample --classes reads one class); 1 to {limits.max_images} images"
+            + ("; default [0]: one image of the model's one class" if one else "")))),
         steps=(steps | None, Field(None, description=f"sampling steps in [{limits.min_steps}, {limits.max_steps}]; "
                                    "default: the model's")))
 
