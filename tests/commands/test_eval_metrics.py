@@ -217,3 +217,40 @@ def test_fdr_is_the_mean_of_the_normalised_distances_of_the_run(random_offline, 
     m = json.loads((out / "metrics.json").read_text())
     assert m["fdr"] == pytest.approx((m["fd:offline"] / 2 + m["fd:pixels"] / 3) / 2, rel=1e-12)
     assert m["metrics"]["fdr"]["representation"] == ["offline", "pixels"]
+
+
+def _images_worker(rank, world, port, argv):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from helpers import end_process_group
+    from pmf.distributed import setup
+
+    setup("cpu")
+    try:
+        assert main(argv) == 0
+    finally:
+        end_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_score_images_as_one(digits_npz, tmp_path):
+    """Each rank reads its slice of the images and of the reference; sums are all-reduced, features gathered."""
+    import torch.multiprocessing as mp
+
+    from pmf.distributed import free_port
+
+    def argv(out):
+        return ["eval", "--images", str(digits_npz), "--repr", "pixels", "--nearest-repr", "pixels", "--metrics",
+                "fd,precision,recall,nearest", "--ref", "digits", "--train", "digits", "--out", str(out),
+                "--no-progress", "--device", "cpu", "--batch-size", "16"]
+
+    mp.start_processes(_images_worker, args=(2, free_port(), argv(tmp_path / "two")), nprocs=2, start_method="spawn")
+    assert main(argv(tmp_path / "one")) == 0
+    two, one = (json.loads((tmp_path / p / "metrics.json").read_text()) for p in ("two", "one"))
+    assert two["world_size"] == 2 and two["num_images"] == one["num_images"] == 60
+    for key in ("fd", "precision", "recall", "nearest"):
+        assert two[key] == pytest.approx(one[key], abs=1e-6)
+    assert two["metrics"]["recall"]["reference_sample"] == 179

@@ -212,6 +212,14 @@ def summary(metrics: dict) -> str:
     return "  ".join(parts)
 
 
+def sweep_metric(plan, settings: int) -> str | None:
+    """The metric a sweep minimises with --metrics: the first distance asked for."""
+    key = next((s.key for s in plan.specs if s.kind in ("fid", "fd", "fdr", "sfid")), None)
+    if key is None and settings > 1:
+        raise PMFError("a sweep picks the setting with the lowest distance: add fid, fd, fdr or sfid to --metrics")
+    return key
+
+
 def run_images(args) -> int:
     """``pmf eval --images``: the metrics of given images; OUT/metrics.json on rank 0."""
     import torch.distributed as dist

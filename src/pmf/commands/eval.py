@@ -303,6 +303,8 @@ def run(args) -> int:
     out = Path(args.out) if args.out else default_out(args.checkpoint)
     if rank == 0:
         output_folder(out)
+    if mode == "metrics":
+        from ._eval_metrics import sweep_metric
     metric = {"inception": "fid", "offline": "frechet"}.get(mode) or sweep_metric(inception, len(combos))
     score = Scorer(args, model, emas[0], base, mode, inception, device, out, rank)
     del model
@@ -324,14 +326,6 @@ def run(args) -> int:
     if created:
         dist.destroy_process_group()
     return 0
-
-
-def sweep_metric(plan, settings: int) -> str | None:
-    """The metric a sweep minimises with --metrics: the first distance asked for."""
-    key = next((s.key for s in plan.specs if s.kind in ("fid", "fd", "fdr", "sfid")), None)
-    if key is None and settings > 1:
-        raise PMFError("a sweep picks the setting with the lowest distance: add fid, fd, fdr or sfid to --metrics")
-    return key
 
 
 def summary(m: dict) -> str:
