@@ -74,8 +74,9 @@ def test_inception_matches_torch_fidelity_on_uint8_images(tmp_path, monkeypatch)
     pytest.importorskip("torch_fidelity")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("PMF_INCEPTION_WEIGHTS", raising=False)
-    with pytest.raises(PMFError, match=WEIGHTS_FILE):
+    with pytest.raises(PMFError, match=WEIGHTS_FILE) as err:
         get_representation("inception")
+    assert "\n" not in str(err.value)
     weights = random_inception_file(tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_FILE)
     rep = get_representation("inception")
     assert rep.preprocessing()["weights_file"] == WEIGHTS_FILE and rep.feature_dim == 2048
