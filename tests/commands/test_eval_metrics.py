@@ -254,3 +254,22 @@ def test_two_gloo_processes_score_images_as_one(digits_npz, tmp_path):
     for key in ("fd", "precision", "recall", "nearest"):
         assert two[key] == pytest.approx(one[key], abs=1e-6)
     assert two["metrics"]["recall"]["reference_sample"] == 179
+
+
+@pytest.mark.slow
+def test_trained_offline_representation_separates_real_digits_from_class_means(tmp_path, monkeypatch):
+    """The acceptance figures with the trained classifier: real training digits get precision and recall of at
+    least 0.8, per-class mean images a recall of at most 0.1 (docs/evaluation.md has the table)."""
+    monkeypatch.setenv("PMF_CACHE", str(tmp_path / "cache"))
+    train = load_builtin("mnist-5k", split="train")
+    labels = np.arange(1000) % 10
+    scores = {}
+    for name, images in (("real", quality.matched_real(train.images, train.labels, labels)),
+                         ("means", quality.class_means(train.images, train.labels, labels))):
+        np.savez(tmp_path / f"{name}.npz", images=images, labels=labels)
+        out = tmp_path / name
+        assert _eval("--images", tmp_path / f"{name}.npz", "--repr", "offline", "--metrics", "fd,precision,recall",
+                     "--out", out) == 0
+        scores[name] = json.loads((out / "metrics.json").read_text())
+    assert scores["real"]["precision"] >= 0.8 and scores["real"]["recall"] >= 0.8
+    assert scores["means"]["recall"] <= 0.1 and scores["means"]["fd"] > 5 * scores["real"]["fd"]

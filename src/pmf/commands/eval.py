@@ -38,7 +38,8 @@ from ._loading import add_common_model_args, add_sampling_speed_args
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="FID/IS (Inception) or the offline score of a checkpoint; grid sweeps",
+    p = sub.add_parser("eval", help="FID/IS (Inception), more metrics (--metrics) or the offline score of a "
+                       "checkpoint or of given images (--images); grid sweeps",
                        description="Evaluate a checkpoint. Writes OUT/metrics.json with the exact settings (and, "
                        "for a grid, sweep.json, sweep.md and sweep.png). Under torchrun each rank generates its "
                        "own slice of the images: torchrun --nproc_per_node=8 --no-python pmf eval ...")
@@ -52,7 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument("--inception-weights", default=None, help="local Inception weights file (default: "
                    "$PMF_INCEPTION_WEIGHTS, then torch-fidelity's torch hub cache)")
     add_num_images(p, help="images per evaluation (default 50000 for FID, 1000 offline); image i has class "
-                   "i %% num_classes")
+                   "i %% num_classes. With --images: the first N images (default all)")
     add_guidance(p, sweep=True)
     p.add_argument("--fast", type=int, default=None, metavar="N", help="sweep with N images per setting, then "
                    "evaluate the best setting with --num-images")
@@ -171,6 +172,7 @@ def load_settings(args, device, rank: int, emas: list, omegas, pairs):
         print(f"sampling: a sweep of {len(combos)} settings; the checkpoint's own is {base.describe()}", flush=True)
     model = loaded.model if onnx else \
         prepare_sampler(loaded.model, compile=args.compile, cuda_graphs=args.cuda_graphs)
+    args.dataset_known = args.dataset is not None or loaded.data in BUILTIN  # a default reference for --metrics
     args.dataset = offline_dataset(args.dataset, loaded.data)
     return model, base, combos
 
