@@ -183,11 +183,13 @@ def _dinov2_file(path, **kw):
 
 def _fd_dinov2_end_to_end(tmp_path, digits_npz, monkeypatch):
     monkeypatch.setenv("PMF_DINOV2_WEIGHTS", str(tmp_path / "dinov2.safetensors"))
-    out = tmp_path / "eval"
-    assert _eval("--images", digits_npz, "--metrics", "fd:dinov2", "--ref", "digits", "--out", out) == 0
+    out, ref = tmp_path / "eval", tmp_path / "ref.npz"
+    np.savez(ref, images=load_builtin("digits", split="test").images[:12])  # a ViT-L pass per image: keep few
+    assert _eval("--images", digits_npz, "--num-images", 12, "--metrics", "fd:dinov2", "--ref", ref,
+                 "--out", out) == 0
     m = json.loads((out / "metrics.json").read_text())
     rec = m["metrics"]["fd:dinov2"]
-    assert rec["representation"] == "dinov2" and rec["reference"] == "digits (test split)"
+    assert rec["representation"] == "dinov2" and rec["reference"] == str(ref) and rec["num_images"] == 12
     assert np.isfinite(m["fd:dinov2"]) and m["fd:dinov2"] > 0
     return m
 
