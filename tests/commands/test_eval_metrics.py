@@ -128,6 +128,7 @@ def _run_raw(*args):
     (["--metrics", "fd", "--repr", "incepton"], "unknown representation 'incepton'"),
     (["--metrics", "fd:offline,fd:offline"], "asked for twice"),
     (["--metrics", "fdr", "--fdr-repr", "offline"], "no published normalising distance for offline"),
+    (["--metrics", "fd:pixels"], "need a reference: --ref"),  # no built-in set named: no silent default
 ])
 def test_bad_metric_lists_are_one_line(random_offline, digits_npz, tmp_path, args, match):
     from pmf.errors import PMFError
