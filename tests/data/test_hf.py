@@ -85,7 +85,7 @@ def test_split_option_parquet_and_unlabelled_data(mnist_disk, tmp_path):
 
 
 def test_pack_and_refstats_take_a_datasets_spec(mnist_disk, tmp_path):
-    from pmf.commands.refstats import image_source
+    from pmf.data.sources import image_source
 
     stats = pack_folder(f"hf:{mnist_disk}:split=test", tmp_path / "p", 32, progress=False)
     packed = load_packed(stats["out"])
