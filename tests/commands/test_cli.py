@@ -313,6 +313,7 @@ def test_old_num_samples_spelling_works_for_sample_eval_and_demo(tmp_path, capsy
 def test_sampling_into_a_used_folder_of_a_class_named_model_leaves_only_the_new_images(tmp_path, capsys):
     import numpy as np
     import torch
+
     from helpers import random_model
 
     model = random_model(seed=1)
