@@ -12,6 +12,7 @@ from typing import NamedTuple
 from .choices import (
     ClassDropout,
     JvpMode,
+    Objective,
     OptimizerName,
     ParallelMode,
     Precision,
@@ -23,6 +24,7 @@ from .choices import (
 )
 from .config import PRESETS, RELEASED_SAMPLING, check_choices, dataclass_from_dict, doc
 from .errors import PMFError
+from .fd_config import FDConfig, recipe_fd, recipe_fd_imagenet
 from .perceptual.config import PerceptualConfig
 from .setting import check_guidance
 
@@ -161,6 +163,9 @@ class TrainConfig:
     sample: SampleConfig = doc(factory=SampleConfig, help="sample grids during training")
     perceptual: PerceptualConfig | None = doc(None, "perceptual losses (need pixel-meanflow[perceptual])",
                                               none="off")
+    objective: Objective = doc("pmf", "pmf: the pMF loss on --data; fd: FD-loss post-training of --init's one-step "
+                               "sampler (docs/posttraining.md)", flag="--objective")
+    fd: FDConfig = doc(factory=FDConfig, help="FD-loss post-training (with --objective fd)")
     out: str = doc("runs/pmf", "run folder: checkpoints, metrics.jsonl, samples")
     log_every: int = doc(50, "steps between metrics lines")
     ckpt_every: int = doc(1000, "steps between checkpoints")
@@ -195,7 +200,8 @@ class TrainConfig:
                           parse=lambda text: parse_class_map(text))
 
     def __post_init__(self) -> None:
-        for name, cls in (("loss", LossConfig), ("optim", OptimConfig), ("ema", EMAConfig), ("sample", SampleConfig)):
+        for name, cls in (("loss", LossConfig), ("optim", OptimConfig), ("ema", EMAConfig), ("sample", SampleConfig),
+                          ("fd", FDConfig)):
             value = getattr(self, name)
             if isinstance(value, dict):
                 setattr(self, name, dataclass_from_dict(cls, value, name))
@@ -288,7 +294,8 @@ def recipe_tiny() -> TrainConfig:
 
 
 RECIPES = {**{arch: functools.partial(imagenet_recipe, arch) for arch in IMAGENET_RECIPES},
-           "mnist": recipe_mnist, "tiny": recipe_tiny}
+           "mnist": recipe_mnist, "tiny": recipe_tiny, "fd": recipe_fd,
+           **{f"fd-{arch}": functools.partial(recipe_fd_imagenet, arch) for arch in IMAGENET_RECIPES}}
 
 
 def recipe(name: str) -> TrainConfig:
