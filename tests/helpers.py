@@ -130,3 +130,20 @@ def end_process_group() -> None:
 
     gc.collect()
     dist.destroy_process_group()
+
+
+def random_inception_file(path):
+    """torch-fidelity's Inception with its random initialisation, saved as its weights file is."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    cls = fe.FeatureExtractorInceptionV3
+    real_load, real_url = cls.load_state_dict, fe.load_state_dict_from_url
+    cls.load_state_dict, fe.load_state_dict_from_url = (lambda self, sd, *a, **k: None), (lambda *a, **k: None)
+    try:
+        torch.manual_seed(0)
+        net = cls("random", ["2048"])
+    finally:
+        cls.load_state_dict, fe.load_state_dict_from_url = real_load, real_url
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path

@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 import pmf
-from helpers import random_model
+from helpers import random_inception_file, random_model
 from pmf.checkpoint import load_model
 from pmf.cli import main
 from pmf.distributed import free_port, shard
@@ -83,23 +83,6 @@ def test_two_gloo_processes_give_the_images_of_one(model_file, tmp_path):
     assert np.allclose(sharded["mean"], one["images"].reshape(11, -1).mean(1))
 
 
-def _random_inception_file(path):
-    """torch-fidelity's Inception with its random initialisation, saved as its weights file is."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-
-    cls = fe.FeatureExtractorInceptionV3
-    real_load, real_url = cls.load_state_dict, fe.load_state_dict_from_url
-    cls.load_state_dict, fe.load_state_dict_from_url = (lambda self, sd, *a, **k: None), (lambda *a, **k: None)
-    try:
-        torch.manual_seed(0)
-        net = cls("random", ["2048"])
-    finally:
-        cls.load_state_dict, fe.load_state_dict_from_url = real_load, real_url
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), path)
-    return path
-
-
 def test_inception_path_end_to_end_with_random_weights(tmp_path, monkeypatch, model_file):
     pytest.importorskip("torch_fidelity")
     from PIL import Image
@@ -107,7 +90,7 @@ def test_inception_path_end_to_end_with_random_weights(tmp_path, monkeypatch, mo
     # torch-fidelity's own download location inside the torch hub cache
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("PMF_INCEPTION_WEIGHTS", raising=False)
-    weights = _random_inception_file(tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_FILE)
+    weights = random_inception_file(tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_FILE)
     assert find_weights() == weights
     folder = tmp_path / "real" / "class0"
     folder.mkdir(parents=True)

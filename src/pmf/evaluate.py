@@ -105,13 +105,25 @@ def fid_is(pool: np.ndarray, logits: np.ndarray, ref: str | os.PathLike) -> dict
             "inception_score_std": is_std}
 
 
+def regenerate(model, settings: EvalSettings, indices, device=None) -> np.ndarray:
+    """The uint8 images of the given indices again (each depends only on its seed, index and label)."""
+    labels = eval_labels(indices, model.config.num_classes)
+    noise_scale = model.config.noise_scale if settings.noise_scale is None else settings.noise_scale
+    return np.concatenate([im.numpy() for _, im in generate(
+        model, [int(i) for i in indices], labels, seed=settings.seed, batch_size=settings.batch_size,
+        setting=settings.setting, noise_scale=noise_scale, device=device, progress=False,
+        precision=settings.precision)])
+
+
 def evaluate(model, settings: EvalSettings, *, mode: str, ref: str | None = None, dataset: str = "mnist-5k",
-             inception=None, device=None, png_dir=None, npz_path=None, progress: bool = True) -> dict | None:
-    """Score one setting: ``mode`` "inception" (needs ``inception``, a loaded network, and ``ref``) or "offline".
-    Returns the metrics with the settings on rank 0, None elsewhere."""
-    if mode not in ("inception", "offline"):
-        raise PMFError(f"mode must be 'inception' or 'offline', got {mode!r}")
-    featurize = None
+             inception=None, plan=None, device=None, png_dir=None, npz_path=None, out_dir=None,
+             progress: bool = True) -> dict | None:
+    """Score one setting: ``mode`` "inception" (needs ``inception``, a loaded network, and ``ref``), "offline",
+    or "metrics" (a ``pmf.metric_plan.Plan``; ``out_dir`` receives its pictures). Returns the metrics with the
+    settings on rank 0, None elsewhere."""
+    if mode not in ("inception", "offline", "metrics"):
+        raise PMFError(f"mode must be 'inception', 'offline' or 'metrics', got {mode!r}")
+    featurize = plan.featurize if mode == "metrics" else None
     if mode == "inception":
         from .inception import inception_features
 
@@ -126,6 +138,9 @@ def evaluate(model, settings: EvalSettings, *, mode: str, ref: str | None = None
         np.savez(npz_path, images=data["images"], labels=data["label"])
     if mode == "inception":
         metrics = {"score": "inception", **fid_is(data["pool"], data["logits"], ref), "reference": str(ref)}
+    elif mode == "metrics":
+        metrics = {"score": "metrics", **plan.score(data, lambda idx: regenerate(model, settings, idx, device),
+                                                    out_dir)}
     else:
         from .quality import offline_scores
 

@@ -84,8 +84,9 @@ def sampling_setting(loaded, *, omega: float | None = None, t_min: float | None 
     return replace(base, **given, ema=loaded.ema, source=source)
 
 
-def add_common_model_args(p: argparse.ArgumentParser, *, sweep: bool = False, onnx: bool = True) -> None:
-    add_checkpoint(p, onnx=onnx)
+def add_common_model_args(p: argparse.ArgumentParser, *, sweep: bool = False, onnx: bool = True,
+                          required: bool = True) -> None:
+    add_checkpoint(p, onnx=onnx, required=required)
     p.add_argument("--arch", choices=list(PRESETS), help="architecture of a release-format file "
                    "(default: recorded in our checkpoints, inferred from the shapes otherwise)")
     add_ema(p, sweep=sweep)

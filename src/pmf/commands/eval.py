@@ -33,6 +33,7 @@ from ._args import (
     output_folder,
     sampling_setting,
 )
+from ._eval_metrics import add_metric_args
 from ._loading import add_common_model_args, add_sampling_speed_args
 
 
@@ -41,7 +42,7 @@ def add_parser(sub) -> None:
                        description="Evaluate a checkpoint. Writes OUT/metrics.json with the exact settings (and, "
                        "for a grid, sweep.json, sweep.md and sweep.png). Under torchrun each rank generates its "
                        "own slice of the images: torchrun --nproc_per_node=8 --no-python pmf eval ...")
-    add_common_model_args(p, sweep=True)
+    add_common_model_args(p, sweep=True, required=False)
     add_sampling_speed_args(p)
     p.add_argument("--offline", action="store_true", help="the offline score: a classifier trained on --dataset "
                    "(accuracy and Frechet distance in its features), no Inception weights needed")
@@ -62,6 +63,7 @@ def add_parser(sub) -> None:
     p.add_argument("--save-png", action="store_true", help="keep the final evaluation's images as PNGs")
     p.add_argument("--save-npz", action="store_true", help="keep them as samples.npz (gathered on rank 0)")
     add_progress(p)
+    add_metric_args(p)
     p.set_defaults(func=run)
 
 
@@ -77,6 +79,10 @@ def choose_mode(args, model) -> str:
     "inception" when the weights are there; else the missing-weights error."""
     from ..inception import find_weights, weights_available
 
+    if args.metrics is not None:
+        if args.offline:
+            raise PMFError("--offline is the classifier score; with --metrics use --repr offline instead")
+        return "metrics"
     if args.offline:
         return "offline"
     if weights_available(args.inception_weights):
@@ -170,10 +176,15 @@ def load_settings(args, device, rank: int, emas: list, omegas, pairs):
 
 
 def load_metric(args, model, device):
-    """The mode ("inception" or "offline"), checked before sampling, and the Inception network (or None)."""
+    """The mode ("inception", "offline" or "metrics"), checked before sampling, and the Inception network (or
+    the metrics' plan, or None)."""
     from ..frechet import load_stats
 
     mode = choose_mode(args, model)
+    if mode == "metrics":
+        from ._eval_metrics import build_plan
+
+        return mode, build_plan(args, model.config.input_size, device)
     if mode == "offline":
         check_offline_dataset(model.config, args.dataset)
     inception = None
@@ -208,8 +219,10 @@ class Scorer:
             self.model = prepare_sampler(load_for_sampling(a, self.device, c["ema"]).model, compile=a.compile,
                                          cuda_graphs=a.cuda_graphs)
             self.ema = c["ema"]
+        net = self.inception
         return evaluate(self.model, self.settings(c, n), mode=self.mode, ref=a.ref, dataset=a.dataset,
-                        inception=self.inception, device=self.device,
+                        inception=net if self.mode == "inception" else None,
+                        plan=net if self.mode == "metrics" else None, device=self.device, out_dir=out,
                         png_dir=out / "samples" if final and a.save_png else None,
                         npz_path=out / "samples.npz" if final and a.save_npz and self.rank == 0 else None,
                         progress=not a.no_progress)
@@ -245,7 +258,7 @@ def sweep(score: Scorer, combos: list, num_images: int, metric: str) -> tuple[li
 
 
 def write_metrics(args, metrics: dict, chosen: dict, mode: str, out: Path, info, seconds: float,
-                  sweep_record: dict | None, weights: dict | None = None) -> None:
+                  sweep_record: dict | None, weights: dict | None = None, plan=None) -> None:
     """OUT/metrics.json: the metrics with the exact settings (``weights``: an ONNX file's record), and the
     summary line."""
     record = {**metrics, "ema": chosen["ema"], "checkpoint": args.checkpoint, "arch": args.arch,
@@ -257,6 +270,9 @@ def write_metrics(args, metrics: dict, chosen: dict, mode: str, out: Path, info,
     if mode == "inception":
         from ..inception import find_weights
         record["inception_weights"] = str(find_weights(args.inception_weights))
+    if mode == "metrics":
+        from ._eval_metrics import describe
+        record["representations"] = describe(plan)
     if sweep_record is not None:
         record["sweep"] = sweep_record
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
@@ -267,6 +283,12 @@ def run(args) -> int:
     from ..distributed import broadcast_object, setup
     from ..evaluate import best_row
 
+    if args.images is not None:
+        from ._eval_metrics import run_images
+
+        return run_images(args)
+    if args.checkpoint is None:
+        raise PMFError("pmf eval needs --checkpoint (a model to sample) or --images (given images)")
     omegas, pairs = check_args(args)
     created = not dist.is_initialized()
     info = setup(args.device)
@@ -275,12 +297,13 @@ def run(args) -> int:
     emas = [e.strip() for e in args.ema.split(",") if e.strip()] if args.ema else [None]
     model, base, combos = load_settings(args, device, rank, emas, omegas, pairs)
     mode, inception = load_metric(args, model, device)
-    num_images = args.num_images or (50_000 if mode == "inception" else 1000)
+    num_images = args.num_images or (1000 if mode == "offline" or mode == "metrics" and set(inception.reps) <= {
+        "offline", "pixels"} else 50_000)
     search_images = args.fast or num_images
     out = Path(args.out) if args.out else default_out(args.checkpoint)
     if rank == 0:
         output_folder(out)
-    metric = "fid" if mode == "inception" else "frechet"
+    metric = {"inception": "fid", "offline": "frechet"}.get(mode) or sweep_metric(inception, len(combos))
     score = Scorer(args, model, emas[0], base, mode, inception, device, out, rank)
     del model
     t0 = time.time()
@@ -296,16 +319,29 @@ def run(args) -> int:
     if rank == 0:
         grid_record = {"metric": metric, "num_images": search_images, "settings": len(combos)}
         write_metrics(args, metrics, chosen, mode, out, info, round(time.time() - t0, 1),
-                      grid_record if len(combos) > 1 else None, getattr(score.model, "weights", None))
+                      grid_record if len(combos) > 1 else None, getattr(score.model, "weights", None),
+                      inception if mode == "metrics" else None)
     if created:
         dist.destroy_process_group()
     return 0
+
+
+def sweep_metric(plan, settings: int) -> str | None:
+    """The metric a sweep minimises with --metrics: the first distance asked for."""
+    key = next((s.key for s in plan.specs if s.kind in ("fid", "fd", "fdr", "sfid")), None)
+    if key is None and settings > 1:
+        raise PMFError("a sweep picks the setting with the lowest distance: add fid, fd, fdr or sfid to --metrics")
+    return key
 
 
 def summary(m: dict) -> str:
     s = m["settings"]
     where = f"omega {s['omega']:g}, interval [{s['t_min']:g}, {s['t_max']:g}], ema {m['ema']}, " \
             f"{s['num_images']} images"
+    if m["score"] == "metrics":
+        from ._eval_metrics import summary as metrics_summary
+
+        return f"{metrics_summary(m)} ({where})"
     if m["score"] == "inception":
         return f"FID {m['fid']:.3f}  IS {m['inception_score']:.2f} (Inception protocol vs {m['reference']}; {where})"
     return (f"OFFLINE score (classifier on {m['dataset']}, not FID; {where}): accuracy {m['accuracy']:.3f}, "
