@@ -32,54 +32,33 @@ class Reference:
         return self.mu.shape[0]
 
 
-def _text(value) -> str:
-    return str(np.asarray(value).item()) if value is not None else ""
-
-
 def read_reference(path: str | os.PathLike, rep, image_size: int, classes: int = 0) -> Reference:
-    """The statistics of ``path`` for representation ``rep`` at generated-image size ``image_size`` (one row per
-    class with ``classes`` > 0): refused in one line when the file names another representation, preprocessing
-    or image size, or lacks the per-class rows."""
-    path = Path(path).expanduser()
-    if not path.is_file():
+    """The statistics of ``path`` (``pmf refstats``'s layout, or a plain FID file for Inception) for representation
+    ``rep`` at generated-image size ``image_size`` (one row per class with ``classes`` > 0): refused in one line
+    when the file holds another representation, preprocessing or image size, or lacks the per-class rows."""
+    from .reference import load_reference
+
+    if not Path(path).expanduser().is_file():
         raise PMFError(f"--fd-ref {str(path)!r} not found (make one with `pmf refstats DATA --repr {rep.name}`, or "
                        "leave --fd-ref out to compute it from --data)")
-    try:
-        with np.load(path) as d:
-            data = {k: d[k] for k in d.files}
-    except (OSError, ValueError) as err:
-        raise PMFError(f"--fd-ref {str(path)!r} is not a readable .npz file ({err})") from None
-    if "mu" not in data or "sigma" not in data:
-        raise PMFError(f"--fd-ref {str(path)!r} has keys {sorted(data)}, not the 'mu' and 'sigma' of reference "
-                       "statistics")
-    name = _text(data.get("representation"))
-    if name and name != rep.name:
-        raise PMFError(f"--fd-ref {str(path)!r} holds statistics of representation {name!r}, not of {rep.name!r}")
-    prep = _text(data.get("preprocessing"))
-    if prep and json.loads(prep) != json.loads(json.dumps(rep.preprocessing())):
-        raise PMFError(f"--fd-ref {str(path)!r} was made with preprocessing {prep}, this run's {rep.name!r} uses "
-                       f"{json.dumps(rep.preprocessing())}")
-    size = data.get("image_size")
-    if size is not None and int(size) != image_size:
-        raise PMFError(f"--fd-ref {str(path)!r} holds statistics of {int(size)}px images; the model makes "
-                       f"{image_size}px images")
-    if data["mu"].shape != (rep.feature_dim,):
-        raise PMFError(f"--fd-ref {str(path)!r} has {data['mu'].shape[-1]}-dimensional statistics; {rep.name!r} "
-                       f"gives {rep.feature_dim} features")
-    if classes:
-        if "class_mu" not in data or len(data["class_mu"]) != classes:
-            raise PMFError(f"--fd-ref {str(path)!r} has no statistics of {classes} classes (class_mu, class_sigma) "
-                           "for --fd-per-class; leave --fd-ref out to compute them from --data")
-        mu, sigma = data["class_mu"], data["class_sigma"]
-    else:
-        mu, sigma = data["mu"][None], data["sigma"][None]
+    ref = load_reference(path, rep, size=image_size)
+    if not classes:
+        return Reference(torch.from_numpy(np.asarray(ref.mu, np.float64))[None],
+                         torch.from_numpy(np.asarray(ref.sigma, np.float64))[None], str(path))
+    with np.load(Path(path).expanduser()) as d:
+        key = f"{rep.name}/class_"
+        if key + "mu" not in d or len(d[key + "mu"]) != classes:
+            raise PMFError(f"--fd-ref {str(path)!r} has no {rep.name} statistics of {classes} classes for "
+                           "--fd-per-class; leave --fd-ref out to compute them from --data")
+        mu, sigma = d[key + "mu"], d[key + "sigma"]
     return Reference(torch.from_numpy(np.asarray(mu, np.float64)), torch.from_numpy(np.asarray(sigma, np.float64)),
                      str(path))
 
 
 def write_reference(path: Path, sums: dict, rep, image_size: int, data_spec: str) -> Path:
-    """Write the statistics of the float64 sums (``n``, ``s``, ``o`` per class rows) as a reference file."""
-    n, s, o = sums["n"], sums["s"], sums["o"]  # [K], [K, D], [K, D, D]
+    """Write the statistics of float64 sums (``n`` [K], ``s`` [K, D], ``o`` [K, D, D] per class row) in
+    ``pmf refstats``'s layout (read by ``pmf eval`` too), with ``NAME/class_mu``, ``NAME/class_sigma`` when K > 1."""
+    n, s, o = sums["n"], sums["s"], sums["o"]
     if (n < 2).any():
         raise PMFError(f"--data {data_spec!r} has fewer than 2 images in class(es) "
                        f"{(n < 2).nonzero()[0][:10].tolist()}: no reference statistics")
@@ -88,12 +67,15 @@ def write_reference(path: Path, sums: dict, rep, image_size: int, data_spec: str
     N, S, O = n.sum(), s.sum(0), o.sum(0)
     mu = S / N
     sigma = (O - N * np.outer(mu, mu)) / (N - 1)
+    arrays = {f"{rep.name}/mu": mu, f"{rep.name}/sigma": (sigma + sigma.T) / 2}
+    if len(n) > 1:
+        arrays.update({f"{rep.name}/class_mu": cmu, f"{rep.name}/class_sigma": (csig + csig.transpose(0, 2, 1)) / 2,
+                       f"{rep.name}/class_count": n})
+    meta = {"source": data_spec, "size": image_size, "representations": {rep.name: {
+        "preprocessing": rep.preprocessing(), "feature_dim": int(mu.size), "num_images": int(N)}}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-    per_class = dict(class_mu=cmu, class_sigma=(csig + csig.transpose(0, 2, 1)) / 2, class_count=n) if len(n) > 1 \
-        else {}
-    np.savez(tmp, mu=mu, sigma=(sigma + sigma.T) / 2, **per_class, num_images=N, representation=rep.name,
-             preprocessing=json.dumps(rep.preprocessing()), image_size=image_size, data=data_spec)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, meta=json.dumps(meta), **arrays)
     os.replace(tmp, path)  # never half-written
     return path
 
