@@ -198,3 +198,19 @@ def test_a_setting_without_guidance_post_trains_at_omega_1(tmp_path):
     cfg.init = None
     with pytest.raises(PMFError, match="give --init"):
         resolve_setting(cfg)
+
+
+def test_per_class_statistics_run_with_class_rows_of_the_data(tmp_path, base_run, monkeypatch):
+    from pmf.train import train
+
+    use_fixed(monkeypatch)
+    monkeypatch.setenv("PMF_CACHE", str(tmp_path / "cache"))
+    train(fd_config(tmp_path / "pc", base_run, steps=2, fd=dict(per_class=True, fill=200)), progress=False)
+    ck = read_file(latest_checkpoint(tmp_path / "pc" / "checkpoints"))
+    assert ck["fd_stats"]["fixed"]["mu"].shape == (10, 6)
+    ref = np.load(ck["train_config"]["fd"]["ref"][0])
+    assert ref["fixed/class_mu"].shape == (10, 6)
+    # the class rows average (weighted by their counts) to the class-agnostic mean
+    n = ref["fixed/class_count"]
+    np.testing.assert_allclose((n[:, None] * ref["fixed/class_mu"]).sum(0) / n.sum(), ref["fixed/mu"], rtol=1e-10)
+    assert rows(tmp_path / "pc")[-1]["fd_fixed"] > 0
