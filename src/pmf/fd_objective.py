@@ -49,9 +49,9 @@ def resolve_setting(cfg) -> str:
     the run's recorded setting (``cfg.sample``); returns one line saying which setting is post-trained."""
     fd = cfg.fd
     source = "given"
+    if cfg.init is None:
+        raise PMFError("--objective fd post-trains a trained model: give --init CHECKPOINT")
     if fd.omega is None:
-        if cfg.init is None:
-            raise PMFError("--objective fd post-trains a trained model: give --init CHECKPOINT")
         from .finetune import init_source
 
         setting = init_source(cfg.init, cfg.init_ema).setting
