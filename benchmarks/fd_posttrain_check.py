@@ -96,10 +96,13 @@ def main() -> int:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--out", default=None)
+    p.add_argument("--figure", default=None, help="PNG: the first 100 samples of each checkpoint side by side "
+                   "(one column per class)")
     args = p.parse_args()
     torch.set_num_threads(1)
     from pmf.data import load_builtin
     from pmf.frechet import frechet_distance_features
+    from pmf.images import make_grid, save_image
     from pmf.quality import class_means, matched_real, offline_scores
 
     t0 = time.perf_counter()
@@ -108,18 +111,22 @@ def main() -> int:
     train, test = load_builtin("mnist-5k", split="train"), load_builtin("mnist-5k", split="test")
     _, ref = judge(model, test.images)
     labels = np.arange(args.n) % 10
-    rows = {}
+    rows, grids = {}, []
     for name, imgs in (("real_floor", matched_real(train.images, train.labels, labels)),
                        ("class_means", class_means(train.images, train.labels, labels))):
         pred, f = judge(model, imgs)
         rows[name] = {"accuracy": float((pred == labels).mean()), "frechet": frechet_distance_features(f, ref)}
     for spec in [args.base, *args.post]:
         images, lab, setting = samples(spec, args.n, args.seed)
+        grids.append(make_grid(images[:100], 10))
         pred, f = judge(model, images)
         off = offline_scores(images, lab, verbose=False)
         rows[spec] = {"setting": setting, "accuracy": float((pred == lab).mean()),
                       "frechet": frechet_distance_features(f, ref), "offline_accuracy": off["accuracy"],
                       "offline_frechet": off["frechet"]}
+    if args.figure:
+        gap = np.full((grids[0].shape[0], 8, grids[0].shape[2]), 255, np.uint8)
+        save_image(np.concatenate([x for g in grids for x in (g, gap)][:-1], axis=1), args.figure, scale=2)
     base = rows[args.base]["frechet"]
     for spec in args.post:
         r = rows[spec]

@@ -10,6 +10,7 @@ from pmf.fd_loss import (
     ema_update,
     frechet_distance,
     queue_moments,
+    ref_factor,
     sqrt_psd,
     weighted_loss,
 )
@@ -131,3 +132,21 @@ def test_normalised_loss_value_and_gradient():
     assert loss.item() == pytest.approx(9 / 9.01 + 0.5 * 18 / 18.01, rel=1e-12)
     loss.backward()
     assert x.grad.item() == pytest.approx(6 / 9.01 + 0.5 * 12 / 18.01, rel=1e-12)
+
+
+def test_a_low_rank_factor_of_the_reference_gives_the_same_distance_and_gradient():
+    d = 12
+    b = torch.from_numpy(_features(7, d, 12))  # 7 images: Sigma_ref of rank 6
+    mu_ref, s_ref = b.mean(0), torch.cov(b.T)
+    q = ref_factor(s_ref)
+    assert q.shape == (d, 6)
+    torch.testing.assert_close(q @ q.T, s_ref)
+    grads = []
+    for root in (sqrt_psd(s_ref), q):
+        f = torch.from_numpy(_features(30, d, 13)).requires_grad_()
+        fd = frechet_distance(f.mean(0), torch.cov(f.T), mu_ref, s_ref, root)
+        fd.backward()
+        grads.append((fd.detach(), f.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-7, atol=1e-9)
+    assert abs(grads[1][0].item() - _scipy_fd(f.detach().numpy(), b.numpy())) <= 1e-6 * grads[1][0].item()

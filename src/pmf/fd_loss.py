@@ -21,6 +21,16 @@ def sqrt_psd(sigma: torch.Tensor) -> torch.Tensor:
     return (v * w.clamp_min(0).sqrt()) @ v.T
 
 
+def ref_factor(sigma: torch.Tensor) -> torch.Tensor:
+    """Q [D, r] with Q Q^T = Sigma for a symmetric PSD matrix: U diag(sqrt(w)) over its r eigenvalues above the
+    numerical-rank tolerance. For a reference of rank r < D (fewer images than features, dead ReLU features) the
+    cross term's eigen-solve shrinks from D x D to r x r (``frechet_distance``)."""
+    sym = (sigma + sigma.T) / 2
+    w, v = torch.linalg.eigh(sym)
+    keep = w > w.abs().max() * w.numel() * torch.finfo(w.dtype).eps
+    return v[:, keep] * w[keep].sqrt()
+
+
 def _sqrt_eigenvalues(ev: torch.Tensor) -> torch.Tensor:
     """sqrt of eigenvalues [D], 0 (with zero gradient) below the numerical-rank tolerance |ev|_max * D * eps:
     the reference statistics of ReLU features have exact null directions, where d sqrt(x) / dx is unbounded."""
@@ -30,16 +40,18 @@ def _sqrt_eigenvalues(ev: torch.Tensor) -> torch.Tensor:
 
 
 def frechet_distance(mu: torch.Tensor, sigma: torch.Tensor, mu_ref: torch.Tensor, sigma_ref: torch.Tensor,
-                     sigma_ref_sqrt: torch.Tensor | None = None) -> torch.Tensor:
+                     ref_root: torch.Tensor | None = None) -> torch.Tensor:
     """d^2 = |mu - mu_ref|^2 + tr(Sigma) + tr(Sigma_ref) - 2 tr((Sigma_ref^1/2 Sigma Sigma_ref^1/2)^1/2), a float64
     scalar differentiable in (mu, sigma) (the FD of FD-loss, with its cross term
     through the eigenvalues of the symmetric PSD matrix Sigma_ref^1/2 Sigma Sigma_ref^1/2, similar to
-    Sigma Sigma_ref). ``sigma_ref_sqrt``:
-    ``sqrt_psd(sigma_ref)``, computed here when not given."""
+    Sigma Sigma_ref). ``ref_root``: Sigma_ref^1/2
+    (``sqrt_psd``, computed here when not given) or any factor Q [D, r] with Q Q^T = Sigma_ref (``ref_factor``):
+    Q^T Sigma Q [r, r] has the same non-zero eigenvalues, since Sigma_ref^1/2 = U S U^T and Q = U S give
+    Sigma_ref^1/2 Sigma Sigma_ref^1/2 = U (Q^T Sigma Q) U^T."""
     mu, sigma = mu.double(), sigma.double()
     mu_ref, sigma_ref = mu_ref.to(mu), sigma_ref.to(mu)
-    root = sqrt_psd(sigma_ref) if sigma_ref_sqrt is None else sigma_ref_sqrt.to(mu)
-    inner = root @ sigma @ root  # (D, D)
+    root = sqrt_psd(sigma_ref) if ref_root is None else ref_root.to(mu)
+    inner = root.T @ sigma @ root  # (r, r)
     ev = torch.linalg.eigvalsh((inner + inner.T) / 2)  # (D,)
     diff = mu - mu_ref
     return diff @ diff + sigma.diagonal().sum() + sigma_ref.diagonal().sum() - 2 * _sqrt_eigenvalues(ev).sum()

@@ -20,7 +20,7 @@ import torch
 from . import distributed as D
 from . import parallel as P
 from .errors import PMFError
-from .fd_loss import frechet_distance, normalised, sqrt_psd
+from .fd_loss import frechet_distance, normalised, ref_factor
 from .fd_reference import Reference, cache_key, read_reference, reference_sums, write_reference
 from .fd_stats import GeneratedStats
 from .optim import lr_factor, set_lr
@@ -125,11 +125,11 @@ class FDObjective:
         cfg.fd.ref = paths
 
     def ready(self, model: torch.nn.Module, state: dict | None) -> None:
-        """Square roots of the references; the generated statistics from the checkpoint ``state`` of a resumed run,
-        else filled from generated images."""
+        """Factors Q Q^T = Sigma_ref of the references; the generated statistics from the checkpoint ``state`` of a
+        resumed run, else filled from generated images."""
         self.mu_ref = [r.mu.to(self.info.device) for r in self.refs]
         self.sigma_ref = [r.sigma.to(self.info.device) for r in self.refs]
-        self.roots = [torch.stack([sqrt_psd(s) for s in r]) for r in self.sigma_ref]
+        self.roots = [[ref_factor(s) for s in r] for r in self.sigma_ref]  # Q [D, r] per class row
         saved = (state or {}).get("fd_stats")
         if saved is not None:
             for name, stats in zip(self.cfg.fd.repr, self.stats):
