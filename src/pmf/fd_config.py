@@ -90,31 +90,27 @@ FD_RECIPES = {
 STEPS_PER_EPOCH = 1250  # their epochs are 1,250 steps of batch 1024
 
 
-def recipe_fd_imagenet(arch: str):
-    """An FD-loss ImageNet recipe (unmeasured here): from the released ``arch`` (give ``--init``), batch 1024,
-    100 epochs of 1250 steps with 5 of warm-up, AdamW 1e-6 (betas 0.9, 0.95) cosine to 0, EMA half-lives 250 to
-    2000 kimg, the Inception representation with moving moments at beta 0.999 filled from 50,000 images."""
-    from .train_config import EMAConfig, OptimConfig, SampleConfig, TrainConfig
-
+def recipe_fd_imagenet(arch: str) -> dict:
+    """The ``TrainConfig`` fields of an FD-loss ImageNet recipe (unmeasured here): from the released ``arch``
+    (give ``--init``), batch 1024, 100 epochs of 1250 steps with 5 of warm-up, AdamW 1e-6 (betas 0.9, 0.95)
+    cosine to 0, EMA half-lives 250 to 2000 kimg, the Inception representation with moving moments at beta
+    0.999 filled from 50,000 images."""
     row = FD_RECIPES[arch]
-    return TrainConfig(
+    guidance = dict(omega=row.omega, t_min=row.t_min, t_max=row.t_max)
+    return dict(
         arch=arch, data="data/imagenet256.pmfpack" if arch.endswith("/16") else "data/imagenet512.pmfpack",
         batch_size=1024, steps=100 * STEPS_PER_EPOCH, objective="fd",
-        fd=FDConfig(repr=["inception"], ema_beta=0.999, fill=50000, omega=row.omega, t_min=row.t_min,
-                    t_max=row.t_max),
-        optim=OptimConfig(name="adamw", lr=1e-6, schedule="cosine", warmup_steps=5 * STEPS_PER_EPOCH),
-        ema=EMAConfig(halflives_kimg=[250, 500, 1000, 2000]),
-        sample=SampleConfig(every=5000, count=64, omega=row.omega, t_min=row.t_min, t_max=row.t_max),
+        fd=FDConfig(repr=["inception"], ema_beta=0.999, fill=50000, **guidance),
+        optim=dict(name="adamw", lr=1e-6, schedule="cosine", warmup_steps=5 * STEPS_PER_EPOCH),
+        ema=dict(halflives_kimg=[250, 500, 1000, 2000]), sample=dict(every=5000, count=64, **guidance),
         out=f"runs/fd-{arch.replace('/', '-')}", log_every=100, ckpt_every=5000, precision="bf16", num_workers=8)
 
 
-def recipe_fd():
-    """The CPU example (docs/posttraining.md): the ``pmf demo`` model post-trained in the offline classifier's
-    representation, Adam 1e-5 at batch 128, moving moments at beta 0.99, 300 steps."""
-    from .train_config import EMAConfig, OptimConfig, SampleConfig, TrainConfig
-
-    return TrainConfig(
+def recipe_fd() -> dict:
+    """The ``TrainConfig`` fields of the CPU example (docs/posttraining.md): the ``pmf demo`` model post-trained
+    in the offline classifier's representation, Adam 1e-5 at batch 128, moving moments at beta 0.99, 300
+    steps."""
+    return dict(
         arch="pMF-MNIST/7", data="mnist-5k", batch_size=128, steps=300, objective="fd", fd=FDConfig(),
-        optim=OptimConfig(name="adamw", lr=1e-5, betas=(0.9, 0.999)), ema=EMAConfig(halflives_kimg=[], decays=[]),
-        sample=SampleConfig(every=100, count=100), out="runs/fd", log_every=10, ckpt_every=100, keep_last=2,
-        device="cpu")
+        optim=dict(name="adamw", lr=1e-5, betas=(0.9, 0.999)), ema=dict(halflives_kimg=[], decays=[]),
+        sample=dict(every=100, count=100), out="runs/fd", log_every=10, ckpt_every=100, keep_last=2, device="cpu")

@@ -71,6 +71,8 @@ def prepare_fd(cfg, mcfg) -> tuple[list, list[Reference | None]]:
     line = resolve_setting(cfg)
     if os.environ.get("RANK", "0") == "0":
         print(line, file=sys.stderr, flush=True)
+    if cfg.perceptual is not None and cfg.perceptual.enabled:
+        raise PMFError("--objective fd has no perceptual terms: give --no-perceptual")
     if cfg.parallel != "ddp":
         raise PMFError(f"--objective fd runs as one process or under DDP; --parallel {cfg.parallel} is not "
                        "supported yet")

@@ -294,8 +294,9 @@ def recipe_tiny() -> TrainConfig:
 
 
 RECIPES = {**{arch: functools.partial(imagenet_recipe, arch) for arch in IMAGENET_RECIPES},
-           "mnist": recipe_mnist, "tiny": recipe_tiny, "fd": recipe_fd,
-           **{f"fd-{arch}": functools.partial(recipe_fd_imagenet, arch) for arch in IMAGENET_RECIPES}}
+           "mnist": recipe_mnist, "tiny": recipe_tiny, "fd": lambda: TrainConfig(**recipe_fd()),
+           **{f"fd-{arch}": functools.partial(lambda a: TrainConfig(**recipe_fd_imagenet(a)), arch)
+              for arch in IMAGENET_RECIPES}}
 
 
 def recipe(name: str) -> TrainConfig:
