@@ -18,7 +18,7 @@ import torch
 
 import common
 from pmf.config import model_config
-from pmf.fd_loss import ema_moments, frechet_distance, normalised, sqrt_psd
+from pmf.fd_loss import ema_moments, frechet_distance, normalised, ref_factor
 from pmf.nn.model import PMFDiT
 from pmf.representations import get_representation
 from pmf.sampling import sample_with_grad
@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     g = torch.Generator().manual_seed(0)
     a = torch.randn(D, D, generator=g, dtype=torch.float64) / D ** 0.5
     sigma_ref, mu_ref = a @ a.T + 1e-3 * torch.eye(D, dtype=torch.float64), torch.zeros(D, dtype=torch.float64)
-    root = sqrt_psd(sigma_ref)
+    root = ref_factor(sigma_ref)  # full rank here: D columns
     mu_ema, m2_ema = torch.zeros(D, dtype=torch.float64), sigma_ref.clone()
     noise = torch.randn(B, mcfg.in_channels, mcfg.input_size, mcfg.input_size, generator=g)
     labels = torch.arange(B) % mcfg.num_classes
