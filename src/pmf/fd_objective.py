@@ -155,8 +155,8 @@ class FDObjective:
 
     # ---- the step ---------------------------------------------------------------------------------------------------
     def generate(self, net, seed: int, first: int, B: int, rank: int, world: int):
-        """(this rank's images [b, C, H, W] with gradients where recorded, the global batch's labels [B]) of
-        global rows first .. first + B - 1: per-row noises and uniform labels from ``seed``."""
+        """(this rank's images [b, C, H, W] clipped to [-1, 1], with gradients where recorded, the global batch's
+        labels [B]) of global rows first .. first + B - 1: per-row noises and uniform labels from ``seed``."""
         b, m = B // world, self.mcfg
         rows = range(first + rank * b, first + (rank + 1) * b)
         labels = image_labels(range(first, first + B), m.num_classes, seed=seed).to(self.info.device)
@@ -165,7 +165,10 @@ class FDObjective:
         fd = self.cfg.fd
         x = sample_with_grad(net, noise, labels[rank * b:(rank + 1) * b], steps=1, omega=fd.omega, t_min=fd.t_min,
                              t_max=fd.t_max, prediction=self.cfg.loss.prediction)
-        return x, labels
+        # the images as they are saved (clipped to [-1, 1]): unclipped, the loss can match the data's statistics
+        # with values outside the range (a background below -1 read as "darker than black"), which clipping
+        # turns into visible speckle
+        return x.clamp(-1, 1), labels
 
     def losses(self, feats: list[torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """(sum_k w_k mean_c fd_kc / (sg(fd_kc) + eps), {fd_<repr>: mean_c fd_kc}) of the global features."""
