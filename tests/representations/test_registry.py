@@ -74,8 +74,9 @@ def test_inception_matches_torch_fidelity_on_uint8_images(tmp_path, monkeypatch)
     pytest.importorskip("torch_fidelity")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("PMF_INCEPTION_WEIGHTS", raising=False)
-    with pytest.raises(PMFError, match=WEIGHTS_FILE):
+    with pytest.raises(PMFError, match=WEIGHTS_FILE) as err:
         get_representation("inception")
+    assert "\n" not in str(err.value)
     weights = random_inception_file(tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_FILE)
     rep = get_representation("inception")
     assert rep.preprocessing()["weights_file"] == WEIGHTS_FILE and rep.feature_dim == 2048
@@ -119,6 +120,7 @@ def test_timm_dinov2_layout_from_a_local_file(tmp_path, monkeypatch):
     path = _small_dinov2_file(tmp_path / "dinov2.safetensors")
     monkeypatch.setenv("PMF_DINOV2_WEIGHTS", str(path))
     rep = get_representation("dinov2")
+    assert torch.equal(rep.net.blocks[0].ls1.gamma, torch.ones(48))  # the file's values, not timm's init (1e-5)
     pre = rep.preprocessing()
     assert rep.feature_dim == 48 and rep.input_size == 224 and "class token" in pre["pooling"]
     assert pre["timm_model"] == "vit_large_patch14_dinov2.lvd142m" and "bicubic" in pre["resize"]

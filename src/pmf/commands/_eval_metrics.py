@@ -93,6 +93,9 @@ def build_plan(args, size: int, device) -> Plan:
     reps = {name: representation(name, args, device) for name in want}
     refs = references(args, {n: reps[n] for n, w in want.items() if "reference" in w}, size,
                       {n for n, w in want.items() if "sample" in w})
+    if refs and any(s.kind == "sfid" for s in specs) and refs["inception"].spatial is None:
+        raise PMFError(f"{refs['inception'].source} has no sFID statistics (ADM's mu_s/sigma_s); make them with "
+                       "`pmf refstats DATA --repr inception` or use an ADM reference batch")
     train, fetch = {}, None
     if any("train" in w for w in want.values()):
         from ..data.sources import image_source
@@ -117,7 +120,7 @@ def references(args, reps: dict, size: int, sample: set) -> dict:
         return {}
     spec = args.ref
     if spec is None:
-        if args.dataset is None and "offline" not in reps:
+        if not getattr(args, "dataset_known", args.dataset is not None) and "offline" not in reps:
             raise PMFError(f"the metrics in {', '.join(reps)} need a reference: --ref FILE.npz (pmf refstats), an "
                            "ADM reference batch, or images (a folder, .npz or built-in set)")
         spec = args.dataset or "mnist-5k"
@@ -212,8 +215,17 @@ def summary(metrics: dict) -> str:
     return "  ".join(parts)
 
 
+def sweep_metric(plan, settings: int) -> str | None:
+    """The metric a sweep minimises with --metrics: the first distance asked for."""
+    key = next((s.key for s in plan.specs if s.kind in ("fid", "fd", "fdr", "sfid")), None)
+    if key is None and settings > 1:
+        raise PMFError("a sweep picks the setting with the lowest distance: add fid, fd, fdr or sfid to --metrics")
+    return key
+
+
 def run_images(args) -> int:
     """``pmf eval --images``: the metrics of given images; OUT/metrics.json on rank 0."""
+    import torch
     import torch.distributed as dist
 
     from .. import __version__
@@ -228,6 +240,10 @@ def run_images(args) -> int:
     if out.is_file():
         raise PMFError(f"--out {args.out!r} is a file; give a folder (it is created if missing)")
     dataset, size = images_source(args.images)
+    if args.num_images is not None:
+        if args.num_images < 2:
+            raise PMFError(f"--num-images must be >= 2, got {args.num_images}")
+        dataset = torch.utils.data.Subset(dataset, range(min(args.num_images, len(dataset))))
     created = not dist.is_initialized()
     info = setup(args.device)
     created = created and dist.is_initialized()

@@ -38,7 +38,8 @@ from ._loading import add_common_model_args, add_sampling_speed_args
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="FID/IS (Inception) or the offline score of a checkpoint; grid sweeps",
+    p = sub.add_parser("eval", help="FID/IS (Inception), more metrics (--metrics) or the offline score of a "
+                       "checkpoint or of given images (--images); grid sweeps",
                        description="Evaluate a checkpoint. Writes OUT/metrics.json with the exact settings (and, "
                        "for a grid, sweep.json, sweep.md and sweep.png). Under torchrun each rank generates its "
                        "own slice of the images: torchrun --nproc_per_node=8 --no-python pmf eval ...")
@@ -52,7 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument("--inception-weights", default=None, help="local Inception weights file (default: "
                    "$PMF_INCEPTION_WEIGHTS, then torch-fidelity's torch hub cache)")
     add_num_images(p, help="images per evaluation (default 50000 for FID, 1000 offline); image i has class "
-                   "i %% num_classes")
+                   "i %% num_classes. With --images: the first N images (default all)")
     add_guidance(p, sweep=True)
     p.add_argument("--fast", type=int, default=None, metavar="N", help="sweep with N images per setting, then "
                    "evaluate the best setting with --num-images")
@@ -171,6 +172,7 @@ def load_settings(args, device, rank: int, emas: list, omegas, pairs):
         print(f"sampling: a sweep of {len(combos)} settings; the checkpoint's own is {base.describe()}", flush=True)
     model = loaded.model if onnx else \
         prepare_sampler(loaded.model, compile=args.compile, cuda_graphs=args.cuda_graphs)
+    args.dataset_known = args.dataset is not None or loaded.data in BUILTIN  # a default reference for --metrics
     args.dataset = offline_dataset(args.dataset, loaded.data)
     return model, base, combos
 
@@ -303,6 +305,8 @@ def run(args) -> int:
     out = Path(args.out) if args.out else default_out(args.checkpoint)
     if rank == 0:
         output_folder(out)
+    if mode == "metrics":
+        from ._eval_metrics import sweep_metric
     metric = {"inception": "fid", "offline": "frechet"}.get(mode) or sweep_metric(inception, len(combos))
     score = Scorer(args, model, emas[0], base, mode, inception, device, out, rank)
     del model
@@ -324,14 +328,6 @@ def run(args) -> int:
     if created:
         dist.destroy_process_group()
     return 0
-
-
-def sweep_metric(plan, settings: int) -> str | None:
-    """The metric a sweep minimises with --metrics: the first distance asked for."""
-    key = next((s.key for s in plan.specs if s.kind in ("fid", "fd", "fdr", "sfid")), None)
-    if key is None and settings > 1:
-        raise PMFError("a sweep picks the setting with the lowest distance: add fid, fd, fdr or sfid to --metrics")
-    return key
 
 
 def summary(m: dict) -> str:

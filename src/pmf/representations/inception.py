@@ -71,7 +71,11 @@ class InceptionRepresentation(Representation):
 
 def inception(*, weights=None, device=None) -> InceptionRepresentation:
     """The Inception representation with the local weights (see pmf.inception.find_weights for where)."""
+    from ..errors import PMFError
     from ..inception import find_weights, load_inception
 
-    path = find_weights(weights)
+    try:
+        path = find_weights(weights)
+    except PMFError as err:  # the registry's errors are one line
+        raise PMFError(" ".join(str(err).split())) from None
     return InceptionRepresentation(load_inception(path), str(path)).to(device or "cpu")

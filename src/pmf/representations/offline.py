@@ -72,7 +72,7 @@ class PixelRepresentation(Representation):
 
     name = "pixels"
 
-    def __init__(self, size: int = 32):
+    def __init__(self, size: int = 16):
         super().__init__()
         self.input_size, self.feature_dim = size, 3 * size * size
         self.freeze()
@@ -87,5 +87,5 @@ class PixelRepresentation(Representation):
         return resize(x, self.input_size, "bilinear").flatten(1).float()
 
 
-def pixels(*, size: int = 32, device=None) -> PixelRepresentation:
+def pixels(*, size: int = 16, device=None) -> PixelRepresentation:
     return PixelRepresentation(size).to(device or "cpu")
