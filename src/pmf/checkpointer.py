@@ -35,11 +35,13 @@ class CheckpointSaveError(PMFError):
 
 class Checkpointer:
     """Saves ``parts`` into ``OUT/checkpoints``, keeping the newest ``keep_last``; ``last_saved`` is the step
-    of the newest checkpoint there (-1: none)."""
+    of the newest checkpoint there (-1: none). ``extra_state``: more entries of a single-file checkpoint (the
+    FD-loss statistics)."""
 
     def __init__(self, cfg: TrainConfig, mcfg: ModelConfig, parts: Parts, info: D.DistInfo,
-                 class_names: list[str] | None = None):
+                 class_names: list[str] | None = None, extra_state=None):
         self.cfg, self.mcfg, self.parts, self.info = cfg, mcfg, parts, info
+        self.extra_state = extra_state
         self.class_names = class_names  # recorded in every checkpoint: they travel with the model
         self.directory = Path(cfg.out) / "checkpoints"
         # a collective (a process group for the background writes): created at the same point on every rank
@@ -77,7 +79,7 @@ class Checkpointer:
             p = self.parts
             payload = dict(model_config=self.mcfg.to_dict(), **file_state(p.model, p.optimizer, p.emas),
                            train_config=self.cfg.to_dict(), world_size=self.info.world_size,
-                           class_names=self.class_names)
+                           class_names=self.class_names, **(self.extra_state() if self.extra_state else {}))
             try:
                 path = save_training_checkpoint(self.directory, step, payload, self.cfg.to_dict(),
                                                 self.cfg.keep_last)

@@ -14,6 +14,7 @@ Prediction = Literal["x", "u"]  # what the network's u-head predicts (spec secti
 OptimizerName = Literal["muon", "adamw"]
 Schedule = Literal["constant", "warmup", "cosine"]
 ClassDropout = Literal["first-rows", "per-sample"]  # which rows lose their label (pmf.objective.drop_labels)
+Objective = Literal["pmf", "fd"]  # what pmf train minimises: the pMF loss, or FD-loss post-training (pmf.fd_objective)
 VHeadInit = Literal["copy", "fresh"]  # a missing v-head of --init: the u-head's blocks, or the fresh model's
 
 PRECISIONS = get_args(Precision)
@@ -26,3 +27,4 @@ OPTIMIZERS = get_args(OptimizerName)
 SCHEDULES = get_args(Schedule)
 CLASS_DROPOUTS = get_args(ClassDropout)
 V_HEAD_INITS = get_args(VHeadInit)
+OBJECTIVES = get_args(Objective)

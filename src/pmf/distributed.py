@@ -123,6 +123,30 @@ def gather_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
     return {k: v[order] for k, v in arrays.items()}
 
 
+class _GatherRows(torch.autograd.Function):
+    """All ranks' rows in rank order; the backward returns this rank's slice of the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``x`` [b, ...] (equal b on all ranks) concatenated in rank order [world * b, ...],
+    with the gradient kept for the local rows only (what FD-loss needs: statistics of the global batch, each
+    rank backpropagating into its own samples). Identity in one process."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    return _GatherRows.apply(x)
+
+
 def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     """DDP around ``model`` when running in several processes, else the model itself. The pMF loss sends
     exactly one forward with gradients through the wrapper (see ``pmf.objective``), so the default

@@ -16,7 +16,7 @@ from .seeds import IMAGE, derive_seed
 from .setting import SamplingSetting, check_guidance, check_prediction, check_steps, default_setting
 
 __all__ = ["SamplingSetting", "default_setting", "flow_map_step", "generate", "image_labels", "image_noise",
-           "model_setting", "prepare_sampler", "sample", "time_grid", "to_uint8", "u_head"]
+           "model_setting", "prepare_sampler", "sample", "sample_with_grad", "time_grid", "to_uint8", "u_head"]
 
 
 def time_grid(steps: int) -> list[float]:
@@ -48,6 +48,13 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 1, 
     ``flow_map_step`` on ``time_grid(steps)``. Guidance is an input of the network: no extra unconditional
     pass. omega, t_min, t_max may be [B] tensors (one setting per image); ``setting`` gives steps, guidance
     and prediction type at once instead."""
+    return sample_with_grad(model, noise, labels, steps=steps, omega=omega, t_min=t_min, t_max=t_max,
+                            prediction=prediction, setting=setting)
+
+
+def sample_with_grad(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 1, omega=1.0, t_min=0.0,
+                     t_max=1.0, prediction: str = "x", setting: SamplingSetting | None = None) -> torch.Tensor:
+    """``sample`` with autograd recording (FD-loss post-training backpropagates through the sampler)."""
     if setting is not None:
         steps, omega, t_min, t_max, prediction = (setting.steps, setting.omega, setting.t_min, setting.t_max,
                                                   setting.prediction)

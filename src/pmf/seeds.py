@@ -14,7 +14,7 @@ def seed_problem(seed: int) -> str | None:
 
 # Streams. IMAGE is the per-image sampling stream: its seeds (stream number 0) are pinned by the tests,
 # since published samples depend on them.
-IMAGE, LOSS, DATA_ORDER, TOY = 0, 1, 2, 3
+IMAGE, LOSS, DATA_ORDER, TOY, FD = 0, 1, 2, 3, 4  # FD: the noises and labels of FD-loss post-training
 
 _WEIGHTS = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)  # seed, first part, second part
 _STREAM_WEIGHT = 0xD6E8FEB86659FD93

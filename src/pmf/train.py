@@ -25,6 +25,7 @@ from .config import ModelConfig, model_config
 from .data import open_training_data
 from .data.order import DataOrder, batches, check_data, data_size, to_model_input
 from .errors import PMFError
+from .fd_objective import FDObjective, prepare_fd
 from .monitor import GridSampler, MetricsLog, run_header, state_bytes
 from .nn.attention import tangent_attention
 from .objective import pmf_loss, sample_draws
@@ -167,6 +168,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     running step with a checkpoint there (``TrainingInterrupted``). Returns a summary (last checkpoint, steps,
     seconds, last losses)."""
     mcfg, data, resume_path, state = prepare(cfg, resume)
+    fd = prepare_fd(cfg, mcfg) if cfg.objective == "fd" else None  # its checks, before any work
     if state is not None and int(state["step"]) >= cfg.steps:
         return finished_run(resume_path, int(state["step"]), cfg)
     info = D.setup(cfg.device, group=cfg.parallel != "ddp")
@@ -178,19 +180,28 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     if state is not None:
         start = restore(parts, resume_path, state)
         D.print0(f"resumed from {resume_path} at step {start}", info=info)
+    objective = None
+    if fd is not None:
+        objective = FDObjective(cfg, mcfg, info, *fd)
+        objective.compute_references(data)
+        objective.ready(parts.model, state)
     del state
     parallelize(parts, cfg, info)
-    return Loop(cfg, mcfg, data, parts, info, stop).run(start, resumed=resume_path is not None, progress=progress)
+    return Loop(cfg, mcfg, data, parts, info, stop, objective).run(start, resumed=resume_path is not None,
+                                                                   progress=progress)
 
 
 class Loop:
     """The steps of one run with what happens between them: metrics lines, sample grids, checkpoints, the
-    stops (a non-finite loss, a stop request)."""
+    stops (a non-finite loss, a stop request). ``fd``: the FD-loss objective (``pmf.fd_objective``), which makes
+    its own batches, instead of the pMF loss on the data."""
 
     def __init__(self, cfg: TrainConfig, mcfg: ModelConfig, data, parts: Parts, info: D.DistInfo,
-                 stop: StopRequest | None = None):
+                 stop: StopRequest | None = None, fd=None):
         self.cfg, self.mcfg, self.data, self.parts, self.info, self.stop = cfg, mcfg, data, parts, info, stop
-        self.checkpointer = Checkpointer(cfg, mcfg, parts, info, data_class_names(data, mcfg))
+        self.fd = fd
+        self.checkpointer = Checkpointer(cfg, mcfg, parts, info, data_class_names(data, mcfg),
+                                         extra_state=fd.state_dict if fd is not None else None)
         self.perceptual = build_perceptual_loss(cfg, info.device)
         self.out = Path(cfg.out)
         self.grid = GridSampler(cfg, mcfg, len(getattr(data, "class_names", [])) or mcfg.num_classes, info.device) \
@@ -220,17 +231,23 @@ class Loop:
         self.bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step",
                         disable=not (progress and info.is_main))
         self.meter, t_start = Meter(cfg.batch_size), time.perf_counter()
-        for step, (images, labels) in enumerate(batches(self.data, order, start, cfg.steps, cfg.num_workers,
-                                                        info.device.type == "cuda"), start=start):
-            x = to_model_input(images, self.mcfg, info.device)
-            y = labels.to(info.device, non_blocking=True)
-            loss, metrics, lr = train_step(self.parts, cfg, self.mcfg, step, info.rank, x, y, self.perceptual)
+        steps = ((step, None) for step in range(start, cfg.steps)) if self.fd is not None else enumerate(
+            batches(self.data, order, start, cfg.steps, cfg.num_workers, info.device.type == "cuda"), start=start)
+        for step, batch in steps:
+            loss, metrics, lr = self.step(step, batch)
             if not metrics:
                 self.stop_on_nonfinite(step, loss)
             self.after_step(step + 1, metrics, lr, t_start)
         self.bar.close()
         self.checkpointer.finish()
         return self.summary(start, time.perf_counter() - t_start)
+
+    def step(self, step: int, batch) -> tuple[torch.Tensor, dict, float]:
+        if self.fd is not None:
+            return self.fd.step(self.parts, step)
+        x = to_model_input(batch[0], self.mcfg, self.info.device)
+        y = batch[1].to(self.info.device, non_blocking=True)
+        return train_step(self.parts, self.cfg, self.mcfg, step, self.info.rank, x, y, self.perceptual)
 
     def stop_on_nonfinite(self, step: int, loss: torch.Tensor) -> None:
         path = self.checkpointer.save(step) if step > self.checkpointer.last_saved else self.checkpointer.newest()
@@ -250,8 +267,8 @@ class Loop:
             if self.wandb is not None:
                 self.wandb.log(record)
             # loss_u / loss_v, not the adaptive-weighted loss (near 2 by construction, spec section 3)
-            self.bar.set_postfix(loss_u=f"{self.last['loss_u']:.4g}", loss_v=f"{self.last['loss_v']:.4g}",
-                                 img_s=f"{ips:.0f}")
+            self.bar.set_postfix(**{k: f"{v:.4g}" for k, v in self.last.items() if k in ("loss_u", "loss_v")
+                                    or k.startswith("fd_")}, img_s=f"{ips:.0f}")
         if cfg.sample.every and done % cfg.sample.every == 0:
             self.sample_grid(done)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:

@@ -70,6 +70,10 @@ def build(cfg: TrainConfig, mcfg: ModelConfig, info: D.DistInfo, class_names: li
         from .finetune import init_weights
 
         D.print0(init_weights(model, cfg, class_names), info=info, file=sys.stderr)
+    if cfg.objective == "fd":
+        from .fd_objective import freeze_v_head
+
+        freeze_v_head(model)
     model = model.to(device)
     model.validate_inputs = device.type == "cpu"
     if cfg.grad_checkpointing:

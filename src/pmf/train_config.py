@@ -12,6 +12,7 @@ from typing import NamedTuple
 from .choices import (
     ClassDropout,
     JvpMode,
+    Objective,
     OptimizerName,
     ParallelMode,
     Precision,
@@ -23,6 +24,7 @@ from .choices import (
 )
 from .config import PRESETS, RELEASED_SAMPLING, check_choices, dataclass_from_dict, doc
 from .errors import PMFError
+from .fd_config import FDConfig, recipe_fd, recipe_fd_imagenet
 from .perceptual.config import PerceptualConfig
 from .setting import check_guidance
 
@@ -165,6 +167,9 @@ class TrainConfig:
     sample: SampleConfig = doc(factory=SampleConfig, help="sample grids during training")
     perceptual: PerceptualConfig | None = doc(None, "perceptual losses (need pixel-meanflow[perceptual])",
                                               none="off")
+    objective: Objective = doc("pmf", "pmf: the pMF loss on --data; fd: FD-loss post-training of --init's one-step "
+                               "sampler (docs/posttraining.md)", flag="--objective")
+    fd: FDConfig = doc(factory=FDConfig, help="FD-loss post-training (with --objective fd)")
     out: str = doc("runs/pmf", "run folder: checkpoints, metrics.jsonl, samples")
     log_every: int = doc(50, "steps between metrics lines")
     wandb: str | None = doc(None, "also log to Weights & Biases in this project: the scalars, sample grids and "
@@ -203,7 +208,8 @@ class TrainConfig:
                           parse=lambda text: parse_class_map(text))
 
     def __post_init__(self) -> None:
-        for name, cls in (("loss", LossConfig), ("optim", OptimConfig), ("ema", EMAConfig), ("sample", SampleConfig)):
+        for name, cls in (("loss", LossConfig), ("optim", OptimConfig), ("ema", EMAConfig), ("sample", SampleConfig),
+                          ("fd", FDConfig)):
             value = getattr(self, name)
             if isinstance(value, dict):
                 setattr(self, name, dataclass_from_dict(cls, value, name))
@@ -298,7 +304,9 @@ def recipe_tiny() -> TrainConfig:
 
 
 RECIPES = {**{arch: functools.partial(imagenet_recipe, arch) for arch in IMAGENET_RECIPES},
-           "mnist": recipe_mnist, "tiny": recipe_tiny}
+           "mnist": recipe_mnist, "tiny": recipe_tiny, "fd": lambda: TrainConfig(**recipe_fd()),
+           **{f"fd-{arch}": functools.partial(lambda a: TrainConfig(**recipe_fd_imagenet(a)), arch)
+              for arch in IMAGENET_RECIPES}}
 
 
 def recipe(name: str) -> TrainConfig:

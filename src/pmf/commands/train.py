@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
                        description="Train pMF. Start from --recipe (default 'mnist'), lay the fields of --config "
                        "FILE over it, then the flags. Under torchrun, --batch-size is the global batch. Every "
                        "field of the training config has a flag; a field that may be none takes 'none'.")
-    p.add_argument("--recipe", default=None, help=f"one of: {', '.join(RECIPES)} (default mnist)")
+    p.add_argument("--recipe", default=None, help=f"one of: {', '.join(RECIPES)} (default mnist; fd with --objective "
+                   "fd)")
     p.add_argument("--config", default=None, help="a JSON file of config fields, e.g. the config.json written by "
                    "an earlier run; its fields replace the recipe's")
     p.add_argument("--num-classes", type=int, default=None, help="classes of the model (default: found in the data)")
@@ -53,9 +54,11 @@ def merged(base: dict, over: dict) -> dict:
 
 
 def config_from_args(args) -> TrainConfig:
-    """The recipe (default mnist), the fields of --config over it, then the flags given."""
+    """The recipe (default mnist, or fd with --objective fd), the fields of --config over it, then the flags
+    given."""
     interval_flag(args)
-    data = recipe(args.recipe or "mnist").to_dict()
+    # --objective fd without a recipe starts from the FD post-training recipe, not from pMF training's
+    data = recipe(args.recipe or ("fd" if flag_value(args, "objective") == "fd" else "mnist")).to_dict()
     if args.config:
         data = merged(data, read_config_file(args.config))
     return TrainConfig.from_dict(apply_config_flags(data, TrainConfig, args))
