@@ -47,7 +47,8 @@ def probe(spec: str) -> DataFacts:
         return DataFacts(spec, len(data.labels), data.num_classes, data.images.shape[3], None, "built-in",
                          note=f"{data.images.shape[1]}x{data.images.shape[2]} resized to the model",
                          stored=data.images.shape[1])
-    from .hf import is_hf, probe_hf
+    from .hf import is_hf
+    from .hf_stream import probe_hf
 
     if is_hf(spec):
         f = probe_hf(spec)
