@@ -194,7 +194,7 @@ def figure(args) -> None:
     import matplotlib.pyplot as plt
 
     sizes = [s for s in PATCH if (args.work / f"main-{s}-x-0" / "samples").is_dir()]
-    fig, axes = plt.subplots(len(sizes), 2, figsize=(10, 1.4 * len(sizes) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(sizes), 2, figsize=(12, 0.85 * len(sizes) + 0.25), squeeze=False)
     for i, s in enumerate(sizes):
         for j, pred in enumerate(("x", "u")):
             ax = axes[i][j]

@@ -1,12 +1,19 @@
 """Precision, recall, the Frechet distance, FDr^k and the memorisation check against independent
 implementations of their published definitions, written here with plain loops and numpy (not the package)."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 
 from pmf.errors import PMFError
 from pmf.feature_metrics import FDR6, fdr, nearest, precision_recall
 from pmf.frechet import frechet_distance_features
+
+# precision and recall come from torch-fidelity (the [eval] extra, which needs torchvision)
+needs_fidelity = pytest.mark.skipif(importlib.util.find_spec("torch_fidelity") is None,
+                                    reason="precision and recall need pip install 'pixel-meanflow[eval]'")
+
 
 
 def _sets(seed=0, n=120, m=150, d=6):
@@ -32,6 +39,7 @@ def _coverage(queries, points, k):
     return sum(inside) / len(queries)
 
 
+@needs_fidelity
 @pytest.mark.parametrize("seed", [0, 1])
 def test_precision_recall_match_the_definition(seed):
     gen, real = _sets(seed)

@@ -3,6 +3,7 @@ reference per representation, refusals of mismatched files and bad input with no
 DINOv2 from a local file through ``--metrics fd:dinov2``. The offline classifier is a seeded random one here
 (its training is tested in test_quality.py); docs/evaluation.md has the figures with the trained one."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -19,6 +20,11 @@ from pmf.representations import extract, get_representation
 from pmf.representations import timm_models as tm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+# precision and recall come from torch-fidelity (the [eval] extra, which needs torchvision)
+needs_fidelity = pytest.mark.skipif(importlib.util.find_spec("torch_fidelity") is None,
+                                    reason="precision and recall need pip install 'pixel-meanflow[eval]'")
+
 
 
 @pytest.fixture
@@ -50,6 +56,7 @@ def _digits(*args):
     return _eval(*args, "--dataset", "digits")
 
 
+@needs_fidelity
 def test_images_npz_and_folder_score_offline_fd_precision_recall(random_offline, digits_npz, tmp_path):
     out = tmp_path / "npz"
     assert _digits("--images", digits_npz, "--repr", "offline", "--metrics", "fd,precision,recall", "--out", out) == 0
@@ -75,6 +82,7 @@ def test_images_npz_and_folder_score_offline_fd_precision_recall(random_offline,
                                                                                           "recall")], abs=1e-6)
 
 
+@needs_fidelity
 def test_refstats_per_representation_and_refusals(random_offline, digits_npz, tmp_path, monkeypatch, capsys):
     ref = tmp_path / "ref.npz"
     assert main(["refstats", "digits", "--split", "test", "--size", "8", "--repr", "offline",
@@ -150,6 +158,7 @@ def test_images_without_images_are_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@needs_fidelity
 def test_checkpoint_metrics_and_the_memorisation_picture(random_offline, tmp_path):
     from helpers import random_model
 
