@@ -15,7 +15,8 @@ import torch
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TRAINER = ("pmf.optim", "pmf.ema", "pmf.train_config", "pmf.train", "pmf.train_state", "pmf.checkpointer")
+TRAINER = ("pmf.training.optim", "pmf.training.ema", "pmf.training.config", "pmf.training.loop", "pmf.training.state",
+           "pmf.training.saver")
 
 
 def module_graph() -> dict[str, set[str]]:
@@ -42,7 +43,7 @@ def module_graph() -> dict[str, set[str]]:
 
 def test_no_module_imports_itself_back():
     graph = module_graph()
-    assert "pmf.sharded_checkpoint" in graph["pmf.checkpoint"]  # the walk sees the imports
+    assert "pmf.checkpoints.sharded" in graph["pmf.checkpoints.load"]  # the walk sees the imports
 
     def reaches(start: str, goal: str) -> bool:
         seen, todo = set(), [start]
@@ -70,12 +71,12 @@ def loaded_modules(spec: Path) -> list[str]:
 
 def test_a_model_loads_from_any_training_checkpoint_without_the_trainer(tmp_path):
     import pmf
-    from pmf.ema import EMASet
-    from pmf.optim import build_optimizer
-    from pmf.sharded_checkpoint import ShardedSaver
-    from pmf.train import train
-    from pmf.train_config import recipe
-    from pmf.train_state import folder_state, optimizer_rule
+    from pmf.checkpoints.sharded import ShardedSaver
+    from pmf.training.config import recipe
+    from pmf.training.ema import EMASet
+    from pmf.training.loop import train
+    from pmf.training.optim import build_optimizer
+    from pmf.training.state import folder_state, optimizer_rule
 
     cfg = recipe("tiny")
     cfg.steps, cfg.ckpt_every, cfg.sample.every, cfg.out = 1, 1, 0, str(tmp_path / "run")
@@ -105,7 +106,7 @@ def test_sampling_and_serving_import_no_trainer_and_no_dcp(module):
     assert proc.returncode == 0, proc.stderr
     loaded = set(json.loads(proc.stdout.splitlines()[-1]))
     assert module in loaded
-    assert not loaded & {*TRAINER, "torch.distributed.checkpoint", "pmf.sharded_checkpoint", "pmf.distributed"}
+    assert not loaded & {*TRAINER, "torch.distributed.checkpoint", "pmf.checkpoints.sharded", "pmf.parallel.process"}
     if module == "pmf":
         assert loaded == {"pmf"}
 

@@ -14,8 +14,8 @@ except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH without an 
     __version__ = "0+unknown"
 
 _FACE = {  # public name -> the module that defines it
-    "load_checkpoint": "checkpoint", "load_model": "checkpoint",
-    "PRESETS": "config", "ModelConfig": "config", "model_config": "config",
+    "load_checkpoint": "checkpoints.load", "load_model": "checkpoints.load",
+    "PRESETS": "model_configs", "ModelConfig": "model_configs", "model_config": "model_configs",
     "CheckpointError": "errors", "PMFError": "errors",
     "PMFDiT": "nn", "build_model": "nn", "count_parameters": "nn", "load_release_state_dict": "nn",
     "release_state_dict": "nn",

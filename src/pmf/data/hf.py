@@ -10,7 +10,6 @@ Images are decoded as folders' are (RGB or gray, ADM center crop). ``streaming``
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -169,22 +168,3 @@ class HFImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         im = self.ds[int(index)][self.image]
         return torch.from_numpy(prepare_image(im, self.size, self.channels)), int(self.labels[index])
-
-
-def probe_hf(spec: str, sample: int = 16) -> dict:
-    """What ``pmf train`` fits the model to: image count, classes, channels (1 when the first images are all
-    gray) and the size (when the first images share one square size; None otherwise)."""
-    from .hf_stream import HFStream
-    from .transforms import GRAY_MODES
-
-    hs = parse_spec(spec)
-    if hs.streaming:
-        data = HFStream(hs, 1)
-        first, count = [im for im, _ in itertools.islice(data.rows(0, 0), sample)], data.size
-    else:
-        data = HFImages(hs, 1)
-        first, count = [data.ds[i][data.image] for i in range(min(sample, len(data)))], len(data)
-    sizes, modes = {im.size for im in first}, {im.mode for im in first}
-    fixed = next(iter(sizes)) if len(sizes) == 1 else None
-    return {"images": count, "classes": data.num_classes, "channels": 1 if modes and modes <= GRAY_MODES else 3,
-            "size": fixed[0] if fixed and fixed[0] == fixed[1] else None}
