@@ -1,6 +1,6 @@
-"""The checkpoint house has no circle: reading a model from any training checkpoint (a single file or a sharded
-DCP folder) needs no optimiser, EMA, training config or trainer, and no module of the package imports itself
-back through others."""
+"""The import graph of the package (docs/architecture.md): no module imports itself back through others, and no
+module imports one of a higher layer. Reading a model from any training checkpoint (a single file or a sharded
+DCP folder) needs no optimiser, EMA, training config or trainer."""
 
 import ast
 import json
@@ -15,6 +15,29 @@ import torch
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+# The layers, lowest first: a module may import its own layer and those below it. A module's layer is that of
+# the longest prefix listed (``pmf.training.loop`` is "trainer", the rest of ``pmf.training`` "training").
+LAYERS = {
+    "base": ("pmf", "pmf.errors", "pmf.extras", "pmf.seeds", "pmf.images", "pmf.vocabulary", "pmf.model_configs",
+             "pmf.sampling_setting", "pmf.class_choice"),
+    "nn": ("pmf.nn", "pmf.parallel"),  # the network; processes and sharding (imports only the network's layers)
+    "math": ("pmf.objective", "pmf.sampling", "pmf.toy", "pmf.perceptual"),
+    "checkpoints": ("pmf.checkpoints",),
+    "data": ("pmf.data",),
+    "evaluation and export": ("pmf.evaluation", "pmf.export", "pmf.diffusers"),
+    # fd_config is the --fd-* section of the training config (it imports only the base layer);
+    # sharded_muon is the optimiser's Muon step on sharded matrices.
+    "training": ("pmf.training", "pmf.posttrain.fd_config", "pmf.parallel.sharded_muon"),
+    "posttrain": ("pmf.posttrain",),
+    "trainer": ("pmf.training.loop", "pmf.training.build", "pmf.training.saver"),
+    "serve": ("pmf.serve",),
+    "commands": ("pmf.commands", "pmf.cli"),
+}
+# The arrows that run up, each imported inside the one function that needs it:
+UPWARD = {
+    # PMFDiT.save_pretrained / from_pretrained / push_to_hub, the hub mixin's methods on the model class
+    ("pmf.nn.model", "pmf.checkpoints.hub"),
+}
 TRAINER = ("pmf.training.optim", "pmf.training.ema", "pmf.training.config", "pmf.training.loop", "pmf.training.state",
            "pmf.training.saver")
 
@@ -57,6 +80,32 @@ def test_no_module_imports_itself_back():
 
     circles = sorted(m for m in graph if reaches(m, m))
     assert not circles, circles
+
+
+def layer_of(module: str) -> int:
+    best = max(((len(p), i) for i, prefixes in enumerate(LAYERS.values()) for p in prefixes
+                if module == p or module.startswith(p + ".")), default=None)
+    assert best is not None, f"{module} is in no layer of LAYERS"
+    return best[1]
+
+
+def test_every_module_has_a_layer_and_imports_none_above_it():
+    graph, names = module_graph(), list(LAYERS)
+    for module in graph:
+        layer_of(module)
+    up = {(a, b) for a, edges in graph.items() for b in edges if layer_of(b) > layer_of(a)}
+    assert up == UPWARD, "\n".join(f"{a} ({names[layer_of(a)]}) imports {b} ({names[layer_of(b)]})"
+                                    for a, b in sorted(up ^ UPWARD))
+    assert layer_of("pmf.training.loop") > layer_of("pmf.posttrain.fd_objective") > layer_of("pmf.training.optim")
+
+
+def test_the_upward_arrows_are_imported_inside_functions():
+    for a, b in UPWARD:
+        path = SRC.joinpath(*a.split(".")).with_suffix(".py")
+        top = ast.parse(path.read_text()).body
+        names = {n.module for n in top if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+        assert not any(b.endswith(str(n).lstrip(".")) for n in names if n), (a, b)
 
 
 def loaded_modules(spec: Path) -> list[str]:
