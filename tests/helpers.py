@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pmf.nn.release import from_release_key
 from pmf.training.config import EMAConfig, OptimConfig, SampleConfig, TrainConfig
 
 # a 2-block pMF-Tiny/4 on 8x8 single-channel images
@@ -167,3 +168,17 @@ def random_inception_file(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     return path
+
+
+def fixture_gradients(model, keys, steps):
+    """The fixture's gradients: per step, per key of net_tiny.pt (rope_freqs skipped), in torch layout."""
+    g = torch.Generator().manual_seed(3)
+    params = dict(model.named_parameters())
+    out = []
+    for _ in range(steps):
+        grads = {}
+        for key in keys:
+            p = params[from_release_key(key)]
+            grads[key] = torch.randn(p.shape, generator=g) * (0.01 + 0.1 * torch.rand((), generator=g))
+        out.append(grads)
+    return out

@@ -24,8 +24,10 @@ from pmf.errors import PMFError
 from pmf.parallel.process import free_port
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: test_train, test_optim
-from helpers import end_process_group  # noqa: E402
-from test_train import tiny_config  # noqa: E402
+from helpers import (
+    end_process_group,  # noqa: E402
+    tiny_config,  # noqa: E402
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 1e-5  # relative, per tensor: |a - b| / |b| (Frobenius norms)
@@ -265,14 +267,14 @@ def test_ordered_reduction_sums_in_rank_order(tmp_path):
 def _fixture_setup():
     """pMF-Tiny/4 with the release fixture's weights, and the 4 steps of gradients of optim_traj_tiny.npz."""
     from conftest import FIXTURES
+    from helpers import fixture_gradients
     from pmf import build_model, load_release_state_dict
     from pmf.nn.release import from_release_key
-    from test_optim import _fixture_gradients
 
     sd = torch.load(FIXTURES / "net_tiny.pt", weights_only=True)
     model = load_release_state_dict(build_model("pMF-Tiny/4"), sd)
     keys = [k for k in sd if k != "rope_freqs"]
-    grads = [{from_release_key(k): g for k, g in step.items()} for step in _fixture_gradients(model, keys, 4)]
+    grads = [{from_release_key(k): g for k, g in step.items()} for step in fixture_gradients(model, keys, 4)]
     return model, grads, keys
 
 

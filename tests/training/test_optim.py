@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import fixture_gradients
 from pmf import build_model, load_release_state_dict
 from pmf.errors import PMFError
 from pmf.model_configs import model_config
@@ -54,20 +55,6 @@ def test_split_follows_the_release_rule_2d_in_the_flax_layout_to_muon(fixtures_d
     assert ours == labels
 
 
-def _fixture_gradients(model, keys, steps):
-    """The fixture's gradients: per step, per key of net_tiny.pt (rope_freqs skipped), in torch layout."""
-    g = torch.Generator().manual_seed(3)
-    params = dict(model.named_parameters())
-    out = []
-    for _ in range(steps):
-        grads = {}
-        for key in keys:
-            p = params[from_release_key(key)]
-            grads[key] = torch.randn(p.shape, generator=g) * (0.01 + 0.1 * torch.rand((), generator=g))
-        out.append(grads)
-    return out
-
-
 @pytest.mark.parametrize("foreach", [True, False], ids=["batched", "per-parameter"])
 def test_release_optimiser_follows_the_optax_trajectory(fixtures_dir, tiny_release_sd, foreach):
     """optax.contrib.muon(lr=1e-2, adam_b2=0.95) on the fixture weights: parameters after steps 1 and 4
@@ -77,7 +64,7 @@ def test_release_optimiser_follows_the_optax_trajectory(fixtures_dir, tiny_relea
     keys = [k for k in tiny_release_sd if k != "rope_freqs"]
     params = dict(model.named_parameters())
     start = {k: params[from_release_key(k)].detach().clone() for k in keys}
-    grads = _fixture_gradients(model, keys, int(ref["meta/steps"]))
+    grads = fixture_gradients(model, keys, int(ref["meta/steps"]))
     for k in keys:  # the same random numbers as the fixture
         assert grads[0][k].double().sum().item() == pytest.approx(float(ref[f"gradsum1/{k}"]), rel=1e-5, abs=1e-6)
     opt = build_optimizer(model, OptimConfig(name="muon", lr=float(ref["meta/lr"]), foreach=foreach))

@@ -8,8 +8,7 @@ evaluation use) costs no sharding code and no optimiser."""
 
 from __future__ import annotations
 
-import importlib
-
+from .. import lazy_names
 from ..vocabulary import PARALLEL_MODES as PARALLEL_MODES
 from ..vocabulary import REDUCE_MODES as REDUCE_MODES
 
@@ -25,13 +24,4 @@ _NAMES = {  # public name -> the submodule that defines it
 __all__ = sorted({"PARALLEL_MODES", "REDUCE_MODES", *_NAMES})
 
 
-def __getattr__(name: str):
-    if name in _NAMES:
-        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'pmf.parallel' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_NAMES})
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)
