@@ -81,3 +81,14 @@ def test_save_pretrained_round_trips_the_hub_folder(hub_dir, tmp_path):
     layout = PixelMeanFlowPipeline.from_pretrained(tmp_path / "layout")
     c = layout.transformer.state_dict()
     assert all(torch.equal(a[k], c[k]) for k in a) and layout.transformer.setting.omega == 2.0
+
+
+def test_the_first_name_pmf_diffusers_gives_the_same_classes():
+    import diffusers
+
+    import pmf.diffusers
+    from pmf.export.diffusers_pipeline import PMFTransformer2DModel
+
+    assert pmf.diffusers.PixelMeanFlowPipeline is PixelMeanFlowPipeline
+    assert pmf.diffusers.PMFTransformer2DModel is PMFTransformer2DModel
+    assert diffusers.__name__ == "diffusers" and hasattr(diffusers, "DiffusionPipeline")  # not shadowed
