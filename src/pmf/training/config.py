@@ -247,7 +247,7 @@ class TrainConfig:
 
 class ImageNetRecipe(NamedTuple):
     """What differs between the released ImageNet recipes (spec section 6); their sample grids use the released
-    inference setting (``config.RELEASED_SAMPLING``)."""
+    inference setting (``model_configs.RELEASED_SAMPLING``)."""
 
     P_mean: float  # centre of the logit-normal time draws
     cfg_beta: float  # exponent of the guidance-scale distribution

@@ -14,7 +14,7 @@ from .base import RESIZE_RULE, Representation, check_images, resize, to_rgb
 
 
 class OfflineRepresentation(Representation):
-    """[B, C, H, H] in [-1, 1] -> [B, w * (S/4)^2 + 64] of the classifier ``quality.Classifier`` at size S.
+    """[B, C, H, H] in [-1, 1] -> [B, w * (S/4)^2 + 64] of the classifier ``offline_score.Classifier`` at size S.
 
     Size rule (quality.fit_size's, on tensors): a larger image up to S + S/4 is centre-cropped (the zero
     padding of MNIST 28 -> 32 comes off exactly), a smaller one centre-padded with black, any other size
