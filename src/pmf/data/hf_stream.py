@@ -15,7 +15,7 @@ import torch
 from ..errors import PMFError
 from ..seeds import DATA_ORDER, derive_seed
 from .folder import prepare_image
-from .hf import HFSpec, load_split, parse_spec, pick_columns
+from .hf import HFImages, HFSpec, load_split, parse_spec, pick_columns
 
 SHUFFLE_BUFFER = 1000  # images held to shuffle a stream
 
@@ -90,3 +90,21 @@ class HFStream:
             batch = list(itertools.islice(rows, order.B))[order.rank * b:(order.rank + 1) * b]
             images = np.stack([prepare_image(im, self.image_size, self.channels) for im, _ in batch])
             yield torch.from_numpy(images), torch.tensor([label for _, label in batch], dtype=torch.int64)
+
+
+def probe_hf(spec: str, sample: int = 16) -> dict:
+    """What ``pmf train`` fits the model to: image count, classes, channels (1 when the first images are all
+    gray) and the size (when the first images share one square size; None otherwise)."""
+    from .transforms import GRAY_MODES
+
+    hs = parse_spec(spec)
+    if hs.streaming:
+        data = HFStream(hs, 1)
+        first, count = [im for im, _ in itertools.islice(data.rows(0, 0), sample)], data.size
+    else:
+        data = HFImages(hs, 1)
+        first, count = [data.ds[i][data.image] for i in range(min(sample, len(data)))], len(data)
+    sizes, modes = {im.size for im in first}, {im.mode for im in first}
+    fixed = next(iter(sizes)) if len(sizes) == 1 else None
+    return {"images": count, "classes": data.num_classes, "channels": 1 if modes and modes <= GRAY_MODES else 3,
+            "size": fixed[0] if fixed and fixed[0] == fixed[1] else None}

@@ -3,7 +3,6 @@ so that ``pmf train`` can fit the model to the data (or say why it cannot)."""
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +48,7 @@ def probe(spec: str) -> DataFacts:
                          note=f"{data.images.shape[1]}x{data.images.shape[2]} resized to the model",
                          stored=data.images.shape[1])
     from .hf import is_hf
+    from .hf_stream import probe_hf
 
     if is_hf(spec):
         f = probe_hf(spec)
@@ -80,23 +80,3 @@ def probe(spec: str) -> DataFacts:
     kind = "pack" if is_pack(path) else "array"  # a pack of a gray folder trains a gray model, as the folder
     return DataFacts(spec, len(data.labels), classes, data.images.shape[3], data.images.shape[1], kind,
                      stored=data.images.shape[1])
-
-
-def probe_hf(spec: str, sample: int = 16) -> dict:
-    """What ``pmf train`` fits the model to: image count, classes, channels (1 when the first images are all
-    gray) and the size (when the first images share one square size; None otherwise)."""
-    from .hf import HFImages, parse_spec
-    from .hf_stream import HFStream
-    from .transforms import GRAY_MODES
-
-    hs = parse_spec(spec)
-    if hs.streaming:
-        data = HFStream(hs, 1)
-        first, count = [im for im, _ in itertools.islice(data.rows(0, 0), sample)], data.size
-    else:
-        data = HFImages(hs, 1)
-        first, count = [data.ds[i][data.image] for i in range(min(sample, len(data)))], len(data)
-    sizes, modes = {im.size for im in first}, {im.mode for im in first}
-    fixed = next(iter(sizes)) if len(sizes) == 1 else None
-    return {"images": count, "classes": data.num_classes, "channels": 1 if modes and modes <= GRAY_MODES else 3,
-            "size": fixed[0] if fixed and fixed[0] == fixed[1] else None}
