@@ -5,7 +5,8 @@ Every cell trains the ``mnist`` recipe (pMF-MNIST/7 widths) on MNIST-5k brought 
 (the package's resize rule, recorded in the run's data.json) with SIZE/4 px patches, so that every model has
 16 tokens and only the dimension per token (patch^2) grows: 28/7 = 49, 56/14 = 196, 112/28 = 784, 224/56 =
 3136. Each cell's last checkpoint is sampled through ``pmf sample`` (50 per class) at omega 1 and at the
-recipe's guidance (omega 3 on [0.1, 0.8]), with 1 and 2 steps, and judged by the offline score (pmf.quality:
+recipe's guidance (omega 3 on [0.1, 0.8]), with 1 and 2 steps, and judged by the offline score
+(pmf.evaluation.offline_score:
 images average-pooled back to 28 px; accuracy and the Frechet ratio, the generated images' Frechet distance
 over that of per-class mean images, below 1 is better than blurry means).
 
@@ -100,7 +101,7 @@ def loss_curve(run: Path) -> dict:
 
 def score(cell: Cell, run: Path, steps: int, log: Path, threads: int) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
-    from pmf.quality import offline_scores
+    from pmf.evaluation.offline_score import offline_scores
 
     ckpt = run / "checkpoints" / f"step_{steps:08d}.pt"
     scores = {}

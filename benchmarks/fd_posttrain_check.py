@@ -80,7 +80,7 @@ def judge(model: Judge, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def samples(spec: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    from pmf.checkpoint import load_checkpoint
+    from pmf.checkpoints.load import load_checkpoint
     from pmf.sampling import generate
 
     loaded = load_checkpoint(spec)
@@ -102,9 +102,9 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(1)
     from pmf.data import load_builtin
-    from pmf.frechet import frechet_distance_features
+    from pmf.evaluation.frechet import frechet_distance_features
+    from pmf.evaluation.offline_score import class_means, matched_real, offline_scores
     from pmf.images import make_grid, save_image
-    from pmf.quality import class_means, matched_real, offline_scores
 
     t0 = time.perf_counter()
     model, test_acc = train_judge()

@@ -17,10 +17,10 @@ import argparse
 import torch
 
 import common
-from pmf.config import model_config
-from pmf.fd_loss import ema_moments, frechet_distance, normalised, ref_factor
+from pmf.evaluation.representations import get_representation
+from pmf.model_configs import model_config
 from pmf.nn.model import PMFDiT
-from pmf.representations import get_representation
+from pmf.posttrain.fd_loss import ema_moments, frechet_distance, normalised, ref_factor
 from pmf.sampling import sample_with_grad
 
 

@@ -3,7 +3,8 @@
 pMF-MNIST/7 is trained ``--pretrain`` steps on digits 0-4 (an image folder of gray PNGs, classes d0..d4), then
 on digits 5-9 (classes d5..d9, the same five class slots) from those weights against the same command from
 scratch. Checkpoints are sampled at omega 3 on [0.1, 0.8], 100 per class, and judged by the offline score's digit
-classifier (``pmf.quality``; folder class i read as digit 5 + i): accuracy and the Frechet ratio (the generated
+classifier (``pmf.evaluation.offline_score``; folder class i read as digit 5 + i): accuracy and the Frechet ratio (the
+generated
 images' Frechet distance over that of per-class mean images; below 1 is better than blurry means).
 
     python benchmarks/finetune_mnist.py --work /tmp/ft --out benchmarks/results/cpu/finetune_mnist.json
@@ -77,7 +78,7 @@ def run_seconds(run: Path) -> float:
 
 def score(ckpt: Path, work: Path, log: Path) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
-    from pmf.quality import offline_scores
+    from pmf.evaluation.offline_score import offline_scores
 
     out = work / "samples" / f"{ckpt.parent.parent.name}_{ckpt.stem}"
     pmf("sample", "--checkpoint", str(ckpt), "--out", str(out), *SAMPLE, log=log)

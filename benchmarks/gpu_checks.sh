@@ -50,5 +50,5 @@ images=g.integers(0, 256, (64, 256, 256, 3), dtype=np.uint8), labels=g.integers(
 run fsdp_b16_bf16 120 bash -c "torchrun --standalone --nproc_per_node=1 -m pmf.cli train --recipe pMF-B/16 \
     --data $OUT/rand256.npz --no-perceptual --parallel fsdp --precision bf16 --steps 4 --batch-size 16 \
     --ckpt-every 4 --log-every 1 --out $OUT/fsdp_b16 --no-progress && cat $OUT/fsdp_b16/summary.json && \
-    python -c 'from pmf.checkpoint import load_model; load_model(\"$OUT/fsdp_b16/checkpoints/step_00000004\"); print(\"read back\")'"
+    python -c 'from pmf.checkpoints.load import load_model; load_model(\"$OUT/fsdp_b16/checkpoints/step_00000004\"); print(\"read back\")'"
 echo "results in $OUT"

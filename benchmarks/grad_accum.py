@@ -1,4 +1,5 @@
-"""Step time and peak memory of one training step (``pmf.train.train_step``: draws, loss, backward, optimiser, EMAs)
+"""Step time and peak memory of one training step (``pmf.training.loop.train_step``: draws, loss, backward, optimiser,
+EMAs)
 at one batch size, in one pass and in N micro-batches (``--grad-accum N``).
 
 The steps of every N are timed alternately in one process (median of ``--repeats``, process CPU time on a CPU);
@@ -17,11 +18,11 @@ from pathlib import Path
 import torch
 
 import common
-from pmf import distributed as D
-from pmf.config import model_config
-from pmf.train import train_step
-from pmf.train_build import build
-from pmf.train_config import TrainConfig, recipe
+from pmf.model_configs import model_config
+from pmf.parallel import process as D
+from pmf.training.build import build
+from pmf.training.config import TrainConfig, recipe
+from pmf.training.loop import train_step
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -8,7 +8,7 @@ and CUDA graphs (``--cuda-graphs``, GPU only): ``pmf.sampling.prepare_sampler``,
 Both paths are timed alternately (median of ``--repeats``).
 
 ``--backends eager,compiled,onnx,release`` times any of: our eager network, our compiled one, the generator
-exported to ONNX (``pmf.onnx_export``, fp32) run in onnxruntime with ``--threads`` intra-op threads, and the
+exported to ONNX (``pmf.export.onnx_export``, fp32) run in onnxruntime with ``--threads`` intra-op threads, and the
 release re-creation; each row gives every backend's seconds, its speed-up over eager and its max abs
 difference from eager. ``--clock wall`` times wall-clock seconds (onnxruntime's threads spin while they wait,
 which a CPU-time clock would count as work).
@@ -128,9 +128,9 @@ def onnx_generator(model, preset: str, threads: int):
     """``model``'s one-step generator exported to ONNX (fp32) in a temporary folder, loaded in onnxruntime."""
     import tempfile
 
-    from pmf.checkpoint import LoadedCheckpoint
-    from pmf.onnx_export import export_onnx
-    from pmf.onnx_runtime import OnnxGenerator
+    from pmf.checkpoints.load import LoadedCheckpoint
+    from pmf.export.onnx_export import export_onnx
+    from pmf.export.onnx_runtime import OnnxGenerator
     from pmf.sampling import SamplingSetting
 
     with tempfile.TemporaryDirectory(prefix="pmf-bench-") as folder:  # the session holds the graph: no file left

@@ -25,7 +25,7 @@ def main() -> int:
     p.add_argument("--per-class", type=int, default=100)
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from pmf.quality import offline_scores
+    from pmf.evaluation.offline_score import offline_scores
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

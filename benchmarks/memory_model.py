@@ -4,7 +4,8 @@ checkpointing, the largest per-GPU batch that fits on GPUs of 24, 40 and 80 GB, 
 ``--grad-accum`` that run the recipes' batch of 1024 on one such GPU.
 
 How the numbers are obtained:
-- State bytes are measured (``pmf.monitor.state_bytes``: the bytes of the live tensors after one optimiser step)
+- State bytes are measured (``pmf.training.monitor.state_bytes``: the bytes of the live tensors after one optimiser
+  step)
   in one CPU process for the presets given with ``--measure-state`` (the B models by default), and computed
   from parameter counts for all presets: fp32 parameters and gradients (4 bytes each), Muon momentum (4 bytes
   per Muon parameter) and two Adam moments (8 bytes per Adam parameter) plus an 8-byte step count per tensor,
@@ -30,10 +31,10 @@ from pathlib import Path
 import torch
 
 import common
-from pmf.config import model_config
+from pmf.model_configs import model_config
 from pmf.nn.model import PMFDiT
-from pmf.optim import build_optimizer, split_parameters
-from pmf.train_config import EMAConfig, OptimConfig
+from pmf.training.config import EMAConfig, OptimConfig
+from pmf.training.optim import build_optimizer, split_parameters
 
 PRESETS = ["pMF-B/16", "pMF-L/16", "pMF-H/16", "pMF-B/32", "pMF-L/32", "pMF-H/32"]
 N_EMAS = 3  # the released recipes keep half-lives 500, 1000 and 2000 kimg
@@ -66,8 +67,8 @@ def measure_state(preset: str) -> dict:
     """The state bytes of one process (DDP layout), measured on the live tensors: the model, its gradients,
     the optimiser state as the optimiser itself creates it on its first step (no Newton-Schulz is run: on a
     CPU that alone takes minutes for a B model), and three EMAs."""
-    from pmf.ema import EMASet
-    from pmf.monitor import state_bytes
+    from pmf.training.ema import EMASet
+    from pmf.training.monitor import state_bytes
 
     model = PMFDiT(model_config(preset))
     opt = build_optimizer(model, OptimConfig(lr=1e-3))
@@ -83,7 +84,7 @@ def activation_child(preset: str, batch: int, ckpt: bool, shared: int, aux: int)
     """Peak bytes of one training step above the weights (run in a fresh process), for ``preset`` cut to
     ``shared`` trunk blocks and ``aux`` blocks per head."""
     from pmf.objective import pmf_loss, sample_draws
-    from pmf.train import enable_activation_checkpointing
+    from pmf.training.loop import enable_activation_checkpointing
 
     torch.set_num_threads(1)
     cfg = model_config(preset, depth=shared + aux, aux_head_depth=aux)

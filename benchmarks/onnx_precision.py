@@ -1,5 +1,5 @@
 """Lower-precision ONNX files on a CPU: the fp32 export of ``pmf export --out FILE.onnx`` against the int8 file of
-``--quantize int8`` (``pmf.onnx_quantize``: onnxruntime's dynamic quantisation of every MatMul) and an fp16
+``--quantize int8`` (``pmf.export.onnx_quantize``: onnxruntime's dynamic quantisation of every MatMul) and an fp16
 conversion that ``pmf`` does not offer (``onnxruntime.transformers.float16``, float32 inputs and outputs kept),
 all in onnxruntime: seconds per one-step call (median of ``--repeats`` alternating calls, wall clock), the pixel
 error of each against the fp32 file in uint8 levels (max and mean) and the file sizes. docs/deploy.md quotes it.
@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def loaded_model(args):
-    from pmf.checkpoint import LoadedCheckpoint, load_checkpoint
+    from pmf.checkpoints.load import LoadedCheckpoint, load_checkpoint
     from pmf.sampling import SamplingSetting
 
     if args.checkpoint:
@@ -57,7 +57,7 @@ def loaded_model(args):
 def write_variant(name: str, fp32: Path) -> Path:
     out = fp32.with_name(f"g_{name}.onnx")
     if name == "int8":  # what `pmf export --quantize int8` writes, without its own export and probe
-        from pmf.onnx_quantize import quantize
+        from pmf.export.onnx_quantize import quantize
 
         quantize(fp32, out)
     elif name == "fp16":
@@ -72,9 +72,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import onnxruntime
 
-    from pmf.onnx_export import export_onnx
-    from pmf.onnx_quantize import probe_error
-    from pmf.onnx_runtime import OnnxGenerator
+    from pmf.export.onnx_export import export_onnx
+    from pmf.export.onnx_quantize import probe_error
+    from pmf.export.onnx_runtime import OnnxGenerator
     from pmf.sampling import image_noise
 
     torch.set_num_threads(args.threads)

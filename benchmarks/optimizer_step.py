@@ -19,8 +19,8 @@ import torch
 
 import common
 from pmf import build_model
-from pmf.optim import build_optimizer
-from pmf.train_config import OptimConfig
+from pmf.training.config import OptimConfig
+from pmf.training.optim import build_optimizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:

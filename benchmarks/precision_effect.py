@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pmf  # noqa: E402
 from common import device_name, setup, time_interleaved, write_json  # noqa: E402
 from pmf.objective import Draws, pmf_loss, sample_draws  # noqa: E402
-from pmf.optim import build_optimizer  # noqa: E402
-from pmf.train_config import OptimConfig  # noqa: E402
+from pmf.training.config import OptimConfig  # noqa: E402
+from pmf.training.optim import build_optimizer  # noqa: E402
 
 FIXTURES = Path(os.environ.get("PMF_FIXTURES", Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "official"))
 

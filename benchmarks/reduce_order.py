@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import common
-from pmf.distributed import free_port
+from pmf.parallel.process import free_port
 
 BLOCK_B16 = 7_081_088  # parameters of one pMF-B/16 transformer block (width 768, SwiGLU)
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pmf.config import ModelConfig
+from pmf.model_configs import ModelConfig
 from pmf.nn.release import release_rope_freqs, strip_prefix
 
 

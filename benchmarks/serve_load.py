@@ -29,8 +29,8 @@ import httpx
 import numpy as np
 import torch
 
-from pmf.checkpoint import load_checkpoint
-from pmf.distributed import free_port
+from pmf.checkpoints.load import load_checkpoint
+from pmf.parallel.process import free_port
 from pmf.sampling import generate
 
 BAD = [{"classes": [99]}, {"classes": [1], "omega": -1}, {"classes": [1], "t_min": 0.9, "t_max": 0.1},

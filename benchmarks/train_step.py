@@ -24,7 +24,7 @@ import common
 from pmf import build_model, objective
 from pmf.nn.attention import TANGENT_ATTENTIONS, tangent_attention
 from pmf.objective import pmf_loss, sample_draws
-from pmf.train import enable_activation_checkpointing
+from pmf.training.loop import enable_activation_checkpointing
 
 JVP_MODES = getattr(objective, "JVP_MODES", ("split", "fused"))
 

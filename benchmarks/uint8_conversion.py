@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_model, write_json  # noqa: E402
 from pmf.data import BUILTIN, load_builtin  # noqa: E402
-from pmf.frechet import feature_stats, frechet_distance  # noqa: E402
-from pmf.reference import load_reference  # noqa: E402
-from pmf.representations import extract, get_representation  # noqa: E402
+from pmf.evaluation.frechet import feature_stats, frechet_distance  # noqa: E402
+from pmf.evaluation.reference import load_reference  # noqa: E402
+from pmf.evaluation.representations import extract, get_representation  # noqa: E402
 
 CONVERSIONS = {  # float [-1, 1] -> the uint8 grid, as float
     "ours: round((x+1)/2*255)": lambda x: ((x + 1) / 2 * 255).clamp(0, 255).round(),
@@ -44,7 +44,7 @@ def random_images(n: int, size: int, channels: int, seed: int = 0) -> torch.Tens
 
 def model_images(checkpoint: str, n: int, seed: int = 0) -> torch.Tensor:
     """The checkpoint's one-step samples before quantisation: image i has class i % classes and its own noise."""
-    from pmf.checkpoint import load_checkpoint
+    from pmf.checkpoints.load import load_checkpoint
     from pmf.sampling import image_noise, model_setting, sample_from
 
     net, setting = model_setting(load_checkpoint(checkpoint))

@@ -3,7 +3,8 @@
 pMF-MNIST/7 (the mnist recipe) is trained ``--steps`` steps on MNIST-5k's train split twice, side by side: on a
 folder of its digits as loose PNGs (no class sub-folders: one class) and on ``mnist-5k`` (ten classes). Each
 model is sampled 1,000 times (the pooled model: its one class; the conditional one: 100 per digit) at omega 1
-and at the recipe's omega 3 on [0.1, 0.8], and judged by the offline score (``pmf.quality``): the Frechet ratio
+and at the recipe's omega 3 on [0.1, 0.8], and judged by the offline score (``pmf.evaluation.offline_score``): the
+Frechet ratio
 is the Frechet distance of the classifier's features to the real test digits over that of the per-class mean
 images of 100 real digits of each class (the same reference for both models; below 1 is better than blurry
 means).
@@ -42,7 +43,7 @@ def write_loose(root: Path) -> Path:
 
 
 def score(ckpt: Path, classes: str, setting: list[str], out: Path, log: Path) -> dict:
-    from pmf.quality import offline_scores
+    from pmf.evaluation.offline_score import offline_scores
 
     per_class = "1000" if classes == "0" else "100"
     pmf("sample", "--checkpoint", str(ckpt), "--out", str(out), "--classes", classes, "--per-class", per_class,

@@ -50,7 +50,7 @@ def tiny_model(tiny_release_sd):
 @pytest.fixture
 def fake_offline(monkeypatch):
     """The offline score without training its classifier: records the images it was given."""
-    import pmf.quality
+    import pmf.evaluation.offline_score
 
     seen = []
 
@@ -59,5 +59,5 @@ def fake_offline(monkeypatch):
         return {"accuracy": 0.5, "frechet": float(len(seen)), "frechet_real_floor": 0.1, "accuracy_real_floor": 0.9,
                 "frechet_class_means": 2.0, "dataset": dataset}
 
-    monkeypatch.setattr(pmf.quality, "offline_scores", offline_scores)
+    monkeypatch.setattr(pmf.evaluation.offline_score, "offline_scores", offline_scores)
     return seen

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pmf.train_config import EMAConfig, OptimConfig, SampleConfig, TrainConfig
+from pmf.nn.release import from_release_key
+from pmf.training.config import EMAConfig, OptimConfig, SampleConfig, TrainConfig
 
 # a 2-block pMF-Tiny/4 on 8x8 single-channel images
 TINY = dict(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=2, aux_head_depth=1, num_heads=2)
@@ -64,7 +65,7 @@ RECIPE = {"omega": 3.0, "t_min": 0.1, "t_max": 0.8}
 def perturbed(seed: int) -> torch.nn.Module:
     """The TINY model with weights perturbed by ``seed`` (so that images depend on them)."""
     import pmf
-    from pmf.config import model_config
+    from pmf.model_configs import model_config
 
     model = pmf.PMFDiT(model_config("pMF-Tiny/4", **TINY))
     gen = torch.Generator().manual_seed(seed)
@@ -78,7 +79,7 @@ def training_checkpoint(run_folder, *, prediction: str = "x") -> Path:
     """A training checkpoint (no training: seconds) in ``run_folder/checkpoints``: the TINY model's raw weights
     and one EMA ``hl0.05`` (other weights), recording RECIPE as the recipe's setting and the loss's
     ``prediction`` type."""
-    from pmf.checkpoint import save_training_checkpoint
+    from pmf.checkpoints.load import save_training_checkpoint
 
     raw, ema = perturbed(0), perturbed(1)
     payload = {"model_config": raw.config.to_dict(), "model": raw.state_dict(), "ema": {"hl0.05": ema.state_dict()},
@@ -97,7 +98,7 @@ def start_serve(ckpt, *args: str):
     import httpx
 
     import pmf
-    from pmf.distributed import free_port
+    from pmf.parallel.process import free_port
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(pmf.__file__).parents[1]),
@@ -167,3 +168,17 @@ def random_inception_file(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     return path
+
+
+def fixture_gradients(model, keys, steps):
+    """The fixture's gradients: per step, per key of net_tiny.pt (rope_freqs skipped), in torch layout."""
+    g = torch.Generator().manual_seed(3)
+    params = dict(model.named_parameters())
+    out = []
+    for _ in range(steps):
+        grads = {}
+        for key in keys:
+            p = params[from_release_key(key)]
+            grads[key] = torch.randn(p.shape, generator=g) * (0.01 + 0.1 * torch.rand((), generator=g))
+        out.append(grads)
+    return out

@@ -1,6 +1,6 @@
-"""The checkpoint house has no circle: reading a model from any training checkpoint (a single file or a sharded
-DCP folder) needs no optimiser, EMA, training config or trainer, and no module of the package imports itself
-back through others."""
+"""The import graph of the package (docs/architecture.md): no module imports itself back through others, and no
+module imports one of a higher layer. Reading a model from any training checkpoint (a single file or a sharded
+DCP folder) needs no optimiser, EMA, training config or trainer."""
 
 import ast
 import json
@@ -15,7 +15,31 @@ import torch
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TRAINER = ("pmf.optim", "pmf.ema", "pmf.train_config", "pmf.train", "pmf.train_state", "pmf.checkpointer")
+# The layers, lowest first: a module may import its own layer and those below it. A module's layer is that of
+# the longest prefix listed (``pmf.training.loop`` is "trainer", the rest of ``pmf.training`` "training").
+LAYERS = {
+    "base": ("pmf", "pmf.errors", "pmf.extras", "pmf.seeds", "pmf.images", "pmf.vocabulary", "pmf.model_configs",
+             "pmf.sampling_setting", "pmf.class_choice"),
+    "nn": ("pmf.nn", "pmf.parallel"),  # the network; processes and sharding (imports only the network's layers)
+    "math": ("pmf.objective", "pmf.sampling", "pmf.toy", "pmf.perceptual"),
+    "checkpoints": ("pmf.checkpoints",),
+    "data": ("pmf.data",),
+    "evaluation and export": ("pmf.evaluation", "pmf.export", "pmf.diffusers"),
+    # fd_config is the --fd-* section of the training config (it imports only the base layer);
+    # sharded_muon is the optimiser's Muon step on sharded matrices.
+    "training": ("pmf.training", "pmf.posttrain.fd_config", "pmf.parallel.sharded_muon"),
+    "posttrain": ("pmf.posttrain",),
+    "trainer": ("pmf.training.loop", "pmf.training.build", "pmf.training.saver"),
+    "serve": ("pmf.serve",),
+    "commands": ("pmf.commands", "pmf.cli"),
+}
+# The arrows that run up, each imported inside the one function that needs it:
+UPWARD = {
+    # PMFDiT.save_pretrained / from_pretrained / push_to_hub, the hub mixin's methods on the model class
+    ("pmf.nn.model", "pmf.checkpoints.hub"),
+}
+TRAINER = ("pmf.training.optim", "pmf.training.ema", "pmf.training.config", "pmf.training.loop", "pmf.training.state",
+           "pmf.training.saver")
 
 
 def module_graph() -> dict[str, set[str]]:
@@ -42,7 +66,7 @@ def module_graph() -> dict[str, set[str]]:
 
 def test_no_module_imports_itself_back():
     graph = module_graph()
-    assert "pmf.sharded_checkpoint" in graph["pmf.checkpoint"]  # the walk sees the imports
+    assert "pmf.checkpoints.sharded" in graph["pmf.checkpoints.load"]  # the walk sees the imports
 
     def reaches(start: str, goal: str) -> bool:
         seen, todo = set(), [start]
@@ -58,6 +82,32 @@ def test_no_module_imports_itself_back():
     assert not circles, circles
 
 
+def layer_of(module: str) -> int:
+    best = max(((len(p), i) for i, prefixes in enumerate(LAYERS.values()) for p in prefixes
+                if module == p or module.startswith(p + ".")), default=None)
+    assert best is not None, f"{module} is in no layer of LAYERS"
+    return best[1]
+
+
+def test_every_module_has_a_layer_and_imports_none_above_it():
+    graph, names = module_graph(), list(LAYERS)
+    for module in graph:
+        layer_of(module)
+    up = {(a, b) for a, edges in graph.items() for b in edges if layer_of(b) > layer_of(a)}
+    assert up == UPWARD, "\n".join(f"{a} ({names[layer_of(a)]}) imports {b} ({names[layer_of(b)]})"
+                                    for a, b in sorted(up ^ UPWARD))
+    assert layer_of("pmf.training.loop") > layer_of("pmf.posttrain.fd_objective") > layer_of("pmf.training.optim")
+
+
+def test_the_upward_arrows_are_imported_inside_functions():
+    for a, b in UPWARD:
+        path = SRC.joinpath(*a.split(".")).with_suffix(".py")
+        top = ast.parse(path.read_text()).body
+        names = {n.module for n in top if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+        assert not any(b.endswith(str(n).lstrip(".")) for n in names if n), (a, b)
+
+
 def loaded_modules(spec: Path) -> list[str]:
     code = ("import json, sys, torch, pmf; m = pmf.load_checkpoint(sys.argv[1]).model; "
             f"print(json.dumps([n for n in {list(TRAINER)!r} if n in sys.modules]))")
@@ -70,12 +120,12 @@ def loaded_modules(spec: Path) -> list[str]:
 
 def test_a_model_loads_from_any_training_checkpoint_without_the_trainer(tmp_path):
     import pmf
-    from pmf.ema import EMASet
-    from pmf.optim import build_optimizer
-    from pmf.sharded_checkpoint import ShardedSaver
-    from pmf.train import train
-    from pmf.train_config import recipe
-    from pmf.train_state import folder_state, optimizer_rule
+    from pmf.checkpoints.sharded import ShardedSaver
+    from pmf.training.config import recipe
+    from pmf.training.ema import EMASet
+    from pmf.training.loop import train
+    from pmf.training.optim import build_optimizer
+    from pmf.training.state import folder_state, optimizer_rule
 
     cfg = recipe("tiny")
     cfg.steps, cfg.ckpt_every, cfg.sample.every, cfg.out = 1, 1, 0, str(tmp_path / "run")
@@ -105,7 +155,7 @@ def test_sampling_and_serving_import_no_trainer_and_no_dcp(module):
     assert proc.returncode == 0, proc.stderr
     loaded = set(json.loads(proc.stdout.splitlines()[-1]))
     assert module in loaded
-    assert not loaded & {*TRAINER, "torch.distributed.checkpoint", "pmf.sharded_checkpoint", "pmf.distributed"}
+    assert not loaded & {*TRAINER, "torch.distributed.checkpoint", "pmf.checkpoints.sharded", "pmf.parallel.process"}
     if module == "pmf":
         assert loaded == {"pmf"}
 

@@ -42,10 +42,10 @@ def test_a_torchvision_of_another_torch_is_named_with_both_ways_out(tmp_path, mo
     write_broken_torchvision(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(MissingExtra) as info:
-        with needs("diffusers", "pmf.diffusers needs diffusers >= 0.42"):
+        with needs("diffusers", "pmf.export.diffusers_pipeline needs diffusers >= 0.42"):
             importlib.import_module("wrapping_lib")
     text = str(info.value)
-    assert text.startswith("pmf.diffusers needs diffusers >= 0.42, which imports torchvision, and ")
+    assert text.startswith("pmf.export.diffusers_pipeline needs diffusers >= 0.42, which imports torchvision, and ")
     assert f"does not load beside torch {torch.__version__}" in text
     assert "--index-url https://download.pytorch.org/whl/cpu" in text and "pip uninstall torchvision" in text
     assert "pip install 'pixel-meanflow[diffusers]'" not in text  # installing the extra again would not help
@@ -59,10 +59,10 @@ def test_other_runtime_errors_pass_through():
 
 def test_pmf_diffusers_without_diffusers_is_an_import_error_with_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)
-    monkeypatch.delitem(sys.modules, "pmf.diffusers", raising=False)
-    with pytest.raises(ImportError, match=r"pmf.diffusers needs diffusers >= 0.42: pip install "
+    monkeypatch.delitem(sys.modules, "pmf.export.diffusers_pipeline", raising=False)
+    with pytest.raises(ImportError, match=r"pmf.export.diffusers_pipeline needs diffusers >= 0.42: pip install "
                                           r"'pixel-meanflow\[diffusers\]'"):
-        importlib.import_module("pmf.diffusers")
+        importlib.import_module("pmf.export.diffusers_pipeline")
 
 
 def test_test_modules_of_extras_skip_with_the_packages_message_beside_a_broken_torchvision(tmp_path):
@@ -80,7 +80,8 @@ def test_test_modules_of_extras_skip_with_the_packages_message_beside_a_broken_t
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root / "src"), str(root / "tests")])}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                           "tests/test_diffusers.py", "tests/test_train_perceptual.py"], cwd=root, env=env,
+                           "tests/export/test_diffusers.py", "tests/training/test_train_perceptual.py"],
+                          cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
     out = done.stdout + done.stderr
     assert done.returncode in (0, 5) and "error" not in out.lower(), out[-3000:]

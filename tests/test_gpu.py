@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import load_npz, rel_err
-from pmf.checkpoint import load_model
+from pmf.checkpoints.load import load_model
 from pmf.objective import Draws, pmf_loss
 from pmf.sampling import sample
 
@@ -58,7 +58,7 @@ def test_bf16_sampling_close_to_fp32(tiny_model):
 
 def test_trainer_bf16_on_cuda(tmp_path):
     from helpers import tiny_config
-    from pmf.train import train
+    from pmf.training.loop import train
 
     cfg = tiny_config(tmp_path / "run", steps=4, device="cuda", precision="bf16")
     summary = train(cfg, progress=False)
@@ -84,7 +84,7 @@ def test_compiled_sampler_with_cuda_graphs_gives_the_eager_images(tiny_model):
 
 
 def test_inline_checkpointing_gradients_on_cuda(tiny_model, fixtures_dir):
-    from pmf.train import enable_activation_checkpointing
+    from pmf.training.loop import enable_activation_checkpointing
 
     d = {k: v.cuda() for k, v in load_npz(fixtures_dir / "loss_C.npz").items()}
     draws = Draws(t=d["t"], r=d["r"], noise=d["noise_scale"] * d["e_unit"], omega=d["omega"], t_min=d["t_min"],
@@ -106,8 +106,8 @@ def test_inline_checkpointing_gradients_on_cuda(tiny_model, fixtures_dir):
 def test_trainer_with_the_triton_tangent_matches_the_math_tangent(tmp_path):
     pytest.importorskip("triton")
     from helpers import losses, tiny_config
-    from pmf.train import train
-    from pmf.train_config import LossConfig
+    from pmf.training.config import LossConfig
+    from pmf.training.loop import train
 
     for name in ("math", "triton"):
         train(tiny_config(tmp_path / name, steps=3, device="cuda", loss=LossConfig(tangent_attention=name)),

@@ -72,7 +72,7 @@ def test_every_optional_import_of_the_source_is_in_an_extra():
 
 
 def test_the_onnxruntime_floor_is_the_one_the_install_hint_names():
-    from pmf.onnx_runtime import ORT_FLOOR
+    from pmf.export.onnx_runtime import ORT_FLOOR
 
     floor = next(d for d in project()["optional-dependencies"]["onnx"] if d.startswith("onnxruntime"))
     assert floor == f"onnxruntime>={ORT_FLOOR}"

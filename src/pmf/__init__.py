@@ -6,6 +6,7 @@ for what it imports itself."""
 from __future__ import annotations
 
 import importlib
+import sys
 from importlib import metadata
 
 try:
@@ -14,8 +15,8 @@ except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH without an 
     __version__ = "0+unknown"
 
 _FACE = {  # public name -> the module that defines it
-    "load_checkpoint": "checkpoint", "load_model": "checkpoint",
-    "PRESETS": "config", "ModelConfig": "config", "model_config": "config",
+    "load_checkpoint": "checkpoints.load", "load_model": "checkpoints.load",
+    "PRESETS": "model_configs", "ModelConfig": "model_configs", "model_config": "model_configs",
     "CheckpointError": "errors", "PMFError": "errors",
     "PMFDiT": "nn", "build_model": "nn", "count_parameters": "nn", "load_release_state_dict": "nn",
     "release_state_dict": "nn",
@@ -23,13 +24,21 @@ _FACE = {  # public name -> the module that defines it
 __all__ = sorted(_FACE)
 
 
-def __getattr__(name: str):
-    if name in _FACE:
-        value = getattr(importlib.import_module(f".{_FACE[name]}", __name__), name)
-        globals()[name] = value
+def lazy_names(package: str, table: dict[str, str]):
+    """A package's ``__getattr__`` and ``__dir__`` (PEP 562) that import each name of ``table`` (public name -> the
+    submodule that defines it) on first use and keep it."""
+
+    def __getattr__(name: str):
+        if name not in table:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{table[name]}", package), name)
+        setattr(sys.modules[package], name, value)
         return value
-    raise AttributeError(f"module 'pmf' has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*vars(sys.modules[package]), *table})
+
+    return __getattr__, __dir__
 
 
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_FACE})
+__getattr__, __dir__ = lazy_names(__name__, _FACE)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, fields
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from .choices import JVP_MODES
 from .errors import PMFError
 from .nn.attention import attention_backend
+from .vocabulary import JVP_MODES
 
 T_CLIP = 0.05
 

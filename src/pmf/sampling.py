@@ -8,12 +8,12 @@ from collections.abc import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .choices import PRECISIONS
 from .errors import PMFError
 from .nn.model import as_batch
 from .objective import to_velocity
+from .sampling_setting import SamplingSetting, check_guidance, check_prediction, check_steps, default_setting
 from .seeds import IMAGE, derive_seed
-from .setting import SamplingSetting, check_guidance, check_prediction, check_steps, default_setting
+from .vocabulary import PRECISIONS
 
 __all__ = ["SamplingSetting", "default_setting", "flow_map_step", "generate", "image_labels", "image_noise",
            "model_setting", "prepare_sampler", "sample", "sample_with_grad", "time_grid", "to_uint8", "u_head"]
@@ -89,7 +89,7 @@ def sample_from(model, unit_noise: torch.Tensor, labels: torch.Tensor, *, noise_
                 prediction: str = "x") -> torch.Tensor:
     """``sample`` of ``noise_scale * unit_noise``; ``model`` is the network, or a runtime that holds the whole
     sampler, its prediction type included, and scales the noise itself (an exported ONNX file:
-    ``pmf.onnx_runtime.OnnxGenerator``)."""
+    ``pmf.export.onnx_runtime.OnnxGenerator``)."""
     runtime = getattr(model, "sample_unit_noise", None)
     if runtime is None:
         return sample(model, noise_scale * unit_noise, labels, steps=steps, omega=omega, t_min=t_min, t_max=t_max,

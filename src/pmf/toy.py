@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .choices import PREDICTIONS
 from .errors import PMFError
 from .objective import JVP_MODES, Draws, pmf_loss
 from .sampling import sample
 from .seeds import TOY, derive_seed
+from .vocabulary import PREDICTIONS
 
 
 @dataclass

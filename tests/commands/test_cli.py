@@ -29,7 +29,7 @@ def train_ckpt(tmp_path_factory):
 
 
 def test_export_refuses_unknown_suffixes(tmp_path, train_ckpt, capsys):
-    out = tmp_path / "x.ckpt"  # (.onnx is a format now: tests/test_onnx.py)
+    out = tmp_path / "x.ckpt"  # (.onnx is a format now: tests/export/test_onnx.py)
     assert main(["export", str(train_ckpt), str(out)]) == 2
     err = capsys.readouterr().err
     assert "'.ckpt'" in err and ".safetensors" in err and ".onnx" in err and ".pt" in err and not out.exists()
@@ -128,9 +128,9 @@ def test_sample_defaults_to_the_checkpoints_setting(tmp_path, capsys, train_ckpt
 
 
 def test_sample_uses_the_released_setting_of_a_released_preset(tmp_path, capsys, fixtures_dir, monkeypatch):
-    import pmf.config
+    import pmf.model_configs
 
-    monkeypatch.setitem(pmf.config.RELEASED_SAMPLING, ARCH, dict(omega=6.5, t_min=0.1, t_max=0.7,
+    monkeypatch.setitem(pmf.model_configs.RELEASED_SAMPLING, ARCH, dict(omega=6.5, t_min=0.1, t_max=0.7,
                                                                      ema_halflife_kimg=2000))
     assert main(["sample", "--checkpoint", str(fixtures_dir / "net_tiny.pt"), "--classes", "0", "--per-class", "1",
                  "--no-png", "--out", str(tmp_path / "r")]) == 0

@@ -85,7 +85,7 @@ def image_folder(root, classes: int, size: int, per_class: int = 2):
 
 
 def model_config_of(out):
-    from pmf.checkpoint import list_checkpoints, read_file
+    from pmf.checkpoints.load import list_checkpoints, read_file
 
     return read_file(list_checkpoints(out / "checkpoints")[-1][1])["model_config"]
 

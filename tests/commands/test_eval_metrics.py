@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pmf import quality
 from pmf.cli import main
 from pmf.data import load_builtin
-from pmf.feature_metrics import precision_recall
-from pmf.frechet import frechet_distance_features
-from pmf.representations import extract, get_representation
-from pmf.representations import timm_models as tm
+from pmf.evaluation import offline_score as quality
+from pmf.evaluation.feature_metrics import precision_recall
+from pmf.evaluation.frechet import frechet_distance_features
+from pmf.evaluation.representations import extract, get_representation
+from pmf.evaluation.representations import timm_models as tm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -238,7 +238,7 @@ def _images_worker(rank, world, port, argv):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from helpers import end_process_group
-    from pmf.distributed import setup
+    from pmf.parallel.process import setup
 
     setup("cpu")
     try:
@@ -252,7 +252,7 @@ def test_two_gloo_processes_score_images_as_one(digits_npz, tmp_path):
     """Each rank reads its slice of the images and of the reference; sums are all-reduced, features gathered."""
     import torch.multiprocessing as mp
 
-    from pmf.distributed import free_port
+    from pmf.parallel.process import free_port
 
     def argv(out):
         return ["eval", "--images", str(digits_npz), "--repr", "pixels", "--nearest-repr", "pixels", "--metrics",

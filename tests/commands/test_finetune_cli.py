@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pmf.checkpoint import latest_checkpoint, load_checkpoint
+from pmf.checkpoints.load import latest_checkpoint, load_checkpoint
 from pmf.cli import main
-from pmf.config import model_config
+from pmf.data.class_names import class_names
+from pmf.model_configs import model_config
 from pmf.nn.model import PMFDiT, u_head_only
 from pmf.nn.release import release_state_dict
-from pmf.serve.classes import class_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = ["--steps", "2", "--batch-size", "4", "--sample-every", "0", "--no-progress", "--workers", "0"]

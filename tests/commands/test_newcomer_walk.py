@@ -25,7 +25,7 @@ def named_checkpoint(tmp_path, names=("cat", "dog")):
 
 
 def test_eval_without_inception_weights_names_the_file_unless_offline_was_asked(tmp_path, monkeypatch, capsys):
-    from pmf.inception import WEIGHTS_FILE
+    from pmf.evaluation.inception import WEIGHTS_FILE
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("PMF_CACHE", str(tmp_path / "cache"))
@@ -38,7 +38,7 @@ def test_eval_without_inception_weights_names_the_file_unless_offline_was_asked(
 
 
 def test_a_release_format_export_carries_its_class_names(tmp_path, capsys):
-    from pmf.checkpoint import load_checkpoint
+    from pmf.checkpoints.load import load_checkpoint
 
     out = tmp_path / "model.pt"
     assert main(["export", "--checkpoint", str(named_checkpoint(tmp_path)), "--out", str(out)]) == 0
@@ -84,8 +84,8 @@ def test_a_negative_seed_is_refused_by_pmf_sample_as_by_the_server(tmp_path, cap
 
 def test_the_offline_scores_refusal_names_only_datasets_it_takes():
     from pmf.commands.eval import check_offline_dataset
-    from pmf.config import model_config
     from pmf.errors import PMFError
+    from pmf.model_configs import model_config
 
     with pytest.raises(PMFError) as err:
         check_offline_dataset(model_config("pMF-Tiny/4", num_classes=3, input_size=16), "mnist-5k")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pmf.checkpoint import list_checkpoints, read_file
+from pmf.checkpoints.load import list_checkpoints, read_file
 from pmf.cli import main
-from pmf.distributed import free_port
+from pmf.parallel.process import free_port
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -133,7 +133,7 @@ def test_an_fsdp_run_writes_its_sharded_checkpoint_on_sigterm(tmp_path, capsys):
 
 
 def test_a_second_signal_stops_at_once_and_a_repeated_delivery_counts_once(monkeypatch, capsys):
-    from pmf import stopping
+    from pmf.training import stopping
 
     clock = [100.0]
     monkeypatch.setattr(stopping.time, "monotonic", lambda: clock[0])
@@ -147,14 +147,14 @@ def test_a_second_signal_stops_at_once_and_a_repeated_delivery_counts_once(monke
     with pytest.raises(stopping.Stopped) as stopped:
         stop.handle(signal.SIGTERM, None)
     from pmf.commands._runs import report_interrupt
-    from pmf.train_config import recipe
+    from pmf.training.config import recipe
 
     assert report_interrupt(stopped.value, recipe("tiny"), ["train"]) == 143
     assert "pmf train: stopped by SIGTERM mid-step" in capsys.readouterr().err
 
 
 def test_an_interrupted_demo_saves_its_step_and_resumes(tmp_path, monkeypatch, capsys):
-    from pmf import stopping
+    from pmf.training import stopping
 
     asked = []
 

@@ -14,8 +14,8 @@ from pmf.cli import build_parser, main
 from pmf.commands._args import PMFArgumentParser
 from pmf.commands._config_flags import add_config_flags, apply_config_flags, leaves
 from pmf.commands.train import config_from_args
-from pmf.config import doc
-from pmf.train_config import TrainConfig, recipe
+from pmf.model_configs import doc
+from pmf.training.config import TrainConfig, recipe
 
 
 def parse(*argv):
@@ -40,10 +40,10 @@ def test_every_field_of_the_training_config_has_one_flag():
 
 
 def test_choices_come_from_the_one_definition():
-    import pmf.choices as C
     import pmf.objective
     import pmf.parallel
     import pmf.sampling
+    import pmf.vocabulary as C
 
     assert pmf.parallel.PARALLEL_MODES is C.PARALLEL_MODES and pmf.parallel.REDUCE_MODES is C.REDUCE_MODES
     assert pmf.objective.JVP_MODES is C.JVP_MODES and pmf.sampling.PRECISIONS is C.PRECISIONS

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pmf.checkpoint import latest_checkpoint, read_file
+from pmf.checkpoints.load import latest_checkpoint, read_file
 from pmf.cli import main
 from pmf.data import load_builtin, load_packed, pack_folder
 from pmf.data.hf import HFImages, is_hf, parse_spec

@@ -9,8 +9,8 @@ from helpers import losses, rel_err, tiny_config
 from pmf import objective as O
 from pmf.errors import PMFError
 from pmf.nn.layers import Block
-from pmf.train import enable_activation_checkpointing, train
-from pmf.train_config import LossConfig, SampleConfig
+from pmf.training.config import LossConfig, SampleConfig
+from pmf.training.loop import enable_activation_checkpointing, train
 
 
 def _model():

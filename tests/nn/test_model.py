@@ -60,7 +60,7 @@ def test_math_and_sdpa_attention_agree(tiny_model, io):
 
 def test_rope_matches_complex_rotation():
     torch.manual_seed(0)
-    from pmf.config import ModelConfig
+    from pmf.model_configs import ModelConfig
 
     cfg = ModelConfig(input_size=32, patch_size=4, hidden_size=64, num_heads=4)
     angles = rope_angles(cfg.grid_size, cfg.head_dim)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pmf
-from pmf.checkpoint import load_model, read_file
+from pmf.checkpoints.load import load_model, read_file
 from pmf.errors import CheckpointError
 from pmf.nn.release import infer_config
 
@@ -86,7 +86,7 @@ def test_safetensors_release_file(tiny_model, tmp_path):
 
 def test_released_checkpoints_default_to_the_released_setting(tmp_path):
     import pmf
-    from pmf.config import RELEASED_SAMPLING
+    from pmf.model_configs import RELEASED_SAMPLING
     from pmf.sampling import default_setting
 
     for arch, rel in RELEASED_SAMPLING.items():

@@ -200,8 +200,8 @@ if __name__ == "__main__":
 
 def test_training_config_takes_the_triton_tangent_for_the_inline_form_only(tmp_path, monkeypatch):
     from helpers import tiny_config
-    from pmf.train import train
-    from pmf.train_config import LossConfig
+    from pmf.training.config import LossConfig
+    from pmf.training.loop import train
 
     assert LossConfig(tangent_attention="triton").tangent_attention == "triton"
     with pytest.raises(PMFError, match="loss.jvp"):

@@ -19,13 +19,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pmf import parallel as P
-from pmf.checkpoint import latest_checkpoint, list_checkpoints, load_model, read_file
-from pmf.distributed import free_port
+from pmf.checkpoints.load import latest_checkpoint, list_checkpoints, load_model, read_file
 from pmf.errors import PMFError
+from pmf.parallel.process import free_port
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: test_train, test_optim
-from helpers import end_process_group  # noqa: E402
-from test_train import tiny_config  # noqa: E402
+from helpers import (
+    end_process_group,  # noqa: E402
+    tiny_config,  # noqa: E402
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 1e-5  # relative, per tensor: |a - b| / |b| (Frobenius norms)
@@ -39,8 +41,8 @@ def _env(rank: int, world: int, port: int) -> None:
 
 def _runs_worker(rank: int, world: int, port: int, runs: list) -> None:
     """Each (out, overrides, resume) of ``runs`` in turn, in one process group; state bytes saved per run."""
-    from pmf.distributed import cleanup
-    from pmf.train import train
+    from pmf.parallel.process import cleanup
+    from pmf.training.loop import train
 
     _env(rank, world, port)
     for out, kw, resume in runs:
@@ -53,7 +55,7 @@ def make_config(out, kw: dict):
     """``tiny_config`` (a 2-block model of 8x8 digits) with ``kw``; with ``recipe="tiny"`` the tiny recipe."""
     kw = dict(kw)
     if kw.pop("recipe", None) == "tiny":
-        from pmf.train_config import TrainConfig, recipe
+        from pmf.training.config import TrainConfig, recipe
 
         data = recipe("tiny").to_dict()
         data.update(out=str(out), num_workers=0, **kw)
@@ -71,7 +73,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def ema_names(path) -> list[str]:
-    from pmf.sharded_checkpoint import read_meta
+    from pmf.checkpoints.sharded import read_meta
 
     return read_meta(path)["emas"] if path.is_dir() else list(read_file(path)["ema"])
 
@@ -114,7 +116,7 @@ def test_fsdp_two_processes_matches_ddp_and_resumes_across_modes(tmp_path):
     print(f"fsdp x 2 with activation checkpointing vs ddp x 2: {compare_runs(ckpt, ddp, exact=True):.2e}")
     print(f"fsdp x 2 vs ddp x 2 after 6 steps: max relative difference {worst:.2e}")
     # the optimiser state too: Muon momentum, Adam moments and step counts, tensor by tensor
-    from pmf.train_state import to_single_file
+    from pmf.training.state import to_single_file
 
     opt_f = read_file(to_single_file(fsdp / "checkpoints" / "step_00000006", tmp_path / "fsdp6.pt"))["optimizer"]
     opt_d = read_file(ddp / "checkpoints" / "step_00000006.pt")["optimizer"]
@@ -129,7 +131,7 @@ def test_fsdp_two_processes_matches_ddp_and_resumes_across_modes(tmp_path):
     assert rel(first["shared_blocks.0.attn.q_proj.weight"], last["shared_blocks.0.attn.q_proj.weight"]) > 1e-3
 
     # one process resumes the fsdp x 2 checkpoint of step 3 (without a process group) and continues
-    from pmf.train import train
+    from pmf.training.loop import train
 
     single = tmp_path / "single"
     (single / "checkpoints").mkdir(parents=True)
@@ -142,8 +144,8 @@ def test_fsdp_two_processes_matches_ddp_and_resumes_across_modes(tmp_path):
 
 
 def check_atomic_and_export(run, tmp_path):
-    from pmf.checkpoint import export_ema
-    from pmf.train_state import to_single_file
+    from pmf.checkpoints.load import export_ema
+    from pmf.training.state import to_single_file
 
     ckpts = run / "checkpoints"
     assert [p.name for _, p in list_checkpoints(ckpts)] == ["step_00000002", "step_00000004"]
@@ -179,9 +181,9 @@ def test_fused_du_dt_is_refused_under_fsdp():
 
 
 def test_owner_assignment_balances_newton_schulz_cost():
-    from pmf.config import model_config
+    from pmf.model_configs import model_config
     from pmf.nn.model import PMFDiT
-    from pmf.optim import split_parameters
+    from pmf.training.optim import split_parameters
 
     model = PMFDiT(model_config("pMF-B/16"))
     shapes = [tuple(p.shape) for p in split_parameters(model)[0]]
@@ -265,19 +267,19 @@ def test_ordered_reduction_sums_in_rank_order(tmp_path):
 def _fixture_setup():
     """pMF-Tiny/4 with the release fixture's weights, and the 4 steps of gradients of optim_traj_tiny.npz."""
     from conftest import FIXTURES
+    from helpers import fixture_gradients
     from pmf import build_model, load_release_state_dict
     from pmf.nn.release import from_release_key
-    from test_optim import _fixture_gradients
 
     sd = torch.load(FIXTURES / "net_tiny.pt", weights_only=True)
     model = load_release_state_dict(build_model("pMF-Tiny/4"), sd)
     keys = [k for k in sd if k != "rope_freqs"]
-    grads = [{from_release_key(k): g for k, g in step.items()} for step in _fixture_gradients(model, keys, 4)]
+    grads = [{from_release_key(k): g for k, g in step.items()} for step in fixture_gradients(model, keys, 4)]
     return model, grads, keys
 
 
 def _optim_cfg():
-    from pmf.train_config import OptimConfig
+    from pmf.training.config import OptimConfig
 
     return OptimConfig(lr=1e-2)
 
@@ -300,7 +302,7 @@ def _muon_worker(rank: int, world: int, port: int, out: str) -> None:
         if step in (1, 4):
             result.update({f"{n}@{step}": P.full(p.detach()) for n, p in params.items()})
     # uneven row blocks, fewer rows than ranks, tall and wide matrices, repeated shapes
-    from pmf.optim import newton_schulz_batched
+    from pmf.training.optim import newton_schulz_batched
 
     for i, (m, n) in enumerate(ODD_SHAPES):
         whole = torch.randn(m, n, generator=torch.Generator().manual_seed(i))
@@ -325,7 +327,7 @@ def test_sharded_muon_equals_single_process(tmp_path, fixtures_dir, world):
     import numpy as np
 
     from pmf.nn.release import to_release_key
-    from pmf.optim import build_optimizer
+    from pmf.training.optim import build_optimizer
 
     out = str(tmp_path / "sharded.pt")
     mp.spawn(_muon_worker, args=(world, free_port(), out), nprocs=world, join=True)
@@ -351,7 +353,7 @@ def test_sharded_muon_equals_single_process(tmp_path, fixtures_dir, world):
     print(f"sharded Muon x {world}: vs single process {worst_single:.1e}, vs optax fixture {worst_optax:.1e} "
           "(relative to the update)")
 
-    from pmf.optim import newton_schulz
+    from pmf.training.optim import newton_schulz
 
     for i, (m, n) in enumerate(ODD_SHAPES):
         ref = newton_schulz(torch.randn(m, n, generator=torch.Generator().manual_seed(i)))
@@ -410,7 +412,7 @@ def test_four_processes_fsdp_and_hsdp_match_ddp_and_shrink_the_state(tmp_path):
     shutil.copytree(runs["fsdp"] / "checkpoints" / "step_00000003", chain / "checkpoints" / "step_00000003")
     spawn_runs(2, [(chain, dict(base, steps=4, parallel="fsdp"), "auto")])
     assert [p.name for _, p in list_checkpoints(chain / "checkpoints")][-1] == "step_00000004"
-    from pmf.train import train
+    from pmf.training.loop import train
 
     s5 = train(make_config(chain, dict(base, steps=5, parallel="ddp")), resume="auto", progress=False)
     s6 = train(make_config(chain, dict(base, steps=6, parallel="fsdp")), resume="auto", progress=False)

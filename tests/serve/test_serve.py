@@ -22,10 +22,10 @@ import pmf  # noqa: E402
 from helpers import start_serve  # noqa: E402
 from pmf.cli import build_parser, main  # noqa: E402
 from pmf.commands.serve import build, is_loopback  # noqa: E402
-from pmf.distributed import free_port  # noqa: E402
+from pmf.data.class_names import imagenet_names  # noqa: E402
+from pmf.parallel.process import free_port  # noqa: E402
 from pmf.sampling import generate  # noqa: E402
 from pmf.serve import Batcher, ImageJob, ServerBusy, class_names  # noqa: E402
-from pmf.serve.classes import imagenet_names  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

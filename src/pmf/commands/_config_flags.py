@@ -1,5 +1,5 @@
 """Command-line flags generated from a config dataclass (``TrainConfig``): one flag per field, spelled from its
-path (``--ema-decays``, ``--steps``) unless the field names its flag (``pmf.config.doc``), with its help, choices
+path (``--ema-decays``, ``--steps``) unless the field names its flag (``pmf.model_configs.doc``), with its help, choices
 and shown default taken from the field. A new field gets its flag, and a flag cannot drift from its field."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 
-from ..config import field_types, literal_choices
 from ..errors import PMFError
+from ..model_configs import field_types, literal_choices
 from ._deprecation import _Deprecated
 from ._numbers import numbers
 
@@ -208,7 +208,7 @@ def apply_config_flags(data: dict, cls, args) -> dict:
 
 def add_perceptual_args(p) -> None:
     """The flags of the training config's perceptual section (``pmf train``, ``pmf demo``)."""
-    from ..train_config import TrainConfig
+    from ..training.config import TrainConfig
 
     add_config_flags(p, TrainConfig, TrainConfig(), str, only="perceptual")
 

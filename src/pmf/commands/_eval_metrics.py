@@ -13,9 +13,9 @@ import numpy as np
 
 from ..data import BUILTIN
 from ..errors import PMFError
-from ..feature_metrics import FDR6
-from ..metric_plan import KINDS, Plan, needed, parse_metrics
-from ..reference import SAMPLE, is_statistics_file, load_reference, source_references
+from ..evaluation.feature_metrics import FDR6
+from ..evaluation.metric_plan import KINDS, Plan, needed, parse_metrics
+from ..evaluation.reference import SAMPLE, is_statistics_file, load_reference, source_references
 
 TRAIN_LIMIT = 50_000  # training images the memorisation check compares with, at most
 
@@ -58,7 +58,7 @@ def fdr_norms(args) -> dict[str, float]:
 
 
 def representation(name: str, args, device):
-    from ..representations import get_representation
+    from ..evaluation.representations import get_representation
 
     weights = dict(item.split("=", 1) for item in _names(args.repr_weights or "") if "=" in item)
     if name == "offline":
@@ -74,7 +74,7 @@ def representation(name: str, args, device):
 def nearest_repr(args) -> str:
     if args.nearest_repr:
         return args.nearest_repr
-    from ..representations.timm_models import find_weights
+    from ..evaluation.representations.timm_models import find_weights
 
     try:
         find_weights("dinov2", "vit_large_patch14_dinov2.lvd142m", dict(
@@ -189,7 +189,7 @@ def image_features(dataset, plan: Plan, batch_size: int, workers: int = 0, progr
     import torch
     from tqdm.auto import tqdm
 
-    from ..distributed import gather_rows, rank_world, shard
+    from ..parallel.process import gather_rows, rank_world, shard
 
     rank, world = rank_world()
     mine = list(shard(len(dataset), rank, world))
@@ -229,7 +229,7 @@ def run_images(args) -> int:
     import torch.distributed as dist
 
     from .. import __version__
-    from ..distributed import setup
+    from ..parallel.process import setup
     from ._args import check_device, output_folder
 
     if args.checkpoint is not None:

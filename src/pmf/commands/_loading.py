@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ..choices import PRECISIONS
-from ..config import PRESETS
 from ..errors import PMFError
+from ..model_configs import PRESETS
+from ..vocabulary import PRECISIONS
 from ._vocabulary import add_checkpoint, add_device, add_ema
 
 
@@ -35,9 +35,9 @@ def check_device(text: str | None) -> str:
 
 
 def load_for_sampling(args, device, ema: str | None = None):
-    """``pmf.checkpoint.LoadedCheckpoint`` of ``--checkpoint`` (``random``: an untrained ``--arch`` model seeded
+    """``pmf.checkpoints.load.LoadedCheckpoint`` of ``--checkpoint`` (``random``: an untrained ``--arch`` model seeded
     by ``--seed`` (0 for commands without it), sampled without guidance by default); ``ema`` overrides ``--ema``."""
-    from ..checkpoint import LoadedCheckpoint, load_checkpoint
+    from ..checkpoints.load import LoadedCheckpoint, load_checkpoint
     from ..nn.model import build_model
     from ..sampling import SamplingSetting
 
@@ -55,8 +55,8 @@ def load_for_sampling(args, device, ema: str | None = None):
 def checkpoint_arg(spec: str) -> str:
     """``--checkpoint`` with a run folder or its ``checkpoints/`` folder replaced by its newest checkpoint (said
     in one line); anything else unchanged."""
-    from ..checkpoint import run_checkpoint
-    from ..hub import is_hub_folder
+    from ..checkpoints.hub import is_hub_folder
+    from ..checkpoints.load import run_checkpoint
 
     if not Path(spec).expanduser().is_dir() or is_hub_folder(spec):
         return spec

@@ -49,9 +49,9 @@ def one_guidance(args) -> tuple[float | None, float | None, float | None]:
 def check_guidance(*, omega: float | None = None, t_min: float | None = None, t_max: float | None = None,
                    steps: int | None = None) -> None:
     """The sampling flags, checked before any work starts (None: not given) by the setting's own rule
-    (``pmf.setting``); a field not given takes a value that passes, so only the given ones are judged."""
-    from ..setting import check_guidance as check
-    from ..setting import check_steps
+    (``pmf.sampling_setting``); a field not given takes a value that passes, so only the given ones are judged."""
+    from ..sampling_setting import check_guidance as check
+    from ..sampling_setting import check_steps
 
     if steps is not None:
         check_steps(steps, name="--steps")

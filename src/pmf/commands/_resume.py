@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import PMFError
-from ..train_config import TrainConfig
+from ..training.config import TrainConfig
 from ._config_flags import NONE, OFF, PREFIX, leaves
 
 # fields a resume may change: the length of the run and how it runs, not the steps it takes (any process layout
@@ -25,7 +25,7 @@ MODEL_FLAGS = {"num_classes": "num_classes", "channels": "in_channels", "image_s
 
 def recorded_config(path: Path) -> dict | None:
     """The training config a checkpoint (file or sharded folder) records; None if it records none."""
-    from ..sharded_checkpoint import read_meta
+    from ..checkpoints.sharded import read_meta
 
     if path.is_dir():
         return read_meta(path).get("train_config")
@@ -88,7 +88,7 @@ def resumed_config(asked: TrainConfig, recorded: dict, given: set[str], args, wh
 
 
 def model_flag_conflicts(run: TrainConfig, args) -> list[str]:
-    from ..config import model_config
+    from ..model_configs import model_config
 
     mcfg = model_config(run.arch, **run.model_overrides)
     out = []
@@ -102,7 +102,7 @@ def model_flag_conflicts(run: TrainConfig, args) -> list[str]:
 def config_to_resume(asked: TrainConfig, args, config_file: dict | None) -> tuple[TrainConfig, Path | None]:
     """(the config to run, the checkpoint resumed or None): ``asked`` for a new run (no --resume, or --resume
     auto in a folder without checkpoints), else the run's own config per ``resumed_config``."""
-    from ..train_build import resolve_resume
+    from ..training.build import resolve_resume
 
     path = resolve_resume(args.resume, Path(asked.out) / "checkpoints")
     recorded = recorded_config(path) if path is not None and path.exists() else None

@@ -20,7 +20,7 @@ def guard_run_folder(out: str | Path, *, resume: str | None, overwrite: bool, fl
     import os
     import shutil
 
-    from ..checkpoint import list_checkpoints
+    from ..checkpoints.load import list_checkpoints
 
     out = Path(out)
     if resume not in (None, "", "none"):
@@ -62,8 +62,8 @@ def resume_command(argv: list[str] | None) -> str:
 def report_interrupt(stop: KeyboardInterrupt, cfg, argv: list[str] | None, command: str = "train"
                      ) -> int:
     """Print (on rank 0) where the run stopped and the command that resumes it; returns the exit status."""
-    from ..checkpoint import latest_checkpoint
-    from ..stopping import exit_code, signal_name
+    from ..checkpoints.load import latest_checkpoint
+    from ..training.stopping import exit_code, signal_name
 
     signum = getattr(stop, "signum", signal.SIGINT)
     if os.environ.get("RANK", "0") != "0":

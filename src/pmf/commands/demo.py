@@ -53,8 +53,8 @@ def score(model, out: Path, *, n: int, seed: int, settings: list[tuple[float, fl
     """Sample n images (n / 10 per class, per-image noise seeds) at each (omega, t_min, t_max) and score them:
     the images and scores of ``pmf eval --offline --seed SEED --batch-size 250`` (``run`` passes the training
     seed + 1, so ``pmf eval``'s default seed 0 draws other images and gets other figures)."""
+    from ..evaluation.offline_score import offline_scores
     from ..images import save_grid
-    from ..quality import offline_scores
     from ..sampling import generate
 
     labels = torch.arange(n) % model.config.num_classes
@@ -74,10 +74,10 @@ def score(model, out: Path, *, n: int, seed: int, settings: list[tuple[float, fl
 
 
 def run(args) -> int:
-    from ..checkpoint import load_model
-    from ..stopping import StopRequest
-    from ..train import train
-    from ..train_config import recipe_mnist
+    from ..checkpoints.load import load_model
+    from ..training.config import recipe_mnist
+    from ..training.loop import train
+    from ..training.stopping import StopRequest
     from ._args import check_device, check_guidance, intervals, output_folder
 
     args.device = check_device(args.device)

@@ -14,9 +14,9 @@ import torch.distributed as dist
 from .. import __version__
 from ..data import BUILTIN
 from ..errors import PMFError
+from ..export.onnx_export import FP32
+from ..export.onnx_runtime import is_onnx, onnx_checkpoint
 from ..extras import MissingExtra
-from ..onnx_export import FP32
-from ..onnx_runtime import is_onnx, onnx_checkpoint
 from ..sampling import prepare_sampler
 from ._args import (
     add_batch_size,
@@ -78,7 +78,7 @@ def default_out(checkpoint: str) -> Path:
 def choose_mode(args, model) -> str:
     """"offline" when asked (--offline); "inception" when the Inception weights are there; else the error that
     names the weights file (FID was asked for: another score in its place would pass for it)."""
-    from ..inception import find_weights, weights_available
+    from ..evaluation.inception import find_weights, weights_available
 
     if args.metrics is not None:
         if args.offline:
@@ -149,7 +149,7 @@ def check_args(args):
 def load_settings(args, device, rank: int, emas: list, omegas, pairs):
     """The sampler of the first EMA, the checkpoint's own setting and the grid of settings; sets args.steps,
     args.dataset and emas[0] from the checkpoint."""
-    from ..evaluate import grid
+    from ..evaluation.evaluate import grid
 
     onnx = is_onnx(args.checkpoint)  # an exported file (fp32 or int8) run in onnxruntime, as pmf sample does
     loaded = onnx_checkpoint(args) if onnx else load_for_sampling(args, device, emas[0])
@@ -176,7 +176,7 @@ def load_settings(args, device, rank: int, emas: list, omegas, pairs):
 def load_metric(args, model, device):
     """The mode ("inception", "offline" or "metrics"), checked before sampling, and the Inception network (or
     the metrics' plan, or None)."""
-    from ..frechet import load_stats
+    from ..evaluation.frechet import load_stats
 
     mode = choose_mode(args, model)
     if mode == "metrics":
@@ -187,7 +187,7 @@ def load_metric(args, model, device):
         check_offline_dataset(model.config, args.dataset)
     inception = None
     if mode == "inception":
-        from ..inception import load_inception
+        from ..evaluation.inception import load_inception
 
         load_stats(args.ref)  # fail before sampling
         inception = load_inception(args.inception_weights, device=device)
@@ -202,7 +202,7 @@ class Scorer:
         self.inception, self.device, self.out, self.rank = inception, device, out, rank
 
     def settings(self, c: dict, n: int):
-        from ..evaluate import EvalSettings
+        from ..evaluation.evaluate import EvalSettings
 
         a = self.args
         return EvalSettings(num_images=n, seed=a.seed, steps=a.steps, omega=c["omega"], t_min=c["t_min"],
@@ -210,7 +210,7 @@ class Scorer:
                             precision=a.precision, prediction=self.base.prediction)
 
     def __call__(self, c: dict, n: int, final: bool) -> dict:
-        from ..evaluate import evaluate
+        from ..evaluation.evaluate import evaluate
 
         a, out = self.args, self.out
         if c["ema"] != self.ema:
@@ -229,7 +229,7 @@ class Scorer:
 def sweep(score: Scorer, combos: list, num_images: int, metric: str) -> tuple[list, list]:
     """Every setting scored with ``num_images`` images: (table rows, full metrics) on rank 0 (empty elsewhere);
     writes sweep.json, sweep.md and sweep.png."""
-    from ..evaluate import plot, progress_bar, table
+    from ..evaluation.evaluate import plot, progress_bar, table
 
     args, rank, out = score.args, score.rank, score.out
     rows, full = [], []
@@ -266,7 +266,7 @@ def write_metrics(args, metrics: dict, chosen: dict, mode: str, out: Path, info,
               "args": {k: v for k, v in vars(args).items() if k != "func"}, "argv": sys.argv[1:],
               "pixel_meanflow": __version__}
     if mode == "inception":
-        from ..inception import find_weights
+        from ..evaluation.inception import find_weights
         record["inception_weights"] = str(find_weights(args.inception_weights))
     if mode == "metrics":
         from ._eval_metrics import describe
@@ -278,8 +278,8 @@ def write_metrics(args, metrics: dict, chosen: dict, mode: str, out: Path, info,
 
 
 def run(args) -> int:
-    from ..distributed import broadcast_object, setup
-    from ..evaluate import best_row
+    from ..evaluation.evaluate import best_row
+    from ..parallel.process import broadcast_object, setup
 
     if args.images is not None:
         from ._eval_metrics import run_images

@@ -1,6 +1,6 @@
 """``pmf export``: write one EMA (or the raw weights) of a training checkpoint for inference, u-head only,
-in the release's PyTorch format (.pt), as safetensors, as an ONNX generator (``pmf.onnx_export``) or as a
-Hugging Face Hub folder (``pmf.hub``); or rewrite a sharded (DCP) training checkpoint as one single-file
+in the release's PyTorch format (.pt), as safetensors, as an ONNX generator (``pmf.export.onnx_export``) or as a
+Hugging Face Hub folder (``pmf.checkpoints.hub``); or rewrite a sharded (DCP) training checkpoint as one single-file
 training checkpoint."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from ..errors import PMFError
-from ..setting import sidecar_path
+from ..sampling_setting import sidecar_path
 from ._args import add_checkpoint, add_ema, add_out, checkpoint_arg, legacy_positionals, output_file
 
 # output suffix -> format written
@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..checkpoint import export_ema
+    from ..checkpoints.load import export_ema
 
     legacy_positionals(args)
     args.checkpoint = checkpoint_arg(args.checkpoint)
@@ -57,8 +57,8 @@ def run(args) -> int:
     if args.format != "hub":
         output_file(args.out)  # a folder that cannot be made is a one-line error before any work
     if args.format == "checkpoint":
-        from ..sharded_checkpoint import is_sharded_checkpoint
-        from ..train_state import to_single_file
+        from ..checkpoints.sharded import is_sharded_checkpoint
+        from ..training.state import to_single_file
 
         if not is_sharded_checkpoint(args.checkpoint):
             raise PMFError(f"--format checkpoint rewrites a sharded checkpoint folder; {args.checkpoint!r} is not one")
@@ -90,8 +90,8 @@ def run(args) -> int:
 
 
 def _export_onnx(args):
-    from ..checkpoint import load_checkpoint
-    from ..onnx_export import export_onnx
+    from ..checkpoints.load import load_checkpoint
+    from ..export.onnx_export import export_onnx
 
     if args.steps is not None and args.steps < 1:
         raise PMFError(f"--steps must be >= 1, got {args.steps}")
@@ -101,8 +101,8 @@ def _export_onnx(args):
     print(f"exporting the {setting.steps}-step generator; setting: {setting.describe()}", flush=True)
     if args.quantize is None:
         return export_onnx(loaded, args.out, steps=setting.steps, setting=setting)
-    from ..onnx_quantize import export_int8
-    from ..onnx_runtime import describe_weights, read_metadata
+    from ..export.onnx_quantize import export_int8
+    from ..export.onnx_runtime import describe_weights, read_metadata
 
     path, _ = export_int8(loaded, args.out, steps=setting.steps, setting=setting)
     print(describe_weights(read_metadata(path)["weights"]), flush=True)  # as recorded in the file
@@ -112,9 +112,9 @@ def _export_onnx(args):
 def _export_hub(spec: str, out: str, *, ema: str | None = None) -> Path:
     """One weight set of any checkpoint (``ema`` as ``pmf export``) as a hub folder, with the checkpoint's
     sampling setting (its EMA: the one exported) and class names (those it records, else digits for the
-    built-in sets and the ImageNet names for ImageNet presets: ``pmf.serve.classes``)."""
-    from ..checkpoint import load_checkpoint
-    from ..serve.classes import checkpoint_class_names
+    built-in sets and the ImageNet names for ImageNet presets: ``pmf.data.class_names``)."""
+    from ..checkpoints.load import load_checkpoint
+    from ..data.class_names import checkpoint_class_names
 
     loaded = load_checkpoint(spec, ema=ema)
     setting = dataclasses.replace(loaded.setting, ema=loaded.ema)

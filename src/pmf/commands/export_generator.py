@@ -7,7 +7,7 @@ import json
 import torch
 
 from ..errors import PMFError
-from ..generator_export import export_generator, save_generator
+from ..export.generator import export_generator, save_generator
 from ._args import add_out, check_device, load_for_sampling, output_file, sampling_setting
 from ._loading import add_common_model_args
 

@@ -43,8 +43,8 @@ def run(args) -> int:
 
     from ..data import BUILTIN
     from ..data.sources import image_source
-    from ..distributed import setup
-    from ..reference import save_references, source_references
+    from ..evaluation.reference import save_references, source_references
+    from ..parallel.process import setup
     from ._args import check_device, output_file
     from ._eval_metrics import representation
 

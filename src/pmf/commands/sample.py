@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from ..class_choice import parse_classes
+from ..data.class_names import class_names
 from ..errors import PMFError
+from ..export.onnx_runtime import is_onnx, onnx_checkpoint
 from ..images import save_grid, save_image
-from ..onnx_runtime import is_onnx, onnx_checkpoint
 from ..sampling import generate, image_labels, prepare_sampler
-from ..serve.classes import class_names
 from ._args import (
     add_batch_size,
     add_common_model_args,
@@ -100,7 +100,7 @@ def run(args) -> int:
         raise PMFError(f"--batch-size must be >= 1, got {args.batch_size}")
     omega, t_min, t_max = one_guidance(args)
     check_guidance(omega=omega, t_min=t_min, t_max=t_max, steps=args.steps)
-    onnx = is_onnx(args.checkpoint)  # an exported file run in onnxruntime (pmf.onnx_runtime)
+    onnx = is_onnx(args.checkpoint)  # an exported file run in onnxruntime (pmf.export.onnx_runtime)
     args.device = "cpu" if onnx and args.device is None else check_device(args.device)
     out = output_folder(args.out)
     loaded = onnx_checkpoint(args) if onnx else load_for_sampling(args, args.device)

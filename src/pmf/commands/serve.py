@@ -9,8 +9,8 @@ import sys
 import torch
 
 from ..errors import PMFError
+from ..export.onnx_runtime import is_onnx, onnx_checkpoint
 from ..extras import needs
-from ..onnx_runtime import is_onnx, onnx_checkpoint
 from ..sampling import PRECISIONS
 from ._args import add_checkpoint, add_device, add_ema, check_device, load_for_sampling
 
@@ -78,10 +78,10 @@ def build(args):
     with needs("serve", "pmf serve needs FastAPI and uvicorn"):
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
+    from ..data.class_names import checkpoint_class_names
     from ..sampling import prepare_sampler
     from ..serve import Batcher
     from ..serve.app import ModelInfo, ServeLimits, create_app
-    from ..serve.classes import checkpoint_class_names
 
     if args.threads:
         torch.set_num_threads(args.threads)

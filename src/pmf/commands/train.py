@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import PMFError
-from ..train_config import RECIPES, TrainConfig, recipe
+from ..training.config import RECIPES, TrainConfig, recipe
 from ._args import add_progress, check_device, output_folder
 from ._config_flags import add_config_flags, apply_config_flags, flag_value
 from ._resume import config_to_resume
@@ -103,16 +103,16 @@ def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> st
     """Set ``cfg.model_overrides`` so that the model has the data's classes, channels and image size (or those
     of --num-classes / --channels / --image-size) where the preset differs; returns what was found. A resumed
     run keeps the model it records."""
-    from ..config import model_config
     from ..data.builtin import resized_note
     from ..data.probe import probe
+    from ..model_configs import model_config
 
     facts = probe(cfg.data)
     if resumed is not None:
         return f"data {facts.describe()}; model {cfg.arch}; resuming {resumed} with the run's own config"
     note = ""
     if cfg.init:  # the architecture of the starting weights (checked against --arch when given)
-        from ..finetune import init_architecture, init_source
+        from ..training.finetune import init_architecture, init_source
 
         source, recipe_arch = init_source(cfg.init, cfg.init_ema).model.config, cfg.arch
         cfg.arch, cfg.model_overrides = init_architecture(source, flag_value(args, "arch"))
@@ -167,11 +167,11 @@ def one_class_guidance(cfg: TrainConfig, args, num_classes: int) -> str:
 
 
 def run(args) -> int:
-    from ..accumulate import check_accumulation
-    from ..distributed import cleanup
-    from ..stopping import StopRequest
-    from ..tracking import import_wandb
-    from ..train import CheckpointSaveError, train
+    from ..parallel.process import cleanup
+    from ..training.accumulate import check_accumulation
+    from ..training.loop import CheckpointSaveError, train
+    from ..training.stopping import StopRequest
+    from ..training.tracking import import_wandb
 
     cfg = config_from_args(args)
     if cfg.wandb:

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import torch
 
-from ..config import ModelConfig
 from ..errors import PMFError
+from ..model_configs import ModelConfig
 from ..seeds import DATA_ORDER, derive_seed
 from .builtin import ArrayData
 

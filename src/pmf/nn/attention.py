@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..choices import TANGENT_ATTENTIONS
+from ..vocabulary import TANGENT_ATTENTIONS
 from .common import RMSNorm, apply_rope, linear_tangent, upcast
 
 

@@ -8,9 +8,9 @@ import dataclasses
 import torch
 from torch import nn
 
-from ..config import ModelConfig, model_config
 from ..errors import PMFError
-from ..setting import check_guidance
+from ..model_configs import ModelConfig, model_config
+from ..sampling_setting import check_guidance
 from .layers import Block, FinalLayer, LabelEmbedder, PatchEmbed, ScalarEmbedder
 
 
@@ -59,12 +59,12 @@ class PMFDiT(nn.Module):
             self.v_final_layer = FinalLayer(D, out_dim)
         self.reset_parameters()
 
-    # The Hugging Face Hub format (pmf.hub), with PyTorchModelHubMixin's method names; huggingface_hub is
+    # The Hugging Face Hub format (pmf.checkpoints.hub), with PyTorchModelHubMixin's method names; huggingface_hub is
     # needed only for hub repos.
     def save_pretrained(self, save_directory, **kwargs):
         """config.json, model.safetensors (u-head weights) and a README.md model card in ``save_directory``
-        (``pmf.hub.save_pretrained``'s keywords: setting, class_names, preset, fid, license)."""
-        from ..hub import save_pretrained
+        (``pmf.checkpoints.hub.save_pretrained``'s keywords: setting, class_names, preset, fid, license)."""
+        from ..checkpoints.hub import save_pretrained
 
         return save_pretrained(u_head_only(self) if self.config.v_head else self, save_directory, **kwargs)
 
@@ -72,13 +72,13 @@ class PMFDiT(nn.Module):
     def from_pretrained(cls, pretrained_model_name_or_path, *, device=None, **kwargs) -> PMFDiT:
         """The network (eval mode) of a ``save_pretrained`` folder or hub repo ``OWNER/REPO``; it carries the
         folder's ``sampling_setting`` and ``class_names``."""
-        from ..hub import read_pretrained
+        from ..checkpoints.hub import read_pretrained
 
         return read_pretrained(pretrained_model_name_or_path, **kwargs).build(cls, device)
 
     def push_to_hub(self, repo_id: str, **kwargs) -> str:
         """``save_pretrained`` to the hub repo ``repo_id`` (network and write token needed)."""
-        from ..hub import push_to_hub
+        from ..checkpoints.hub import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
 

@@ -6,8 +6,8 @@ import re
 
 import torch
 
-from ..config import PRESETS, ModelConfig
 from ..errors import CheckpointError
+from ..model_configs import PRESETS, ModelConfig
 from .attention import rope_angles
 from .model import PMFDiT
 

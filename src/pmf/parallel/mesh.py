@@ -13,8 +13,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from ..choices import PARALLEL_MODES
 from ..errors import PMFError
+from ..vocabulary import PARALLEL_MODES
 
 
 def is_dtensor(t) -> bool:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..choices import REDUCE_MODES
 from ..errors import PMFError
+from ..vocabulary import REDUCE_MODES
 
 
 def resolve_reduce(mode: str, backend: str | None) -> str:

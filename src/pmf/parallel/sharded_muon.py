@@ -109,10 +109,10 @@ def _unpack(out_flat: torch.Tensor, shapes, owners, chunk, N: int, rank: int) ->
 
 
 def _sharded_muon_class():
-    from ..optim import Muon, adam_update_, muon_momentum_, newton_schulz_batched
+    from ..training.optim import Muon, adam_update_, muon_momentum_, newton_schulz_batched
 
     class ShardedMuon(Muon):
-        """``pmf.optim.Muon`` on FSDP2 / HSDP parameters: the same maths (its elementwise pieces
+        """``pmf.training.optim.Muon`` on FSDP2 / HSDP parameters: the same maths (its elementwise pieces
         ``muon_momentum_`` and ``adam_update_`` run on the local shards) and the same state (step counts,
         momentum, Adam moments; the tensors are DTensors sharded like their parameters, so a checkpoint
         resumes under any layout). Each Muon matrix is orthogonalised whole by one owner rank of its shard
@@ -160,9 +160,9 @@ def _sharded_muon_class():
 
 
 def build_sharded_optimizer(model: torch.nn.Module, cfg, mesh) -> torch.optim.Optimizer:
-    """``pmf.optim.build_optimizer`` on a sharded model: Muon becomes its sharded form over the mesh's shard
+    """``pmf.training.optim.build_optimizer`` on a sharded model: Muon becomes its sharded form over the mesh's shard
     group; AdamW (the ablation) is elementwise and runs on DTensors as it is."""
-    from ..optim import Muon, build_optimizer
+    from ..training.optim import Muon, build_optimizer
 
     opt = build_optimizer(model, cfg)
     if isinstance(opt, Muon):

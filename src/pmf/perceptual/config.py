@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import dataclass_from_dict, doc
 from ..errors import PMFError
+from ..model_configs import dataclass_from_dict, doc
 
 CONVNEXT_V2_BASE = "convnextv2_base.fcmae_ft_in22k_in1k"  # ImageNet-22k fine-tuned, 224 px
 

@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .. import __version__
 from ..class_choice import class_of, name_index
 from ..errors import PMFError
+from ..sampling_setting import SettingError
 from ..seeds import SEED_MAX, seed_problem
-from ..setting import SettingError
 from .batcher import Batcher, ImageJob, ServerBusy
 from .encode import encode
 from .model_info import ModelInfo
@@ -94,7 +94,7 @@ def _check(req: GenerateRequest, info: ModelInfo, limits: ServeLimits) -> ImageJ
     steps = info.setting.steps if req.steps is None else req.steps
     if not limits.min_steps <= steps <= limits.max_steps:
         raise RequestProblem("steps", f"must be in [{limits.min_steps}, {limits.max_steps}], got {steps}")
-    try:  # the setting's own rule (pmf.setting); fields left out are the checkpoint's
+    try:  # the setting's own rule (pmf.sampling_setting); fields left out are the checkpoint's
         s = info.setting.replace(omega=req.omega, t_min=req.t_min, t_max=req.t_max, steps=steps)
     except SettingError as err:
         raise RequestProblem(err.field, str(err).removeprefix(f"{err.field} ")) from None

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import PMFError
 from ..sampling import image_noise, precision_context, sample_from, to_uint8
-from ..setting import check_prediction
+from ..sampling_setting import check_prediction
 
 SAMPLE_BATCH = 64  # pmf sample's default --batch-size: image i is row i % 64 of a batch of that request
 
@@ -61,7 +61,7 @@ class Batcher:
     """Queues ``ImageJob``s and answers each with its uint8 images [N, H, W, C].
 
     ``model`` is the network as ``prepare_sampler`` returns it, or a runtime of ``pmf.sampling.sample_from``
-    (an ONNX file's ``pmf.onnx_runtime.OnnxGenerator``: pass ``device``; no torch model then). ``pad_batches``
+    (an ONNX file's ``pmf.export.onnx_runtime.OnnxGenerator``: pass ``device``; no torch model then). ``pad_batches``
     (for a compiled network, one graph per batch size) pads each batch to the next power of two, capped at
     ``max_batch``, by repeating its last image, so at most log2(max_batch) + 1 graphs are compiled. ``exact``
     computes each request chunk by its own call (module docstring): every image then equals ``pmf sample``'s to

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..onnx_export import FP32
-from ..setting import SamplingSetting
+from ..export.onnx_export import FP32
+from ..sampling_setting import SamplingSetting
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,4 @@
+"""Checkpoint formats, with no trainer in sight: ``load`` (reading any weights: local files, run folders, hub
+names, URLs; ``load_checkpoint``), ``files`` (the names and listing of training checkpoint files), ``sharded``
+(DCP folders), ``hub`` and ``hub_card`` (the Hugging Face hub folder and its model card) and ``download``
+(files that live elsewhere). The trainer's saving is ``pmf.training.saver``."""
