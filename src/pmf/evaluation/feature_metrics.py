@@ -30,10 +30,16 @@ def _features(f, what: str) -> torch.Tensor:
     return a
 
 
-def precision_recall(generated, real, k: int = K, batch_size: int = 10_000) -> tuple[float, float]:
-    """(precision, recall) of generated features [N, D] against real features [M, D]."""
+def precision_recall_backend():
+    """torch-fidelity's k-NN precision/recall, or the one-line MissingExtra naming its install command."""
     with needs("eval", "precision and recall need torch-fidelity"):
         from torch_fidelity.metric_prc import calculate_precision_recall_part
+    return calculate_precision_recall_part
+
+
+def precision_recall(generated, real, k: int = K, batch_size: int = 10_000) -> tuple[float, float]:
+    """(precision, recall) of generated features [N, D] against real features [M, D]."""
+    calculate_precision_recall_part = precision_recall_backend()
     g, r = _features(generated, "precision/recall (generated)"), _features(real, "precision/recall (reference)")
     if g.shape[1] != r.shape[1]:
         raise PMFError(f"precision/recall: generated features have {g.shape[1]} values, reference {r.shape[1]}")

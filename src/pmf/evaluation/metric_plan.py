@@ -47,6 +47,10 @@ def parse_metrics(spec: str, *, repr: str = "inception", fdr_reprs=tuple(FDR6), 
         out.append(MetricSpec(key, kind, reprs))
     if not out:
         raise PMFError("--metrics names no metric")
+    if any(s.kind in ("precision", "recall") for s in out):  # its package is checked before any feature is made
+        from .feature_metrics import precision_recall_backend
+
+        precision_recall_backend()
     return out
 
 
