@@ -67,3 +67,20 @@ def test_a_record_of_an_older_version_is_said_and_the_commands_config_runs(tmp_p
     err = capsys.readouterr().err
     assert "does not read in this version" in err and "retired_field" in err
     assert json.loads((out / "config.json").read_text())["steps"] == 3
+
+
+def test_the_same_command_with_model_overrides_resumes_though_the_record_holds_the_fitted_fields(tmp_path, capsys):
+    """--model-overrides given again on a resume agree with the record, which also holds what pmf train fitted
+    to the data (here the image size of --image-size); an override that differs is still refused."""
+    out = tmp_path / "R"
+    def command(overrides):
+        return ["train", "--recipe", "tiny", "--out", str(out), "--image-size", "48", "--model-overrides", overrides,
+                *FAST]
+
+    first = command('{"patch_size": 16}')
+    assert main([*first, "--steps", "2"]) == 0
+    assert json.loads((out / "config.json").read_text())["model_overrides"] == {"patch_size": 16, "input_size": 48}
+    assert main([*first, "--steps", "3", "--resume", "auto"]) == 0 and rows(out)[-1]["step"] == 3
+    capsys.readouterr()
+    assert main([*command('{"patch_size": 8}'), "--steps", "4", "--resume", "auto"]) == 2
+    assert '--model-overrides {"patch_size": 8}' in capsys.readouterr().err

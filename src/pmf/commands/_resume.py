@@ -57,6 +57,14 @@ def value(data: dict, path: str):
     return data
 
 
+def agrees(path: str, given, recorded) -> bool:
+    """Whether a given field agrees with the run's record. The recorded model overrides also hold what
+    ``pmf train`` fitted to the data (classes, channels, size), so the overrides given must only be among them."""
+    if path == "model_overrides" and isinstance(given, dict) and isinstance(recorded, dict):
+        return all(k in recorded and recorded[k] == v for k, v in given.items())
+    return given == recorded
+
+
 def flag_of(path: str) -> str:
     leaf = next((leaf for leaf in leaves(TrainConfig) if ".".join(leaf.path) == path), None)
     return leaf.flag if leaf is not None else f"--no-{path}"
@@ -68,7 +76,7 @@ def resumed_config(asked: TrainConfig, recorded: dict, given: set[str], args, wh
     run = TrainConfig.from_dict(recorded)
     want, have = asked.to_dict(), run.to_dict()
     wrong = [f"{flag_of(p)} {json.dumps(value(want, p))} (the run has {json.dumps(value(have, p))})"
-             for p in sorted(given) if p not in MAY_CHANGE and value(want, p) != value(have, p)]
+             for p in sorted(given) if p not in MAY_CHANGE and not agrees(p, value(want, p), value(have, p))]
     wrong += model_flag_conflicts(run, args)
     if "steps" in given and asked.steps != run.steps and run.optim.schedule == "cosine":
         wrong.append(f"--steps {asked.steps} (the run's cosine schedule spans {run.steps} steps; another length "
