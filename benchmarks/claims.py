@@ -71,10 +71,10 @@ ABLATIONS = {  # name: (flags, model overrides); each at 112/28 and 28/7, x-pred
 
 
 def cells(seeds: int, sizes: list[int]) -> list[Cell]:
-    """Main study first (the acceptance pair 112/28 first), then the ablations."""
+    """Main study first (the acceptance pair 112/28 first), then the ablations, seed by seed."""
     out = [Cell("main", s, p, seed) for s in sizes for seed in range(seeds) for p in ("x", "u")]
-    out += [Cell(name, s, "x", seed, flags, mo) for name, (flags, mo) in ABLATIONS.items()
-            for seed in range(seeds) for s in (112, 28)]
+    out += [Cell(name, s, "x", seed, flags, mo) for seed in range(seeds)
+            for name, (flags, mo) in ABLATIONS.items() for s in (112, 28)]  # every ablation's seed 0 first
     return out
 
 
