@@ -11,12 +11,13 @@ import numpy as np
 
 from ..errors import PMFError
 from ..extras import needs
+from .labelled import NamedClasses
 
 BUILTIN = ("mnist-5k", "digits")
 
 
 @dataclass
-class ArrayData:
+class ArrayData(NamedClasses):
     """Images uint8 [N, H, W, C], labels int64 [N], and the class names."""
 
     images: np.ndarray
@@ -29,10 +30,6 @@ class ArrayData:
             raise PMFError(f"images must be uint8 [N, H, W, C], got {self.images.dtype} {list(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):
             raise PMFError(f"need one label per image: {self.images.shape[0]} images, labels {list(self.labels.shape)}")
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def subset(self, index: np.ndarray) -> ArrayData:
         return ArrayData(self.images[index], self.labels[index], self.class_names, self.resized)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ..errors import PMFError
+from .labelled import LabelledImages
 from .transforms import adm_center_crop, channels_of, to_gray, to_rgb
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
@@ -95,7 +96,7 @@ def prepare_image(im: Image.Image, size: int, channels: int = 3) -> np.ndarray:
     return np.array(image, dtype=np.uint8).reshape(size, size, channels)  # a writable copy
 
 
-class FolderDataset(torch.utils.data.Dataset):
+class FolderDataset(LabelledImages):
     """Decodes images on the fly (use ``pmf pack`` to avoid decoding during long GPU runs). An unreadable
     file is replaced by the next readable one, counted in ``skipped`` of the worker that met it, and named in
     one warning per file for the whole run (a flag per file in shared memory, seen by every worker)."""
@@ -107,13 +108,6 @@ class FolderDataset(torch.utils.data.Dataset):
         self.paths, self.labels, self.class_names = scan_folder(root)
         self.skipped = 0
         self.warned = torch.zeros(len(self.paths), dtype=torch.uint8).share_memory_()
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for offset in range(len(self.paths)):

@@ -19,6 +19,7 @@ import torch
 from ..errors import PMFError
 from ..extras import needs
 from .folder import prepare_image
+from .labelled import LabelledImages
 
 PREFIX = "hf:"
 LABEL_NAMES = ("label", "labels")  # integer columns read as labels without a ClassLabel feature
@@ -140,7 +141,7 @@ def pick_columns(features, hs: HFSpec) -> tuple[str, str | None, list[str] | Non
     return image, label, list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
 
 
-class HFImages(torch.utils.data.Dataset):
+class HFImages(LabelledImages):
     """A split of a ``datasets`` dataset as training data: ``labels`` int64 [N] and ``class_names`` known up
     front, images decoded on the fly to uint8 [size, size, channels]."""
 
@@ -157,13 +158,6 @@ class HFImages(torch.utils.data.Dataset):
             top = int(self.labels.max()) + 1 if len(self.labels) else 1
             self.class_names = names or [str(i) for i in range(top)]
         self.ds = ds.select_columns([self.image])
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         im = self.ds[int(index)][self.image]

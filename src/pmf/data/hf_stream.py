@@ -16,11 +16,12 @@ from ..errors import PMFError
 from ..seeds import DATA_ORDER, derive_seed
 from .folder import prepare_image
 from .hf import HFImages, HFSpec, load_split, parse_spec, pick_columns
+from .labelled import NamedClasses
 
 SHUFFLE_BUFFER = 1000  # images held to shuffle a stream
 
 
-class HFStream:
+class HFStream(NamedClasses):
     """``class_names`` known up front; ``size`` the images per epoch (None until a first pass when the info
     lacks it); ``batches`` yields (uint8 images [b, H, W, C], int64 labels [b]) per step."""
 
@@ -41,10 +42,6 @@ class HFStream:
         info = getattr(self.ds, "info", None)
         split = (info.splits or {}).get(self.spec.split) if info is not None and info.splits else None
         self.size = split.num_examples if split is not None and split.num_examples else None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def rows(self, epoch: int, seed: int, skip: int = 0, decode: bool = True):
         """The (image, label) rows of one epoch in its shuffled order from position ``skip`` (the rows before it
