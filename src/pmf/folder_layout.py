@@ -17,6 +17,11 @@ def resume_given(resume: str | None) -> bool:
     return resume not in (None, "", "none")
 
 
+def _part(name: str, doc: str) -> property:
+    """A path of the folder: ``root / name``."""
+    return property(lambda self: self.root / name, doc=doc)
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """A training run's folder (``TrainConfig.out``): its checkpoints, sample grids, metrics and records."""
@@ -31,53 +36,19 @@ class RunFolder:
         """The run folder of a checkpoint in its ``checkpoints/`` (a file or a sharded folder)."""
         return cls(Path(checkpoint).parent.parent)
 
-    @property
-    def checkpoints(self) -> Path:
-        """The training checkpoints (``pmf.checkpoints.files`` names them)."""
-        return self.root / "checkpoints"
-
-    @property
-    def samples(self) -> Path:
-        """The sample grids drawn during training (``grid``)."""
-        return self.root / "samples"
+    checkpoints = _part("checkpoints", "the training checkpoints (pmf.checkpoints.files names them)")
+    samples = _part("samples", "the sample grids drawn during training (``grid``)")
+    metrics = _part("metrics.jsonl", "one JSON line per logged step")
+    config = _part("config.json", "the resolved training config of the run")
+    data = _part("data.json", "the data's resize rule, beside the config that names the data (resized data only)")
+    summary = _part("summary.json", "what pmf.training.loop.train returned at the end of the run")
+    tensorboard = _part("tensorboard", "TensorBoard's event files")
+    wandb_id = _part("wandb_id", "the Weights & Biases run that a resume continues")
+    demo_metrics = _part("demo_metrics.json", "pmf demo's timing and scores")
 
     def grid(self, step: int) -> Path:
         """The sample grid drawn after ``step`` steps."""
         return self.samples / f"step_{step:08d}.png"
-
-    @property
-    def metrics(self) -> Path:
-        """One JSON line per logged step."""
-        return self.root / "metrics.jsonl"
-
-    @property
-    def config(self) -> Path:
-        """The resolved training config of the run."""
-        return self.root / "config.json"
-
-    @property
-    def data(self) -> Path:
-        """The data's resize rule, beside the config that names the data (only for resized data)."""
-        return self.root / "data.json"
-
-    @property
-    def summary(self) -> Path:
-        """What ``pmf.training.loop.train`` returned at the end of the run."""
-        return self.root / "summary.json"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def wandb_id(self) -> Path:
-        """The Weights & Biases run that a resume continues."""
-        return self.root / "wandb_id"
-
-    @property
-    def demo_metrics(self) -> Path:
-        """``pmf demo``'s timing and scores."""
-        return self.root / "demo_metrics.json"
 
     @property
     def outputs(self) -> tuple[Path, ...]:
@@ -95,24 +66,10 @@ class SampleFolder:
     def __init__(self, root: str | os.PathLike):
         object.__setattr__(self, "root", Path(root))
 
-    @property
-    def npz(self) -> Path:
-        """The images (uint8) and labels (int64) as arrays."""
-        return self.root / "samples.npz"
-
-    @property
-    def grid(self) -> Path:
-        return self.root / "grid.png"
-
-    @property
-    def settings(self) -> Path:
-        """``pmf sample``'s flags with the resolved sampling setting."""
-        return self.root / "sample_settings.json"
-
-    @property
-    def pngs(self) -> Path:
-        """``pmf eval``'s PNGs."""
-        return self.root / "samples"
+    npz = _part("samples.npz", "the images (uint8) and labels (int64) as arrays")
+    grid = _part("grid.png", "the images in one picture")
+    settings = _part("sample_settings.json", "pmf sample's flags with the resolved sampling setting")
+    pngs = _part("samples", "pmf eval's PNGs (--save-png)")
 
     @property
     def own_files(self) -> tuple[Path, ...]:
