@@ -207,7 +207,7 @@ class Loop:
         self.checkpointer = Checkpointer(cfg, mcfg, parts, info, data_class_names(data, mcfg),
                                          extra_state=fd.state_dict if fd is not None else None)
         self.perceptual = build_perceptual_loss(cfg, info.device)
-        self.out, self.folder = Path(cfg.out), RunFolder(cfg.out)
+        self.folder = RunFolder(cfg.out)
         self.grid = GridSampler(cfg, mcfg, len(getattr(data, "class_names", [])) or mcfg.num_classes, info.device) \
             if info.is_main and cfg.sample.every else None
         self.last_ckpt, self.last, self.wandb = None, {}, None
@@ -215,12 +215,12 @@ class Loop:
     def run(self, start: int, *, resumed: bool, progress: bool) -> dict:
         cfg, info = self.cfg, self.info
         if info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            self.folder.root.mkdir(parents=True, exist_ok=True)
             self.folder.config.write_text(json.dumps(cfg.to_dict(), indent=2))
             if getattr(self.data, "resized", ""):  # the data's resize rule, beside the config that names the data
                 self.folder.data.write_text(json.dumps({"data": cfg.data, "resized": self.data.resized}))
         self.log = MetricsLog(self.folder.metrics, start if resumed else None, info.is_main)
-        self.wandb = WandbRun(cfg.wandb, self.out, cfg.to_dict(), resumed=resumed) \
+        self.wandb = WandbRun(cfg.wandb, self.folder.root, cfg.to_dict(), resumed=resumed) \
             if cfg.wandb and info.is_main else None
         try:
             return self.steps(start, progress)
