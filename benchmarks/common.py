@@ -166,12 +166,14 @@ def memory_peaks(keys, call_of: Callable, dev: torch.device, script: str | Path,
     return {k: run_child(Path(script), [*child, "--memory-child", str(k)])["peak"] for k in keys}
 
 
-def write_json(path: str | None, result: dict) -> None:
+def write_json(path: str | None, result: dict) -> dict:
+    """Print ``result`` as JSON, also into the file ``path`` if given; returns ``result``."""
     text = json.dumps(result, indent=2)
     print(text)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text + "\n")
+    return result
 
 
 def mib(n: float | None) -> float | None:

@@ -84,8 +84,7 @@ def run(args, argv) -> dict:
               "batch": stepper.cfg.batch_size, "optimizer": stepper.cfg.optim.name, "device": common.device_name(dev),
               "threads": torch.get_num_threads() if dev.type == "cpu" else None, "timer": common.timer_name(dev),
               "torch": torch.__version__, "rows": rows}
-    common.write_json(args.json, result)
-    return result
+    return common.write_json(args.json, result)
 
 
 def main(argv=None) -> dict:

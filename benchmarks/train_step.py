@@ -163,8 +163,7 @@ def run(args, argv) -> dict:
         "peak_tflops": None if peak is None else peak / 1e12,
         "mfu": mfu("pmf"), "mfu_plain": mfu("plain"),
     }
-    common.write_json(args.json, result)
-    return result
+    return common.write_json(args.json, result)
 
 
 def main(argv=None) -> dict:
