@@ -12,8 +12,9 @@ def _fid_text(config: dict) -> str:
     preset, fid = config.get("preset"), config.get("fid")
     if fid is not None:
         return f"FID-50K of these weights: **{fid:g}** (recorded at export)."
-    if released(preset) is not None:
-        return (f"The released {preset} weights score FID-50K **{released(preset).fid:g}** at the setting above "
+    row = released(preset)
+    if row is not None:
+        return (f"The released {preset} weights score FID-50K **{row.fid:g}** at the setting above "
                 "(the release's table). Whether these are those weights is not recorded: measure with `pmf eval`.")
     return "FID: not measured for these weights (`pmf eval` measures it)."
 
