@@ -144,12 +144,36 @@ def run_child(script: Path, argv: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def write_json(path: str | None, result: dict) -> None:
+def benchmark_main(argv: list[str] | None, parse_args: Callable, child_peak: Callable, run: Callable):
+    """The ``main()`` of a benchmark that measures CPU memory in fresh processes (``memory_peaks``): parse
+    ``argv``; with ``--memory-child KEY`` print ``child_peak(args)`` (bytes) as the JSON line ``memory_peaks``
+    reads and return {}; else return ``run(args, argv)``."""
+    args = parse_args(argv)
+    if args.memory_child is not None:
+        print(json.dumps({"peak": child_peak(args)}))
+        return {}
+    return run(args, argv)
+
+
+def memory_peaks(keys, call_of: Callable, dev: torch.device, script: str | Path,
+                 argv: list[str] | None) -> dict:
+    """Bytes each key's call needs above what is live before it (``measure_peak``): on CUDA in this process
+    (``call_of(key)`` gives the call, made just before it is measured), on a CPU each in a fresh process running
+    ``script`` with this run's ``argv`` and ``--memory-child KEY`` (``benchmark_main``)."""
+    if dev.type == "cuda":
+        return {k: measure_peak(call_of(k), dev) for k in keys}
+    child = list(sys.argv[1:] if argv is None else argv)
+    return {k: run_child(Path(script), [*child, "--memory-child", str(k)])["peak"] for k in keys}
+
+
+def write_json(path: str | None, result: dict) -> dict:
+    """Print ``result`` as JSON, also into the file ``path`` if given; returns ``result``."""
     text = json.dumps(result, indent=2)
     print(text)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text + "\n")
+    return result
 
 
 def mib(n: float | None) -> float | None:

@@ -12,8 +12,6 @@ and only the step's own memory is counted, see ``common.py``).
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
 
@@ -21,8 +19,9 @@ import common
 from pmf.model_configs import model_config
 from pmf.parallel import process as D
 from pmf.training.build import build
-from pmf.training.config import TrainConfig, recipe
+from pmf.training.config import TrainConfig
 from pmf.training.loop import train_step
+from pmf.training.recipes import recipe
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,31 +61,21 @@ class Stepper:
         self.count += 1
 
 
-def memory_child(args) -> None:
+def child_peak(args) -> int:
     dev = common.setup(args.device, args.threads)
     stepper = Stepper(args, dev)
     stepper.step(args.memory_child)  # warm-up: optimiser state, thread pools, allocator
-    print(json.dumps({"peak": common.measure_peak(lambda: stepper.step(args.memory_child), dev)}))
+    return common.measure_peak(lambda: stepper.step(args.memory_child), dev)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.memory_child:
-        memory_child(args)
-        return {}
+def run(args, argv) -> dict:
     dev = common.setup(args.device, args.threads)
     counts = [int(n) for n in args.accum.split(",")]
     stepper = Stepper(args, dev)
     times = common.time_interleaved({n: (lambda n=n: stepper.step(n)) for n in counts}, dev, warmup=args.warmup,
                                     repeats=args.repeats)
-    peaks = {}
-    if not args.no_memory:
-        for n in counts:
-            if dev.type == "cuda":
-                peaks[n] = common.measure_peak(lambda n=n: stepper.step(n), dev)
-            else:
-                child = [a for a in (argv if argv is not None else __import__("sys").argv[1:])]
-                peaks[n] = common.run_child(Path(__file__), [*child, "--memory-child", str(n)])["peak"]
+    peaks = {} if args.no_memory else common.memory_peaks(counts, lambda n: lambda: stepper.step(n), dev, __file__,
+                                                          argv)
     base_t, base_m = times[counts[0]], peaks.get(counts[0])
     rows = [{"grad_accum": n, "micro_batch": stepper.cfg.batch_size // n, "step_s": round(times[n], 4),
              "time_ratio": round(times[n] / base_t, 3), "peak_mib": common.mib(peaks.get(n)),
@@ -95,8 +84,11 @@ def main(argv=None) -> dict:
               "batch": stepper.cfg.batch_size, "optimizer": stepper.cfg.optim.name, "device": common.device_name(dev),
               "threads": torch.get_num_threads() if dev.type == "cpu" else None, "timer": common.timer_name(dev),
               "torch": torch.__version__, "rows": rows}
-    common.write_json(args.json, result)
-    return result
+    return common.write_json(args.json, result)
+
+
+def main(argv=None) -> dict:
+    return common.benchmark_main(argv, parse_args, child_peak, run)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ which a CPU-time clock would count as work).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -165,20 +166,16 @@ def compare_backends(args, bench, batches: list[int], dev) -> list[dict]:
     return rows
 
 
-def memory_child(args) -> None:
+def child_peak(args) -> int:
     dev = common.setup(args.device, args.threads)
     bench = Bench(args, dev)
     fn = bench.ours if args.memory_child == "ours" else bench.released
     noise, labels = bench.inputs(args.batch)
     fn(noise, labels)  # warm-up at the measured batch size: a compiled path compiles its graph for it here
-    print(common.json.dumps({"peak": common.measure_peak(lambda: fn(noise, labels), dev)}))
+    return common.measure_peak(lambda: fn(noise, labels), dev)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.memory_child:
-        memory_child(args)
-        return {}
+def run(args, argv) -> dict:
     dev = common.setup(args.device, args.threads)
     bench = Bench(args, dev)
     batches = sorted({args.batch, *(int(b) for b in args.sweep.split(","))} if args.sweep else {args.batch})
@@ -205,13 +202,9 @@ def main(argv=None) -> dict:
 
     peaks = {"ours": None, "release": None}
     if not args.no_memory:
-        if dev.type == "cuda":
-            noise, labels = bench.inputs(args.batch)
-            peaks = {"ours": common.measure_peak(lambda: bench.ours(noise, labels), dev),
-                     "release": common.measure_peak(lambda: bench.released(noise, labels), dev)}
-        else:
-            child = list(argv if argv is not None else sys.argv[1:])
-            peaks = {k: common.run_child(Path(__file__), child + ["--memory-child", k])["peak"] for k in peaks}
+        calls = {"ours": bench.ours, "release": bench.released}
+        peaks = common.memory_peaks(peaks, lambda k: functools.partial(calls[k], *bench.inputs(args.batch)), dev,
+                                    __file__, argv)
 
     result = {
         "benchmark": "inference", "preset": args.preset, "batch": args.batch, "device": common.device_name(dev),
@@ -227,6 +220,10 @@ def main(argv=None) -> dict:
     }
     common.write_json(args.json, result)
     return result
+
+
+def main(argv=None) -> dict:
+    return common.benchmark_main(argv, parse_args, child_peak, run)
 
 
 def _version(module: str) -> str | None:

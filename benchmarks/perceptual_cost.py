@@ -118,19 +118,15 @@ def cpu_step_peak(fn) -> int:
     return max(_status_kib("VmHWM") - base, 0) * 1024
 
 
-def memory_child(args) -> None:
+def child_peak(args) -> int:
     dev = common.setup(args.device, args.threads)
     bench = Bench(args, dev, [args.memory_child])
     bench.step(args.memory_child)  # warm-up: allocator pools, lazy inits
     step = lambda: bench.step(args.memory_child)  # noqa: E731
-    peak = common.measure_peak(step, dev) if dev.type == "cuda" else cpu_step_peak(step)
-    print(f'{{"peak_bytes": {peak}}}')
+    return common.measure_peak(step, dev) if dev.type == "cuda" else cpu_step_peak(step)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.memory_child:
-        return memory_child(args)
+def run(args, argv) -> None:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -141,14 +137,8 @@ def main(argv=None) -> None:
                                     warmup=args.warmup, repeats=args.repeats)
     crop_s = common.time_interleaved({"crop": lambda: bench.crop(args.crop_size)}, dev, warmup=args.warmup,
                                      repeats=args.repeats)["crop"]
-    peaks = {}
-    if not args.no_memory:
-        for v in variants:
-            if dev.type == "cuda":
-                peaks[v] = common.measure_peak(lambda v=v: bench.step(v), dev)
-            else:
-                child = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-memory"]
-                peaks[v] = common.run_child(Path(__file__), [*child, "--memory-child", v])["peak_bytes"]
+    peaks = {} if args.no_memory else common.memory_peaks(variants, lambda v: lambda: bench.step(v), dev, __file__,
+                                                          argv)
 
     base_t, base_m = times.get("none"), peaks.get("none")
     rows = []
@@ -171,6 +161,10 @@ def main(argv=None) -> None:
     print(f"crop alone (batch {args.batch}, 2 images, forward + backward): {crop_s * 1e3:.2f} ms")
     if args.json:
         common.write_json(args.json, result)
+
+
+def main(argv=None) -> None:
+    return common.benchmark_main(argv, parse_args, child_peak, run)
 
 
 if __name__ == "__main__":

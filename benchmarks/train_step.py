@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
-from pathlib import Path
 
 import torch
 
@@ -89,6 +87,11 @@ class Bench:
             out = pmf_loss(self.net, self.x, self.y, self.draws, num_classes=self.num_classes, **self.jvp)
         out.loss.backward()
 
+    def fresh(self, kind: str):
+        """The step ``kind`` ("pmf" or "plain") with no gradients held before it."""
+        self.model.zero_grad(set_to_none=True)
+        return getattr(self, kind)
+
     def plain(self):
         self.model.zero_grad(set_to_none=True)
         d = self.draws
@@ -98,15 +101,15 @@ class Bench:
         loss.backward()
 
 
-def memory_child(args) -> None:
-    """One peak-memory measurement in this fresh process, printed as a JSON line."""
+def child_peak(args) -> int:
+    """One peak-memory measurement in this fresh process."""
     dev = common.setup(args.device, args.threads)
     small = Bench(args, dev, 2)
     getattr(small, args.memory_child)()  # warm-up: thread pools, kernel caches, lazy state
     small.model.zero_grad(set_to_none=True)
     del small
     bench = Bench(args, dev, args.batch)
-    print(common.json.dumps({"peak": common.measure_peak(getattr(bench, args.memory_child), dev)}))
+    return common.measure_peak(getattr(bench, args.memory_child), dev)
 
 
 def count_flops(fn) -> int:
@@ -117,11 +120,7 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.memory_child:
-        memory_child(args)
-        return {}
+def run(args, argv) -> dict:
     dev = common.setup(args.device, args.threads)
     bench = Bench(args, dev, args.batch)
     times = common.time_interleaved({"pmf": bench.pmf, "plain": bench.plain}, dev, warmup=args.warmup,
@@ -133,14 +132,7 @@ def main(argv=None) -> dict:
 
     peaks = {"pmf": None, "plain": None}
     if not args.no_memory:
-        if dev.type == "cuda":
-            for kind in peaks:
-                bench.model.zero_grad(set_to_none=True)
-                peaks[kind] = common.measure_peak(getattr(bench, kind), dev)
-        else:
-            child = [a for a in (argv if argv is not None else sys.argv[1:])]
-            for kind in peaks:
-                peaks[kind] = common.run_child(Path(__file__), child + ["--memory-child", kind])["peak"]
+        peaks = common.memory_peaks(peaks, bench.fresh, dev, __file__, argv)
 
     flops = {"pmf": None, "plain": None}
     if not args.no_flops and not args.compile:
@@ -171,8 +163,11 @@ def main(argv=None) -> dict:
         "peak_tflops": None if peak is None else peak / 1e12,
         "mfu": mfu("pmf"), "mfu_plain": mfu("plain"),
     }
-    common.write_json(args.json, result)
-    return result
+    return common.write_json(args.json, result)
+
+
+def main(argv=None) -> dict:
+    return common.benchmark_main(argv, parse_args, child_peak, run)
 
 
 if __name__ == "__main__":

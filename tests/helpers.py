@@ -1,6 +1,7 @@
 """Helpers shared by the test modules (fixtures live in conftest.py)."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from pmf.nn.release import from_release_key
 from pmf.training.config import EMAConfig, OptimConfig, SampleConfig, TrainConfig
 
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pmf"
 # a 2-block pMF-Tiny/4 on 8x8 single-channel images
 TINY = dict(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=2, aux_head_depth=1, num_heads=2)
 
@@ -182,3 +184,15 @@ def fixture_gradients(model, keys, steps):
             grads[key] = torch.randn(p.shape, generator=g) * (0.01 + 0.1 * torch.rand((), generator=g))
         out.append(grads)
     return out
+
+
+def written_again(pattern: str, *, home: str) -> list[str]:
+    """``path:line: text`` of each line of src/pmf that matches the regex ``pattern``, outside the module ``home``
+    (its path below src/pmf): a rule that has one home, written again elsewhere."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if rel != home and re.search(pattern, line):
+                found.append(f"{rel}:{n}: {line.strip()}")
+    return found

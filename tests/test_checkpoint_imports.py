@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # the longest prefix listed (``pmf.training.loop`` is "trainer", the rest of ``pmf.training`` "training").
 LAYERS = {
     "base": ("pmf", "pmf.errors", "pmf.extras", "pmf.seeds", "pmf.images", "pmf.vocabulary", "pmf.model_configs",
-             "pmf.sampling_setting", "pmf.class_choice"),
+             "pmf.sampling_setting", "pmf.class_choice", "pmf.released_models", "pmf.folder_layout", "pmf.ema_choice"),
     "nn": ("pmf.nn", "pmf.parallel"),  # the network; processes and sharding (imports only the network's layers)
     "math": ("pmf.objective", "pmf.sampling", "pmf.toy", "pmf.perceptual"),
     "checkpoints": ("pmf.checkpoints",),
@@ -121,10 +121,10 @@ def loaded_modules(spec: Path) -> list[str]:
 def test_a_model_loads_from_any_training_checkpoint_without_the_trainer(tmp_path):
     import pmf
     from pmf.checkpoints.sharded import ShardedSaver
-    from pmf.training.config import recipe
     from pmf.training.ema import EMASet
     from pmf.training.loop import train
     from pmf.training.optim import build_optimizer
+    from pmf.training.recipes import recipe
     from pmf.training.state import folder_state, optimizer_rule
 
     cfg = recipe("tiny")

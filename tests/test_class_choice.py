@@ -111,3 +111,16 @@ def test_images_at_the_top_of_a_class_folder_are_said_to_be_left_out(tmp_path, c
     assert "4 images, 2 classes" in (err := capsys.readouterr().err) and "left out 3 images at the top" in err
     assert main(["pack", str(data), "--out", str(tmp_path / "p"), "--size", "16", "--no-progress"]) == 0
     assert "left out 3 images at the top" in capsys.readouterr().out
+
+
+def test_class_names_fit_a_model_only_with_one_name_per_class():
+    from helpers import written_again
+    from pmf.class_choice import check_class_names, fitting_names
+
+    assert fitting_names(("a", "b"), 2) == ["a", "b"]
+    assert fitting_names(["a", "b"], 3) is None and fitting_names(None, 2) is None and fitting_names([], 2) is None
+    check_class_names(None, 3)
+    check_class_names(["a", "b", "c"], 3)
+    with pytest.raises(PMFError, match="2 class names for a model of 3 classes"):
+        check_class_names(["a", "b"], 3)
+    assert not written_again(r"len\([\w.]+\) *[!=]= *[\w.]*num_classes\b", home="class_choice.py")

@@ -197,7 +197,7 @@ def test_eval_and_serve_sample_a_u_prediction_checkpoint_as_u(tmp_path, monkeypa
 
 
 def test_one_ema_naming_rule_for_the_trainer_and_the_released_setting():
-    from pmf.model_configs import RELEASED_SAMPLING
+    from pmf.released_models import RELEASED
     from pmf.sampling_setting import ema_name
     from pmf.training.config import EMAConfig
     from pmf.training.ema import ema_schedules
@@ -205,6 +205,6 @@ def test_one_ema_naming_rule_for_the_trainer_and_the_released_setting():
     assert ema_name("halflife", 2000.0) == ema_name("halflife", 2000) == "hl2000"
     assert list(ema_schedules(EMAConfig(halflives_kimg=[500.0, 1000], decays=[0.99]))) == ["hl500", "hl1000",
                                                                                             "d0.99"]
-    for rel in RELEASED_SAMPLING.values():  # a released EMA's name is the one a run of that half-life keeps
-        assert ema_name("halflife", rel["ema_halflife_kimg"]) in ema_schedules(
-            EMAConfig(halflives_kimg=[float(rel["ema_halflife_kimg"])], decays=[]))
+    for rel in RELEASED.values():  # a released EMA's name is the one a run of that half-life keeps
+        assert ema_name("halflife", rel.ema_halflife_kimg) in ema_schedules(
+            EMAConfig(halflives_kimg=[float(rel.ema_halflife_kimg)], decays=[]))

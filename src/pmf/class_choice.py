@@ -98,3 +98,15 @@ def class_range(part: str, num_classes: int, index: dict[str, int]) -> range:
                            f"({part[at + 1:]}-{part[:at]})")
         return range(lo, hi + 1)
     raise PMFError(f"--classes {part!r}: {error}") from None
+
+
+def fitting_names(names, num_classes: int) -> list[str] | None:
+    """``names`` as a list where they hold one name per class of a model of ``num_classes`` classes, else None:
+    names recorded for another class count name no class of this model."""
+    return list(names) if names and len(names) == num_classes else None
+
+
+def check_class_names(names, num_classes: int) -> None:
+    """Refuse class names (None: none given) that do not hold one name per class."""
+    if names is not None and fitting_names(names, num_classes) is None:
+        raise PMFError(f"{len(names)} class names for a model of {num_classes} classes")

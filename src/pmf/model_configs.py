@@ -169,18 +169,6 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# The released inference settings of each released model (spec section 4): guidance scale, interval and the
-# EMA half-life (kimg) whose weights were released. ``pmf sample`` / ``pmf eval`` default to them.
-RELEASED_SAMPLING: dict[str, dict] = {
-    "pMF-B/16": dict(omega=7.5, t_min=0.1, t_max=0.8, ema_halflife_kimg=2000),
-    "pMF-L/16": dict(omega=7.0, t_min=0.2, t_max=0.7, ema_halflife_kimg=1000),
-    "pMF-H/16": dict(omega=7.0, t_min=0.2, t_max=0.6, ema_halflife_kimg=1000),
-    "pMF-B/32": dict(omega=6.5, t_min=0.1, t_max=0.7, ema_halflife_kimg=2000),
-    "pMF-L/32": dict(omega=7.5, t_min=0.2, t_max=0.6, ema_halflife_kimg=2000),
-    "pMF-H/32": dict(omega=5.5, t_min=0.1, t_max=0.6, ema_halflife_kimg=500),
-}
-
-
 def preset_of(config: ModelConfig) -> str | None:
     """The name of the preset whose fields ``config`` has (``v_head`` aside), or None."""
     for name, fields in PRESETS.items():

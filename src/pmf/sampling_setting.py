@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from .errors import PMFError
-from .model_configs import RELEASED_SAMPLING, ModelConfig, preset_of
+from .model_configs import ModelConfig, preset_of
+from .released_models import released
 from .vocabulary import PREDICTIONS
 
 
@@ -125,10 +126,10 @@ def default_setting(config: ModelConfig, train_config: dict | None = None,
     prediction = (train_config.get("loss") or {}).get("prediction", "x")
     arch = train_config.get("arch") or preset_of(config)
     first = next(iter(emas), None)
-    if arch in RELEASED_SAMPLING:
-        rel = RELEASED_SAMPLING[arch]
-        name = ema_name("halflife", rel["ema_halflife_kimg"])
-        return SamplingSetting(rel["omega"], rel["t_min"], rel["t_max"], 1, name if name in emas else first,
+    rel = released(arch)
+    if rel is not None:
+        name = ema_name("halflife", rel.ema_halflife_kimg)
+        return SamplingSetting(rel.omega, rel.t_min, rel.t_max, 1, name if name in emas else first,
                                f"the released setting of {arch}", prediction)
     cfg = train_config.get("sample")
     if cfg:

@@ -128,10 +128,9 @@ def test_sample_defaults_to_the_checkpoints_setting(tmp_path, capsys, train_ckpt
 
 
 def test_sample_uses_the_released_setting_of_a_released_preset(tmp_path, capsys, fixtures_dir, monkeypatch):
-    import pmf.model_configs
+    import pmf.released_models as R
 
-    monkeypatch.setitem(pmf.model_configs.RELEASED_SAMPLING, ARCH, dict(omega=6.5, t_min=0.1, t_max=0.7,
-                                                                     ema_halflife_kimg=2000))
+    monkeypatch.setitem(R.RELEASED, ARCH, R.RELEASED["pMF-B/32"])  # omega 6.5 on [0.1, 0.7]
     assert main(["sample", "--checkpoint", str(fixtures_dir / "net_tiny.pt"), "--classes", "0", "--per-class", "1",
                  "--no-png", "--out", str(tmp_path / "r")]) == 0
     assert f"sampling: omega 6.5, interval [0.1, 0.7], 1 step(s) (the released setting of {ARCH})" \

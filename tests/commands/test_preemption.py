@@ -147,7 +147,7 @@ def test_a_second_signal_stops_at_once_and_a_repeated_delivery_counts_once(monke
     with pytest.raises(stopping.Stopped) as stopped:
         stop.handle(signal.SIGTERM, None)
     from pmf.commands._runs import report_interrupt
-    from pmf.training.config import recipe
+    from pmf.training.recipes import recipe
 
     assert report_interrupt(stopped.value, recipe("tiny"), ["train"]) == 143
     assert "pmf train: stopped by SIGTERM mid-step" in capsys.readouterr().err

@@ -15,7 +15,8 @@ from pmf.commands._args import PMFArgumentParser
 from pmf.commands._config_flags import add_config_flags, apply_config_flags, leaves
 from pmf.commands.train import config_from_args
 from pmf.model_configs import doc
-from pmf.training.config import TrainConfig, recipe
+from pmf.training.config import TrainConfig
+from pmf.training.recipes import recipe
 
 
 def parse(*argv):

@@ -86,15 +86,15 @@ def test_safetensors_release_file(tiny_model, tmp_path):
 
 def test_released_checkpoints_default_to_the_released_setting(tmp_path):
     import pmf
-    from pmf.model_configs import RELEASED_SAMPLING
+    from pmf.released_models import RELEASED
     from pmf.sampling import default_setting
 
-    for arch, rel in RELEASED_SAMPLING.items():
+    for arch, rel in RELEASED.items():
         cfg = pmf.model_config(arch, v_head=False)
         s = default_setting(cfg)  # a release-format file: recognised from its config
-        assert (s.omega, s.t_min, s.t_max, s.ema) == (rel["omega"], rel["t_min"], rel["t_max"], None)
+        assert (s.omega, s.t_min, s.t_max, s.ema) == (rel.omega, rel.t_min, rel.t_max, None)
         s = default_setting(cfg, {"arch": arch}, ["hl500", "hl1000", "hl2000"])  # our checkpoint of that recipe
-        assert s.ema == f"hl{rel['ema_halflife_kimg']}" and s.omega == rel["omega"]
+        assert s.ema == f"hl{rel.ema_halflife_kimg}" and s.omega == rel.omega
     s = default_setting(pmf.model_config("pMF-B/16", hidden_size=384, num_heads=6))  # not a released model
     assert (s.omega, s.t_min, s.t_max) == (1.0, 0.0, 1.0)
     # A CPU recipe's checkpoint: its recipe's grid setting and its first EMA.

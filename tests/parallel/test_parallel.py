@@ -55,7 +55,8 @@ def make_config(out, kw: dict):
     """``tiny_config`` (a 2-block model of 8x8 digits) with ``kw``; with ``recipe="tiny"`` the tiny recipe."""
     kw = dict(kw)
     if kw.pop("recipe", None) == "tiny":
-        from pmf.training.config import TrainConfig, recipe
+        from pmf.training.config import TrainConfig
+        from pmf.training.recipes import recipe
 
         data = recipe("tiny").to_dict()
         data.update(out=str(out), num_workers=0, **kw)

@@ -204,7 +204,7 @@ def test_each_term_has_its_own_threshold(loss_fn):
 def test_recipes_gate_the_terms_as_the_release_configs(name, lpips_t, convnext_t):
     """perceptual_max_t 0.8 / 0.8 / 0.8 / 0.6 in the main branch's B and L configs; the H configs set only
     convnext_max_t 0.6, so LPIPS keeps the release's perceptual_max_t default of 1.0 (docs/perceptual.md)."""
-    from pmf.training.config import recipe
+    from pmf.training.recipes import recipe
 
     cfg = recipe(name).perceptual
     assert isinstance(cfg, PerceptualConfig)

@@ -11,8 +11,9 @@ from helpers import TINY, losses, tiny_config
 from pmf.checkpoints.load import list_checkpoints, load_model, read_file
 from pmf.data.order import DataOrder
 from pmf.errors import PMFError
-from pmf.training.config import TrainConfig, recipe
+from pmf.training.config import TrainConfig
 from pmf.training.loop import step_seed, train
+from pmf.training.recipes import recipe
 
 
 def test_resume_continues_with_exactly_the_same_losses(tmp_path):
@@ -120,18 +121,6 @@ def test_data_order_splits_global_batches_over_ranks_and_covers_each_epoch():
     assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
     assert not np.array_equal(stream[:10], stream[10:])
     assert len({step_seed(0, s, r) for s in range(50) for r in range(8)}) == 400
-
-
-def test_recipes_match_the_release_table():
-    b16, h16, l16 = recipe("pMF-B/16"), recipe("pMF-H/16"), recipe("pMF-L/16")
-    assert (b16.loss.P_mean, b16.loss.P_std, b16.perceptual.max_t, b16.loss.tr_uniform) == (0.8, 0.8, 0.8, False)
-    assert (h16.loss.P_mean, h16.perceptual.max_t, h16.perceptual.convnext_max_t, h16.loss.tr_uniform) \
-        == (0.0, 1.0, 0.6, True)
-    assert l16.loss.cfg_beta == 2.0
-    for cfg in (b16, h16, l16):
-        assert cfg.batch_size == 1024 and cfg.optim.lr == 1e-3 and cfg.optim.schedule == "constant"
-        assert cfg.optim.betas == (0.9, 0.95) and cfg.ema.halflives_kimg == [500, 1000, 2000]
-        assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def test_saved_configs_with_a_perceptual_dict_still_load():

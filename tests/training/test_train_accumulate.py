@@ -20,8 +20,9 @@ from helpers import losses, tiny_config
 from pmf.checkpoints.load import latest_checkpoint, load_model, read_file
 from pmf.cli import main
 from pmf.parallel.process import free_port
-from pmf.training.config import TrainConfig, recipe
+from pmf.training.config import TrainConfig
 from pmf.training.loop import train
+from pmf.training.recipes import recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 1e-6  # relative per tensor, |a - b| / |b| (Frobenius norms), raw weights and every EMA

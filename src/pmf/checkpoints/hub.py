@@ -53,6 +53,7 @@ def save_pretrained(model, save_directory: str | os.PathLike, *, setting: Sampli
     ``model.class_names``); ``fid`` is a measured FID-50K of these weights for the card."""
     from safetensors.torch import save
 
+    from ..class_choice import check_class_names
     from ..model_configs import preset_of
     from .hub_card import model_card
 
@@ -63,8 +64,7 @@ def save_pretrained(model, save_directory: str | os.PathLike, *, setting: Sampli
     setting = setting or getattr(model, "sampling_setting", None) or SamplingSetting()
     class_names = class_names if class_names is not None else getattr(model, "class_names", None)
     preset = preset or preset_of(net.config)
-    if class_names is not None and len(class_names) != net.config.num_classes:
-        raise PMFError(f"{len(class_names)} class names for a model of {net.config.num_classes} classes")
+    check_class_names(class_names, net.config.num_classes)
     out = Path(save_directory).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     config = {"format": HUB_FORMAT, "library_name": LIBRARY, "config": net.config.to_dict(),

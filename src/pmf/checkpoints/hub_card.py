@@ -3,9 +3,8 @@ sample (CLI, Python, diffusers), the sampling setting, and the FID where it is k
 
 from __future__ import annotations
 
-# FID-50K of the released weights at their released setting (the release's table; spec section 4).
-RELEASED_FID = {"pMF-B/16": 3.15, "pMF-L/16": 2.51, "pMF-H/16": 2.15, "pMF-B/32": 3.63, "pMF-L/32": 2.69,
-                "pMF-H/32": 2.36}
+from ..released_models import released
+
 PAPER = "https://arxiv.org/abs/2601.22158"
 
 
@@ -13,8 +12,9 @@ def _fid_text(config: dict) -> str:
     preset, fid = config.get("preset"), config.get("fid")
     if fid is not None:
         return f"FID-50K of these weights: **{fid:g}** (recorded at export)."
-    if preset in RELEASED_FID:
-        return (f"The released {preset} weights score FID-50K **{RELEASED_FID[preset]:g}** at the setting above "
+    row = released(preset)
+    if row is not None:
+        return (f"The released {preset} weights score FID-50K **{row.fid:g}** at the setting above "
                 "(the release's table). Whether these are those weights is not recorded: measure with `pmf eval`.")
     return "FID: not measured for these weights (`pmf eval` measures it)."
 

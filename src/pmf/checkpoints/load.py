@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
+from ..ema_choice import RAW, asks_default, asks_named_ema
 from ..errors import CheckpointError
+from ..folder_layout import RunFolder
 from ..model_configs import ModelConfig, model_config, preset_of
 from ..nn.model import PMFDiT, is_v_head_key, u_head_only
 from ..nn.release import infer_config, load_release_state_dict
@@ -103,7 +105,7 @@ def open_checkpoint(spec: str | os.PathLike):
         meta = read_meta(spec)
         return {**meta, "ema": dict.fromkeys(meta.get("emas") or [])}, lambda which: read_weights(spec, which)
     obj = read_file(spec)
-    return obj, lambda which: obj["model"] if which == "raw" else obj["ema"][which]
+    return obj, lambda which: obj["model"] if which == RAW else obj["ema"][which]
 
 
 @dataclass
@@ -132,7 +134,7 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
 
     # save_pretrained's folder, or a hub repo holding one (hf:OWNER/REPO; hf:OWNER/REPO/FILE is a file)
     if is_hub_folder(spec) or str(spec).startswith("hf:") and hub_repo_id(spec):
-        if ema not in (None, "auto", "raw") or arch is not None or overrides:
+        if asks_named_ema(ema) or arch is not None or overrides:
             raise CheckpointError("a hub folder holds one weight set and its config: drop --ema and --arch")
         pre = read_pretrained(spec)
         return LoadedCheckpoint(pre.build(PMFDiT, device), pre.preset, pre.setting.ema, pre.setting, None,
@@ -152,13 +154,13 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
         emas = list(obj.get("ema") or [])
         setting = default_setting(config, train_config, emas)
         if obj.get("export"):  # one weight set: the EMA was chosen when exporting
-            if ema not in (None, "auto", "raw"):
+            if asks_named_ema(ema):
                 raise CheckpointError(f"--ema {ema} needs a training checkpoint; this export holds one weight set")
             setting = exported_setting(obj.get("sampling_setting"), setting)
-        if ema in (None, "auto"):
-            ema = setting.ema or "raw"
-        if ema != "raw" and ema not in emas:
-            raise CheckpointError(f"EMA {ema!r} is not in the checkpoint; it has: {['raw', *emas]}")
+        if asks_default(ema):
+            ema = setting.ema or RAW
+        if ema != RAW and ema not in emas:
+            raise CheckpointError(f"EMA {ema!r} is not in the checkpoint; it has: {[RAW, *emas]}")
         weights = weights_of(ema)
         if not any(is_v_head_key(k) for k in weights):
             config.v_head = False  # inference weights (u-head only)
@@ -172,7 +174,7 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
         data = train_config.get("data")
         class_names = obj.get("class_names") or train_config.get("class_names")
     else:
-        if ema not in (None, "auto", "raw"):
+        if asks_named_ema(ema):
             raise CheckpointError(f"--ema {ema} needs a training checkpoint; this file holds one set of weights")
         model, found_arch, setting = _release_format(obj, spec, arch, overrides)
         ema, data, class_names = None, None, read_sidecar(spec, "class_names")
@@ -212,7 +214,7 @@ def run_checkpoint(folder: str | os.PathLike) -> Path:
     path = Path(folder).expanduser()
     if is_sharded_checkpoint(path):
         return path
-    found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+    found = latest_checkpoint(RunFolder(path).checkpoints) or latest_checkpoint(path)
     if found is None:
         raise CheckpointError(f"no training checkpoint found in the folder {str(path)!r} (nor in its checkpoints/)")
     return found

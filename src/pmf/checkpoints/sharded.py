@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..ema_choice import RAW
 from ..errors import CheckpointError
 from ..parallel.process import barrier, rank_world
 from .files import (
@@ -125,10 +126,10 @@ class ShardedSaver:
         barrier()
 
 
-def read_weights(path: str | os.PathLike, which: str = "raw") -> dict[str, torch.Tensor]:
+def read_weights(path: str | os.PathLike, which: str = RAW) -> dict[str, torch.Tensor]:
     """Whole tensors of one weight set (``"raw"`` or an EMA name) of a DCP checkpoint, read in this process
     alone (no process group needed)."""
-    prefix = "model/" if which == "raw" else f"ema/{which}/"
+    prefix = "model/" if which == RAW else f"ema/{which}/"
     stored = stored_tensors(path)
     sd = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in stored.items() if k.startswith(prefix)}
     if not sd:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import PMFError
+from ..folder_layout import RunFolder
 from ..training.config import TrainConfig
 from ._config_flags import NONE, OFF, PREFIX, leaves
 
@@ -82,7 +83,8 @@ def resumed_config(asked: TrainConfig, recorded: dict, given: set[str], args, wh
         wrong.append(f"--steps {asked.steps} (the run's cosine schedule spans {run.steps} steps; another length "
                      "changes the learning rates already used)")
     if wrong:
-        raise PMFError(f"resuming {where} continues the run with its own config ({where.parent.parent / 'config.json'})"
+        raise PMFError(f"resuming {where} continues the run with its own config "
+                       f"({RunFolder.of_checkpoint(where).config})"
                        f"; these contradict it: {'; '.join(wrong)}. Drop them, or start a new run with --init")
     data = run.to_dict()
     for p in MAY_CHANGE:
@@ -112,7 +114,7 @@ def config_to_resume(asked: TrainConfig, args, config_file: dict | None) -> tupl
     auto in a folder without checkpoints), else the run's own config per ``resumed_config``."""
     from ..training.build import resolve_resume
 
-    path = resolve_resume(args.resume, Path(asked.out) / "checkpoints")
+    path = resolve_resume(args.resume, RunFolder(asked.out).checkpoints)
     recorded = recorded_config(path) if path is not None and path.exists() else None
     if recorded is None:
         return asked, None

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import PMFError
-
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "summary.json", "samples", "tensorboard", "config.json")
+from ..folder_layout import RunFolder, resume_given
 
 
 def guard_run_folder(out: str | Path, *, resume: str | None, overwrite: bool, flag: str = "--out") -> None:
@@ -23,11 +22,11 @@ def guard_run_folder(out: str | Path, *, resume: str | None, overwrite: bool, fl
     from ..checkpoints.load import list_checkpoints
 
     out = Path(out)
-    if resume not in (None, "", "none"):
+    if resume_given(resume):
         if overwrite:
             raise PMFError("--resume and --overwrite contradict each other: pick one")
         return
-    found = list_checkpoints(out / "checkpoints")
+    found = list_checkpoints(RunFolder(out).checkpoints)
     if not found:
         return
     if not overwrite:
@@ -35,8 +34,7 @@ def guard_run_folder(out: str | Path, *, resume: str | None, overwrite: bool, fl
                        "it with --resume auto, or start afresh with --overwrite (deletes its checkpoints and "
                        "metrics)")
     if int(os.environ.get("RANK", "0")) == 0:
-        for name in RUN_OUTPUTS:
-            path = out / name
+        for path in RunFolder(out).outputs:
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
@@ -68,7 +66,7 @@ def report_interrupt(stop: KeyboardInterrupt, cfg, argv: list[str] | None, comma
     signum = getattr(stop, "signum", signal.SIGINT)
     if os.environ.get("RANK", "0") != "0":
         return exit_code(signum)
-    ckpt = getattr(stop, "checkpoint", None) or latest_checkpoint(Path(cfg.out) / "checkpoints")
+    ckpt = getattr(stop, "checkpoint", None) or latest_checkpoint(RunFolder(cfg.out).checkpoints)
     where = f"at step {stop.step}" if hasattr(stop, "step") else "mid-step"
     how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
     if ckpt is None:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import PMFError
+from ..folder_layout import RunFolder
 from ._args import add_device, add_num_images, add_out, add_progress, add_seed, deprecated
 from ._config_flags import add_perceptual_args, apply_perceptual_args
 from ._runs import guard_run_folder, report_interrupt
@@ -75,8 +76,8 @@ def score(model, out: Path, *, n: int, seed: int, settings: list[tuple[float, fl
 
 def run(args) -> int:
     from ..checkpoints.load import load_model
-    from ..training.config import recipe_mnist
     from ..training.loop import train
+    from ..training.recipes import recipe_mnist
     from ..training.stopping import StopRequest
     from ._args import check_device, check_guidance, intervals, output_folder
 
@@ -119,9 +120,9 @@ def run(args) -> int:
         report["score_seed"] = args.seed + 1
         report["scores"] = score(model, out, n=args.num_images, seed=args.seed + 1, settings=settings)
     report["total_seconds"] = time.perf_counter() - t0
-    (out / "demo_metrics.json").write_text(json.dumps(report, indent=2))
+    RunFolder(out).demo_metrics.write_text(json.dumps(report, indent=2))
     print(f"trained {cfg.steps} steps in {train_seconds / 60:.1f} min ({summary['steps_per_s']:.2f} steps/s); "
-          f"metrics in {out / 'demo_metrics.json'}")
+          f"metrics in {RunFolder(out).demo_metrics}")
     print(f"sample from it (the checkpoint records omega {args.omega:g} on [{t_min:g}, {t_max:g}]): "
           f"pmf sample --checkpoint {ckpt} --out {out / 'samples_cli'}")
     if not args.no_score:  # pmf eval's defaults are seed 0 and batches of 64: other noises, other figures

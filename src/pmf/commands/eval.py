@@ -17,6 +17,7 @@ from ..errors import PMFError
 from ..export.onnx_export import FP32
 from ..export.onnx_runtime import is_onnx, onnx_checkpoint
 from ..extras import MissingExtra
+from ..folder_layout import SampleFolder
 from ..sampling import prepare_sampler
 from ._args import (
     add_batch_size,
@@ -221,8 +222,8 @@ class Scorer:
         return evaluate(self.model, self.settings(c, n), mode=self.mode, ref=a.ref, dataset=a.dataset,
                         inception=net if self.mode == "inception" else None,
                         plan=net if self.mode == "metrics" else None, device=self.device, out_dir=out,
-                        png_dir=out / "samples" if final and a.save_png else None,
-                        npz_path=out / "samples.npz" if final and a.save_npz and self.rank == 0 else None,
+                        png_dir=SampleFolder(out).pngs if final and a.save_png else None,
+                        npz_path=SampleFolder(out).npz if final and a.save_npz and self.rank == 0 else None,
                         progress=not a.no_progress)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import PMFError
 from ..extras import pyplot
+from ..folder_layout import RunFolder
 from ._args import add_out
 
 
@@ -23,7 +24,7 @@ def add_parser(sub) -> None:
 def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        path = RunFolder(path).metrics
     if not path.is_file():
         raise PMFError(f"no metrics file at {str(path)!r}")
     rows = []

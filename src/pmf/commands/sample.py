@@ -9,10 +9,11 @@ import re
 import numpy as np
 import torch
 
-from ..class_choice import parse_classes
+from ..class_choice import fitting_names, parse_classes
 from ..data.class_names import class_names
 from ..errors import PMFError
 from ..export.onnx_runtime import is_onnx, onnx_checkpoint
+from ..folder_layout import SampleFolder
 from ..images import save_grid, save_image
 from ..sampling import generate, image_labels, prepare_sampler
 from ._args import (
@@ -80,7 +81,6 @@ def class_counts(num_classes: int, per_class: int | None, num_images: int | None
     return [per_class] * num_classes
 
 
-OWN_FILES = ("grid.png", "samples.npz", "sample_settings.json")
 # Every name sample_name writes: six digits, then the class number or a class name's slug (its characters).
 PNG_NAME = re.compile(r"\d{6}_[\w.-]+\.png")
 
@@ -89,7 +89,7 @@ def clear_old_samples(out) -> int:
     """Remove what an earlier ``pmf sample`` wrote into ``out`` (its numbered PNGs, grid, npz and settings), so
     that the folder never mixes two runs; other files stay. Returns the number of PNGs removed."""
     pngs = [p for p in out.iterdir() if PNG_NAME.fullmatch(p.name)]
-    for p in pngs + [out / name for name in OWN_FILES]:
+    for p in pngs + list(SampleFolder(out).own_files):
         p.unlink(missing_ok=True)
     return len(pngs)
 
@@ -113,7 +113,7 @@ def run(args) -> int:
     if not onnx:
         model = prepare_sampler(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
     noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale
-    names = loaded.class_names if loaded.class_names and len(loaded.class_names) == cfg.num_classes else None
+    names = fitting_names(loaded.class_names, cfg.num_classes)
     known = class_names(cfg.num_classes, data=getattr(loaded, "data", None), arch=getattr(loaded, "arch", None),
                         recorded=loaded.class_names)  # the names GET /info of pmf serve lists: one rule
     classes = parse_classes(args.classes, cfg.num_classes, known)
@@ -131,13 +131,14 @@ def run(args) -> int:
             for i, im in zip(idx, batch.numpy()):
                 save_image(im, out / sample_name(i, int(labels[i]), names))
     images = np.concatenate(images)
-    np.savez(out / "samples.npz", images=images, labels=labels.numpy())
+    np.savez(SampleFolder(out).npz, images=images, labels=labels.numpy())
     # a row per class with --per-class; a square-ish grid in class order with --num-images
-    save_grid(images, out / "grid.png", nrow=counts[0] if args.num_images is None else math.ceil(len(images) ** 0.5))
+    save_grid(images, SampleFolder(out).grid,
+              nrow=counts[0] if args.num_images is None else math.ceil(len(images) ** 0.5))
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     resolved = {"omega": setting.omega, "t_min": setting.t_min, "t_max": setting.t_max, "steps": setting.steps,
                 "ema": setting.ema, "prediction": setting.prediction, "setting": setting.describe()}
-    (out / "sample_settings.json").write_text(json.dumps({**settings, **resolved, "noise_scale": noise_scale,
+    SampleFolder(out).settings.write_text(json.dumps({**settings, **resolved, "noise_scale": noise_scale,
                                                           "classes": classes,
                                                           "class_names": names}, indent=2))
     print(f"wrote {len(images)} images, grid.png and samples.npz to {out}")

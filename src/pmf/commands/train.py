@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from ..errors import PMFError
-from ..training.config import RECIPES, TrainConfig, recipe
+from ..training.config import TrainConfig
+from ..training.recipes import RECIPES, recipe
 from ._args import add_progress, check_device, output_folder
 from ._config_flags import add_config_flags, apply_config_flags, flag_value
 from ._resume import config_to_resume

@@ -3,6 +3,8 @@ ImageNet names for ImageNet models (torchvision ships them offline), else "class
 
 from __future__ import annotations
 
+from ..class_choice import fitting_names
+from ..released_models import released
 from .builtin import BUILTIN
 
 
@@ -20,11 +22,11 @@ def class_names(num_classes: int, *, data: str | None = None, arch: str | None =
                 recorded: list[str] | None = None) -> list[str]:
     """One name per class of a model with ``num_classes`` classes: the names its checkpoint ``recorded`` (the
     image folder's class folders), else from ``data`` (a recipe's data entry, if known) and preset ``arch``."""
-    if recorded and len(recorded) == num_classes:
+    if fitting_names(recorded, num_classes):
         return list(recorded)
     if data in BUILTIN and num_classes == 10:
         return [str(i) for i in range(10)]
-    imagenet = "imagenet" in (data or "").lower() or (arch or "").split("/")[0] in ("pMF-B", "pMF-L", "pMF-H")
+    imagenet = "imagenet" in (data or "").lower() or released(arch) is not None
     if imagenet and num_classes == 1000:
         names = imagenet_names()
         if names:

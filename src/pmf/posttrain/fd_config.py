@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from ..errors import PMFError
 from ..model_configs import doc
+from ..released_models import imagenet_data
 
 
 def _check(ok: bool, name: str, value, rule: str) -> None:
@@ -98,7 +99,7 @@ def recipe_fd_imagenet(arch: str) -> dict:
     row = FD_RECIPES[arch]
     guidance = dict(omega=row.omega, t_min=row.t_min, t_max=row.t_max)
     return dict(
-        arch=arch, data="data/imagenet256.pmfpack" if arch.endswith("/16") else "data/imagenet512.pmfpack",
+        arch=arch, data=imagenet_data(arch),
         batch_size=1024, steps=100 * STEPS_PER_EPOCH, objective="fd",
         fd=FDConfig(repr=["inception"], ema_beta=0.999, fill=50000, **guidance),
         optim=dict(name="adamw", lr=1e-6, schedule="cosine", warmup_steps=5 * STEPS_PER_EPOCH),

@@ -15,8 +15,10 @@ import torch.distributed as dist
 from .. import parallel as P
 from ..checkpoints.load import FORMAT, latest_checkpoint, read_file, run_checkpoint
 from ..checkpoints.sharded import read_meta
+from ..class_choice import fitting_names
 from ..errors import PMFError
 from ..extras import needs
+from ..folder_layout import RESUME_AUTO, RunFolder, resume_given
 from ..model_configs import ModelConfig
 from ..nn.layers import Block
 from ..nn.model import PMFDiT
@@ -52,7 +54,7 @@ def enable_activation_checkpointing(model: torch.nn.Module, enabled: bool = True
 def data_class_names(data, mcfg: ModelConfig) -> list[str] | None:
     """The training data's class names (an image folder's class folders), where they name the model's classes."""
     names = getattr(data, "class_names", None)
-    return list(names) if names and len(names) == mcfg.num_classes else None
+    return fitting_names(names, mcfg.num_classes)
 
 
 def build(cfg: TrainConfig, mcfg: ModelConfig, info: D.DistInfo, class_names: list[str] | None = None, *,
@@ -89,9 +91,9 @@ def build(cfg: TrainConfig, mcfg: ModelConfig, info: D.DistInfo, class_names: li
 
 
 def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
-    if resume in (None, "", "none"):
+    if not resume_given(resume):
         return None
-    if resume == "auto":
+    if resume == RESUME_AUTO:
         return latest_checkpoint(ckpt_dir)
     path = Path(resume)
     return run_checkpoint(path) if path.is_dir() else path
@@ -119,7 +121,7 @@ def load_resume(path: Path, mcfg: ModelConfig, cfg: TrainConfig) -> dict:
     saved_emas = list(obj["ema"]) if obj.get("ema") is not None else obj.get("emas")  # a file's, or a folder's meta
     run_emas = list(ema_schedules(cfg.ema))
     if saved_emas is not None and not set(run_emas) <= set(saved_emas):
-        own = path.parent.parent / "config.json"
+        own = RunFolder.of_checkpoint(path).config
         hint = f"--config {own}" if own.is_file() else "the settings it was trained with"
         raise PMFError(f"cannot resume from {str(path)!r}: it keeps other EMAs ({', '.join(saved_emas)}) than this "
                        f"run ({', '.join(run_emas)}); resume with {hint}, or train into another --out")

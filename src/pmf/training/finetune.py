@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..ema_choice import RAW
 from ..errors import PMFError
 from ..model_configs import PRESETS, ModelConfig
 from ..vocabulary import V_HEAD_INITS
@@ -199,6 +200,6 @@ def init_weights(model: torch.nn.Module, cfg, class_names: list[str] | None) -> 
                                     v_head=cfg.init_v_head)
     model.load_state_dict(state, strict=True)
     cfg.init_ema = loaded.ema
-    weights = f"EMA {loaded.ema}" if loaded.ema not in (None, "raw") else \
-        ("raw weights" if loaded.ema == "raw" else "its weights")
+    weights = f"EMA {loaded.ema}" if loaded.ema not in (None, RAW) else \
+        ("raw weights" if loaded.ema == RAW else "its weights")
     return f"init: {cfg.init} ({weights}); " + "; ".join(notes)

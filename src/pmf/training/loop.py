@@ -22,6 +22,7 @@ from .. import parallel as P
 from ..data import open_training_data
 from ..data.order import DataOrder, batches, check_data, data_size, to_model_input
 from ..errors import PMFError
+from ..folder_layout import RESUME_AUTO, RunFolder
 from ..model_configs import ModelConfig, model_config
 from ..nn.attention import tangent_attention
 from ..objective import pmf_loss, sample_draws
@@ -68,7 +69,7 @@ def finished_run(path: Path, step: int, cfg: TrainConfig) -> dict:
     """What ``train`` returns for a resume at or past ``cfg.steps``: the run's summary.json when it has one."""
     D.print0(f"pmf train: nothing to do: {path} is at step {step} and --steps is {cfg.steps}; the run is finished "
              "(give a larger --steps to train further)", file=sys.stderr)
-    summary = Path(cfg.out) / "summary.json"
+    summary = RunFolder(cfg.out).summary
     if summary.is_file():
         return json.loads(summary.read_text())
     return {"steps": cfg.steps, "resumed_at": step, "last_checkpoint": str(path)}
@@ -158,7 +159,7 @@ def prepare(cfg: TrainConfig, resume: str | None):
     check_data(data, mcfg, cfg.data)
     if getattr(data, "streaming", False):
         data.check_first_batch(cfg.batch_size)
-    resume_path = resolve_resume(resume, Path(cfg.out) / "checkpoints")
+    resume_path = resolve_resume(resume, RunFolder(cfg.out).checkpoints)
     state = load_resume(resume_path, mcfg, cfg) if resume_path is not None else None
     return mcfg, data, resume_path, state
 
@@ -174,8 +175,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     if state is not None and int(state["step"]) >= cfg.steps:
         return finished_run(resume_path, int(state["step"]), cfg)
     info = D.setup(cfg.device, group=cfg.parallel != "ddp")
-    if resume == "auto" and resume_path is None:
-        D.print0(f"--resume auto: no checkpoint in {Path(cfg.out) / 'checkpoints'} yet; starting at step 0",
+    if resume == RESUME_AUTO and resume_path is None:
+        D.print0(f"--resume auto: no checkpoint in {RunFolder(cfg.out).checkpoints} yet; starting at step 0",
                  info=info, file=sys.stderr)
     parts = build(cfg, mcfg, info, data_class_names(data, mcfg), resuming=state is not None)
     start = 0
@@ -206,7 +207,7 @@ class Loop:
         self.checkpointer = Checkpointer(cfg, mcfg, parts, info, data_class_names(data, mcfg),
                                          extra_state=fd.state_dict if fd is not None else None)
         self.perceptual = build_perceptual_loss(cfg, info.device)
-        self.out = Path(cfg.out)
+        self.folder = RunFolder(cfg.out)
         self.grid = GridSampler(cfg, mcfg, len(getattr(data, "class_names", [])) or mcfg.num_classes, info.device) \
             if info.is_main and cfg.sample.every else None
         self.last_ckpt, self.last, self.wandb = None, {}, None
@@ -214,12 +215,12 @@ class Loop:
     def run(self, start: int, *, resumed: bool, progress: bool) -> dict:
         cfg, info = self.cfg, self.info
         if info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            self.folder.root.mkdir(parents=True, exist_ok=True)
+            self.folder.config.write_text(json.dumps(cfg.to_dict(), indent=2))
             if getattr(self.data, "resized", ""):  # the data's resize rule, beside the config that names the data
-                (self.out / "data.json").write_text(json.dumps({"data": cfg.data, "resized": self.data.resized}))
-        self.log = MetricsLog(self.out / "metrics.jsonl", start if resumed else None, info.is_main)
-        self.wandb = WandbRun(cfg.wandb, self.out, cfg.to_dict(), resumed=resumed) \
+                self.folder.data.write_text(json.dumps({"data": cfg.data, "resized": self.data.resized}))
+        self.log = MetricsLog(self.folder.metrics, start if resumed else None, info.is_main)
+        self.wandb = WandbRun(cfg.wandb, self.folder.root, cfg.to_dict(), resumed=resumed) \
             if cfg.wandb and info.is_main else None
         try:
             return self.steps(start, progress)
@@ -290,7 +291,7 @@ class Loop:
         if self.parts.sharded:  # whole tensors: a collective on every rank
             weights = {k: P.full(v) for k, v in weights.items()}
         if self.grid is not None:
-            path = self.out / "samples" / f"step_{done:08d}.png"
+            path = self.folder.grid(done)
             self.grid.save(weights, path)
             if self.wandb is not None:
                 self.wandb.image(path, done)
@@ -302,5 +303,5 @@ class Loop:
                    "last_checkpoint": str(self.last_ckpt) if self.last_ckpt else None, **self.last,
                    "state_bytes": state_bytes(p.model, p.optimizer, p.emas)}
         if self.info.is_main:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            self.folder.summary.write_text(json.dumps(summary, indent=2))
         return summary

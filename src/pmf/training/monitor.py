@@ -11,6 +11,7 @@ import torch
 
 from .. import parallel as P
 from ..data.order import data_size
+from ..folder_layout import RunFolder
 from ..images import save_grid
 from ..model_configs import ModelConfig
 from ..nn.model import PMFDiT, count_parameters
@@ -37,7 +38,7 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # TensorBoard is optional: pip install 'pixel-meanflow[tensorboard]'
             return
-        self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+        self.tb = SummaryWriter(str(RunFolder(path.parent).tensorboard))
 
     def write(self, record: dict) -> None:
         if not self.enabled:

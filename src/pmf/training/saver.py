@@ -13,6 +13,7 @@ from ..checkpoints.files import list_checkpoints, save_training_checkpoint
 from ..checkpoints.load import latest_checkpoint
 from ..checkpoints.sharded import ShardedSaver
 from ..errors import PMFError
+from ..folder_layout import RunFolder
 from ..model_configs import ModelConfig
 from ..parallel import process as D
 from .build import Parts
@@ -43,7 +44,7 @@ class Checkpointer:
         self.cfg, self.mcfg, self.parts, self.info = cfg, mcfg, parts, info
         self.extra_state = extra_state
         self.class_names = class_names  # recorded in every checkpoint: they travel with the model
-        self.directory = Path(cfg.out) / "checkpoints"
+        self.directory = RunFolder(cfg.out).checkpoints
         # a collective (a process group for the background writes): created at the same point on every rank
         self.saver = ShardedSaver(self.directory, cfg.keep_last, cfg.async_checkpoint) if parts.sharded else None
         self.last_saved = max([s for s, _ in list_checkpoints(self.directory)], default=-1)

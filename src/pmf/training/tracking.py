@@ -9,8 +9,7 @@ import secrets
 from pathlib import Path
 
 from ..extras import needs
-
-ID_FILE = "wandb_id"  # in the run folder: the W&B run that a resume continues
+from ..folder_layout import RunFolder
 
 
 def import_wandb():
@@ -26,7 +25,7 @@ class WandbRun:
     def __init__(self, project: str, out: Path, config: dict, *, resumed: bool):
         wandb = import_wandb()
         self.wandb, out = wandb, Path(out)
-        id_file = out / ID_FILE
+        id_file = RunFolder(out).wandb_id
         run_id = id_file.read_text().strip() if resumed and id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id + "\n")
         self.run = wandb.init(project=project, id=run_id, resume="allow", name=out.resolve().name, dir=str(out),
