@@ -45,7 +45,7 @@ def test_check_guidance_judges_every_row_of_tensors():
 
 def _serve_check(**fields):
     pytest.importorskip("fastapi")
-    from pmf.serve.app import GenerateRequest, ModelInfo, RequestProblem, ServeLimits, _check
+    from pmf.serve.app import ModelInfo, RequestProblem, ServeLimits, _check
 
     info = ModelInfo(None, 8, 1, ["a", "b"], SamplingSetting(), 1.0, None)
     from pydantic import ValidationError

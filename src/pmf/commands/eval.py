@@ -197,6 +197,7 @@ def run(args) -> int:
     from ..evaluation.sweep import Scoring, Sweep
     from ..parallel.process import setup
 
+    EvalOptions.from_args(args)  # the ranges of the flags, for --images too
     if args.images is not None:
         from ._eval_metrics import run_images
 
