@@ -18,28 +18,33 @@ SMALL = {"depth": 2, "aux_head_depth": 1, "input_size": 16}  # a quick export
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A training checkpoint with two EMAs, a recipe setting and class names, and its ONNX export."""
+def ckpt(tmp_path_factory):
+    """A training checkpoint with two EMAs, a recipe setting and class names."""
+    model, other = (random_model(seed=s, **SMALL) for s in (1, 2))
+    sd = model.state_dict()
+    path = tmp_path_factory.mktemp("sampler") / "ck.pt"
+    torch.save({"format": "pixel-meanflow", "model_config": model.config.to_dict(), "model": sd,
+                "ema": {"d0.9": sd, "d0.99": other.state_dict()}, "class_names": NAMES,
+                "train_config": {"sample": {"omega": 2.0, "t_min": 0.1, "t_max": 0.9}}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(ckpt):
+    """The checkpoint and its ONNX export (of its default EMA, with its setting and class names)."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from pmf.export.onnx_export import export_onnx
 
-    folder = tmp_path_factory.mktemp("sampler")
-    model, other = (random_model(seed=s, **SMALL) for s in (1, 2))
-    sd = model.state_dict()
-    ckpt = folder / "ck.pt"
-    torch.save({"format": "pixel-meanflow", "model_config": model.config.to_dict(), "model": sd,
-                "ema": {"d0.9": sd, "d0.99": other.state_dict()}, "class_names": NAMES,
-                "train_config": {"sample": {"omega": 2.0, "t_min": 0.1, "t_max": 0.9}}}, ckpt)
     loaded = pmf.load_checkpoint(ckpt)
     setting = dataclasses.replace(loaded.setting, ema=loaded.ema)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        export_onnx(loaded, folder / "g.onnx", steps=1, setting=setting)
+        export_onnx(loaded, ckpt.with_name("g.onnx"), steps=1, setting=setting)
     finally:
         torch.set_num_threads(threads)
-    return {"ckpt": ckpt, "onnx": folder / "g.onnx"}
+    return {"ckpt": ckpt, "onnx": ckpt.with_name("g.onnx")}
 
 
 def _images(sampler, **guidance):
@@ -78,14 +83,13 @@ def test_options_an_onnx_file_cannot_take_are_refused_by_name(files, change, fla
         load_sampler(files["onnx"], SamplerOptions(**change))
 
 
-def test_another_ema_is_another_model_and_the_setting_says_so(files):
-    first = load_sampler(files["ckpt"], SamplerOptions(device="cpu"))
+def test_another_ema_is_another_model_and_the_setting_says_so(ckpt):
+    first = load_sampler(ckpt, SamplerOptions(device="cpu"))
     assert first.ema == "d0.9" and first.with_ema("d0.9") is first
     second = first.with_ema("d0.99")
     assert second.ema == "d0.99" and "EMA from the flags" in second.setting().describe()
     assert not np.array_equal(_images(first), _images(second))
-    assert np.array_equal(_images(second), _images(load_sampler(files["ckpt"], SamplerOptions(ema="d0.99",
-                                                                                              device="cpu"))))
+    assert np.array_equal(_images(second), _images(load_sampler(ckpt, SamplerOptions(ema="d0.99", device="cpu"))))
 
 
 def test_random_takes_the_seeds_weights_and_needs_an_arch():

@@ -36,10 +36,12 @@ def check_device(text: str | None) -> str:
 def sampler_options(args, **changes):
     """``pmf.sampler_loading.SamplerOptions`` of the flags a command has (``--arch``, ``--ema``, ``--device``,
     ``--precision``, ``--compile`` ...); ``changes`` replace them. A flag the command lacks takes the default."""
+    from dataclasses import fields
+
     from ..sampler_loading import SamplerOptions
 
     device = getattr(args, "device", None)
-    given = {f: getattr(args, f) for f in SamplerOptions.__dataclass_fields__ if hasattr(args, f)}
+    given = {f.name: getattr(args, f.name) for f in fields(SamplerOptions) if hasattr(args, f.name)}
     return SamplerOptions(**{**given, "device": None if device is None else check_device(device), **changes})
 
 

@@ -113,9 +113,8 @@ def check_offline_dataset(config, dataset: str) -> None:
 
 
 def check_args(args):
-    """The flags checked before anything loads: (options, omegas, pairs, emas); omegas and pairs None unless
-    swept, emas [None] unless named."""
-    opts = EvalOptions.from_args(args)
+    """The flags checked before anything loads (the options' ranges are checked by ``EvalOptions``): (omegas,
+    pairs, emas); omegas and pairs None unless swept, emas [None] unless named."""
     args.device = check_device(args.device)
     omegas, pairs = numbers(args.omega, "--omega"), intervals(args.interval)
     for omega in omegas or []:
@@ -126,7 +125,7 @@ def check_args(args):
     if args.out is not None and Path(args.out).is_file():
         raise PMFError(f"--out {args.out!r} is a file; give a folder (it is created if missing)")
     emas = [e.strip() for e in args.ema.split(",") if e.strip()] if args.ema else [None]
-    return opts, omegas, pairs, emas
+    return omegas, pairs, emas
 
 
 def load_grid(args, opts: EvalOptions, device, rank: int, emas: list, omegas, pairs):
@@ -141,10 +140,9 @@ def load_grid(args, opts: EvalOptions, device, rank: int, emas: list, omegas, pa
     combos = grid(omegas or [base.omega], pairs or [one], emas)
     if rank == 0:
         c = combos[0]
-        print("sampling: " + (sampler.setting(omega=c["omega"], t_min=c["t_min"], t_max=c["t_max"],
-                                              steps=opts.steps).describe() if len(combos) == 1 else
-                              f"a sweep of {len(combos)} settings; the checkpoint's own is {base.describe()}"),
-              flush=True)
+        text = sampler.setting(omega=c["omega"], t_min=c["t_min"], t_max=c["t_max"], steps=opts.steps).describe() \
+            if len(combos) == 1 else f"a sweep of {len(combos)} settings; the checkpoint's own is {base.describe()}"
+        print(f"sampling: {text}", flush=True)
     args.dataset_known = args.dataset is not None or sampler.loaded.data in BUILTIN  # a default reference
     args.dataset = offline_dataset(args.dataset, sampler.loaded.data)
     return sampler, base, combos
@@ -197,14 +195,14 @@ def run(args) -> int:
     from ..evaluation.sweep import Scoring, Sweep
     from ..parallel.process import setup
 
-    EvalOptions.from_args(args)  # the ranges of the flags, for --images too
+    opts = EvalOptions.from_args(args)  # the ranges of the flags, for --images too
     if args.images is not None:
         from ._eval_metrics import run_images
 
         return run_images(args)
     if args.checkpoint is None:
         raise PMFError("pmf eval needs --checkpoint (a model to sample) or --images (given images)")
-    opts, omegas, pairs, emas = check_args(args)
+    omegas, pairs, emas = check_args(args)
     created = not dist.is_initialized()
     info = setup(args.device)
     rank, device = info.rank, info.device
