@@ -46,7 +46,7 @@ class SampleOptions(SpeedOptions):
     per_class: int | None = option(None, "images per class", none="8", min=1)
     num_images: int | None = option(None, "images in all instead of --per-class: the classes take turns (the "
                                     "first ones get one more when the count does not divide evenly)",
-                                    old=("--num-samples",), min=1)
+                                    old=("--num-samples",), none="off: --per-class", min=1)
     steps: int | None = option(None, STEPS_HELP, none="the checkpoint's setting, 1: one forward pass", min=1)
     seed: int = option(0, SEED_HELP, parse=seed_value)
     batch_size: int = option(64, BATCH_HELP, min=1)
