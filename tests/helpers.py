@@ -46,7 +46,9 @@ def random_model(seed: int = 0, arch: str = "pMF-Tiny/4", **overrides) -> torch.
     images depend on the noise."""
     import pmf
 
-    model = pmf.build_model(arch, **overrides)
+    with torch.random.fork_rng(devices=[]):  # the same weights whatever ran before, the caller's RNG untouched
+        torch.manual_seed(seed)
+        model = pmf.build_model(arch, **overrides)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():

@@ -25,6 +25,7 @@ LAYERS = {
     "checkpoints": ("pmf.checkpoints",),
     "data": ("pmf.data",),
     "evaluation and export": ("pmf.evaluation", "pmf.export", "pmf.diffusers"),
+    "samplers": ("pmf.sampler_loading",),  # any sampler spec (a torch checkpoint or an ONNX file) as one object
     # fd_config is the --fd-* section of the training config (it imports only the base layer);
     # sharded_muon is the optimiser's Muon step on sharded matrices.
     "training": ("pmf.training", "pmf.posttrain.fd_config", "pmf.parallel.sharded_muon"),

@@ -14,7 +14,7 @@ import torch
 import pmf
 from helpers import RECIPE, perturbed, training_checkpoint
 from pmf.cli import main
-from pmf.commands._args import check_guidance as check_flags
+from pmf.commands._args import check_sampling_flags as check_flags
 from pmf.evaluation.evaluate import EvalSettings
 from pmf.sampling import generate, image_noise, sample, to_uint8
 from pmf.sampling_setting import SamplingSetting, SettingError, check_guidance, default_setting, sidecar_path
@@ -45,13 +45,13 @@ def test_check_guidance_judges_every_row_of_tensors():
 
 def _serve_check(**fields):
     pytest.importorskip("fastapi")
-    from pmf.serve.app import GenerateRequest, ModelInfo, RequestProblem, ServeLimits, _check
+    from pmf.serve.app import ModelInfo, RequestProblem, ServeLimits, _check
 
     info = ModelInfo(None, 8, 1, ["a", "b"], SamplingSetting(), 1.0, None)
     from pydantic import ValidationError
 
     try:  # the request schema states the single-field bounds (OpenAPI); _check applies the setting's rule
-        _check(GenerateRequest(classes=[0], **fields), info, ServeLimits())
+        _check(ServeLimits().request_model(info.class_names)(classes=[0], **fields), info)
     except RequestProblem as err:
         raise SettingError(err.field, str(err)) from None
     except ValidationError as err:
@@ -65,7 +65,7 @@ CALLERS = {
                                       t_max=b),
     "model": lambda o, a, b: perturbed(0)(torch.zeros(2, 1, 8, 8), 1.0, torch.tensor([o, 1.0]), a, b,
                                           torch.tensor([0, 1])),
-    "evaluation": lambda o, a, b: EvalSettings(omega=o, t_min=a, t_max=b),
+    "evaluation": lambda o, a, b: EvalSettings(setting=SamplingSetting(o, a, b)),
     "config": lambda o, a, b: SampleConfig(omega=o, t_min=a, t_max=b),
     "flags": lambda o, a, b: check_flags(omega=o, t_min=a, t_max=b),
     "server": lambda o, a, b: _serve_check(omega=o, t_min=a, t_max=b),

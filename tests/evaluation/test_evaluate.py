@@ -16,6 +16,7 @@ from pmf.cli import main
 from pmf.evaluation.evaluate import EvalSettings, grid, plot, run_samples, table
 from pmf.evaluation.inception import WEIGHTS_FILE, find_weights, inception_score
 from pmf.parallel.process import free_port, shard
+from pmf.sampling_setting import SamplingSetting
 
 ARCH = "pMF-Tiny/4"
 
@@ -32,9 +33,9 @@ def model_file(tmp_path_factory):
     return path
 
 
-def _images(model, n, batch_size, **kw):
-    data = run_samples(model, EvalSettings(num_images=n, batch_size=batch_size, **kw), keep_images=True,
-                       progress=False)
+def _images(model, n, batch_size, seed=0, **guidance):
+    data = run_samples(model, EvalSettings(num_images=n, batch_size=batch_size, seed=seed,
+                                           setting=SamplingSetting(**guidance)), keep_images=True, progress=False)
     return data
 
 
@@ -66,7 +67,8 @@ def _worker(rank, world, port, ckpt, out):
 
     setup("cpu")
     model = load_model(ckpt)
-    data = run_samples(model, EvalSettings(num_images=11, batch_size=1, omega=2.0), keep_images=True,
+    data = run_samples(model, EvalSettings(num_images=11, batch_size=1, setting=SamplingSetting(omega=2.0)),
+                       keep_images=True,
                        featurize=lambda im: {"mean": im.reshape(len(im), -1).mean(1)}, progress=False)
     if rank == 0:
         np.savez(out, **data)
@@ -147,9 +149,9 @@ def test_sweep_table_and_plot(tmp_path):
 
 def test_settings_are_validated():
     with pytest.raises(pmf.PMFError, match="t_min <= t_max"):
-        EvalSettings(t_min=0.9, t_max=0.1)
-    with pytest.raises(pmf.PMFError, match="omega"):
-        EvalSettings(omega=0)
+        EvalSettings(setting=SamplingSetting(t_min=0.9, t_max=0.1))
+    with pytest.raises(pmf.PMFError, match="num_images"):
+        EvalSettings(num_images=1)
 
 
 def test_the_demos_score_is_pmf_eval_offline_with_the_demos_seed(tmp_path, monkeypatch):
@@ -167,7 +169,8 @@ def test_the_demos_score_is_pmf_eval_offline_with_the_demos_seed(tmp_path, monke
     guidance = dict(omega=3.0, t_min=0.1, t_max=0.8)
     score(model, tmp_path, n=20, seed=1, settings=[tuple(guidance.values())], verbose=False)
     for seed in (1, 0):
-        evaluate(model, EvalSettings(num_images=20, seed=seed, batch_size=SCORE_BATCH, **guidance), mode="offline",
+        evaluate(model, EvalSettings(num_images=20, seed=seed, batch_size=SCORE_BATCH,
+                                     setting=SamplingSetting(**guidance)), mode="offline",
                  progress=False)
     demo, same_seed, eval_default = seen
     assert np.array_equal(demo, same_seed) and not np.array_equal(demo, eval_default)

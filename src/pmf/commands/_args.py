@@ -1,18 +1,19 @@
 """Shared argument helpers of the ``pmf`` commands, by concern: ``_vocabulary`` (one flag per concept, the
-parser), ``_numbers`` (number lists, intervals, the sampling checks), ``_deprecation`` (old spellings),
-``_loading`` (device and model of ``--checkpoint``), ``_config_flags`` (flags generated from a config),
-``_runs`` (training run folders). The names stay importable from here."""
+parser), ``_numbers`` (number lists, intervals, the guidance checks), ``_deprecation`` (old spellings),
+``_loading`` (device and sampler of ``--checkpoint``), ``_options`` (the typed options of the commands),
+``_config_flags`` (flags generated from a config or options dataclass), ``_runs`` (training run folders). The
+names stay importable from here."""
 
 from ._deprecation import DEPRECATED, _Deprecated, deprecated, legacy_positionals
 from ._loading import (
     add_common_model_args,
-    add_sampling_speed_args,
     check_device,
     checkpoint_arg,
     load_for_sampling,
-    sampling_setting,
+    load_sampler_arg,
+    sampler_options,
 )
-from ._numbers import check_guidance, intervals, numbers, one_guidance
+from ._numbers import check_sampling_flags, intervals, numbers, one_guidance
 from ._vocabulary import (
     CONCEPTS,
     DEVICE_HELP,
@@ -33,6 +34,6 @@ from ._vocabulary import (
 
 __all__ = ["CONCEPTS", "DEPRECATED", "DEVICE_HELP", "PMFArgumentParser", "_Deprecated", "add_batch_size",
            "add_checkpoint", "add_common_model_args", "add_device", "add_ema", "add_guidance", "add_num_images",
-           "add_out", "add_progress", "add_sampling_speed_args", "add_seed", "add_workers", "check_device",
-           "check_guidance", "checkpoint_arg", "deprecated", "intervals", "legacy_positionals", "load_for_sampling",
-           "numbers", "one_guidance", "output_file", "output_folder", "sampling_setting"]
+           "add_out", "add_progress", "add_seed", "add_workers", "check_device", "check_sampling_flags",
+           "checkpoint_arg", "deprecated", "intervals", "legacy_positionals", "load_for_sampling", "load_sampler_arg",
+           "numbers", "one_guidance", "output_file", "output_folder", "sampler_options"]

@@ -216,3 +216,51 @@ def add_perceptual_args(p) -> None:
 def apply_perceptual_args(cfg, args) -> None:
     """``cfg.perceptual`` with the perceptual flags given in ``args``."""
     cfg.perceptual = type(cfg).from_dict(apply_config_flags(cfg.to_dict(), type(cfg), args)).perceptual
+
+
+# ---- a command's options: flags with the field's name as destination and its default ---------------------------
+
+def option(default=dataclasses.MISSING, help: str = "", *, flag: str | None = None, none: str | None = None,
+           old: tuple[str, ...] = (), parse=None, min: float | None = None):
+    """A field of a command's options dataclass: what ``pmf.model_configs.doc`` records, and ``min``, the
+    smallest value the option takes (checked by ``check_ranges``, shown in --help)."""
+    meta = {"help": help, "flag": flag, "none": none, "old": old, "parse": parse, "min": min}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def check_ranges(options) -> None:
+    """Refuse a field below its ``min``, in one line that names its flag (``--batch-size must be >= 1``)."""
+    for leaf in leaves(type(options)):
+        low, value = leaf.field.metadata.get("min"), getattr(options, leaf.field.name)
+        if low is not None and value is not None and not isinstance(value, bool) and value < low:
+            raise PMFError(f"{leaf.flag} must be >= {low:g}, got {value:g}")
+
+
+def add_option_flags(p, cls) -> None:
+    """One flag per field of ``cls`` (a flat options dataclass): its value lands in ``args.<field>`` with the
+    field's default, so ``cls.from_args`` (``options_from_args``) reads it back; the help shows the default and
+    the smallest value allowed."""
+    for leaf in leaves(cls):
+        name, meta = leaf.field.name, leaf.field.metadata
+        rule = f"; at least {meta['min']:g}" if meta.get("min") is not None else ""
+        help = f"{leaf.help} (default: {shown(leaf.field.default, leaf)}{rule})".replace("%", "%%")
+        if optional(leaf.type)[0] is bool:
+            p.add_argument(leaf.flag, dest=name, action="store_true", help=help)
+            continue
+        base = converter(leaf)
+
+        def convert(text, base=base):
+            value = base(text)
+            return None if value is NONE else value
+
+        convert.__name__ = base.__name__
+        choices = [c for c in literal_choices(leaf.type) or () if c is not None]
+        metavar = "{" + ",".join(choices) + "}" if choices else name.upper()
+        p.add_argument(leaf.flag, dest=name, type=convert, default=leaf.field.default, metavar=metavar, help=help)
+        for old in meta.get("old", ()):
+            p.add_argument(old, dest=name, action=_Deprecated, new=leaf.flag, type=convert, help=argparse.SUPPRESS)
+
+
+def options_from_args(cls, args):
+    """``cls`` with the values ``add_option_flags`` put in ``args`` (validated by ``cls`` itself)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})

@@ -240,9 +240,7 @@ def run_images(args) -> int:
     if out.is_file():
         raise PMFError(f"--out {args.out!r} is a file; give a folder (it is created if missing)")
     dataset, size = images_source(args.images)
-    if args.num_images is not None:
-        if args.num_images < 2:
-            raise PMFError(f"--num-images must be >= 2, got {args.num_images}")
+    if args.num_images is not None:  # at least 2: pmf.commands._options.EvalOptions
         dataset = torch.utils.data.Subset(dataset, range(min(args.num_images, len(dataset))))
     created = not dist.is_initialized()
     info = setup(args.device)

@@ -10,7 +10,6 @@ import torch
 
 from ..errors import PMFError
 from ..model_configs import PRESETS
-from ..vocabulary import PRECISIONS
 from ._vocabulary import add_checkpoint, add_device, add_ema
 
 
@@ -34,22 +33,33 @@ def check_device(text: str | None) -> str:
     return text
 
 
-def load_for_sampling(args, device, ema: str | None = None):
-    """``pmf.checkpoints.load.LoadedCheckpoint`` of ``--checkpoint`` (``random``: an untrained ``--arch`` model seeded
-    by ``--seed`` (0 for commands without it), sampled without guidance by default); ``ema`` overrides ``--ema``."""
-    from ..checkpoints.load import LoadedCheckpoint, load_checkpoint
-    from ..nn.model import build_model
-    from ..sampling import SamplingSetting
+def sampler_options(args, **changes):
+    """``pmf.sampler_loading.SamplerOptions`` of the flags a command has (``--arch``, ``--ema``, ``--device``,
+    ``--precision``, ``--compile`` ...); ``changes`` replace them. A flag the command lacks takes the default."""
+    from dataclasses import fields
 
-    if args.checkpoint == "random":
-        if args.arch is None:
-            raise PMFError("--checkpoint random needs --arch")
-        with torch.random.fork_rng(devices=[]):  # the weights of --seed, the caller's random state untouched
-            torch.manual_seed(getattr(args, "seed", 0))
-            model = build_model(args.arch)
-        model = model.to(device).eval()
-        return LoadedCheckpoint(model, args.arch, None, SamplingSetting(source="an untrained model: no guidance"))
-    return load_checkpoint(checkpoint_arg(args.checkpoint), arch=args.arch, ema=ema or args.ema, device=device)
+    from ..sampler_loading import SamplerOptions
+
+    device = getattr(args, "device", None)
+    given = {f.name: getattr(args, f.name) for f in fields(SamplerOptions) if hasattr(args, f.name)}
+    return SamplerOptions(**{**given, "device": None if device is None else check_device(device), **changes})
+
+
+def load_sampler_arg(args, **changes):
+    """The ``pmf.sampler_loading.Sampler`` of ``--checkpoint`` (a run folder gives its newest checkpoint) with
+    the command's flags (``sampler_options``)."""
+    from ..sampler_loading import load_sampler
+
+    return load_sampler(checkpoint_arg(args.checkpoint), sampler_options(args, **changes))
+
+
+def load_for_sampling(args, device, ema: str | None = None):
+    """``pmf.checkpoints.load.LoadedCheckpoint`` of ``--checkpoint`` (``random``: an untrained ``--arch`` model
+    seeded by ``--seed``, 0 for commands without it); ``ema`` overrides ``--ema``."""
+    from ..sampler_loading import SamplerOptions, load_sampler
+
+    options = SamplerOptions(arch=args.arch, ema=ema or args.ema, device=device, seed=getattr(args, "seed", 0))
+    return load_sampler(checkpoint_arg(args.checkpoint), options).loaded
 
 
 def checkpoint_arg(spec: str) -> str:
@@ -66,24 +76,6 @@ def checkpoint_arg(spec: str) -> str:
     return str(found)
 
 
-def sampling_setting(loaded, *, omega: float | None = None, t_min: float | None = None, t_max: float | None = None,
-                     steps: int | None = None):
-    """The checkpoint's default setting (``loaded.setting``) with each field the user gave replaced; the EMA is
-    the one actually loaded. ``describe()`` says where the values came from."""
-    from dataclasses import replace
-
-    base = loaded.setting
-    given = {k: v for k, v in (("omega", omega), ("t_min", t_min), ("t_max", t_max), ("steps", steps))
-             if v is not None}
-    source = base.source
-    changed = [k for k, v in given.items() if v != getattr(base, k)]
-    if loaded.ema != base.ema:
-        changed.append("EMA")
-    if changed:
-        source = f"{source}; {', '.join(changed)} from the flags"
-    return replace(base, **given, ema=loaded.ema, source=source)
-
-
 def add_common_model_args(p: argparse.ArgumentParser, *, sweep: bool = False, onnx: bool = True,
                           required: bool = True) -> None:
     add_checkpoint(p, onnx=onnx, required=required)
@@ -93,12 +85,3 @@ def add_common_model_args(p: argparse.ArgumentParser, *, sweep: bool = False, on
     p.add_argument("--noise-scale", type=float, default=None, help="noise scale (default: the preset's / "
                    "recorded value)")
     add_device(p)
-
-
-def add_sampling_speed_args(p: argparse.ArgumentParser) -> None:
-    """Precision and compilation of the sampler (``pmf sample``, ``pmf eval``)."""
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                   help="fp32 (default) or bf16 autocast (faster on GPUs and CPUs with AMX; images differ slightly)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network with frozen weights, one "
-                   "graph per batch size (pays off for many images: compiling takes from seconds to minutes)")
-    p.add_argument("--cuda-graphs", action="store_true", help="with --compile on a GPU: replay CUDA graphs")

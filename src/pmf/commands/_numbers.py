@@ -46,14 +46,12 @@ def one_guidance(args) -> tuple[float | None, float | None, float | None]:
     return (omega[0] if omega else None), t_min, t_max
 
 
-def check_guidance(*, omega: float | None = None, t_min: float | None = None, t_max: float | None = None,
-                   steps: int | None = None) -> None:
-    """The sampling flags, checked before any work starts (None: not given) by the setting's own rule
-    (``pmf.sampling_setting``); a field not given takes a value that passes, so only the given ones are judged."""
-    from ..sampling_setting import check_guidance as check
-    from ..sampling_setting import check_steps
+def check_sampling_flags(*, omega: float | None = None, t_min: float | None = None,
+                         t_max: float | None = None) -> None:
+    """The guidance flags, checked before any work starts (None: not given) by the setting's one rule
+    (``pmf.sampling_setting.check_guidance``); a field not given takes a value that passes, so only the given
+    ones are judged. (``--steps`` is checked by the command's options, ``pmf.commands._options``.)"""
+    from ..sampling_setting import check_guidance
 
-    if steps is not None:
-        check_steps(steps, name="--steps")
-    check(1.0 if omega is None else omega, 0.0 if t_min is None else t_min, 1.0 if t_max is None else t_max,
-          names={"omega": "--omega"})
+    check_guidance(1.0 if omega is None else omega, 0.0 if t_min is None else t_min, 1.0 if t_max is None else t_max,
+                   names={"omega": "--omega"})

@@ -79,7 +79,7 @@ def run(args) -> int:
     from ..training.loop import train
     from ..training.recipes import recipe_mnist
     from ..training.stopping import StopRequest
-    from ._args import check_device, check_guidance, intervals, output_folder
+    from ._args import check_device, check_sampling_flags, intervals, output_folder
 
     args.device = check_device(args.device)
     pairs = intervals(args.interval)
@@ -87,7 +87,7 @@ def run(args) -> int:
         raise PMFError(f"--interval takes one T_MIN:T_MAX pair here, got {args.interval!r}")
     t_min = args.t_min if getattr(args, "t_min", None) is not None else pairs[0][0]
     t_max = args.t_max if getattr(args, "t_max", None) is not None else pairs[0][1]
-    check_guidance(omega=args.omega, t_min=t_min, t_max=t_max)
+    check_sampling_flags(omega=args.omega, t_min=t_min, t_max=t_max)
     if args.num_images < 10:
         raise PMFError(f"--num-images must be >= 10 (one per class), got {args.num_images}")
     output_folder(args.out)

@@ -12,6 +12,8 @@ from pathlib import Path
 from ..errors import PMFError
 from ..sampling_setting import sidecar_path
 from ._args import add_checkpoint, add_ema, add_out, checkpoint_arg, legacy_positionals, output_file
+from ._config_flags import add_option_flags
+from ._options import ExportOptions
 
 # output suffix -> format written
 SUFFIXES = {".pt": "release", ".pth": "release", ".safetensors": "safetensors", ".onnx": "onnx"}
@@ -33,12 +35,7 @@ def add_parser(sub) -> None:
                    "PMFDiT.from_pretrained and pmf.diffusers; 'checkpoint': the whole training state of a sharded "
                    "checkpoint folder (model, EMAs, optimiser, step) as one step_XXXXXXXX.pt-style file (--ema "
                    "does not apply)")
-    p.add_argument("--steps", type=int, default=None, help="--format onnx: sampling steps of the graph (default: "
-                   "the checkpoint's setting, 1)")
-    p.add_argument("--quantize", choices=["int8"], default=None, help="--format onnx: int8 weights in every matrix "
-                   "product (onnxruntime's dynamic quantisation; about a quarter of the size, faster on some CPUs: "
-                   "docs/deploy.md); the export prints, and the file records, how many uint8 levels it moves the "
-                   "images from the fp32 file (default: fp32)")
+    add_option_flags(p, ExportOptions)
     # the old form `pmf export CHECKPOINT OUT`
     p.add_argument("legacy", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
@@ -47,10 +44,11 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..checkpoints.load import export_ema
 
+    opts = ExportOptions.from_args(args)
     legacy_positionals(args)
     args.checkpoint = checkpoint_arg(args.checkpoint)
     suffix = Path(args.out).suffix.lower()
-    onnx_only = [flag for flag, value in (("--steps", args.steps), ("--quantize", args.quantize)) if value is not None]
+    onnx_only = [flag for flag, value in (("--steps", opts.steps), ("--quantize", opts.quantize)) if value is not None]
     if onnx_only and "onnx" not in (args.format, SUFFIXES.get(suffix)):
         raise PMFError(f"{onnx_only[0]} applies to ONNX exports only (the other formats hold the network, not the "
                        "sampler)")
@@ -79,7 +77,7 @@ def run(args) -> int:
         if args.format is not None and args.format != SUFFIXES[suffix]:
             raise PMFError(f"--format {args.format} does not fit the suffix {suffix!r} (a {SUFFIXES[suffix]} file)")
         try:
-            path = _export_onnx(args) if SUFFIXES[suffix] == "onnx" else \
+            path = _export_onnx(args, opts) if SUFFIXES[suffix] == "onnx" else \
                 export_ema(args.checkpoint, args.out, ema=args.ema, fmt=args.format)
         except OSError as err:
             raise PMFError(f"cannot write {args.out!r}: {err.strerror or err}") from None
@@ -89,17 +87,15 @@ def run(args) -> int:
     return 0
 
 
-def _export_onnx(args):
+def _export_onnx(args, opts: ExportOptions):
     from ..checkpoints.load import load_checkpoint
     from ..export.onnx_export import export_onnx
 
-    if args.steps is not None and args.steps < 1:
-        raise PMFError(f"--steps must be >= 1, got {args.steps}")
     loaded = load_checkpoint(args.checkpoint, ema=args.ema)
     # the file's setting: the checkpoint's, with the EMA exported (which --ema may choose) and the graph's steps
-    setting = dataclasses.replace(loaded.setting, ema=loaded.ema, steps=args.steps or loaded.setting.steps)
+    setting = dataclasses.replace(loaded.setting, ema=loaded.ema, steps=opts.steps or loaded.setting.steps)
     print(f"exporting the {setting.steps}-step generator; setting: {setting.describe()}", flush=True)
-    if args.quantize is None:
+    if opts.quantize is None:
         return export_onnx(loaded, args.out, steps=setting.steps, setting=setting)
     from ..export.onnx_quantize import export_int8
     from ..export.onnx_runtime import describe_weights, read_metadata

@@ -8,8 +8,10 @@ import torch
 
 from ..errors import PMFError
 from ..export.generator import export_generator, save_generator
-from ._args import add_out, check_device, load_for_sampling, output_file, sampling_setting
+from ._args import add_out, load_sampler_arg, output_file
+from ._config_flags import add_option_flags
 from ._loading import add_common_model_args
+from ._options import GeneratorExportOptions
 
 
 def add_parser(sub) -> None:
@@ -20,30 +22,27 @@ def add_parser(sub) -> None:
                        "JSON file describing its inputs. Load it with torch.export.load(PATH).module().")
     add_common_model_args(p, onnx=False)
     add_out(p, required=True, help="output .pt2 file (required)")
-    p.add_argument("--static-batch", type=int, default=None,
-                   help="trace for this batch size only (default: any batch size)")
+    add_option_flags(p, GeneratorExportOptions)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    opts = GeneratorExportOptions.from_args(args)
+    if not str(args.out).endswith(".pt2"):
+        raise PMFError(f"--out must end in .pt2, got {str(args.out)!r}")
     out = output_file(args.out)
-    args.device = check_device(args.device)
-    if out.suffix != ".pt2":
-        raise PMFError(f"--out must end in .pt2, got {str(out)!r}")
-    if args.static_batch is not None and args.static_batch < 1:
-        raise PMFError(f"--static-batch must be >= 1, got {args.static_batch}")
-    loaded = load_for_sampling(args, args.device)
-    model, setting = loaded.model, sampling_setting(loaded)
-    cfg = model.config
-    noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale
-    program = export_generator(model, noise_scale=noise_scale, batch=args.static_batch or 2,
-                               dynamic_batch=args.static_batch is None, prediction=setting.prediction)
+    sampler = load_sampler_arg(args)
+    if sampler.onnx:
+        raise PMFError(f"{args.checkpoint} is an ONNX export already; give the torch checkpoint it came from")
+    model, setting, cfg, noise_scale = sampler.loaded.model, sampler.setting(), sampler.config, sampler.noise_scale
+    program = export_generator(model, noise_scale=noise_scale, batch=opts.static_batch or 2,
+                               dynamic_batch=opts.static_batch is None, prediction=setting.prediction)
     save_generator(program, out)
     shape = [cfg.in_channels, cfg.input_size, cfg.input_size]
     info = {"inputs": {"eps": ["B", *shape], "labels": ["B"], "omega": ["B"], "t_min": ["B"], "t_max": ["B"]},
             "output": ["B", *shape], "output_range": "the [-1, 1] scale, not clipped: clip before converting",
             "noise_scale": noise_scale, "num_classes": cfg.num_classes,
-            "null_label": cfg.num_classes, "batch": args.static_batch or "dynamic", "torch": torch.__version__,
+            "null_label": cfg.num_classes, "batch": opts.static_batch or "dynamic", "torch": torch.__version__,
             "model_config": cfg.to_dict(),
             # how to sample it: pass these omega / t_min / t_max per image for the checkpoint's own images
             "sampling_setting": setting.to_dict()}

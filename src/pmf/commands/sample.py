@@ -12,26 +12,21 @@ import torch
 from ..class_choice import fitting_names, parse_classes
 from ..data.class_names import class_names
 from ..errors import PMFError
-from ..export.onnx_runtime import is_onnx, onnx_checkpoint
 from ..folder_layout import SampleFolder
 from ..images import save_grid, save_image
-from ..sampling import generate, image_labels, prepare_sampler
+from ..sampling import image_labels
 from ._args import (
-    add_batch_size,
     add_common_model_args,
     add_guidance,
-    add_num_images,
     add_out,
     add_progress,
-    add_sampling_speed_args,
-    add_seed,
-    check_device,
-    check_guidance,
-    load_for_sampling,
+    check_sampling_flags,
+    load_sampler_arg,
     one_guidance,
     output_folder,
-    sampling_setting,
 )
+from ._config_flags import add_option_flags
+from ._options import SampleOptions
 
 
 def add_parser(sub) -> None:
@@ -41,21 +36,10 @@ def add_parser(sub) -> None:
                        "--checkpoint ending in .onnx (pmf export --out FILE.onnx) runs in onnxruntime on the CPU "
                        "with its recorded setting (docs/deploy.md).")
     add_common_model_args(p)
-    add_sampling_speed_args(p)
     add_out(p, default="runs/sample", help="output folder (default runs/sample)")
-    p.add_argument("--classes", default=None, help="classes to sample: indices, names or ranges, e.g. '0-9', "
-                   "'1,207,360', 'cat,dog'; a class's name wins over its number, and a model whose class names are "
-                   "numbers takes numbers only as names (docs/serve.md, Classes) (default: all classes of a model "
-                   "with <= 100 classes, else 8 random ones)")
-    p.add_argument("--per-class", type=int, default=None, help="images per class (default 8)")
-    add_num_images(p, help="images in all instead of --per-class: the classes take turns (the first ones get "
-                   "one more when the count does not divide evenly)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 1: one forward pass)")
     add_guidance(p)
-    add_seed(p, help="image i uses its own generator from (seed, i) (default 0)")
-    add_batch_size(p)
     add_progress(p)
-    p.add_argument("--no-png", action="store_true", help="write only grid.png and samples.npz")
+    add_option_flags(p, SampleOptions)
     p.set_defaults(func=run)
 
 
@@ -72,13 +56,8 @@ def class_counts(num_classes: int, per_class: int | None, num_images: int | None
     if per_class is not None and num_images is not None:
         raise PMFError("give --per-class or --num-images, not both")
     if num_images is not None:
-        if num_images < 1:
-            raise PMFError(f"--num-images must be >= 1, got {num_images}")
         return [num_images // num_classes + (i < num_images % num_classes) for i in range(num_classes)]
-    per_class = 8 if per_class is None else per_class
-    if per_class < 1:
-        raise PMFError(f"--per-class must be >= 1, got {per_class}")
-    return [per_class] * num_classes
+    return [8 if per_class is None else per_class] * num_classes
 
 
 # Every name sample_name writes: six digits, then the class number or a class name's slug (its characters).
@@ -95,51 +74,44 @@ def clear_old_samples(out) -> int:
 
 
 def run(args) -> int:
-    class_counts(1, args.per_class, args.num_images)  # the checks, before any model is loaded
-    if args.batch_size < 1:
-        raise PMFError(f"--batch-size must be >= 1, got {args.batch_size}")
+    opts = SampleOptions.from_args(args)  # the ranges, before any model is loaded
+    class_counts(1, opts.per_class, opts.num_images)
     omega, t_min, t_max = one_guidance(args)
-    check_guidance(omega=omega, t_min=t_min, t_max=t_max, steps=args.steps)
-    onnx = is_onnx(args.checkpoint)  # an exported file run in onnxruntime (pmf.export.onnx_runtime)
-    args.device = "cpu" if onnx and args.device is None else check_device(args.device)
+    check_sampling_flags(omega=omega, t_min=t_min, t_max=t_max)
+    sampler = load_sampler_arg(args)
     out = output_folder(args.out)
-    loaded = onnx_checkpoint(args) if onnx else load_for_sampling(args, args.device)
-    setting = sampling_setting(loaded, omega=omega, t_min=t_min, t_max=t_max, steps=args.steps)
+    setting = sampler.setting(omega=omega, t_min=t_min, t_max=t_max, steps=opts.steps)
     print(f"sampling: {setting.describe()}", flush=True)
     removed = clear_old_samples(out)
     if removed:
         print(f"removed {removed} sample PNGs of an earlier run from {out}", flush=True)
-    model, cfg = loaded.model, loaded.model.config
-    if not onnx:
-        model = prepare_sampler(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
-    noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale
+    loaded, cfg = sampler.loaded, sampler.config
     names = fitting_names(loaded.class_names, cfg.num_classes)
-    known = class_names(cfg.num_classes, data=getattr(loaded, "data", None), arch=getattr(loaded, "arch", None),
+    known = class_names(cfg.num_classes, data=loaded.data, arch=loaded.arch,
                         recorded=loaded.class_names)  # the names GET /info of pmf serve lists: one rule
-    classes = parse_classes(args.classes, cfg.num_classes, known)
+    classes = parse_classes(opts.classes, cfg.num_classes, known)
     if classes is None:
         classes = list(range(cfg.num_classes)) if cfg.num_classes <= 100 else \
-            image_labels(range(8), cfg.num_classes, seed=args.seed).tolist()
-    counts = class_counts(len(classes), args.per_class, args.num_images)
+            image_labels(range(8), cfg.num_classes, seed=opts.seed).tolist()
+    counts = class_counts(len(classes), opts.per_class, opts.num_images)
     labels = torch.tensor([c for c, n in zip(classes, counts) for _ in range(n)], dtype=torch.long)
     images = []
-    for idx, batch in generate(model, range(len(labels)), labels[: len(labels)], seed=args.seed,
-                               batch_size=args.batch_size, setting=setting, noise_scale=noise_scale, device=args.device,
-                               precision=args.precision, progress=not args.no_progress):
+    for idx, batch in sampler.generate(range(len(labels)), labels, seed=opts.seed, batch_size=opts.batch_size,
+                                       setting=setting, progress=not args.no_progress):
         images.append(batch.numpy())
-        if not args.no_png:
+        if not opts.no_png:
             for i, im in zip(idx, batch.numpy()):
                 save_image(im, out / sample_name(i, int(labels[i]), names))
     images = np.concatenate(images)
     np.savez(SampleFolder(out).npz, images=images, labels=labels.numpy())
     # a row per class with --per-class; a square-ish grid in class order with --num-images
     save_grid(images, SampleFolder(out).grid,
-              nrow=counts[0] if args.num_images is None else math.ceil(len(images) ** 0.5))
+              nrow=counts[0] if opts.num_images is None else math.ceil(len(images) ** 0.5))
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     resolved = {"omega": setting.omega, "t_min": setting.t_min, "t_max": setting.t_max, "steps": setting.steps,
-                "ema": setting.ema, "prediction": setting.prediction, "setting": setting.describe()}
-    SampleFolder(out).settings.write_text(json.dumps({**settings, **resolved, "noise_scale": noise_scale,
-                                                          "classes": classes,
-                                                          "class_names": names}, indent=2))
+                "ema": setting.ema, "prediction": setting.prediction, "setting": setting.describe(),
+                "device": sampler.device}
+    SampleFolder(out).settings.write_text(json.dumps({**settings, **resolved, "noise_scale": sampler.noise_scale,
+                                                      "classes": classes, "class_names": names}, indent=2))
     print(f"wrote {len(images)} images, grid.png and samples.npz to {out}")
     return 0

@@ -9,10 +9,10 @@ import sys
 import torch
 
 from ..errors import PMFError
-from ..export.onnx_runtime import is_onnx, onnx_checkpoint
 from ..extras import needs
-from ..sampling import PRECISIONS
-from ._args import add_checkpoint, add_device, add_ema, check_device, load_for_sampling
+from ._args import add_checkpoint, add_device, add_ema, load_sampler_arg
+from ._config_flags import add_option_flags
+from ._options import ServeOptions
 
 
 def add_parser(sub) -> None:
@@ -26,19 +26,8 @@ def add_parser(sub) -> None:
                    "(default: recorded or inferred)")
     add_ema(p)
     add_device(p)
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fp32 (default), or bf16 "
-                   "autocast (images then differ slightly from fp32 ones)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network with frozen weights; "
-                   "batches are padded to powers of two so at most log2(--max-batch)+1 graphs compile")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1); any other than loopback "
-                   "needs --token")
-    p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--token", default=os.environ.get("PMF_SERVE_TOKEN"), help="require 'Authorization: Bearer "
                    "TOKEN' on /info and /generate (default: $PMF_SERVE_TOKEN)")
-    p.add_argument("--max-batch", type=int, default=64, help="most images in one forward pass (default 64; 1: no "
-                   "batching)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first queued image waits for "
-                   "others to share its forward pass (default 5)")
     exact = p.add_mutually_exclusive_group()
     exact.add_argument("--exact-batching", dest="exact_batching", action="store_true", default=False,
                        help="a pass computes each request by the network call pmf sample makes for it, so that "
@@ -46,13 +35,7 @@ def add_parser(sub) -> None:
     exact.add_argument("--fast-batching", dest="exact_batching", action="store_false",
                        help="(default) a pass merges its requests into one network call: a merged image may "
                        "differ from pmf sample's by one uint8 level in rare pixels")
-    p.add_argument("--max-images", type=int, default=64, help="most images in one request (default 64)")
-    p.add_argument("--max-steps", type=int, default=4, help="most sampling steps a request may ask for "
-                   "(default 4)")
-    p.add_argument("--max-queue", type=int, default=4096, help="most images waiting (default 4096); more get "
-                   "503 and Retry-After")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--access-log", action="store_true", help="log every request")
+    add_option_flags(p, ServeOptions)
     p.set_defaults(func=run)
 
 
@@ -67,40 +50,29 @@ def is_loopback(host: str) -> bool:
 
 def build(args):
     """(app, model info, batcher) from the parsed arguments."""
-    for name in ("max_batch", "max_images", "max_steps", "max_queue", "port"):
-        if getattr(args, name) < (0 if name == "port" else 1):
-            raise PMFError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.max_wait_ms < 0:
-        raise PMFError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
-    if not is_loopback(args.host) and not args.token:
-        raise PMFError(f"--host {args.host} exposes the server beyond this machine; pass --token SECRET (or set "
+    opts = ServeOptions.from_args(args)
+    if not is_loopback(opts.host) and not args.token:
+        raise PMFError(f"--host {opts.host} exposes the server beyond this machine; pass --token SECRET (or set "
                        "PMF_SERVE_TOKEN), or keep 127.0.0.1 behind a reverse proxy (docs/serve.md)")
     with needs("serve", "pmf serve needs FastAPI and uvicorn"):
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     from ..data.class_names import checkpoint_class_names
-    from ..sampling import prepare_sampler
     from ..serve import Batcher
     from ..serve.app import ModelInfo, ServeLimits, create_app
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    onnx = is_onnx(args.checkpoint)  # an exported file run in onnxruntime: no torch model in memory
-    args.device = "cpu" if onnx and args.device is None else check_device(args.device)
-    ckpt = onnx_checkpoint(args) if onnx else load_for_sampling(args, args.device)
-    cfg = ckpt.model.config
-    names = checkpoint_class_names(ckpt)
-    info = ModelInfo(ckpt.arch, cfg.input_size, cfg.in_channels, names, ckpt.setting, cfg.noise_scale, ckpt.ema,
-                     **({"weights": ckpt.model.weights} if onnx else {}))
-    model = ckpt.model if onnx else prepare_sampler(ckpt.model, compile=args.compile)
-    batcher = Batcher(model, noise_scale=cfg.noise_scale, device=args.device, precision=args.precision,
-                      max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                      pad_batches=args.compile, exact=args.exact_batching,
-                      prediction=ckpt.setting.prediction)
-    # an ONNX graph holds a fixed number of steps: requests may ask for that number only
-    limits = ServeLimits(args.max_images, ckpt.model.steps, ckpt.model.steps) if onnx else \
-        ServeLimits(args.max_images, args.max_steps)
-    app = create_app(batcher, info, limits, token=args.token)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    sampler = load_sampler_arg(args)
+    ckpt, cfg = sampler.loaded, sampler.config
+    info = ModelInfo(ckpt.arch, cfg.input_size, cfg.in_channels, checkpoint_class_names(ckpt), ckpt.setting,
+                     cfg.noise_scale, ckpt.ema, weights=sampler.weights)
+    batcher = Batcher(sampler.model, noise_scale=cfg.noise_scale, device=sampler.device, precision=opts.precision,
+                      max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms, max_queue=opts.max_queue,
+                      pad_batches=opts.compile, exact=args.exact_batching, prediction=ckpt.setting.prediction)
+    # a sampler that holds a fixed number of steps (an ONNX graph): requests may ask for that number only
+    low, high = sampler.step_limits or (1, opts.max_steps)
+    app = create_app(batcher, info, ServeLimits(opts.max_images, high, low), token=args.token)
     return app, info, batcher
 
 

@@ -8,7 +8,7 @@ import itertools
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +25,15 @@ from ..sampling import SamplingSetting, check_precision, generate
 @dataclass
 class EvalSettings:
     """What is sampled: image i has label ``i % num_classes`` (50 per class for 50,000 ImageNet images) and
-    noise from its own generator seeded by (seed, i)."""
+    noise from its own generator seeded by (seed, i), sampled with ``setting`` (guidance, steps, prediction:
+    checked by its own rule)."""
 
     num_images: int = 50_000
     seed: int = 0
-    steps: int = 1
-    omega: float = 1.0
-    t_min: float = 0.0
-    t_max: float = 1.0
+    setting: SamplingSetting = field(default_factory=lambda: SamplingSetting(source="the evaluation's settings"))
     noise_scale: float | None = None  # None: the model's
     batch_size: int = 64
     precision: str = "fp32"  # "bf16": sample under bf16 autocast
-    prediction: str = "x"  # the network's prediction type (the checkpoint's setting says which)
 
     def __post_init__(self) -> None:
         if self.num_images < 2:
@@ -44,12 +41,13 @@ class EvalSettings:
         if self.batch_size < 1:
             raise PMFError(f"batch_size must be >= 1, got {self.batch_size}")
         check_precision(self.precision)
-        self.setting  # noqa: B018  (checks steps, guidance and prediction by the one rule)
 
-    @property
-    def setting(self) -> SamplingSetting:
-        return SamplingSetting(self.omega, self.t_min, self.t_max, self.steps, prediction=self.prediction,
-                               source="the evaluation's settings")
+    def to_dict(self) -> dict:
+        """The record of metrics.json: the counts and the setting's omega, interval, steps and prediction."""
+        s = self.setting
+        return {"num_images": self.num_images, "seed": self.seed, "steps": s.steps, "omega": s.omega,
+                "t_min": s.t_min, "t_max": s.t_max, "noise_scale": self.noise_scale, "batch_size": self.batch_size,
+                "precision": self.precision, "prediction": s.prediction}
 
 
 # ---- sampling and scoring ----------------------------------------------------------------------------------
@@ -147,7 +145,7 @@ def evaluate(model, settings: EvalSettings, *, mode: str, ref: str | None = None
 
         metrics = {"score": "offline", **offline_scores(data["images"], data["label"], dataset=dataset,
                                                         verbose=progress)}
-    return {**metrics, "settings": asdict(settings)}
+    return {**metrics, "settings": settings.to_dict()}
 
 
 # ---- sweeps ------------------------------------------------------------------------------------------------

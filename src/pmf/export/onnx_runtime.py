@@ -98,30 +98,33 @@ def _numpy(value) -> np.ndarray:
     return value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
 
 
-# flags of pmf sample / pmf serve that act on a torch model: refused for an ONNX file (None/False: not given)
-TORCH_ONLY = {"arch": None, "ema": None, "compile": False, "cuda_graphs": False}
-
-
-def onnx_checkpoint(args):
-    """``--checkpoint FILE.onnx`` of ``pmf sample`` / ``pmf serve`` as a ``pmf.checkpoints.load.LoadedCheckpoint``
-    whose ``model`` is an ``OnnxGenerator`` (CPU); flags that act on a torch model are refused."""
+def onnx_checkpoint(path: str | os.PathLike, *, arch: str | None = None, ema: str | None = None,
+                    compile: bool = False, cuda_graphs: bool = False, precision: str = "fp32",
+                    device: str | None = None, threads: int | None = None, noise_scale: float | None = None,
+                    steps: int | None = None):
+    """The exported file at ``path`` as a ``pmf.checkpoints.load.LoadedCheckpoint`` whose ``model`` is an
+    ``OnnxGenerator`` (CPU). The options that act on a torch model (``arch``, ``ema``, ``compile``,
+    ``cuda_graphs``, a precision other than fp32, a device other than the CPU) are refused, as are a noise scale
+    and a step count other than the file's; None / False: not asked. The messages name the flags of
+    ``pmf sample`` / ``pmf eval`` / ``pmf serve``."""
     from ..checkpoints.load import LoadedCheckpoint
 
-    for name, unset in TORCH_ONLY.items():
-        if getattr(args, name, unset) not in (unset, "auto"):
+    torch_only = {"arch": arch, "ema": ema if ema != "auto" else None, "compile": compile,
+                  "cuda_graphs": cuda_graphs}
+    for name, value in torch_only.items():
+        if value not in (None, False):
             raise PMFError(f"--{name.replace('_', '-')} applies to a torch checkpoint, not to an ONNX file "
                            "(its weights, steps and noise scale are fixed at export)")
-    if getattr(args, "precision", "fp32") != "fp32":
+    if precision != "fp32":
         raise PMFError("an ONNX file runs in float32: drop --precision")
-    if getattr(args, "device", None) not in (None, "cpu"):
-        raise PMFError(f"an ONNX file runs on the CPU (onnxruntime); drop --device {args.device}")
-    gen = OnnxGenerator(args.checkpoint, threads=getattr(args, "threads", None))
-    noise_scale = getattr(args, "noise_scale", None)
+    if device not in (None, "cpu"):
+        raise PMFError(f"an ONNX file runs on the CPU (onnxruntime); drop --device {device}")
+    gen = OnnxGenerator(path, threads=threads)
     if noise_scale is not None and noise_scale != gen.noise_scale:
         raise PMFError(f"{gen.path.name} was exported with noise scale {gen.noise_scale:g}; drop --noise-scale or "
                        "export again with it")
-    if getattr(args, "steps", None) is not None:  # refused before any work
-        gen.check_steps(args.steps)
+    if steps is not None:  # refused before any work
+        gen.check_steps(steps)
     if gen.weights != FP32:
         print(f"{gen.path.name}: {describe_weights(gen.weights)}", file=sys.stderr, flush=True)
     return LoadedCheckpoint(gen, gen.preset, gen.setting.ema, gen.setting, class_names=gen.class_names)

@@ -36,11 +36,25 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js",
 
 @dataclass(frozen=True)
 class ServeLimits:
-    """What one request may ask for."""
+    """What one request may ask for. The one home of these limits: ``request_model`` makes them the
+    constraints of the server's request body, which both refuses a request outside them (422 naming the field)
+    and states them in /openapi.json; GET /info lists them for the page."""
 
     max_images: int = 64  # images per request
     max_steps: int = 4  # sampling steps per request
     min_steps: int = 1  # an ONNX graph holds one step count: min_steps = max_steps
+
+    def request_model(self, class_names: list[str]) -> type[GenerateRequest]:
+        """``GenerateRequest`` with these limits and the model's classes (``pmf.serve.openapi.request_model``)."""
+        from .openapi import request_model
+
+        return request_model(GenerateRequest, class_names, self)
+
+    def check_default(self, setting) -> None:
+        """Refuse to start when the model's own step count (a request's default) is outside the limits."""
+        if not self.min_steps <= setting.steps <= self.max_steps:
+            raise PMFError(f"the model samples with {setting.steps} step(s) by default, outside the request limits "
+                           f"[{self.min_steps}, {self.max_steps}]; raise --max-steps")
 
 
 class RequestProblem(Exception):
@@ -56,13 +70,13 @@ Unit = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 class GenerateRequest(BaseModel):
     """The body of POST /generate; fields left out (or null) take the checkpoint's defaults (GET /info). The
-    constraints that depend on the loaded model (class range, image count, steps) are added per server by
-    ``pmf.serve.openapi.request_model``, so /openapi.json states them."""
+    constraints that depend on the server (class range, image count, steps) are added per server by
+    ``ServeLimits.request_model``, which both enforces them and states them in /openapi.json."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    classes: list[int | str] = Field(min_length=1, description="one class per image (at least one): an index, "
-                                     "or a name as pmf sample --classes takes it")
+    classes: list[int | str] = Field(description="one class per image: an index, or a name as pmf sample "
+                                     "--classes takes it")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="image i uses the noise of (seed, i), as pmf sample --seed")
     omega: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description="guidance scale, > 0 (1: no guidance); default: the model's. The network computes in "
@@ -72,19 +86,17 @@ class GenerateRequest(BaseModel):
                                "fields, which JSON Schema cannot state, gets 422")
     t_max: Unit | None = Field(None, description="end of the guidance interval, in [0, 1]; must be >= t_min (the "
                                "one given, else the model's default), else 422")
-    steps: int | None = Field(None, ge=1, description="sampling steps; default: the model's")
+    steps: int | None = Field(None, description="sampling steps; default: the model's")
     format: Literal["png", "npz", "json"] = Field("png", description="png: one grid image (image/png); npz: "
                                                   "uint8 images and int64 labels (application/octet-stream); json: "
                                                   "one base64 PNG per image with its settings (application/json)")
 
 
-def _check(req: GenerateRequest, info: ModelInfo, limits: ServeLimits) -> ImageJob:
-    """The request as a job, or a ``RequestProblem`` naming the first bad field."""
-    n, k = len(req.classes), len(info.class_names)
-    if n == 0:
-        raise RequestProblem("classes", "give at least one class (one entry per image)")
-    if n > limits.max_images:
-        raise RequestProblem("classes", f"{n} images requested; the limit is {limits.max_images} per request")
+def _check(req: GenerateRequest, info: ModelInfo) -> ImageJob:
+    """The request (parsed by ``ServeLimits.request_model``'s type, which holds the limits) as a job, or a
+    ``RequestProblem`` naming the first bad field: the class names and the setting's own rule, which a schema
+    cannot state."""
+    k = len(info.class_names)
     index, labels = name_index(info.class_names), []
     for i, c in enumerate(req.classes):
         try:
@@ -92,8 +104,6 @@ def _check(req: GenerateRequest, info: ModelInfo, limits: ServeLimits) -> ImageJ
         except PMFError as err:
             raise RequestProblem(f"classes[{i}]", str(err)) from None
     steps = info.setting.steps if req.steps is None else req.steps
-    if not limits.min_steps <= steps <= limits.max_steps:
-        raise RequestProblem("steps", f"must be in [{limits.min_steps}, {limits.max_steps}], got {steps}")
     try:  # the setting's own rule (pmf.sampling_setting); fields left out are the checkpoint's
         s = info.setting.replace(omega=req.omega, t_min=req.t_min, t_max=req.t_max, steps=steps)
     except SettingError as err:
@@ -128,8 +138,9 @@ def _validation_message(err: ValidationError | RequestValidationError) -> tuple[
     return field, f"{field}: {msg}"
 
 
-def parse_request(body: bytes, model: type[GenerateRequest] = GenerateRequest) -> GenerateRequest:
-    """The JSON ``body`` (whatever its content type) as a ``model`` request, or a ``RequestProblem``."""
+def parse_request(body: bytes, model: type[GenerateRequest]) -> GenerateRequest:
+    """The JSON ``body`` (whatever its content type) as a ``model`` request (``ServeLimits.request_model``), or
+    a ``RequestProblem``."""
     try:
         return model.model_validate_json(body)
     except ValidationError as err:
@@ -217,7 +228,7 @@ class Routes:
     async def generate(self, request: Request):
         t0 = time.perf_counter()
         req = parse_request(await read_body(request), self.request_type)
-        job = _check(req, self.info, self.limits)
+        job = _check(req, self.info)
         images = await self.batcher.generate(job)
         big = images.size > 256 * 256 * 3
         body, media = await asyncio.to_thread(encode, images, job, req.format, self.info) if big else \
@@ -241,7 +252,9 @@ def create_app(batcher: Batcher, info: ModelInfo, limits: ServeLimits = ServeLim
                token: str | None = None) -> FastAPI:
     """The application; it starts ``batcher`` when it starts and stops it when it shuts down. With
     ``token``, /info and /generate need ``Authorization: Bearer TOKEN`` (/health and the page do not)."""
-    from .openapi import GENERATE_DESCRIPTION, auth_responses, generate_responses, keep_body_schema, request_model
+    from .openapi import GENERATE_DESCRIPTION, auth_responses, generate_responses, keep_body_schema
+
+    limits.check_default(info.setting)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -255,7 +268,7 @@ def create_app(batcher: Batcher, info: ModelInfo, limits: ServeLimits = ServeLim
     for error, handler in ((RequestValidationError, on_invalid), (RequestProblem, on_problem), (ServerBusy, on_busy),
                            (_Unauthorized, on_unauthorized), (_TooLarge, on_too_large)):
         app.add_exception_handler(error, handler)
-    routes = Routes(batcher, info, limits, token, request_model(GenerateRequest, info.class_names, limits))
+    routes = Routes(batcher, info, limits, token, limits.request_model(info.class_names))
     auth = [Depends(routes.authorize)]
     app.get("/health")(routes.health)
     app.get("/info", dependencies=auth, responses=auth_responses(token is not None))(routes.get_info)
