@@ -83,10 +83,11 @@ class Block(nn.Module):
     their inputs for backward when gradients are recorded, and the backward recomputes the primal alone: the
     tangent of ``jvp`` is held constant, records no graph and saves nothing."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, num_rotated: int, grid_size: int):
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, num_rotated: int, grid_size: int,
+                 layout: str = "heads"):
         super().__init__()
         self.norm1 = RMSNorm(dim)
-        self.attn = Attention(dim, num_heads, num_rotated, grid_size)
+        self.attn = Attention(dim, num_heads, num_rotated, grid_size, layout)
         self.norm2 = RMSNorm(dim)
         self.mlp = SwiGLU(dim, mlp_hidden)
         self.attn_scale = nn.Parameter(torch.zeros(dim))
