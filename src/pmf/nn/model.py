@@ -1,5 +1,6 @@
 """pmfDiT: the pMF transformer (spec section 5). It maps (z, h, omega, t_min, t_max, y) to image-space
-predictions (x_u, x_v); it knows nothing of time sampling, guidance targets or losses."""
+``Predictions`` (x_u, x_v and, with tangents, dx_u); it knows nothing of time sampling, guidance targets or
+losses."""
 
 from __future__ import annotations
 
