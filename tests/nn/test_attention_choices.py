@@ -42,7 +42,7 @@ def run_threads(*targets):
 def test_a_thread_does_not_see_another_threads_choice(select, current, default, other):
     """A selects ``other``; B, meanwhile, still has the default. Then B selects ``other`` too, A leaves its block,
     and B, still inside its own, keeps ``other`` (a process-wide switch would restore A's "previous" for both)."""
-    step = threading.Barrier(2)
+    step = threading.Barrier(2, timeout=30)  # a thread that fails breaks it for the other
     seen = {}
 
     def a():

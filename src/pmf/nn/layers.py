@@ -45,7 +45,8 @@ class SwiGLU(nn.Module):
 
 class _Recomputation:
     """Second context of ``checkpoint(context_fn=...)``: marks a block's backward recomputation and runs it
-    under the attention backend of the original call (re-enterable: a retained graph recomputes again)."""
+    under the attention backend of the original call, which it carries over (the backward may run in another
+    thread, whose own choice is the default); re-enterable: a retained graph recomputes again."""
 
     def __init__(self):
         self.backend, self.active, self._backend_ctx = current_attention_backend(), False, None
