@@ -1,4 +1,4 @@
-"""Step time and peak memory of one training step (``pmf.training.loop.train_step``: draws, loss, backward, optimiser,
+"""Step time and peak memory of one training step (``pmf.training.step.train_step``: draws, loss, backward, optimiser,
 EMAs)
 at one batch size, in one pass and in N micro-batches (``--grad-accum N``).
 
@@ -20,8 +20,8 @@ from pmf.model_configs import model_config
 from pmf.parallel import process as D
 from pmf.training.build import build
 from pmf.training.config import TrainConfig
-from pmf.training.loop import train_step
 from pmf.training.recipes import recipe
+from pmf.training.step import train_step
 
 
 def parse_args(argv=None) -> argparse.Namespace:

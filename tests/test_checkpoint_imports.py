@@ -30,7 +30,7 @@ LAYERS = {
     # sharded_muon is the optimiser's Muon step on sharded matrices.
     "training": ("pmf.training", "pmf.posttrain.fd_config", "pmf.parallel.sharded_muon"),
     "posttrain": ("pmf.posttrain",),
-    "trainer": ("pmf.training.loop", "pmf.training.build", "pmf.training.saver"),
+    "trainer": ("pmf.training.loop", "pmf.training.build", "pmf.training.saver", "pmf.training.step"),
     "serve": ("pmf.serve",),
     "commands": ("pmf.commands", "pmf.cli"),
 }
@@ -40,7 +40,7 @@ UPWARD = {
     ("pmf.nn.model", "pmf.checkpoints.hub"),
 }
 TRAINER = ("pmf.training.optim", "pmf.training.ema", "pmf.training.config", "pmf.training.loop", "pmf.training.state",
-           "pmf.training.saver")
+           "pmf.training.saver", "pmf.training.step")
 
 
 def module_graph() -> dict[str, set[str]]:

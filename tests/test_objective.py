@@ -171,7 +171,7 @@ def test_jvp_matches_central_finite_differences_float64():
     u, du = O.u_total_derivative(m, z, t, r, om, tmin, tmax, y, tz)
 
     def u_at(eps):
-        x_u, _ = m(z + eps * tz, (t + eps) - r, om, tmin, tmax, y, heads="u")
+        x_u = m(z + eps * tz, (t + eps) - r, om, tmin, tmax, y, heads="u").x_u
         return O.to_velocity(z + eps * tz, x_u, t + eps)
 
     eps = 1e-6
@@ -206,11 +206,11 @@ def test_u_prediction_variant_and_no_v_head():
     d = Draws(t=torch.tensor([0.7, 0.4]), r=torch.tensor([0.2, 0.4]), noise=torch.randn(2, 3, 8, 8),
               omega=torch.ones(2), t_min=torch.zeros(2), t_max=torch.ones(2), drop=torch.zeros(2, dtype=torch.bool))
     out_u = pmf_loss(m, x, torch.tensor([1, 2]), d, num_classes=10, prediction="u")
-    x_u, _ = m(out_u.z, d.t - d.r, d.omega, d.t_min, d.t_max, torch.tensor([1, 2]))
+    x_u = m(out_u.z, d.t - d.r, d.omega, d.t_min, d.t_max, torch.tensor([1, 2])).x_u
     assert torch.allclose(out_u.u, x_u)  # the output is read as u directly
     assert out_u.v is None and out_u.loss_v is None
     # without guidance and without a v-head, the tangent is the u-head at h = 0 (= v)
-    x_v0, _ = m(out_u.z, 0.0, 1.0, 0.0, 1.0, torch.tensor([1, 2]))
+    x_v0 = m(out_u.z, 0.0, 1.0, 0.0, 1.0, torch.tensor([1, 2])).x_u
     assert torch.allclose(out_u.v_c, x_v0)
     out_u.loss.backward()
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)

@@ -24,7 +24,7 @@ def test_fixture2_samples(tiny_model, fixtures_dir, steps, omega):
 def test_one_step_sample_is_u_head_prediction(tiny_model):
     noise = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        x_u, _ = tiny_model(noise, 1.0, 2.0, 0.1, 0.7, torch.tensor([1, 2]))
+        x_u = tiny_model(noise, 1.0, 2.0, 0.1, 0.7, torch.tensor([1, 2])).x_u
     out = sample(tiny_model, noise, torch.tensor([1, 2]), omega=2.0, t_min=0.1, t_max=0.7)
     assert (out - x_u).abs().max() <= 1e-6
 

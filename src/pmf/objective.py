@@ -152,8 +152,8 @@ def _v_prediction(net, z, t, omega, y, prediction):
     """v-head velocity at (z, h = 0, omega, interval [0, 1], y); the u-head at h = 0 without a v-head."""
     B = z.shape[0]
     zeros, ones = z.new_zeros(B), z.new_ones(B)
-    x_u, x_v = net(z, zeros, omega, zeros, ones, y, heads="v" if net.has_v_head else "u")
-    return to_velocity(z, x_v if x_v is not None else x_u, t, prediction)
+    out = net(z, zeros, omega, zeros, ones, y, heads="v" if net.has_v_head else "u")
+    return to_velocity(z, out.x_v if out.x_v is not None else out.x_u, t, prediction)
 
 
 @torch.no_grad()
@@ -181,8 +181,7 @@ def u_total_derivative(net, z, t, r, omega, t_min, t_max, y, tangent_z, *, predi
     t enters through h = t - r and through the clip(t) division."""
 
     def u_fn(z_, t_):
-        x_u, _ = net(z_, t_ - r, omega, t_min, t_max, y, heads="u")
-        return to_velocity(z_, x_u, t_, prediction)
+        return to_velocity(z_, net(z_, t_ - r, omega, t_min, t_max, y, heads="u").x_u, t_, prediction)
 
     with torch.no_grad(), attention_backend("math"):
         return torch.func.jvp(u_fn, (z, t), (tangent_z, torch.ones_like(t)))
@@ -217,18 +216,18 @@ def _u_with_tangent(model, net, z, t, r, cond, v_c, prediction: str, jvp: str):
     forward carries gradients."""
     if jvp == "split":
         _, du_dt = u_total_derivative(net, z, t, r, *cond, v_c, prediction=prediction)
-        x_u, x_v = model(z, t - r, *cond)
-        return to_velocity(z, x_u, t, prediction), du_dt, x_v
+        out = model(z, t - r, *cond)
+        return to_velocity(z, out.x_u, t, prediction), du_dt, out.x_v
     if jvp == "inline":
-        x_u, x_v, dx_u = model(z, t - r, *cond, tangents=(v_c, torch.ones_like(t)))
+        out = model(z, t - r, *cond, tangents=(v_c, torch.ones_like(t)))
         with torch.no_grad():
-            du_dt = velocity_tangent(z, x_u.detach(), t, v_c, dx_u, prediction)
-        return to_velocity(z, x_u, t, prediction), du_dt, x_v
+            du_dt = velocity_tangent(z, out.x_u.detach(), t, v_c, out.dx_u, prediction)
+        return to_velocity(z, out.x_u, t, prediction), du_dt, out.x_v
     with fwAD.dual_level(), attention_backend("math"):
         z_d, t_d = fwAD.make_dual(z, v_c), fwAD.make_dual(t, torch.ones_like(t))
-        x_u, x_v = model(z_d, t_d - r, *cond)
-        u, du_dt = fwAD.unpack_dual(to_velocity(z_d, x_u, t_d, prediction))
-        x_v = None if x_v is None else fwAD.unpack_dual(x_v).primal
+        out = model(z_d, t_d - r, *cond)
+        u, du_dt = fwAD.unpack_dual(to_velocity(z_d, out.x_u, t_d, prediction))
+        x_v = None if out.x_v is None else fwAD.unpack_dual(out.x_v).primal
     return u, du_dt.detach(), x_v
 
 

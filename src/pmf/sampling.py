@@ -38,7 +38,7 @@ def flow_map_step(denoise, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, om
 
 def u_head(model):
     """``flow_map_step``'s ``denoise`` of a pmfDiT: its u-head's prediction."""
-    return lambda z, h, omega, t_min, t_max, labels: model(z, h, omega, t_min, t_max, labels, heads="u")[0]
+    return lambda z, h, omega, t_min, t_max, labels: model(z, h, omega, t_min, t_max, labels, heads="u").x_u
 
 
 @torch.no_grad()

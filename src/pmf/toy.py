@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import PMFError
+from .nn.model import Predictions
 from .objective import JVP_MODES, Draws, pmf_loss
 from .sampling import sample
 from .seeds import TOY, derive_seed
@@ -95,7 +96,7 @@ def embedding(dim: int, generator: torch.Generator) -> torch.Tensor:
 
 class ToyMLP(nn.Module):
     """ReLU MLP with the network interface of ``pmf_loss``: (z [B, D, 1, 1], h [B], omega [B], ...) ->
-    (out, None), conditioned on (t, h) with t read from omega = 1 + t (see the module docstring).
+    ``Predictions(out, None)``, conditioned on (t, h) with t read from omega = 1 + t (see the module docstring).
 
     The first layer adds a projection of z and one of low-frequency features of (t, h), each initialised
     for its own fan-in, so the times are not drowned by 512 coordinates of z. (High frequencies would
@@ -126,7 +127,7 @@ class ToyMLP(nn.Module):
                          1) * ds[:, None]
 
     def forward(self, z, h, omega, t_min=None, t_max=None, y=None, heads: str = "u", tangents=None):
-        """(x_u, None); with ``tangents=(dz, dh)`` also the tangent of x_u (no graph): (x_u, None, dx_u),
+        """``Predictions(x_u, None)``; with ``tangents=(dz, dh)`` also the tangent of x_u (no graph) as dx_u,
         the form ``pmf_loss(jvp="inline")`` asks for. t moves with h (r is fixed)."""
         B = z.shape[0]
         h = torch.as_tensor(h, dtype=z.dtype, device=z.device).expand(B)  # (B,)
@@ -138,7 +139,7 @@ class ToyMLP(nn.Module):
             pre.append(layer(torch.relu(pre[-1])))  # (B, width)
         out = self.out(torch.relu(pre[-1])).reshape(z.shape)  # (B, D, 1, 1)
         if tangents is None:
-            return out, None
+            return Predictions(out, None)
         with torch.no_grad():
             dz, dh = tangents
             dh = torch.as_tensor(dh, dtype=z.dtype, device=z.device).expand(B)
@@ -146,7 +147,7 @@ class ToyMLP(nn.Module):
             da = dz.reshape(B, -1) @ self.z_in.weight.T + dtimes @ self.time_in.weight.T  # (B, width)
             for layer, p in zip([*self.layers, self.out], pre):
                 da = (da * (p > 0)) @ layer.weight.T  # ReLU mask, then the next linear map
-        return out, None, da.reshape(z.shape)
+        return Predictions(out, None, da.reshape(z.shape))
 
 
 def toy_draws(batch: int, dim: int, *, fm_fraction: float, noise_scale: float,

@@ -5,9 +5,18 @@ import pytest
 import torch
 
 from helpers import network_args, random_model
-from pmf.nn.attention import rope_angles, token_layout
+from pmf.errors import PMFError
+from pmf.nn.attention import rope_angles
 from pmf.nn.common import apply_rope
+from pmf.nn.model import PMFDiT
 from pmf.nn.token_ops import attention, rotary
+
+
+def on_tokens(model: PMFDiT) -> PMFDiT:
+    """``model``'s weights in a network built with the token layout."""
+    net = PMFDiT(model.config, attention_layout="tokens")
+    net.load_state_dict(model.state_dict(), strict=True)
+    return net.eval()
 
 
 def test_rotary_is_apply_rope_per_head_on_the_token_layout():
@@ -38,24 +47,28 @@ def test_token_layout_gives_the_network_outputs(tail):
     """Every block's attention in both layouts, whole and with the last ``tail`` query rows (64: every
     rotated row; 10: some)."""
     model = random_model(seed=4)
-    attn = model.shared_blocks[0].attn
+    tokens = on_tokens(model)
+    assert model.shared_blocks[0].attn.layout == "heads" and tokens.shared_blocks[0].attn.layout == "tokens"
     x = torch.randn(2, model.config.num_prefix_tokens + model.config.num_patches, model.config.hidden_size)
     with torch.no_grad():
-        want = attn(x, tail)
-        with token_layout():
-            got = attn(x, tail)
+        want = model.shared_blocks[0].attn(x, tail)
+        got = tokens.shared_blocks[0].attn(x, tail)
     assert got.shape == want.shape and want.abs().max() > 0.01
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     args = network_args(torch.randn(2, 3, 32, 32), [1, 7])
     with torch.no_grad():
-        want = model(*args, heads="u")[0]
-        with token_layout():
-            got = model(*args, heads="u")[0]
+        want = model(*args, heads="u").x_u
+        got = tokens(*args, heads="u").x_u
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_a_bad_tail_is_refused_in_the_token_layout():
-    model = random_model(seed=4)
+    model = on_tokens(random_model(seed=4))
     x = torch.randn(1, model.config.num_prefix_tokens + model.config.num_patches, model.config.hidden_size)
-    with token_layout(), pytest.raises(ValueError, match="tail must be"):
+    with pytest.raises(ValueError, match="tail must be"):
         model.shared_blocks[0].attn(x, 0)
+
+
+def test_the_layout_is_a_construction_option_of_the_network():
+    with pytest.raises(PMFError, match="attention layout must be 'heads' or 'tokens', got 'rows'"):
+        PMFDiT(random_model().config, attention_layout="rows")

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from pmf import parallel as P
 from pmf.checkpoints.load import latest_checkpoint, list_checkpoints, load_model, read_file
 from pmf.errors import PMFError
-from pmf.parallel.process import free_port
+from pmf.parallel.process import DistInfo, free_port, wrap_ddp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: test_train, test_optim
 from helpers import (
@@ -227,8 +227,7 @@ def _reduce_worker(rank: int, world: int, port: int, out: str) -> None:
     # DDP with the hook: a gradient bucket averaged in rank order
     torch.manual_seed(0)
     lin = torch.nn.Linear(5, 3)
-    ddp = torch.nn.parallel.DistributedDataParallel(lin)
-    ddp.register_comm_hook(None, P.ddp_ordered_hook)
+    ddp = wrap_ddp(lin, DistInfo(rank, world), ordered=True)
     x = torch.randn(4, 5, generator=torch.Generator().manual_seed(rank)) * 10.0 ** (2 * rank)
     ddp(x).square().sum().backward()
     result["ddp"] = {n: p.grad.clone() for n, p in lin.named_parameters()}

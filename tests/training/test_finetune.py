@@ -99,8 +99,8 @@ def test_an_rgb_model_adapted_to_gray_predicts_the_mean_of_its_rgb_prediction():
     assert any("channels 3 -> 1" in n for n in notes)
     z = torch.randn(3, 1, 8, 8, dtype=torch.float64)
     y = torch.tensor([0, 3, 10])
-    x_rgb, v_rgb = rgb(z.expand(-1, 3, -1, -1), 0.5, 2.0, 0.1, 0.8, y)
-    x_gray, v_gray = gray(z, 0.5, 2.0, 0.1, 0.8, y)
+    x_rgb, v_rgb, _ = rgb(z.expand(-1, 3, -1, -1), 0.5, 2.0, 0.1, 0.8, y)
+    x_gray, v_gray, _ = gray(z, 0.5, 2.0, 0.1, 0.8, y)
     assert torch.allclose(x_gray, x_rgb.mean(1, keepdim=True), atol=1e-10)
     assert torch.allclose(v_gray, v_rgb.mean(1, keepdim=True), atol=1e-10)
 

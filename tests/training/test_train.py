@@ -54,7 +54,7 @@ def test_run_outputs_and_sampling_from_checkpoint(tmp_path):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_a_good_checkpoint(tmp_path, monkeypatch):
-    import pmf.training.loop as T
+    import pmf.training.step as T
 
     real, calls = T.pmf_loss, {"n": 0}
 

@@ -3,7 +3,6 @@ restarting over a run that holds checkpoints, and what a stopped run says (where
 
 from __future__ import annotations
 
-import os
 import shlex
 import signal
 import sys
@@ -11,12 +10,12 @@ from pathlib import Path
 
 from ..errors import PMFError
 from ..folder_layout import RunFolder, resume_given
+from ..parallel.process import is_main_process, world_size
 
 
 def guard_run_folder(out: str | Path, *, resume: str | None, overwrite: bool, flag: str = "--out") -> None:
     """Refuse to start a fresh run over a run folder with checkpoints (it would restart at step 0 and truncate
     metrics.jsonl); ``overwrite`` deletes that run's outputs first (on rank 0 only)."""
-    import os
     import shutil
 
     from ..checkpoints.load import list_checkpoints
@@ -33,7 +32,7 @@ def guard_run_folder(out: str | Path, *, resume: str | None, overwrite: bool, fl
         raise PMFError(f"{flag} {str(out)!r} already holds a run (checkpoints up to step {found[-1][0]}); continue "
                        "it with --resume auto, or start afresh with --overwrite (deletes its checkpoints and "
                        "metrics)")
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         for path in RunFolder(out).outputs:
             if path.is_dir():
                 shutil.rmtree(path)
@@ -64,7 +63,7 @@ def report_interrupt(stop: KeyboardInterrupt, cfg, argv: list[str] | None, comma
     from ..training.stopping import exit_code, signal_name
 
     signum = getattr(stop, "signum", signal.SIGINT)
-    if os.environ.get("RANK", "0") != "0":
+    if not is_main_process():
         return exit_code(signum)
     ckpt = getattr(stop, "checkpoint", None) or latest_checkpoint(RunFolder(cfg.out).checkpoints)
     where = f"at step {stop.step}" if hasattr(stop, "step") else "mid-step"
@@ -74,7 +73,7 @@ def report_interrupt(stop: KeyboardInterrupt, cfg, argv: list[str] | None, comma
               file=sys.stderr, flush=True)
         return exit_code(signum)
     again = resume_command(argv)
-    if os.environ.get("WORLD_SIZE", "1") != "1":
+    if world_size() != 1:
         again += "  (under the same torchrun or srun launch as before)"
     print(f"pmf {command}: {how} {where}; the last checkpoint is {ckpt}\nresume with: {again}",
           file=sys.stderr, flush=True)

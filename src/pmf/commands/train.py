@@ -4,7 +4,6 @@ flags; runs as one process or under ``torchrun`` (DDP, FSDP2 or HSDP, ``--parall
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -168,7 +167,7 @@ def one_class_guidance(cfg: TrainConfig, args, num_classes: int) -> str:
 
 
 def run(args) -> int:
-    from ..parallel.process import cleanup
+    from ..parallel.process import cleanup, is_main_process, world_size
     from ..training.accumulate import check_accumulation
     from ..training.loop import CheckpointSaveError, train
     from ..training.stopping import StopRequest
@@ -178,14 +177,14 @@ def run(args) -> int:
     if cfg.wandb:
         import_wandb()
     cfg, resumed = config_to_resume(cfg, args, read_config_file(args.config) if args.config else None)
-    check_accumulation(cfg.batch_size, int(os.environ.get("WORLD_SIZE", "1")), cfg.grad_accum)  # before any write
+    check_accumulation(cfg.batch_size, world_size(), cfg.grad_accum)  # before any write
     if cfg.device is not None:
         check_device(cfg.device)
     found = fit_model_to_data(cfg, args, resumed)  # bad data stops here, before the run folder is made or cleared
     check_stream(cfg)
     output_folder(cfg.out)  # a one-line error for a file or a folder that cannot be made
     guard_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite)
-    if os.environ.get("RANK", "0") == "0":
+    if is_main_process():
         print(found, file=sys.stderr, flush=True)  # stdout carries only the JSON summary
     try:
         with StopRequest().installed() as stop:

@@ -53,7 +53,7 @@ class PMFTransformer2DModel(ModelMixin, ConfigMixin):
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, omega: torch.Tensor, t_min: torch.Tensor,
                 t_max: torch.Tensor, class_labels: torch.Tensor, return_dict: bool = True):
         """``timestep`` is the step length h = t - r [B] (t = 1, h = 1 for one step)."""
-        x_u, _ = self.net(sample, timestep, omega, t_min, t_max, class_labels, heads="u")  # (B, C, H, W)
+        x_u = self.net(sample, timestep, omega, t_min, t_max, class_labels, heads="u").x_u  # (B, C, H, W)
         return Transformer2DModelOutput(sample=x_u) if return_dict else (x_u,)
 
 

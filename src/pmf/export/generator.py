@@ -16,15 +16,17 @@ from ..sampling_setting import check_prediction, check_steps
 class OneStepGenerator(nn.Module):
     """images = z - u(z, h = 1, omega, t_min, t_max, y) with z = noise_scale * eps (t = 1, r = 0);
     eps [B, C, H, W] standard normal, labels [B] int64, omega / t_min / t_max [B]. u-head only.
-    ``steps`` > 1 unrolls ``pmf.sampling.sample``'s N-step loop (spec section 4) into the same graph."""
+    ``steps`` > 1 unrolls ``pmf.sampling.sample``'s N-step loop (spec section 4) into the same graph.
+    ``attention_layout``: that of the copied network (``PMFDiT``); the ONNX export's is "tokens". While it is
+    exported the network skips its value checks by itself (data-dependent control flow); shapes stay checked."""
 
-    def __init__(self, model: PMFDiT, noise_scale: float | None = None, steps: int = 1, prediction: str = "x"):
+    def __init__(self, model: PMFDiT, noise_scale: float | None = None, steps: int = 1, prediction: str = "x",
+                 attention_layout: str = "heads"):
         super().__init__()
         check_steps(steps)
         check_prediction(prediction)
-        self.net = u_head_only(model)
+        self.net = u_head_only(model, attention_layout=attention_layout)
         cfg = self.net.config
-        self.net.validate_inputs = False  # value checks are data-dependent control flow; shapes stay checked
         self.net.eval().requires_grad_(False)
         self.noise_scale = float(cfg.noise_scale if noise_scale is None else noise_scale)
         self.steps, self.prediction = steps, prediction

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from ..extras import needs
-from ..nn.attention import token_layout
 from ..nn.layers import SwiGLU
 from ..nn.token_ops import onnx_translations
 from .generator import OneStepGenerator, example_inputs
@@ -63,14 +62,15 @@ def export_onnx(loaded, out: str | os.PathLike, *, steps: int | None = None, noi
     cfg = loaded.model.config
     noise_scale = float(cfg.noise_scale if noise_scale is None else noise_scale)
     prediction = setting.prediction
-    gen = OneStepGenerator(loaded.model, noise_scale, steps=steps, prediction=prediction).float().cpu()  # a copy
+    gen = OneStepGenerator(loaded.model, noise_scale, steps=steps, prediction=prediction,
+                           attention_layout="tokens").float().cpu()  # a copy
     pad_mlp_hidden(gen.net)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     registry = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registry.level
     registry.setLevel(logging.ERROR)  # its note that torchvision's ops are skipped where torchvision is absent
     try:
-        with torch.no_grad(), token_layout(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on renamed axes and on training mode
             program = torch.onnx.export(gen, example_inputs(cfg, 2), dynamo=True, input_names=list(INPUTS),
                                         output_names=[OUTPUT], dynamic_shapes=({0: batch},) * len(INPUTS),

@@ -1,57 +1,69 @@
 """Attention of pmfDiT (spec section 5): 2D RoPE, multi-head self-attention with q/k RMSNorm, its explicit
-tangent, and the switches that select the attention kernel (SDPA or math) and the tangent's implementation
-(math or the Triton kernel of ``pmf.nn.triton_attention``)."""
+tangent, the scoped choices of the attention kernel (SDPA or math) and of the tangent's implementation (math or
+the Triton kernel of ``pmf.nn.triton_attention``), and the layouts (per head, or per token for ONNX)."""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import PMFError
 from ..vocabulary import TANGENT_ATTENTIONS
 from .common import RMSNorm, apply_rope, linear_tangent, upcast
 
 
-class _Switch:
-    """A process-wide choice among named implementations, changed for the duration of a ``with`` block."""
+class _Choice:
+    """A choice among named implementations that belongs to a computation, not to the process: a context
+    variable, so a ``with`` block changes it for the code it runs (its thread, its asyncio task) only. Another
+    thread, such as the server's batcher, keeps its own value. ``torch.compile`` reads it without a graph break
+    and guards on it (a change recompiles; tests/nn/test_attention_choices.py)."""
 
     def __init__(self, what: str, choices: tuple[str, ...]):
-        self.what, self.choices, self.value = what, choices, choices[0]
+        self.what, self.choices = what, choices
+        self.var = contextvars.ContextVar(f"pmf_{what.replace(' ', '_')}", default=choices[0])
+
+    @property
+    def value(self) -> str:
+        return self.var.get()
 
     @contextlib.contextmanager
     def use(self, name: str):
         if name not in self.choices:
             raise ValueError(f"{self.what} must be {' or '.join(map(repr, self.choices))}, got {name!r}")
-        previous, self.value = self.value, name
+        token = self.var.set(name)
         try:
             yield
         finally:
-            self.value = previous
+            self.var.reset(token)
 
 
 # Attention backend: "sdpa" (fused kernels, no forward-mode AD rule on most backends) or "math"
-# (matmul + softmax, supports forward-mode AD). The objective switches to "math" around its JVP.
+# (matmul + softmax, supports forward-mode AD). The objective selects "math" around its JVP.
 ATTENTION_BACKENDS = ("sdpa", "math")
-_BACKEND = _Switch("attention backend", ATTENTION_BACKENDS)
+_BACKEND = _Choice("attention backend", ATTENTION_BACKENDS)
 # Tangent of attention in ``Attention.jvp``: "math" (exact, materialises [B, H, T, T]) or "triton" (the fused
 # kernel of ``pmf.nn.triton_attention``: O(T) memory, equal up to float rounding; CUDA or TRITON_INTERPRET=1).
-_TANGENT = _Switch("tangent attention", TANGENT_ATTENTIONS)
+_TANGENT = _Choice("tangent attention", TANGENT_ATTENTIONS)
+
+# Layout of the attention computation, a property of the network (``PMFDiT(..., attention_layout=)``):
+# "heads" ([B, H, T, hd]; every training and sampling path) or "tokens" ([B, T, H * hd] through the custom ops
+# of ``pmf.nn.token_ops``; the ONNX export builds its network so and writes each as one node).
+ATTENTION_LAYOUTS = ("heads", "tokens")
 
 
-# Layout of the attention computation: "heads" ([B, H, T, hd]; every training and sampling path) or "tokens"
-# ([B, T, H * hd] through the custom ops of ``pmf.nn.token_ops``; the ONNX export writes each as one node).
-_LAYOUT = _Switch("attention layout", ("heads", "tokens"))
-
-
-def token_layout():
-    """Temporarily compute attention on the token layout (``pmf.nn.token_ops``): the ONNX export's."""
-    return _LAYOUT.use("tokens")
+def check_layout(layout: str) -> str:
+    if layout not in ATTENTION_LAYOUTS:
+        raise PMFError(f"attention layout must be {' or '.join(map(repr, ATTENTION_LAYOUTS))}, got {layout!r}")
+    return layout
 
 
 def attention_backend(name: str):
-    """Temporarily select the attention implementation: ``"sdpa"`` (default) or ``"math"``."""
+    """Select the attention implementation for the code inside the ``with`` block (this thread or task only):
+    ``"sdpa"`` (default) or ``"math"``."""
     return _BACKEND.use(name)
 
 
@@ -60,7 +72,8 @@ def current_attention_backend() -> str:
 
 
 def tangent_attention(name: str):
-    """Temporarily select the attention tangent of ``Attention.jvp``: ``"math"`` (default) or ``"triton"``."""
+    """Select the attention tangent of ``Attention.jvp`` for the code inside the ``with`` block (this thread
+    or task only): ``"math"`` (default) or ``"triton"``."""
     return _TANGENT.use(name)
 
 
@@ -81,10 +94,11 @@ def rope_angles(grid_size: int, head_dim: int, theta: float = 10000.0) -> torch.
 
 class Attention(nn.Module):
     """Multi-head self-attention: bias-free projections, per-head q/k RMSNorm, RoPE on the last
-    ``num_rotated`` tokens (the image patches) only."""
+    ``num_rotated`` tokens (the image patches) only, on the ``layout`` of ``ATTENTION_LAYOUTS``."""
 
-    def __init__(self, dim: int, num_heads: int, num_rotated: int, grid_size: int):
+    def __init__(self, dim: int, num_heads: int, num_rotated: int, grid_size: int, layout: str = "heads"):
         super().__init__()
+        self.layout = check_layout(layout)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.num_rotated = num_rotated
@@ -124,7 +138,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, tail: int | None = None) -> torch.Tensor:
         """Attention over all T tokens of x [B, T, D]; with ``tail`` only the last ``tail`` tokens (image
         patches) are queried: the output is [B, tail, D], equal to the last rows of the full output."""
-        if _LAYOUT.value == "tokens":
+        if self.layout == "tokens":
             return self._forward_tokens(x, tail)
         q, k, v = (t.transpose(1, 2) for t in self._heads(x, tail))  # (B, H, T or Tq, hd)
         q, k = self._rotate(q), self._rotate(k)

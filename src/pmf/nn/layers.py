@@ -45,7 +45,8 @@ class SwiGLU(nn.Module):
 
 class _Recomputation:
     """Second context of ``checkpoint(context_fn=...)``: marks a block's backward recomputation and runs it
-    under the attention backend of the original call (re-enterable: a retained graph recomputes again)."""
+    under the attention backend of the original call, which it carries over (the backward may run in another
+    thread, whose own choice is the default); re-enterable: a retained graph recomputes again."""
 
     def __init__(self):
         self.backend, self.active, self._backend_ctx = current_attention_backend(), False, None
@@ -83,10 +84,11 @@ class Block(nn.Module):
     their inputs for backward when gradients are recorded, and the backward recomputes the primal alone: the
     tangent of ``jvp`` is held constant, records no graph and saves nothing."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, num_rotated: int, grid_size: int):
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, num_rotated: int, grid_size: int,
+                 layout: str = "heads"):
         super().__init__()
         self.norm1 = RMSNorm(dim)
-        self.attn = Attention(dim, num_heads, num_rotated, grid_size)
+        self.attn = Attention(dim, num_heads, num_rotated, grid_size, layout)
         self.norm2 = RMSNorm(dim)
         self.mlp = SwiGLU(dim, mlp_hidden)
         self.attn_scale = nn.Parameter(torch.zeros(dim))

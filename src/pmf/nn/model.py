@@ -1,9 +1,11 @@
 """pmfDiT: the pMF transformer (spec section 5). It maps (z, h, omega, t_min, t_max, y) to image-space
-predictions (x_u, x_v); it knows nothing of time sampling, guidance targets or losses."""
+``Predictions`` (x_u, x_v and, with tangents, dx_u); it knows nothing of time sampling, guidance targets or
+losses."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -11,6 +13,7 @@ from torch import nn
 from ..errors import PMFError
 from ..model_configs import ModelConfig, model_config
 from ..sampling_setting import check_guidance
+from .attention import check_layout
 from .layers import Block, FinalLayer, LabelEmbedder, PatchEmbed, ScalarEmbedder
 
 
@@ -26,13 +29,36 @@ def as_batch(value, batch: int, device: torch.device, name: str, dtype=torch.flo
     return t
 
 
-class PMFDiT(nn.Module):
-    """The released pmfDiT architecture with a u-head and an optional auxiliary v-head."""
+def tracing() -> bool:
+    """Whether the running call is being compiled, traced or exported (``torch.compile``, ``torch.export``,
+    ``torch.jit.trace``, ``torch.onnx.export``): a graph, where data-dependent checks have no place."""
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export())
 
-    def __init__(self, config: ModelConfig):
+
+class Predictions(NamedTuple):
+    """What ``PMFDiT.forward`` returns, whatever it was asked: image-space predictions (B, C, H, W). ``x_u`` is
+    None when ``heads == "v"``; ``x_v`` None without a v-head or when ``heads == "u"``; ``dx_u``, the tangent of
+    x_u (no graph), None unless ``tangents`` were given."""
+
+    x_u: torch.Tensor | None
+    x_v: torch.Tensor | None
+    dx_u: torch.Tensor | None = None
+
+
+class PMFDiT(nn.Module):
+    """The released pmfDiT architecture with a u-head and an optional auxiliary v-head.
+
+    ``attention_layout``: "heads" (default) or "tokens", the ONNX export's (``pmf.nn.attention``); the same
+    numbers. ``check_values``: check the labels and the guidance values of every call, one PMFError line for a
+    bad one (default). They cost a host sync per call, so training on a GPU builds its network without them;
+    they are skipped anyway while compiling, tracing or exporting. Shapes are always checked. Both are fixed at
+    construction (``options``)."""
+
+    def __init__(self, config: ModelConfig, *, attention_layout: str = "heads", check_values: bool = True):
         super().__init__()
         self.config = c = config
-        self.validate_inputs = True
+        self._options = dict(attention_layout=check_layout(attention_layout), check_values=bool(check_values))
         D, T = c.hidden_size, c.num_patches
         self.x_embedder = PatchEmbed(c.patch_size, c.in_channels, c.bottleneck, D)
         self.h_embedder = ScalarEmbedder(D)
@@ -48,7 +74,8 @@ class PMFDiT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, c.num_prefix_tokens + T, D))
 
         def blocks(n: int) -> nn.ModuleList:
-            return nn.ModuleList(Block(D, c.num_heads, c.mlp_hidden, T, c.grid_size) for _ in range(n))
+            return nn.ModuleList(Block(D, c.num_heads, c.mlp_hidden, T, c.grid_size, attention_layout)
+                                 for _ in range(n))
 
         out_dim = c.patch_size**2 * c.in_channels
         self.shared_blocks = blocks(c.shared_depth)
@@ -116,13 +143,23 @@ class PMFDiT(nn.Module):
     def has_v_head(self) -> bool:
         return self.config.v_head
 
+    @property
+    def options(self) -> dict:
+        """The construction options (``attention_layout``, ``check_values``), read-only."""
+        return dict(self._options)
+
+    @property
+    def check_values(self) -> bool:
+        return self._options["check_values"]
+
     def check_inputs(self, z, h, omega, t_min, t_max, y) -> None:
-        """Raise a PMFError naming the first bad input (shapes always; values when not compiling)."""
+        """Raise a PMFError naming the first bad input: shapes always; values when built with ``check_values``
+        and not compiling, tracing or exporting."""
         c = self.config
         if z.dim() != 4 or z.shape[1:] != (c.in_channels, c.input_size, c.input_size):
             raise PMFError(f"expected images of shape [B, {c.in_channels}, {c.input_size}, {c.input_size}], "
                            f"got {list(z.shape)}")
-        if torch.compiler.is_compiling() or not self.validate_inputs:
+        if not self.check_values or tracing():
             return
         if y.dtype.is_floating_point:
             raise PMFError(f"labels must be integers, got dtype {y.dtype}")
@@ -181,8 +218,8 @@ class PMFDiT(nn.Module):
             x = block(x)
         return x
 
-    def forward_with_tangent(self, z, h, omega, t_min, t_max, y, dz, dh, heads: str = "uv"):
-        """(x_u, x_v, dx_u): the predictions of ``forward`` (with autograd as enabled) and the tangent of
+    def forward_with_tangent(self, z, h, omega, t_min, t_max, y, dz, dh, heads: str = "uv") -> Predictions:
+        """``Predictions`` (x_u, x_v, dx_u): those of ``forward`` (with autograd as enabled) and the tangent of
         x_u along (dz [B, C, H, W], dh [B]) (no graph), propagated block by block next to the primal, so
         that one pass yields both; only the u-head carries a tangent."""
         if "u" not in heads:
@@ -204,13 +241,12 @@ class PMFDiT(nn.Module):
             x, dx = block.jvp(x, dx, tail=tail)
         x_u, dx_u = self.u_final_layer.jvp(x[:, -n:], dx[:, -n:])
         x_v = self.run_head(head_input(trunk), "v") if "v" in heads and self.has_v_head else None
-        return self.unpatchify(x_u), x_v, self.unpatchify(dx_u)
+        return Predictions(self.unpatchify(x_u), x_v, self.unpatchify(dx_u))
 
-    def forward(self, z, h, omega, t_min, t_max, y, heads: str = "uv", tangents=None):
-        """Image-space predictions (x_u, x_v), each (B, C, H, W); x_v is None without a v-head or when
-        ``heads == "u"``; x_u is None when ``heads == "v"``. With ``tangents=(dz, dh)`` the result is
-        ``forward_with_tangent``'s (x_u, x_v, dx_u) (routed through ``forward`` so that wrappers such as
-        DDP see one ordinary call)."""
+    def forward(self, z, h, omega, t_min, t_max, y, heads: str = "uv", tangents=None) -> Predictions:
+        """Image-space ``Predictions`` (x_u, x_v, dx_u), each (B, C, H, W) or None (see ``Predictions``). With
+        ``tangents=(dz, dh)`` they are ``forward_with_tangent``'s, dx_u included (routed through ``forward``
+        so that wrappers such as DDP see one ordinary call); without, dx_u is None."""
         if tangents is not None:
             return self.forward_with_tangent(z, h, omega, t_min, t_max, y, *tangents, heads=heads)
         x = self.trunk(z, h, omega, t_min, t_max, y)
@@ -218,7 +254,7 @@ class PMFDiT(nn.Module):
         x_v = self.run_head(head_input(x), "v") if "v" in heads and self.has_v_head else None
         if heads == "v" and not self.has_v_head:
             raise PMFError("this model has no v-head (built with v_head=False)")
-        return x_u, x_v
+        return Predictions(x_u, x_v)
 
 
 def head_input(trunk: torch.Tensor) -> torch.Tensor:
@@ -238,10 +274,12 @@ def is_v_head_key(key: str) -> bool:
     return any(part in V_HEAD_MODULES for part in key.split("."))
 
 
-def u_head_only(model: PMFDiT) -> PMFDiT:
+def u_head_only(model: PMFDiT, **options) -> PMFDiT:
     """A new model (``v_head=False``, on ``model``'s device) with ``model``'s weights but the auxiliary
-    v-head: the inference network (sampling uses only u, spec section 4)."""
-    net = PMFDiT(dataclasses.replace(model.config, v_head=False)).to(next(model.parameters()).device)
+    v-head: the inference network (sampling uses only u, spec section 4). It keeps ``model``'s construction
+    options but those given (``PMFDiT``'s ``attention_layout``, ``check_values``)."""
+    options = {**model.options, **options}
+    net = PMFDiT(dataclasses.replace(model.config, v_head=False), **options).to(next(model.parameters()).device)
     net.load_state_dict({k: v for k, v in model.state_dict().items() if not is_v_head_key(k)}, strict=True)
     return net
 

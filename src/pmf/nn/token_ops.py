@@ -1,8 +1,8 @@
 """RoPE and attention of pmfDiT on the token layout [B, T, H * hd] (heads side by side in the last dim), as two
 custom ops: ``pmf::rotary`` and ``pmf::attention``. Their torch bodies compute what ``pmf.nn.attention`` does
 on [B, H, T, hd]; the ONNX export (``pmf.export.onnx_export``) writes each as one node (``RotaryEmbedding``, and
-``Attention`` in its 3-D form), so that the graph holds no head transposes and no RoPE slicing. The network
-uses them only inside ``pmf.nn.attention.token_layout()``."""
+``Attention`` in its 3-D form), so that the graph holds no head transposes and no RoPE slicing. A network
+uses them only when built with ``attention_layout="tokens"``."""
 
 from __future__ import annotations
 

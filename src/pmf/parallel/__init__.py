@@ -14,7 +14,7 @@ from ..vocabulary import REDUCE_MODES as REDUCE_MODES
 
 _NAMES = {  # public name -> the submodule that defines it
     "build_mesh": "mesh", "bytes_of": "mesh", "full": "mesh", "is_dtensor": "mesh", "local": "mesh",
-    "local_world_size": "mesh", "mixed_precision": "mesh", "shard_group": "mesh", "shard_model": "mesh",
+    "local_world_size": "process", "mixed_precision": "mesh", "shard_group": "mesh", "shard_model": "mesh",
     "ddp_ordered_hook": "reduction", "ordered_all_reduce_": "reduction", "ordered_reduce_scatter": "reduction",
     "ordered_reduce_scatter_": "reduction", "resolve_reduce": "reduction", "tree_sum": "reduction",
     "use_ordered_reduction": "reduction",

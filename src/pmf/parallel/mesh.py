@@ -8,13 +8,12 @@ dimension (and replicated over ``replicate`` under HSDP). Gradients come out of 
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.distributed as dist
 
 from ..errors import PMFError
 from ..vocabulary import PARALLEL_MODES
+from .process import local_world_size
 
 
 def is_dtensor(t) -> bool:
@@ -31,10 +30,6 @@ def local(t: torch.Tensor) -> torch.Tensor:
 def full(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor (a collective over the DTensor's mesh: every rank must call it), a plain tensor unchanged."""
     return t.full_tensor() if is_dtensor(t) else t
-
-
-def local_world_size() -> int:
-    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
 
 
 def build_mesh(parallel: str, device: torch.device, shard_size: int | None = None):

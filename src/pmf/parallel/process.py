@@ -1,6 +1,8 @@
 """Process-group helpers that degrade to one process: the same trainer runs as a plain CPU process, on one
 GPU, or under ``torchrun`` on many GPUs (NCCL) or CPU processes (gloo). The only module that knows about
-ranks: setup, sharding, gathering, broadcasting and the DDP wrapper live here."""
+ranks: it alone reads the launcher's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``;
+``rank``, ``world_size``, ``is_main_process``, ...); setup, sharding, gathering, broadcasting and the DDP wrapper
+with its gradient hook live here."""
 
 from __future__ import annotations
 
@@ -29,20 +31,45 @@ class DistInfo:
         return self.world_size > 1
 
 
-def env_world_size() -> int:
-    """The number of processes announced by torchrun-style environment variables (1 without them)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+def _launched(name: str, default: int) -> int:
+    """A number that torchrun-style launchers give each process in its environment."""
+    return int(os.environ.get(name, default))
+
+
+def rank() -> int:
+    """This process's rank: the process group's, else the launcher's (``RANK``; 0 in a plain process), so it
+    is right before ``setup`` too."""
+    return dist.get_rank() if dist.is_initialized() else _launched("RANK", 0)
+
+
+def world_size() -> int:
+    """The number of processes of the run: the process group's, else the launcher's (``WORLD_SIZE``; 1)."""
+    return dist.get_world_size() if dist.is_initialized() else _launched("WORLD_SIZE", 1)
+
+
+def is_main_process() -> bool:
+    """Rank 0: the process that prints, writes the run folder and cleans it."""
+    return rank() == 0
+
+
+def local_rank() -> int:
+    """This process's index on its node (``LOCAL_RANK``; 0)."""
+    return _launched("LOCAL_RANK", 0)
+
+
+def local_world_size() -> int:
+    """The number of processes on this node (``LOCAL_WORLD_SIZE``, else the world size)."""
+    return _launched("LOCAL_WORLD_SIZE", world_size())
 
 
 def setup(device: str | None = None, group: bool = False) -> DistInfo:
     """Initialise the process group when launched with ``WORLD_SIZE > 1`` (NCCL on CUDA, gloo on CPU) and
     pick this process's device; a plain process gets rank 0 of 1 (with ``group``, in a process group of one
     on 127.0.0.1, for code that needs one: FSDP2, DCP)."""
-    world = env_world_size()
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    world, node_rank = world_size(), local_rank()
     want_cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
     if want_cuda:
-        dev = torch.device("cuda", local_rank if world > 1 else torch.device(device or "cuda").index or 0)
+        dev = torch.device("cuda", node_rank if world > 1 else torch.device(device or "cuda").index or 0)
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
@@ -51,9 +78,7 @@ def setup(device: str | None = None, group: bool = False) -> DistInfo:
         if world == 1 and "MASTER_ADDR" not in os.environ:
             kw.update(init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
         dist.init_process_group("nccl" if want_cuda else "gloo", timeout=datetime.timedelta(minutes=30), **kw)
-    if dist.is_initialized():
-        rank, world = rank_world()
-    return DistInfo(rank, world, local_rank, dev)
+    return DistInfo(rank(), world_size(), node_rank, dev)
 
 
 def free_port() -> int:
@@ -66,7 +91,7 @@ def free_port() -> int:
 
 
 def rank_world() -> tuple[int, int]:
-    """(rank, world size) of the process group; (0, 1) without one."""
+    """(rank, world size) of the process group; (0, 1) without one (the launcher's numbers do not count)."""
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
@@ -147,14 +172,20 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _GatherRows.apply(x)
 
 
-def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+def wrap_ddp(model: torch.nn.Module, info: DistInfo, *, ordered: bool = False) -> torch.nn.Module:
     """DDP around ``model`` when running in several processes, else the model itself. The pMF loss sends
     exactly one forward with gradients through the wrapper (see ``pmf.objective``), so the default
-    reducer settings apply; the auxiliary v-head always receives gradients."""
+    reducer settings apply; the auxiliary v-head always receives gradients. ``ordered``: average the gradients
+    in rank order (``pmf.parallel.reduction.ddp_ordered_hook``, ``--reduce ordered``)."""
     if not info.distributed:
         return model
     ids = [info.device.index] if info.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    if ordered:
+        from .reduction import ddp_ordered_hook
+
+        ddp.register_comm_hook(None, ddp_ordered_hook)
+    return ddp
 
 
 def print0(*args, info: DistInfo | None = None, **kwargs) -> None:

@@ -11,7 +11,6 @@ generated statistics and the step."""
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def prepare_fd(cfg, mcfg) -> tuple[list, list[Reference | None]]:
     line: the parallel mode, the representations (names, weights) and the given reference files. Returns
     (representations on the CPU, references or None)."""
     line = resolve_setting(cfg)
-    if os.environ.get("RANK", "0") == "0":
+    if D.is_main_process():
         print(line, file=sys.stderr, flush=True)
     if cfg.perceptual is not None and cfg.perceptual.enabled:
         raise PMFError("--objective fd has no perceptual terms: give --no-perceptual")

@@ -67,7 +67,7 @@ def build(cfg: TrainConfig, mcfg: ModelConfig, info: D.DistInfo, class_names: li
     if cfg.precision == "bf16" and device.type != "cuda":
         D.print0("precision bf16 applies on GPU only; training in fp32", info=info)
     torch.manual_seed(cfg.seed)
-    model = PMFDiT(mcfg)
+    model = PMFDiT(mcfg, check_values=device.type == "cpu")  # the value checks' host syncs cost a GPU step
     if cfg.init and not resuming:  # a resumed run has its own weights
         from .finetune import init_weights
 
@@ -77,7 +77,6 @@ def build(cfg: TrainConfig, mcfg: ModelConfig, info: D.DistInfo, class_names: li
 
         freeze_v_head(model)
     model = model.to(device)
-    model.validate_inputs = device.type == "cpu"
     if cfg.grad_checkpointing:
         enable_activation_checkpointing(model)
     sharded = cfg.parallel != "ddp"
@@ -150,12 +149,10 @@ def parallelize(parts: Parts, cfg: TrainConfig, info: D.DistInfo) -> None:
                            f"on {device}); use 'math'")
     if cfg.compile:
         parts.model.compile()
-    parts.net = parts.model if parts.sharded else D.wrap_ddp(parts.model, info)
-    if info.world_size > 1 and P.resolve_reduce(cfg.reduce, dist.get_backend()) == "ordered":
-        if parts.sharded:
-            P.use_ordered_reduction(parts.model)
-        else:
-            parts.net.register_comm_hook(None, P.ddp_ordered_hook)
+    ordered = info.world_size > 1 and P.resolve_reduce(cfg.reduce, dist.get_backend()) == "ordered"
+    if parts.sharded and ordered:
+        P.use_ordered_reduction(parts.model)
+    parts.net = parts.model if parts.sharded else D.wrap_ddp(parts.model, info, ordered=ordered)
 
 
 def build_perceptual_loss(cfg: TrainConfig, device):

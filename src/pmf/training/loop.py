@@ -1,6 +1,6 @@
 """The pMF training loop (spec sections 3 and 6) for every scale: a CPU process, one GPU, or many processes
 under ``torchrun`` (DDP, FSDP2, HSDP). ``train`` runs the named pieces: the checks (``prepare``), building and
-resuming a run (``pmf.training.build``), the step (``train_step``), the loop with its metrics, grids and stops
+resuming a run (``pmf.training.build``), the step (``pmf.training.step``), the loop with its metrics, grids and stops
 (``Loop``) and the checkpoints (``pmf.training.saver``). All randomness comes from explicit generators: the data
 order (``pmf.data.order``) from (seed, epoch), the loss draws from (seed, step, rank), so a resumed run
 replays exactly the same batches and draws as an uninterrupted one. What a run shows lives in
@@ -8,7 +8,6 @@ replays exactly the same batches and draws as an uninterrupted one. What a run s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import sys
@@ -24,11 +23,8 @@ from ..data.order import DataOrder, batches, check_data, data_size, to_model_inp
 from ..errors import PMFError
 from ..folder_layout import RESUME_AUTO, RunFolder
 from ..model_configs import ModelConfig, model_config
-from ..nn.attention import tangent_attention
-from ..objective import pmf_loss, sample_draws
 from ..parallel import process as D
 from ..posttrain.fd_objective import FDObjective, prepare_fd
-from ..seeds import LOSS, derive_seed
 from . import accumulate as A
 from .build import (
     Parts,
@@ -43,17 +39,13 @@ from .build import (
 )
 from .config import TrainConfig
 from .monitor import GridSampler, MetricsLog, run_header, state_bytes
-from .optim import lr_factor, set_lr
 from .saver import Checkpointer, CheckpointSaveError
+from .step import step_seed, train_step
 from .stopping import StopRequest
 from .tracking import WandbRun, import_wandb
 
-__all__ = ["CheckpointSaveError", "TrainingInterrupted", "enable_activation_checkpointing", "step_seed", "train"]
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """A 63-bit seed for the loss draws of (step, rank), independent of everything else."""
-    return derive_seed(seed, step, rank, stream=LOSS)
+__all__ = ["CheckpointSaveError", "TrainingInterrupted", "enable_activation_checkpointing", "step_seed", "train",
+           "train_step"]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -73,58 +65,6 @@ def finished_run(path: Path, step: int, cfg: TrainConfig) -> dict:
     if summary.is_file():
         return json.loads(summary.read_text())
     return {"steps": cfg.steps, "resumed_at": step, "last_checkpoint": str(path)}
-
-
-def train_step(parts: Parts, cfg: TrainConfig, mcfg: ModelConfig, step: int, rank: int, x: torch.Tensor,
-               y: torch.Tensor, perceptual=None) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
-    """One optimiser step on the batch (x, y) with the loss draws of (seed, step, rank), in ``cfg.grad_accum``
-    micro-batches (``pmf.training.accumulate``). Returns the loss, the metrics (detached scalars) and the learning
-    rate. A
-    non-finite loss returns before the update."""
-    L = cfg.loss
-    gen = torch.Generator(x.device).manual_seed(step_seed(cfg.seed, step, rank))
-    draws = sample_draws(x, P_mean=L.P_mean, P_std=L.P_std, data_proportion=L.data_proportion, cfg_max=L.cfg_max,
-                         cfg_beta=L.cfg_beta, class_dropout_prob=L.class_dropout_prob, noise_scale=mcfg.noise_scale,
-                         tr_uniform=L.tr_uniform, generator=gen, class_dropout=L.class_dropout)
-    lr = set_lr(parts.optimizer, lr_factor(step, cfg.optim, cfg.steps))
-    if hasattr(perceptual, "manual_seed"):  # the random crops follow the same per-(step, rank) seed
-        perceptual.manual_seed(step_seed(cfg.seed + 1, step, rank))
-    slices = A.micro_slices(x.shape[0], cfg.grad_accum)
-    parts.optimizer.zero_grad(set_to_none=True)
-    micro = []
-    for i, (rows, term) in enumerate(zip(slices, A.perceptual_parts(perceptual, x, slices))):
-        with A.gradient_sync(parts.net, parts.model, sync=i == len(slices) - 1):
-            loss, metrics = micro_step(parts, cfg, mcfg, x[rows], y[rows], A.slice_draws(draws, rows), term,
-                                       share=1 / len(slices))
-        if not metrics:
-            return loss, {}, lr
-        micro.append(metrics)
-    metrics = A.merge_metrics(micro)
-    if cfg.optim.grad_clip is not None:
-        metrics["grad_norm"] = P.full(torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.optim.grad_clip))
-    parts.optimizer.step()
-    parts.emas.update(parts.model, step + 1)
-    return metrics["loss"], metrics, lr
-
-
-def micro_step(parts: Parts, cfg: TrainConfig, mcfg: ModelConfig, x: torch.Tensor, y: torch.Tensor, draws,
-               perceptual, share: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The pMF loss of one micro-batch (``share`` of the batch) and its backward pass, which adds its gradients
-    to the parameters'. Returns the loss and its metrics; ({} before any backward) for a non-finite loss."""
-    L = cfg.loss
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if parts.bf16 else contextlib.nullcontext()
-    with autocast, tangent_attention(L.tangent_attention):
-        res = pmf_loss(parts.net, x, y, draws, num_classes=mcfg.num_classes, norm_p=L.norm_p, norm_eps=L.norm_eps,
-                       prediction=L.prediction, perceptual=perceptual, no_grad_net=parts.model,
-                       **({"jvp": L.jvp} if L.jvp else {}))
-    loss = res.loss
-    if D.all_reduce_max((~torch.isfinite(loss.detach())).float()).item() > 0:
-        return loss, {}
-    (loss * share if share != 1 else loss).backward()
-    metrics = {"loss": loss.detach() * share, "loss_u": res.loss_u,
-               "loss_v": res.loss_v if res.loss_v is not None else loss.new_zeros(())}
-    metrics.update({k: v.detach() for k, v in res.logs.items() if torch.is_tensor(v) and v.dim() == 0})
-    return loss, metrics
 
 
 class Meter:
@@ -148,7 +88,7 @@ class Meter:
 
 def prepare(cfg: TrainConfig, resume: str | None):
     """The checks before any process group: (model config, data, resume path, its checkpoint or None)."""
-    world = D.env_world_size()
+    world = D.world_size()
     if cfg.batch_size % world:
         raise PMFError(f"batch_size {cfg.batch_size} is not divisible by the number of processes ({world})")
     A.check_accumulation(cfg.batch_size, world, cfg.grad_accum)

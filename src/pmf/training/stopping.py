@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 
+from ..parallel.process import is_main_process
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 # the same signal delivered twice within this many seconds counts once: a terminal's Ctrl-C reaches torchrun's
 # workers both directly and through torchrun, which passes the signals it receives on to them
@@ -53,7 +55,7 @@ class StopRequest:
                 return
             raise Stopped(signum)
         self.signum, self.at = signum, now
-        if os.environ.get("RANK", "0") == "0":
+        if is_main_process():
             again = "Ctrl-C again" if signum == signal.SIGINT else "a second signal"
             print(f"\n{signal_name(signum)}: stopping after this step and saving a checkpoint ({again} stops at "
                   "once)", file=sys.stderr, flush=True)
