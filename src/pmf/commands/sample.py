@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from ..class_choice import parse_classes
-from ..data.class_names import class_names
 from ..errors import PMFError
 from ..export.onnx_runtime import is_onnx, onnx_checkpoint
 from ..images import save_grid, save_image
@@ -114,9 +113,8 @@ def run(args) -> int:
         model = prepare_sampler(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
     noise_scale = args.noise_scale if args.noise_scale is not None else cfg.noise_scale
     names = loaded.class_names if loaded.class_names and len(loaded.class_names) == cfg.num_classes else None
-    known = class_names(cfg.num_classes, data=getattr(loaded, "data", None), arch=getattr(loaded, "arch", None),
-                        recorded=loaded.class_names)  # the names GET /info of pmf serve lists: one rule
-    classes = parse_classes(args.classes, cfg.num_classes, known)
+    # the names resolved on loading (ModelMetadata), as GET /info of pmf serve and the diffusers pipeline take them
+    classes = parse_classes(args.classes, cfg.num_classes, loaded.meta.class_names)
     if classes is None:
         classes = list(range(cfg.num_classes)) if cfg.num_classes <= 100 else \
             image_labels(range(8), cfg.num_classes, seed=args.seed).tolist()

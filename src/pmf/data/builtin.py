@@ -11,8 +11,7 @@ import numpy as np
 
 from ..errors import PMFError
 from ..extras import needs
-
-BUILTIN = ("mnist-5k", "digits")
+from ..vocabulary import BUILTIN_DATA as BUILTIN
 
 
 @dataclass
