@@ -65,12 +65,14 @@ def folder_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, emas:
 def restore_file(ckpt: TrainingCheckpoint | dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  emas: EMASet) -> None:
     """Fill model, optimiser and EMAs of any layout from a single-file checkpoint (read by every rank: a DTensor
-    receives its block); a file's dictionary is read as a ``TrainingCheckpoint``."""
-    ckpt = read_checkpoint(ckpt)
-    saved = ckpt.optimizer
+    receives its block): a ``TrainingCheckpoint``, a file's dictionary, or ``file_state``'s."""
+    if isinstance(ckpt, dict) and "format" in ckpt:
+        ckpt = read_checkpoint(ckpt)
+    weights, saved, ema = (ckpt.model, ckpt.optimizer, ckpt.ema) if isinstance(ckpt, TrainingCheckpoint) else \
+        (ckpt["model"], ckpt["optimizer"], ckpt["ema"])  # file_state's
     check_rule(optimizer, [g.get("rule") for g in saved["param_groups"]])
-    _set(model, optimizer, ckpt.model, _by_name(saved, model, optimizer), StateDictOptions(full_state_dict=True))
-    emas.load_state_dict(ckpt.ema)
+    _set(model, optimizer, weights, _by_name(saved, model, optimizer), StateDictOptions(full_state_dict=True))
+    emas.load_state_dict(ema)
 
 
 def restore_folder(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
