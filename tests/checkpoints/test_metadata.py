@@ -90,3 +90,17 @@ def test_sample_takes_imagenet_names_for_an_imagenet_model(tmp_path):
     assert main(["sample", "--checkpoint", str(ckpt), "--classes", f"{names[1]},{names[207]}", "--per-class", "1",
                  "--no-png", "--no-progress", "--out", str(tmp_path / "s")]) == 0
     assert np.load(tmp_path / "s" / "samples.npz")["labels"].tolist() == [1, 207]
+
+
+def test_server_and_exporters_share_the_record_not_each_other():
+    from test_checkpoint_imports import module_graph
+
+    graph = module_graph()
+    between = {(a, b) for a, edges in graph.items() for b in edges
+               if a.startswith("pmf.serve") and b.startswith("pmf.export")
+               or a.startswith("pmf.export") and b.startswith("pmf.serve")}
+    assert not between, between
+    assert "pmf.checkpoints.metadata" in graph["pmf.serve.model_info"]
+    users = {a for a, edges in graph.items() if "pmf.checkpoints.metadata" in edges}
+    assert {"pmf.checkpoints.load", "pmf.checkpoints.hub", "pmf.export.onnx_runtime",
+            "pmf.export.diffusers_pipeline"} <= users
