@@ -111,6 +111,21 @@ def write_checkpoint_file(ckpt: TrainingCheckpoint, path: str | os.PathLike) -> 
     return path
 
 
+def recorded_train_config(path: str | os.PathLike) -> dict | None:
+    """The training config a checkpoint records, without reading its tensors: a folder's ``meta.json``, a file's
+    sidecar, or (a file without one) the payload's ``train_config``; None if it records none."""
+    from .sharded import read_meta
+
+    path = Path(path)
+    if path.is_dir():
+        return read_meta(path).get("train_config")
+    if sidecar_of(path).is_file():
+        return json.loads(sidecar_of(path).read_text())
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("train_config")
+
+
 def read_checkpoint(obj: dict | TrainingCheckpoint) -> TrainingCheckpoint:
     """``obj`` as a ``TrainingCheckpoint`` (a single file's dictionary is read by ``from_payload``)."""
     return obj if isinstance(obj, TrainingCheckpoint) else TrainingCheckpoint.from_payload(obj)
