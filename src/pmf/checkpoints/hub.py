@@ -62,7 +62,11 @@ def save_pretrained(model, save_directory: str | os.PathLike, *, setting: Sampli
         raise PMFError("a hub folder holds the u-head only: save pmf.nn.model.u_head_only(model) (as "
                        "PMFDiT.save_pretrained does)")
     net = model
-    meta = _record(net, meta or getattr(model, "metadata", None), setting, class_names, preset)
+    if meta is None:  # what from_pretrained attached (its attributes, which a caller may have changed, win)
+        meta = getattr(model, "metadata", None)
+        setting = setting or getattr(model, "sampling_setting", None)
+        class_names = class_names if class_names is not None else getattr(model, "class_names", None)
+    meta = _record(net, meta, setting, class_names, preset)
     out = Path(save_directory).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     config = {"format": HUB_FORMAT, "library_name": LIBRARY, "config": net.config.to_dict(), **meta.to_dict(),
