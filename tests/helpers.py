@@ -83,12 +83,13 @@ def training_checkpoint(run_folder, *, prediction: str = "x") -> Path:
     """A training checkpoint (no training: seconds) in ``run_folder/checkpoints``: the TINY model's raw weights
     and one EMA ``hl0.05`` (other weights), recording RECIPE as the recipe's setting and the loss's
     ``prediction`` type."""
-    from pmf.checkpoints.load import save_training_checkpoint
+    from pmf.checkpoints.schema import TrainingCheckpoint, save_training_checkpoint
 
     raw, ema = perturbed(0), perturbed(1)
-    payload = {"model_config": raw.config.to_dict(), "model": raw.state_dict(), "ema": {"hl0.05": ema.state_dict()},
-               "train_config": {"arch": "pMF-Tiny/4", "sample": RECIPE, "loss": {"prediction": prediction}}}
-    return save_training_checkpoint(Path(run_folder) / "checkpoints", 6, payload, {})
+    ckpt = TrainingCheckpoint(6, raw.config.to_dict(), {"arch": "pMF-Tiny/4", "sample": RECIPE,
+                                                        "loss": {"prediction": prediction}},
+                              model=raw.state_dict(), ema={"hl0.05": ema.state_dict()})
+    return save_training_checkpoint(Path(run_folder) / "checkpoints", ckpt)
 
 
 def start_serve(ckpt, *args: str):

@@ -1,8 +1,15 @@
-"""Picking a model's classes by index or by name: one rule for ``pmf sample --classes``, the ``classes`` of
-``pmf serve``'s POST /generate and the diffusers pipeline (docs/serve.md, "Classes").
+"""A model's classes: their names and picking them, each rule once.
+
+Names (``class_names``): those a checkpoint records (its image folder's class folders), else digits for the
+built-in sets, the 1,000 ImageNet names for ImageNet models (torchvision ships them offline), else "class N".
+``pmf.checkpoints.metadata.ModelMetadata`` resolves them once when a model is loaded.
+
+Picking, by index or by name: one rule for ``pmf sample --classes``, the ``classes`` of ``pmf serve``'s POST
+/generate and the diffusers pipeline (docs/serve.md, "Classes"):
 
 - An integer (JSON number, Python int) is a class index in [0, num_classes - 1].
-- A text is a class name when the model records a class of that name; otherwise a number in it is an index.
+- A text is a class name when the model has a class of that name, or of that synonym (a name "tench, Tinca
+  tinca" also answers to "tench" and "Tinca tinca"); otherwise a number in it is an index.
   When a model's class names are themselves numbers other than their own indices (class folders ``1``, ``2``,
   ``3``: names "1", "2", "3" at indices 0, 1, 2), a number that is not one of its names is refused: a text never
   means a name for one class and an index for another.
@@ -14,13 +21,45 @@
 from __future__ import annotations
 
 from .errors import PMFError
+from .released_models import released
+from .vocabulary import BUILTIN_DATA
+
+
+def imagenet_names() -> list[str] | None:
+    """The 1,000 ImageNet-1k class names in label order, or None without torchvision."""
+    try:
+        from torchvision.models._meta import _IMAGENET_CATEGORIES
+    except Exception:  # torchvision missing, or a version that moved the private list
+        return None
+    names = list(_IMAGENET_CATEGORIES)
+    return names if len(names) == 1000 else None
+
+
+def class_names(num_classes: int, *, data: str | None = None, arch: str | None = None,
+                recorded: list[str] | None = None) -> list[str]:
+    """One name per class of a model with ``num_classes`` classes: the names its checkpoint ``recorded`` (the
+    image folder's class folders), else from ``data`` (a recipe's data entry, if known) and preset ``arch``."""
+    if fitting_names(recorded, num_classes):
+        return [str(n) for n in recorded]
+    if data in BUILTIN_DATA and num_classes == 10:
+        return [str(i) for i in range(10)]
+    imagenet = "imagenet" in (data or "").lower() or released(arch) is not None
+    if imagenet and num_classes == 1000:
+        names = imagenet_names()
+        if names:
+            return names
+    return [f"class {i}" for i in range(num_classes)]
 
 
 def name_index(names: list[str] | None) -> dict[str, int]:
-    """class name -> index (the first class of a repeated name)."""
+    """class name -> index (the first class of a repeated name), each comma-separated synonym of a name too."""
     out: dict[str, int] = {}
     for i, name in enumerate(names or []):
         out.setdefault(str(name), i)
+    for i, name in enumerate(names or []):  # synonyms after every full name: a full name wins
+        for part in (p.strip() for p in str(name).split(",") if "," in str(name)):
+            if part:
+                out.setdefault(part, i)
     return out
 
 

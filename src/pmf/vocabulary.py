@@ -17,6 +17,7 @@ ClassDropout = Literal["first-rows", "per-sample"]  # which rows lose their labe
 # what pmf train minimises: the pMF loss, or FD-loss post-training (pmf.posttrain.fd_objective)
 Objective = Literal["pmf", "fd"]
 VHeadInit = Literal["copy", "fresh"]  # a missing v-head of --init: the u-head's blocks, or the fresh model's
+BuiltinData = Literal["mnist-5k", "digits"]  # the small data sets shipped in registry packages (pmf.data.builtin)
 
 PRECISIONS = get_args(Precision)
 PARALLEL_MODES = get_args(ParallelMode)
@@ -29,3 +30,4 @@ SCHEDULES = get_args(Schedule)
 CLASS_DROPOUTS = get_args(ClassDropout)
 V_HEAD_INITS = get_args(VHeadInit)
 OBJECTIVES = get_args(Objective)
+BUILTIN_DATA = get_args(BuiltinData)

@@ -17,6 +17,7 @@ from pmf.checkpoints.load import (
     save_atomic,
     save_training_checkpoint,
 )
+from pmf.checkpoints.schema import TrainingCheckpoint
 from pmf.errors import CheckpointError
 from pmf.sampling import sample
 
@@ -68,7 +69,7 @@ def test_save_atomic_replaces_and_keep_last(tmp_path):
     save_atomic({"a": torch.zeros(2)}, p)
     assert torch.equal(torch.load(p)["a"], torch.zeros(2)) and [q.name for q in tmp_path.iterdir()] == ["x.pt"]
     for step in (1, 2, 3, 4):
-        save_training_checkpoint(tmp_path / "c", step, {"model": {}}, {"steps": step}, keep_last=2)
+        save_training_checkpoint(tmp_path / "c", TrainingCheckpoint(step, {}, {"steps": step}, model={}), keep_last=2)
     assert [s for s, _ in list_checkpoints(tmp_path / "c")] == [3, 4]
     assert sorted(q.name for q in (tmp_path / "c").iterdir()) == ["step_00000003.json", "step_00000003.pt",
                                                                    "step_00000004.json", "step_00000004.pt"]

@@ -1,10 +1,10 @@
 """The files of training checkpoints, with no model or trainer in sight: their names, listing and removal, and
 atomic writes. A checkpoint is ``step_XXXXXXXX.pt`` (one file, with ``step_XXXXXXXX.json`` beside it) or the
-sharded (DCP) folder ``step_XXXXXXXX/`` holding ``.metadata`` and ``meta.json`` (``pmf.checkpoints.sharded``)."""
+sharded (DCP) folder ``step_XXXXXXXX/`` holding ``.metadata`` and ``meta.json`` (``pmf.checkpoints.sharded``); what
+either holds is ``pmf.checkpoints.schema.TrainingCheckpoint``."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -80,18 +80,6 @@ def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
             continue
         out.append((int(digits), p))
     return sorted(out)
-
-
-def save_training_checkpoint(directory: str | os.PathLike, step: int, payload: dict, config: dict,
-                             keep_last: int = 3) -> Path:
-    """Save ``payload`` (with ``format``, ``model_config``, ``model``, ``ema``, ...) as step_XXXXXXXX.pt and
-    the resolved training ``config`` beside it as step_XXXXXXXX.json, both atomically; then delete all but
-    the newest ``keep_last`` checkpoints (only after the new one is complete)."""
-    path = checkpoint_path(directory, step)
-    save_atomic({"format": FORMAT, "step": step, **payload}, path)
-    save_atomic(json.dumps(config, indent=2), path.with_suffix(".json"))
-    prune_checkpoints(directory, keep_last)
-    return path
 
 
 def prune_checkpoints(directory: str | os.PathLike, keep_last: int) -> None:

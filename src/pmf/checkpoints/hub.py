@@ -1,5 +1,6 @@
 """The Hugging Face Hub format of a model, after ``huggingface_hub``'s ``PyTorchModelHubMixin``: a folder with
-``config.json`` (the model config under ``config``, the sampling setting, the class names, the preset),
+``config.json`` (the model config under ``config``, and the fields of ``pmf.checkpoints.metadata.ModelMetadata``:
+the sampling setting, the class names, the preset, the weights' precision, the data),
 ``model.safetensors`` (u-head weights, our key names) and a ``README.md`` model card (``pmf.checkpoints.hub_card``).
 ``huggingface_hub`` is needed only for hub repos (``pip install 'pixel-meanflow[hub]'``), imported lazily."""
 
@@ -16,6 +17,7 @@ from ..errors import CheckpointError, PMFError
 from ..extras import needs
 from ..model_configs import ModelConfig
 from ..sampling_setting import SamplingSetting
+from .metadata import ModelMetadata
 
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
 LIBRARY = "pixel-meanflow"
@@ -46,29 +48,29 @@ def hub_repo_id(spec: str | os.PathLike) -> str | None:
 
 def save_pretrained(model, save_directory: str | os.PathLike, *, setting: SamplingSetting | None = None,
                     class_names: list[str] | None = None, preset: str | None = None, fid: float | None = None,
-                    license: str = "mit") -> Path:
+                    license: str = "mit", meta: ModelMetadata | None = None) -> Path:
     """Write ``model``'s weights (a u-head-only network: ``pmf.nn.model.u_head_only``, as
-    ``PMFDiT.save_pretrained`` passes it), config.json and a model card into ``save_directory``. ``setting`` and
-    ``class_names`` default to those ``from_pretrained`` attached to the model (``model.sampling_setting``,
-    ``model.class_names``); ``fid`` is a measured FID-50K of these weights for the card."""
+    ``PMFDiT.save_pretrained`` passes it), config.json (the model config and the fields of its ``ModelMetadata``)
+    and a model card into ``save_directory``. The record is ``meta`` with ``setting``, ``class_names`` and
+    ``preset`` where given, else the one ``from_pretrained`` attached to the model (``model.metadata``); ``fid``
+    is a measured FID-50K of these weights for the card."""
     from safetensors.torch import save
 
-    from ..class_choice import check_class_names
-    from ..model_configs import preset_of
     from .hub_card import model_card
 
     if model.config.v_head:
         raise PMFError("a hub folder holds the u-head only: save pmf.nn.model.u_head_only(model) (as "
                        "PMFDiT.save_pretrained does)")
     net = model
-    setting = setting or getattr(model, "sampling_setting", None) or SamplingSetting()
-    class_names = class_names if class_names is not None else getattr(model, "class_names", None)
-    preset = preset or preset_of(net.config)
-    check_class_names(class_names, net.config.num_classes)
+    if meta is None:  # what from_pretrained attached (its attributes, which a caller may have changed, win)
+        meta = getattr(model, "metadata", None)
+        setting = setting or getattr(model, "sampling_setting", None)
+        class_names = class_names if class_names is not None else getattr(model, "class_names", None)
+    meta = _record(net, meta, setting, class_names, preset)
     out = Path(save_directory).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    config = {"format": HUB_FORMAT, "library_name": LIBRARY, "config": net.config.to_dict(),
-              "sampling_setting": setting.to_dict(), "class_names": class_names, "preset": preset, "fid": fid}
+    config = {"format": HUB_FORMAT, "library_name": LIBRARY, "config": net.config.to_dict(), **meta.to_dict(),
+              "fid": fid}
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
     # written as the other files are (their mode follows the umask; safetensors' save_file makes its file 0600)
@@ -77,27 +79,48 @@ def save_pretrained(model, save_directory: str | os.PathLike, *, setting: Sampli
     return out
 
 
+def _record(net, meta: ModelMetadata | None, setting, class_names, preset) -> ModelMetadata:
+    """The record a folder of ``net`` holds: ``meta`` (if any) with the fields given."""
+    from ..class_choice import check_class_names
+    from ..model_configs import preset_of
+
+    num_classes = net.config.num_classes
+    check_class_names(class_names, num_classes)
+    if meta is None:
+        return ModelMetadata.resolve(num_classes, setting=setting or SamplingSetting(),
+                                     preset=preset or preset_of(net.config), recorded=class_names)
+    changes = {k: v for k, v in (("setting", setting), ("preset", preset)) if v is not None}
+    return meta.replace(**changes, **({"class_names": list(class_names)} if class_names is not None else {}))
+
+
 @dataclasses.dataclass
 class Pretrained:
     """What a ``save_pretrained`` folder holds, before a network is built from it."""
 
     config: ModelConfig
     weights: dict
-    setting: SamplingSetting
-    class_names: list[str] | None
-    preset: str | None
+    meta: ModelMetadata
+    class_names: list[str] | None  # as config.json records them
     source: Path
 
+    @property
+    def setting(self) -> SamplingSetting:
+        return self.meta.setting
+
+    @property
+    def preset(self) -> str | None:
+        return self.meta.preset
+
     def build(self, model_cls, device=None):
-        """A ``model_cls`` network (eval mode) with the weights, carrying ``sampling_setting`` and ``class_names``
-        (what ``save_pretrained`` writes back by default)."""
+        """A ``model_cls`` network (eval mode) with the weights, carrying ``metadata`` (what ``save_pretrained``
+        writes back by default) and, from it, ``sampling_setting`` and ``class_names``."""
         model = model_cls(self.config)
         try:
             model.load_state_dict(self.weights, strict=True)
         except RuntimeError as err:
             raise CheckpointError(f"{self.source / WEIGHTS_NAME} does not fit its config.json: {str(err)[:300]}") \
                 from None
-        model.sampling_setting, model.class_names = self.setting, self.class_names
+        model.metadata, model.sampling_setting, model.class_names = self.meta, self.setting, self.class_names
         return model.to(device).eval()
 
 
@@ -116,9 +139,10 @@ def read_pretrained(spec: str | os.PathLike, *, revision: str | None = None, tok
         folder = _download(repo, revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
     config = json.loads((folder / CONFIG_NAME).read_text())
     names = config.get("class_names")
-    return Pretrained(ModelConfig.from_dict(config["config"]), load_file(str(folder / WEIGHTS_NAME)),
-                      SamplingSetting.from_dict(config.get("sampling_setting") or {}),
-                      list(names) if names else None, config.get("preset"), folder)
+    model_config = ModelConfig.from_dict(config["config"])
+    return Pretrained(model_config, load_file(str(folder / WEIGHTS_NAME)),
+                      ModelMetadata.from_dict(config, model_config.num_classes), list(names) if names else None,
+                      folder)
 
 
 def _download(repo_id: str, **kw) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,8 +28,9 @@ from .files import (
     is_onnx,
     list_checkpoints,
     save_atomic,
-    save_training_checkpoint,
 )
+from .metadata import ModelMetadata
+from .schema import TrainingCheckpoint, save_training_checkpoint
 from .sharded import is_sharded_checkpoint, read_meta, read_weights
 
 __all__ = ["CKPT_PREFIX", "CKPT_SUFFIX", "FORMAT", "LoadedCheckpoint", "checkpoint_path", "export_ema", "fsync_dir",
@@ -99,25 +99,44 @@ def is_training_checkpoint(obj: dict) -> bool:
 
 
 def open_checkpoint(spec: str | os.PathLike):
-    """(the checkpoint's dict, a function giving one weight set: ``"raw"`` or an EMA name). A sharded (DCP)
-    folder gives its meta with the EMA names, and reads only the weight set asked for."""
+    """(what the checkpoint holds, a function giving one weight set: ``"raw"`` or an EMA name). Ours read as a
+    ``TrainingCheckpoint`` (a sharded folder's from its meta, reading only the weight set asked for); anything
+    else as the file's dictionary."""
     if is_sharded_checkpoint(spec):
-        meta = read_meta(spec)
-        return {**meta, "ema": dict.fromkeys(meta.get("emas") or [])}, lambda which: read_weights(spec, which)
+        ckpt = TrainingCheckpoint.from_meta(read_meta(spec))
+        return ckpt, lambda which: read_weights(spec, which)
     obj = read_file(spec)
-    return obj, lambda which: obj["model"] if which == RAW else obj["ema"][which]
+    if not is_training_checkpoint(obj):
+        return obj, None
+    ckpt = TrainingCheckpoint.from_payload(obj)
+    return ckpt, lambda which: ckpt.model if which == RAW else ckpt.ema[which]
 
 
-@dataclass
 class LoadedCheckpoint:
-    """A model read by ``load_checkpoint`` with what the file says about how to sample it."""
+    """A model read by ``load_checkpoint`` (or an ONNX generator standing in for one) with what its file says
+    about it: ``meta`` (``ModelMetadata``: setting, one name per class, preset, weights, data), resolved once
+    here. ``arch``, ``setting`` and ``data`` are the record's; ``class_names`` are the names the file records
+    (None where it records none; ``meta.class_names`` always has one per class)."""
 
-    model: PMFDiT
-    arch: str | None  # the preset (recorded in our checkpoints, recognised from the shapes otherwise)
-    ema: str | None  # the EMA whose weights were loaded ('raw' for the raw weights; None: a single-weight file)
-    setting: SamplingSetting  # the default sampling setting (released, or the recipe's)
-    data: str | None = None  # the training data recorded in our training checkpoints (a built-in name or a path)
-    class_names: list[str] | None = None  # one name per class row where the file records them, else None
+    def __init__(self, model, arch: str | None = None, ema: str | None = None, setting: SamplingSetting | None = None,
+                 data: str | None = None, class_names: list[str] | None = None, *, meta: ModelMetadata | None = None):
+        self.model = model
+        self.ema = ema  # the EMA whose weights were loaded ('raw': the raw weights; None: a single-weight file)
+        self.class_names = list(class_names) if class_names else None
+        self.meta = meta or ModelMetadata.resolve(model.config.num_classes, setting=setting or SamplingSetting(),
+                                                  preset=arch, data=data, recorded=self.class_names)
+
+    @property
+    def arch(self) -> str | None:
+        return self.meta.preset
+
+    @property
+    def setting(self) -> SamplingSetting:
+        return self.meta.setting
+
+    @property
+    def data(self) -> str | None:
+        return self.meta.data
 
 
 def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: str | None = None,
@@ -137,49 +156,53 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
         if asks_named_ema(ema) or arch is not None or overrides:
             raise CheckpointError("a hub folder holds one weight set and its config: drop --ema and --arch")
         pre = read_pretrained(spec)
-        return LoadedCheckpoint(pre.build(PMFDiT, device), pre.preset, pre.setting.ema, pre.setting, None,
-                                pre.class_names)
+        return LoadedCheckpoint(pre.build(PMFDiT, device), ema=pre.meta.setting.ema, class_names=pre.class_names,
+                                meta=pre.meta)
     if is_onnx(spec):
         raise CheckpointError(f"{str(spec)!r} is an ONNX generator: pmf sample, pmf serve and pmf eval run it "
                               "(onnxruntime)")
     if not str(spec).startswith(("hf:", "http://", "https://")) and Path(spec).expanduser().is_dir():
         spec = run_checkpoint(spec)
-    obj, weights_of = open_checkpoint(spec)
-    if is_training_checkpoint(obj):
-        config = ModelConfig.from_dict({**obj["model_config"], **overrides})
-        train_config = obj.get("train_config") or {}
-        if arch is not None and train_config.get("arch") not in (None, arch):
-            raise CheckpointError(f"--arch {arch} contradicts the checkpoint, which records "
-                                  f"{train_config['arch']}; drop --arch")
-        emas = list(obj.get("ema") or [])
-        setting = default_setting(config, train_config, emas)
-        if obj.get("export"):  # one weight set: the EMA was chosen when exporting
-            if asks_named_ema(ema):
-                raise CheckpointError(f"--ema {ema} needs a training checkpoint; this export holds one weight set")
-            setting = exported_setting(obj.get("sampling_setting"), setting)
-        if asks_default(ema):
-            ema = setting.ema or RAW
-        if ema != RAW and ema not in emas:
-            raise CheckpointError(f"EMA {ema!r} is not in the checkpoint; it has: {[RAW, *emas]}")
-        weights = weights_of(ema)
-        if not any(is_v_head_key(k) for k in weights):
-            config.v_head = False  # inference weights (u-head only)
-        model = PMFDiT(config)
-        try:
-            model.load_state_dict(weights, strict=True)
-        except RuntimeError as err:
-            raise CheckpointError(f"checkpoint weights do not fit its recorded config: {str(err)[:500]}") from None
-        found_arch = train_config.get("arch") or preset_of(config)
-        ema = None if obj.get("export") else ema
-        data = train_config.get("data")
-        class_names = obj.get("class_names") or train_config.get("class_names")
+    ckpt, weights_of = open_checkpoint(spec)
+    if isinstance(ckpt, TrainingCheckpoint):
+        loaded = _ours(ckpt, weights_of, arch, ema, overrides)
     else:
         if asks_named_ema(ema):
             raise CheckpointError(f"--ema {ema} needs a training checkpoint; this file holds one set of weights")
-        model, found_arch, setting = _release_format(obj, spec, arch, overrides)
-        ema, data, class_names = None, None, read_sidecar(spec, "class_names")
-    return LoadedCheckpoint(model.to(device).eval(), found_arch, ema, setting, data,
-                            list(class_names) if class_names else None)
+        model, found_arch, setting = _release_format(ckpt, spec, arch, overrides)
+        loaded = LoadedCheckpoint(model, found_arch, None, setting, None, read_sidecar(spec, "class_names"))
+    loaded.model = loaded.model.to(device).eval()
+    return loaded
+
+
+def _ours(ckpt: TrainingCheckpoint, weights_of, arch: str | None, ema: str | None,
+          overrides: dict) -> LoadedCheckpoint:
+    """One weight set of a training checkpoint or of an export of one, with its record."""
+    config = ModelConfig.from_dict({**ckpt.model_config, **overrides})
+    train_config = ckpt.train_config
+    if arch is not None and train_config.get("arch") not in (None, arch):
+        raise CheckpointError(f"--arch {arch} contradicts the checkpoint, which records "
+                              f"{train_config['arch']}; drop --arch")
+    emas = ckpt.ema_names
+    setting = default_setting(config, train_config, emas)
+    if ckpt.export:  # one weight set: the EMA was chosen when exporting
+        if asks_named_ema(ema):
+            raise CheckpointError(f"--ema {ema} needs a training checkpoint; this export holds one weight set")
+        setting = exported_setting(ckpt.sampling_setting, setting)
+    if asks_default(ema):
+        ema = setting.ema or RAW
+    if ema != RAW and ema not in emas:
+        raise CheckpointError(f"EMA {ema!r} is not in the checkpoint; it has: {[RAW, *emas]}")
+    weights = weights_of(ema)
+    if not any(is_v_head_key(k) for k in weights):
+        config.v_head = False  # inference weights (u-head only)
+    model = PMFDiT(config)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint weights do not fit its recorded config: {str(err)[:500]}") from None
+    return LoadedCheckpoint(model, train_config.get("arch") or preset_of(config), None if ckpt.export else ema,
+                            setting, train_config.get("data"), ckpt.class_names or train_config.get("class_names"))
 
 
 def _release_format(obj: dict, spec, arch: str | None, overrides: dict) -> tuple[PMFDiT, str | None,

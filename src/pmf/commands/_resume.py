@@ -26,16 +26,9 @@ MODEL_FLAGS = {"num_classes": "num_classes", "channels": "in_channels", "image_s
 
 def recorded_config(path: Path) -> dict | None:
     """The training config a checkpoint (file or sharded folder) records; None if it records none."""
-    from ..checkpoints.sharded import read_meta
+    from ..checkpoints.schema import recorded_train_config
 
-    if path.is_dir():
-        return read_meta(path).get("train_config")
-    beside = path.with_suffix(".json")
-    if beside.is_file():
-        return json.loads(beside.read_text())
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("train_config")
+    return recorded_train_config(path)
 
 
 def given_paths(args, config_file: dict | None) -> set[str]:

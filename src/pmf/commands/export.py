@@ -114,5 +114,5 @@ def _export_hub(spec: str, out: str, *, ema: str | None = None) -> Path:
 
     loaded = load_checkpoint(spec, ema=ema)
     setting = dataclasses.replace(loaded.setting, ema=loaded.ema)
-    return loaded.model.save_pretrained(out, setting=setting, class_names=checkpoint_class_names(loaded),
-                                        preset=loaded.arch)
+    return loaded.model.save_pretrained(out, meta=loaded.meta, setting=setting,
+                                        class_names=checkpoint_class_names(loaded), preset=loaded.arch)

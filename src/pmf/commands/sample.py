@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from ..class_choice import fitting_names, parse_classes
-from ..data.class_names import class_names
 from ..errors import PMFError
 from ..folder_layout import SampleFolder
 from ..images import save_grid, save_image
@@ -87,9 +86,8 @@ def run(args) -> int:
         print(f"removed {removed} sample PNGs of an earlier run from {out}", flush=True)
     loaded, cfg = sampler.loaded, sampler.config
     names = fitting_names(loaded.class_names, cfg.num_classes)
-    known = class_names(cfg.num_classes, data=loaded.data, arch=loaded.arch,
-                        recorded=loaded.class_names)  # the names GET /info of pmf serve lists: one rule
-    classes = parse_classes(opts.classes, cfg.num_classes, known)
+    # the names resolved on loading (ModelMetadata), as GET /info of pmf serve and the diffusers pipeline take them
+    classes = parse_classes(opts.classes, cfg.num_classes, loaded.meta.class_names)
     if classes is None:
         classes = list(range(cfg.num_classes)) if cfg.num_classes <= 100 else \
             image_labels(range(8), cfg.num_classes, seed=opts.seed).tolist()

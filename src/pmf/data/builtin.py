@@ -11,9 +11,8 @@ import numpy as np
 
 from ..errors import PMFError
 from ..extras import needs
+from ..vocabulary import BUILTIN_DATA as BUILTIN
 from .labelled import NamedClasses
-
-BUILTIN = ("mnist-5k", "digits")
 
 
 @dataclass

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from pmf.class_choice import class_of
+from pmf.checkpoints.metadata import ModelMetadata
+from pmf.class_choice import class_of, name_index
 from pmf.errors import PMFError
 from pmf.extras import needs
 from pmf.model_configs import ModelConfig
@@ -30,23 +31,35 @@ from pmf.sampling_setting import SamplingSetting
 
 class PMFTransformer2DModel(ModelMixin, ConfigMixin):
     """The u-head pmfDiT as a diffusers model: (z, h, omega, t_min, t_max, class_labels) -> x_u, the denoised
-    image prediction [B, C, H, W]. Its config also records the sampling setting and the class names."""
+    image prediction [B, C, H, W]. Its config also records the fields of the model's ``ModelMetadata`` (sampling
+    setting, class names, preset, weights, data)."""
 
     @register_to_config
     def __init__(self, model_config: dict, sampling_setting: dict | None = None, class_names: list | None = None,
-                 preset: str | None = None):
+                 preset: str | None = None, weights: dict | None = None, data: str | None = None):
         super().__init__()
         self.net = PMFDiT(ModelConfig.from_dict({**model_config, "v_head": False}))
 
     @property
+    def meta(self) -> ModelMetadata:
+        return ModelMetadata.from_dict(dict(self.config), self.net.config.num_classes)
+
+    @property
     def setting(self) -> SamplingSetting:
-        return SamplingSetting.from_dict(self.config.sampling_setting or {})
+        return self.meta.setting
 
     @classmethod
     def from_network(cls, model: PMFDiT, *, setting: SamplingSetting | None = None,
-                     class_names: list[str] | None = None, preset: str | None = None) -> PMFTransformer2DModel:
+                     class_names: list[str] | None = None, preset: str | None = None,
+                     meta: ModelMetadata | None = None) -> PMFTransformer2DModel:
+        """``model``'s u-head with its record: ``meta`` (else ``model.metadata``, else resolved from the fields
+        given), ``setting``, ``class_names`` and ``preset`` replacing its fields where given."""
         net = u_head_only(model)
-        out = cls(net.config.to_dict(), (setting or SamplingSetting()).to_dict(), class_names, preset)
+        meta = meta or getattr(model, "metadata", None) or ModelMetadata.resolve(
+            net.config.num_classes, setting=setting or SamplingSetting(), preset=preset, recorded=class_names)
+        changes = {"setting": setting, "preset": preset, "class_names": class_names}
+        meta = meta.replace(**{k: v for k, v in changes.items() if v is not None})
+        out = cls(net.config.to_dict(), **meta.to_dict())
         out.net.load_state_dict(net.state_dict(), strict=True)
         return out.eval()
 
@@ -69,10 +82,8 @@ class PixelMeanFlowPipeline(DiffusionPipeline):
     def __init__(self, transformer: PMFTransformer2DModel, scheduler: FlowMapEulerDiscreteScheduler):
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler)
-        self.labels = {}  # class name (and each comma-separated synonym) -> class index, as DiTPipeline
-        for i, name in enumerate(transformer.config.class_names or []):
-            for part in str(name).split(","):
-                self.labels.setdefault(part.strip(), i)
+        # class name (and each comma-separated synonym) -> class index, as DiTPipeline; pmf.class_choice's rule
+        self.labels = name_index(transformer.meta.class_names)
 
     def get_label_ids(self, label: int | str | list[int | str]) -> list[int]:
         """Class indices of class names (the names the model records; GET /info of pmf serve lists them too) or
@@ -82,7 +93,7 @@ class PixelMeanFlowPipeline(DiffusionPipeline):
 
     @classmethod
     def from_network(cls, model: PMFDiT, **kwargs) -> PixelMeanFlowPipeline:
-        """A pipeline of ``model`` (``kwargs``: setting, class_names, preset)."""
+        """A pipeline of ``model`` (``kwargs``: meta, setting, class_names, preset)."""
         return cls(PMFTransformer2DModel.from_network(model, **kwargs), FlowMapEulerDiscreteScheduler())
 
     @classmethod
@@ -95,8 +106,7 @@ class PixelMeanFlowPipeline(DiffusionPipeline):
         if _is_pmf_hub(spec, kwargs):
             pre = read_pretrained(spec, **{k: kwargs[k] for k in ("revision", "token", "cache_dir",
                                                                  "local_files_only") if k in kwargs})
-            pipe = cls.from_network(pre.build(PMFDiT), setting=pre.setting, class_names=pre.class_names,
-                                    preset=pre.preset)
+            pipe = cls.from_network(pre.build(PMFDiT), meta=pre.meta)
             return pipe.to(kwargs["torch_dtype"]) if "torch_dtype" in kwargs else pipe
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
@@ -107,8 +117,7 @@ class PixelMeanFlowPipeline(DiffusionPipeline):
         diffusers layout instead."""
         from pmf.checkpoints import hub
 
-        cfg = self.transformer.config
-        fields = dict(setting=self.transformer.setting, class_names=cfg.class_names, preset=cfg.preset, **kwargs)
+        fields = dict(meta=self.transformer.meta, **kwargs)
         if push_to_hub:
             return hub.push_to_hub(self.transformer.net, repo_id or Path(save_directory).name, **fields)
         return self.transformer.net.save_pretrained(save_directory, **fields)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints.metadata import FP32
 from ..extras import needs
 from ..nn.layers import SwiGLU
 from ..nn.token_ops import onnx_translations
@@ -30,25 +31,25 @@ OUTPUT = "images"
 META = {"setting": "pmf.sampling_setting", "class_names": "pmf.class_names", "preset": "pmf.preset",
         "image_size": "pmf.image_size", "channels": "pmf.channels", "num_classes": "pmf.num_classes",
         "noise_scale": "pmf.noise_scale", "steps": "pmf.steps", "model_config": "pmf.model_config"}
-# how the weights are stored: {"precision": "fp32"} here; pmf.export.onnx_quantize records int8 and its measured error
+# how the weights are stored: FP32 here; pmf.export.onnx_quantize records int8 and its measured error
 # (optional: files exported before it was written hold fp32 weights)
-WEIGHTS_KEY, FP32 = "pmf.weights", {"precision": "fp32"}
+WEIGHTS_KEY = "pmf.weights"
+DATA_KEY = "pmf.data"  # the training data of the model's ModelMetadata (optional: absent in older files)
 
 
 def onnx_metadata(loaded, *, steps: int, noise_scale: float, setting=None) -> dict[str, str]:
-    """The metadata_props of an export of ``loaded`` (a ``pmf.checkpoints.load.LoadedCheckpoint``): the sampling
-    setting (``SamplingSetting.to_dict``, with the graph's step count), class names (``pmf.data.class_names``),
-    preset, image size."""
+    """The metadata_props of an export of ``loaded`` (a ``pmf.checkpoints.load.LoadedCheckpoint``): the fields of
+    its ``ModelMetadata`` (the sampling setting with the graph's step count, one name per class, preset, fp32
+    weights, data), the image size, the graph's steps and noise scale, the model config."""
     from dataclasses import replace
 
-    from ..data.class_names import checkpoint_class_names
-
     cfg = loaded.model.config
-    setting = replace(setting or loaded.setting, steps=steps)
-    values = {"setting": setting.to_dict(), "class_names": checkpoint_class_names(loaded), "preset": loaded.arch,
+    meta = loaded.meta.replace(setting=replace(setting or loaded.setting, steps=steps), weights=dict(FP32))
+    values = {"setting": meta.setting.to_dict(), "class_names": meta.class_names, "preset": meta.preset,
               "image_size": cfg.input_size, "channels": cfg.in_channels, "num_classes": cfg.num_classes,
               "noise_scale": noise_scale, "steps": steps, "model_config": {**cfg.to_dict(), "v_head": False}}
-    return {**{META[k]: json.dumps(v) for k, v in values.items()}, WEIGHTS_KEY: json.dumps(FP32)}
+    return {**{META[k]: json.dumps(v) for k, v in values.items()}, WEIGHTS_KEY: json.dumps(meta.weights),
+            DATA_KEY: json.dumps(meta.data)}
 
 
 def export_onnx(loaded, out: str | os.PathLike, *, steps: int | None = None, noise_scale: float | None = None,

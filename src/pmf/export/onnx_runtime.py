@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from ..checkpoints.files import is_onnx  # noqa: F401  (the commands import it from here)
+from ..checkpoints.metadata import FP32, ModelMetadata
 from ..errors import CheckpointError, PMFError
 from ..extras import needs
 from ..model_configs import ModelConfig
 from ..sampling_setting import SamplingSetting
-from .onnx_export import FP32, INPUTS, META, WEIGHTS_KEY
+from .onnx_export import DATA_KEY, INPUTS, META, WEIGHTS_KEY
 
 ORT_FLOOR = "1.23"  # the first that runs opset 23 (pmf.export.onnx_export.OPSET)
 
@@ -36,11 +37,13 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{str(path)!r} lacks the metadata of `pmf export` ({', '.join(missing)}); "
                               "export it again with pmf export --out FILE.onnx")
     return {**{k: json.loads(props[v]) for k, v in META.items()},
-            "weights": json.loads(props[WEIGHTS_KEY]) if WEIGHTS_KEY in props else dict(FP32)}
+            "weights": json.loads(props[WEIGHTS_KEY]) if WEIGHTS_KEY in props else dict(FP32),
+            "data": json.loads(props[DATA_KEY]) if DATA_KEY in props else None}
 
 
 class OnnxGenerator:
-    """An exported generator: ``(unit noise, labels, omega, t_min, t_max)`` -> images in [-1, 1] (torch, CPU)."""
+    """An exported generator: ``(unit noise, labels, omega, t_min, t_max)`` -> images in [-1, 1] (torch, CPU);
+    ``meta``: its ``ModelMetadata``, read from the file's metadata."""
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
         with needs("onnx", "running an ONNX file needs onnxruntime"):
@@ -50,12 +53,13 @@ class OnnxGenerator:
             raise CheckpointError(f"ONNX file not found: {str(path)!r}")
         meta = read_metadata(path)
         self.path = path
-        self.setting = SamplingSetting.from_dict(meta["setting"])
-        self.class_names: list[str] | None = meta["class_names"]
-        self.preset: str | None = meta["preset"]
         self.steps, self.noise_scale = int(meta["steps"]), float(meta["noise_scale"])
-        self.weights: dict = meta["weights"]  # {"precision": "fp32"}, or int8 with its error (pmf.export.onnx_quantize)
         self.config = ModelConfig.from_dict({**meta["model_config"], "noise_scale": self.noise_scale})
+        # weights: {"precision": "fp32"}, or int8 with its error (pmf.export.onnx_quantize)
+        self.meta = ModelMetadata.resolve(self.config.num_classes, setting=SamplingSetting.from_dict(meta["setting"]),
+                                          preset=meta["preset"], data=meta["data"], recorded=meta["class_names"],
+                                          weights=meta["weights"])
+        self.class_names: list[str] | None = meta["class_names"]  # as the file records them
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -66,6 +70,18 @@ class OnnxGenerator:
                 raise
             raise PMFError(f"onnxruntime {ort.__version__} cannot run {path.name} (exported at opset "
                            f"{_opset(path)}): pip install 'onnxruntime>={ORT_FLOOR}'") from None
+
+    @property
+    def setting(self) -> SamplingSetting:
+        return self.meta.setting
+
+    @property
+    def preset(self) -> str | None:
+        return self.meta.preset
+
+    @property
+    def weights(self) -> dict:
+        return self.meta.weights
 
     def __call__(self, noise, labels, omega, t_min, t_max) -> torch.Tensor:
         """Images [B, C, H, W] from unit noise [B, C, H, W] and per-image labels, omega and interval [B]."""
@@ -127,7 +143,7 @@ def onnx_checkpoint(path: str | os.PathLike, *, arch: str | None = None, ema: st
         gen.check_steps(steps)
     if gen.weights != FP32:
         print(f"{gen.path.name}: {describe_weights(gen.weights)}", file=sys.stderr, flush=True)
-    return LoadedCheckpoint(gen, gen.preset, gen.setting.ema, gen.setting, class_names=gen.class_names)
+    return LoadedCheckpoint(gen, ema=gen.setting.ema, class_names=gen.class_names, meta=gen.meta)
 
 
 def describe_weights(weights: dict) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .. import parallel as P
+from ..checkpoints.schema import TrainingCheckpoint
 from ..errors import PMFError
 from ..parallel import process as D
 from ..sampling import image_labels, image_noise, sample_with_grad
@@ -128,13 +129,13 @@ class FDObjective:
             self.refs[i] = read_reference(target, rep, self.mcfg.input_size, self.classes)
         cfg.fd.ref = paths
 
-    def ready(self, model: torch.nn.Module, state: dict | None) -> None:
+    def ready(self, model: torch.nn.Module, state: TrainingCheckpoint | None) -> None:
         """Factors Q Q^T = Sigma_ref of the references; the generated statistics from the checkpoint ``state`` of a
         resumed run, else filled from generated images."""
         self.mu_ref = [r.mu.to(self.info.device) for r in self.refs]
         self.sigma_ref = [r.sigma.to(self.info.device) for r in self.refs]
         self.roots = [[ref_factor(s) for s in r] for r in self.sigma_ref]  # Q [D, r] per class row
-        saved = (state or {}).get("fd_stats")
+        saved = state.fd_stats if state is not None else None
         if saved is not None:
             for name, stats in zip(self.cfg.fd.repr, self.stats):
                 stats.load_state_dict(saved[name])

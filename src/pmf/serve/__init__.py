@@ -3,9 +3,9 @@
 ``batcher`` merges the images of concurrent requests into shared forward passes (each image keeps its own
 noise, so batching never changes an image); ``app`` is the FastAPI application (routes, validation);
 ``encode`` writes the response bodies; ``static/`` holds the page. The class names of a checkpoint are
-``pmf.data.class_names``'s (re-exported here as ``class_names``)."""
+``pmf.class_choice``'s (re-exported here as ``class_names``)."""
 
-from ..data.class_names import class_names
+from ..class_choice import class_names
 from .batcher import Batcher, ImageJob, ServerBusy
 
 __all__ = ["Batcher", "ImageJob", "ServerBusy", "class_names", "create_app"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..export.onnx_export import FP32
+from ..checkpoints.metadata import FP32
 from ..sampling_setting import SamplingSetting
 
 

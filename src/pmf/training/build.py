@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 
 from .. import parallel as P
-from ..checkpoints.load import FORMAT, latest_checkpoint, read_file, run_checkpoint
+from ..checkpoints.load import is_training_checkpoint, latest_checkpoint, read_file, run_checkpoint
+from ..checkpoints.schema import TrainingCheckpoint
 from ..checkpoints.sharded import read_meta
 from ..class_choice import fitting_names
 from ..errors import PMFError
@@ -98,26 +99,27 @@ def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
     return run_checkpoint(path) if path.is_dir() else path
 
 
-def load_resume(path: Path, mcfg: ModelConfig, cfg: TrainConfig) -> dict:
+def load_resume(path: Path, mcfg: ModelConfig, cfg: TrainConfig) -> TrainingCheckpoint:
     """Read a training checkpoint and check that it fits this run (same architecture and batch size, every EMA of
     the run). A sharded (DCP) folder gives its meta (``sharded`` set); its tensors are read once the model is
     built."""
     if path.is_dir():
-        obj = {**read_meta(path), "sharded": True}
+        obj = TrainingCheckpoint.from_meta(read_meta(path))
     else:
-        obj = read_file(path)
-    if obj.get("format") != FORMAT or ("optimizer" not in obj and not obj.get("sharded")):
+        raw = read_file(path)
+        obj = TrainingCheckpoint.from_payload(raw) if is_training_checkpoint(raw) else None
+    if obj is None or not obj.resumable:
         raise PMFError(f"{str(path)!r} is not a resumable training checkpoint (no optimiser state)")
-    saved = obj["model_config"]
+    saved = obj.model_config
     diff = {k: (saved.get(k), v) for k, v in mcfg.to_dict().items() if saved.get(k) != v}
     if diff:
         text = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in diff.items())
         raise PMFError(f"cannot resume from {str(path)!r}: it was trained with another architecture ({text})")
-    saved_batch = obj.get("train_config", {}).get("batch_size")
+    saved_batch = obj.train_config.get("batch_size")
     if saved_batch is not None and saved_batch != cfg.batch_size:
         raise PMFError(f"cannot resume from {str(path)!r} with batch size {cfg.batch_size}: it was trained with "
                        f"{saved_batch} (the data order and the EMA schedule depend on it)")
-    saved_emas = list(obj["ema"]) if obj.get("ema") is not None else obj.get("emas")  # a file's, or a folder's meta
+    saved_emas = obj.ema_names if obj.emas is not None else None  # a file's EMAs, or a folder's meta's names
     run_emas = list(ema_schedules(cfg.ema))
     if saved_emas is not None and not set(run_emas) <= set(saved_emas):
         own = RunFolder.of_checkpoint(path).config
@@ -127,14 +129,14 @@ def load_resume(path: Path, mcfg: ModelConfig, cfg: TrainConfig) -> dict:
     return obj
 
 
-def restore(parts: Parts, path: Path, state: dict) -> int:
+def restore(parts: Parts, path: Path, state: TrainingCheckpoint) -> int:
     """Fill model, optimiser and EMAs from a checkpoint read by ``load_resume`` (a single file, or the meta of a
     sharded folder); any layout resumes into any other (``pmf.training.state``). Returns the step it was saved at."""
-    if state.get("sharded"):
+    if state.sharded:
         restore_folder(path, parts.model, parts.optimizer, parts.emas)
     else:
         restore_file(state, parts.model, parts.optimizer, parts.emas)
-    return int(state["step"])
+    return int(state.step)
 
 
 def parallelize(parts: Parts, cfg: TrainConfig, info: D.DistInfo) -> None:

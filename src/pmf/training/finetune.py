@@ -188,13 +188,11 @@ def init_architecture(config: ModelConfig, arch: str | None) -> tuple[str, dict]
 def init_weights(model: torch.nn.Module, cfg, class_names: list[str] | None) -> str:
     """Load ``cfg.init`` (anything ``pmf.load_checkpoint`` reads; EMA ``cfg.init_ema``) into the freshly built
     ``model``, adapted to its config; sets ``cfg.init_ema`` to the weights used; returns one line."""
-    from ..data.class_names import class_names as default_names
-
     loaded = init_source(cfg.init, cfg.init_ema)
     source = loaded.model.config
     src_names = loaded.class_names
     if src_names is None and source.num_classes == 1000:
-        src_names = default_names(1000, arch=loaded.arch)  # ImageNet models: their 1,000 names
+        src_names = loaded.meta.class_names  # ImageNet models: their 1,000 names, as resolved on loading
     state, notes = adapt_state_dict(loaded.model.state_dict(), source, model.state_dict(), model.config,
                                     src_names=src_names, dst_names=class_names, class_map=cfg.class_map,
                                     v_head=cfg.init_v_head)

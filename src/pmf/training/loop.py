@@ -112,8 +112,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     seconds, last losses)."""
     mcfg, data, resume_path, state = prepare(cfg, resume)
     fd = prepare_fd(cfg, mcfg) if cfg.objective == "fd" else None  # its checks, before any work
-    if state is not None and int(state["step"]) >= cfg.steps:
-        return finished_run(resume_path, int(state["step"]), cfg)
+    if state is not None and state.step >= cfg.steps:
+        return finished_run(resume_path, state.step, cfg)
     info = D.setup(cfg.device, group=cfg.parallel != "ddp")
     if resume == RESUME_AUTO and resume_path is None:
         D.print0(f"--resume auto: no checkpoint in {RunFolder(cfg.out).checkpoints} yet; starting at step 0",

@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
-from ..checkpoints.files import list_checkpoints, save_training_checkpoint
+from ..checkpoints.files import list_checkpoints
 from ..checkpoints.load import latest_checkpoint
+from ..checkpoints.schema import TrainingCheckpoint, save_training_checkpoint
 from ..checkpoints.sharded import ShardedSaver
 from ..errors import PMFError
 from ..folder_layout import RunFolder
@@ -36,8 +37,8 @@ class CheckpointSaveError(PMFError):
 
 class Checkpointer:
     """Saves ``parts`` into ``OUT/checkpoints``, keeping the newest ``keep_last``; ``last_saved`` is the step
-    of the newest checkpoint there (-1: none). ``extra_state``: more entries of a single-file checkpoint (the
-    FD-loss statistics)."""
+    of the newest checkpoint there (-1: none). ``extra_state``: more fields of a single-file checkpoint
+    (``fd_stats``: the FD-loss statistics)."""
 
     def __init__(self, cfg: TrainConfig, mcfg: ModelConfig, parts: Parts, info: D.DistInfo,
                  class_names: list[str] | None = None, extra_state=None):
@@ -67,23 +68,25 @@ class Checkpointer:
         if self.saver is not None:
             self.saver.finish()
 
+    def _checkpoint(self, step: int, **state) -> TrainingCheckpoint:
+        """The checkpoint of ``step`` with ``state`` (a file's tensors, or a folder's parallel mode and rule)."""
+        return TrainingCheckpoint(step, self.mcfg.to_dict(), self.cfg.to_dict(), class_names=self.class_names,
+                                  world_size=self.info.world_size, **state)
+
     def _write_sharded(self, step: int) -> Path:  # every rank writes its shards
         p = self.parts
-        meta = dict(step=step, model_config=self.mcfg.to_dict(), train_config=self.cfg.to_dict(), emas=p.emas.names,
-                    class_names=self.class_names, world_size=self.info.world_size, parallel=self.cfg.parallel,
-                    optimizer_rule=optimizer_rule(p.optimizer))
+        meta = self._checkpoint(step, emas=p.emas.names, parallel=self.cfg.parallel,
+                                optimizer_rule=optimizer_rule(p.optimizer)).to_meta()
         return self.saver.save(step, folder_state(p.model, p.optimizer, p.emas), meta)
 
     def _write_file(self, step: int) -> Path | None:
         path, failure = None, None
         if self.info.is_main:
             p = self.parts
-            payload = dict(model_config=self.mcfg.to_dict(), **file_state(p.model, p.optimizer, p.emas),
-                           train_config=self.cfg.to_dict(), world_size=self.info.world_size,
-                           class_names=self.class_names, **(self.extra_state() if self.extra_state else {}))
+            ckpt = self._checkpoint(step, **file_state(p.model, p.optimizer, p.emas),
+                                    **(self.extra_state() if self.extra_state else {}))
             try:
-                path = save_training_checkpoint(self.directory, step, payload, self.cfg.to_dict(),
-                                                self.cfg.keep_last)
+                path = save_training_checkpoint(self.directory, ckpt, self.cfg.keep_last)
             except (OSError, RuntimeError) as err:
                 failure = err
         # every rank learns whether rank 0 wrote the file (this is also the barrier): all stop together

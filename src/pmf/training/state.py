@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from ..checkpoints.files import FORMAT, save_atomic
+from ..checkpoints.schema import TrainingCheckpoint, read_checkpoint, write_checkpoint_file
 from ..checkpoints.sharded import dcp_load, read_meta, stored_tensors
 from ..errors import CheckpointError
 from ..model_configs import ModelConfig
@@ -62,21 +62,25 @@ def folder_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, emas:
     return _flatten(msd, osd, emas.weights)
 
 
-def restore_file(obj: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, emas: EMASet) -> None:
-    """Fill model, optimiser and EMAs of any layout from a single-file checkpoint ``obj`` (read by every rank:
-    a DTensor receives its block)."""
-    saved = obj["optimizer"]
+def restore_file(ckpt: TrainingCheckpoint | dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 emas: EMASet) -> None:
+    """Fill model, optimiser and EMAs of any layout from a single-file checkpoint (read by every rank: a DTensor
+    receives its block): a ``TrainingCheckpoint``, a file's dictionary, or ``file_state``'s."""
+    if isinstance(ckpt, dict) and "format" in ckpt:
+        ckpt = read_checkpoint(ckpt)
+    weights, saved, ema = (ckpt.model, ckpt.optimizer, ckpt.ema) if isinstance(ckpt, TrainingCheckpoint) else \
+        (ckpt["model"], ckpt["optimizer"], ckpt["ema"])  # file_state's
     check_rule(optimizer, [g.get("rule") for g in saved["param_groups"]])
-    _set(model, optimizer, obj["model"], _by_name(saved, model, optimizer), StateDictOptions(full_state_dict=True))
-    emas.load_state_dict(obj["ema"])
+    _set(model, optimizer, weights, _by_name(saved, model, optimizer), StateDictOptions(full_state_dict=True))
+    emas.load_state_dict(ema)
 
 
 def restore_folder(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   emas: EMASet) -> dict:
+                   emas: EMASet) -> TrainingCheckpoint:
     """Fill model, optimiser and EMAs of any layout from a DCP folder (written under any layout: DCP
-    reshards); returns its meta."""
-    meta = read_meta(path)
-    check_rule(optimizer, [meta.get("optimizer_rule")])
+    reshards); returns what its meta records."""
+    meta = TrainingCheckpoint.from_meta(read_meta(path))
+    check_rule(optimizer, [meta.optimizer_rule])
     msd, osd = get_state_dict(model, optimizer)  # the tensors to read into (a fresh optimiser's of a zero step)
     if not any(k.startswith("optim/") for k in stored_tensors(path)):  # written before the first step
         osd = {**osd, "state": {}}
@@ -88,17 +92,16 @@ def restore_folder(path: str | os.PathLike, model: torch.nn.Module, optimizer: t
 def to_single_file(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Rewrite a DCP folder as one ``step_XXXXXXXX.pt``-style training checkpoint: its state restored into a
     plain model, optimiser and EMAs built from its configs, written as a plain run writes it; resumable under
-    any layout and readable by ``load_model``."""
-    meta = read_meta(path)
-    cfg = TrainConfig.from_dict(meta["train_config"])
-    model = PMFDiT(ModelConfig.from_dict(meta["model_config"]))
+    any layout and readable by ``load_model``, with the same sidecar (``write_checkpoint_file``)."""
+    meta = TrainingCheckpoint.from_meta(read_meta(path))
+    cfg = TrainConfig.from_dict(meta.train_config)
+    model = PMFDiT(ModelConfig.from_dict(meta.model_config))
     optimizer = build_optimizer(model, cfg.optim)
     emas = EMASet(model, cfg.ema, cfg.batch_size)
     restore_folder(path, model, optimizer, emas)
-    payload = dict(format=FORMAT, step=meta["step"], model_config=meta["model_config"],
-                   **file_state(model, optimizer, emas), train_config=meta["train_config"],
-                   world_size=meta.get("world_size"), class_names=meta.get("class_names"))
-    return save_atomic(payload, out)
+    ckpt = TrainingCheckpoint(meta.step, meta.model_config, meta.train_config, **file_state(model, optimizer, emas),
+                              class_names=meta.class_names, world_size=meta.world_size)
+    return write_checkpoint_file(ckpt, out)
 
 
 def _state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
