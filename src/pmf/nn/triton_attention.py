@@ -49,6 +49,36 @@ def triton_available(*tensors: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
+    def _load_tile(base, rows, offs_d, stride_t, stride_d, mask, UPCAST: tl.constexpr):
+        """The [rows, BLOCK_D] tile of one (batch, head) starting at ``base``, 0 outside ``mask``; float32 when
+        UPCAST."""
+        x = tl.load(base + rows[:, None] * stride_t + offs_d[None, :] * stride_d, mask=mask, other=0.0)
+        if UPCAST:
+            x = x.to(tl.float32)
+        return x
+
+    @triton.jit
+    def _key_block(q, dq, k, dk, v, dv, mask_n, m_i, l_i, mu_i, acc_o, acc_t, qk_scale, PRECISION: tl.constexpr):
+        """One block of keys folded into the online softmax: the running max ``m_i``, the sums ``l_i`` and
+        ``mu_i`` and the accumulators ``acc_o``, ``acc_t`` (rescaled when the max grows), returned updated."""
+        kt, dkt = tl.trans(k), tl.trans(dk)
+        s = tl.dot(q, kt, input_precision=PRECISION) * (qk_scale * 1.4426950408889634)  # log2(e) s, exp2 below
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        ds = tl.dot(dq, kt, input_precision=PRECISION)
+        ds = tl.dot(q, dkt, ds, input_precision=PRECISION) * qk_scale
+
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)  # 0 on the first block (m_i = -inf)
+        p = tl.exp2(s - m_new[:, None])  # 0 on masked keys
+        pds = p * ds
+        l_i = l_i * alpha + tl.sum(p, 1)
+        mu_i = mu_i * alpha + tl.sum(pds, 1)
+        acc_o = tl.dot(p.to(v.dtype), v, acc_o * alpha[:, None], input_precision=PRECISION)
+        acc_t = tl.dot(pds.to(v.dtype), v, acc_t * alpha[:, None], input_precision=PRECISION)
+        acc_t = tl.dot(p.to(dv.dtype), dv, acc_t, input_precision=PRECISION)
+        return m_new, l_i, mu_i, acc_o, acc_t
+
+    @triton.jit
     def _tangent_kernel(
         Q, K, V, DQ, DK, DV, OUT,
         sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
@@ -70,11 +100,8 @@ if triton is not None:
         mask_d = offs_d < head_dim
 
         rows = mask_m[:, None] & mask_d[None, :]
-        q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :] * sq_d, mask=rows, other=0.0)
-        dq = tl.load(DQ + b * sdq_b + h * sdq_h + offs_m[:, None] * sdq_t + offs_d[None, :] * sdq_d, mask=rows,
-                     other=0.0)
-        if UPCAST:
-            q, dq = q.to(tl.float32), dq.to(tl.float32)
+        q = _load_tile(Q + b * sq_b + h * sq_h, offs_m, offs_d, sq_t, sq_d, rows, UPCAST)
+        dq = _load_tile(DQ + b * sdq_b + h * sdq_h, offs_m, offs_d, sdq_t, sdq_d, rows, UPCAST)
         k_base = K + b * sk_b + h * sk_h
         dk_base = DK + b * sdk_b + h * sdk_h
         v_base = V + b * sv_b + h * sv_h
@@ -90,29 +117,12 @@ if triton is not None:
             cols = start_n + offs_n
             mask_n = cols < kv_len
             keys = mask_n[:, None] & mask_d[None, :]
-            k = tl.load(k_base + cols[:, None] * sk_t + offs_d[None, :] * sk_d, mask=keys, other=0.0)
-            dk = tl.load(dk_base + cols[:, None] * sdk_t + offs_d[None, :] * sdk_d, mask=keys, other=0.0)
-            v = tl.load(v_base + cols[:, None] * sv_t + offs_d[None, :] * sv_d, mask=keys, other=0.0)
-            dv = tl.load(dv_base + cols[:, None] * sdv_t + offs_d[None, :] * sdv_d, mask=keys, other=0.0)
-            if UPCAST:
-                k, dk, v, dv = k.to(tl.float32), dk.to(tl.float32), v.to(tl.float32), dv.to(tl.float32)
-            kt, dkt = tl.trans(k), tl.trans(dk)
-
-            s = tl.dot(q, kt, input_precision=PRECISION) * (qk_scale * 1.4426950408889634)  # log2(e) s, exp2 below
-            s = tl.where(mask_n[None, :], s, float("-inf"))
-            ds = tl.dot(dq, kt, input_precision=PRECISION)
-            ds = tl.dot(q, dkt, ds, input_precision=PRECISION) * qk_scale
-
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)  # 0 on the first block (m_i = -inf)
-            p = tl.exp2(s - m_new[:, None])  # 0 on masked keys
-            pds = p * ds
-            l_i = l_i * alpha + tl.sum(p, 1)
-            mu_i = mu_i * alpha + tl.sum(pds, 1)
-            acc_o = tl.dot(p.to(v.dtype), v, acc_o * alpha[:, None], input_precision=PRECISION)
-            acc_t = tl.dot(pds.to(v.dtype), v, acc_t * alpha[:, None], input_precision=PRECISION)
-            acc_t = tl.dot(p.to(dv.dtype), dv, acc_t, input_precision=PRECISION)
-            m_i = m_new
+            k = _load_tile(k_base, cols, offs_d, sk_t, sk_d, keys, UPCAST)
+            dk = _load_tile(dk_base, cols, offs_d, sdk_t, sdk_d, keys, UPCAST)
+            v = _load_tile(v_base, cols, offs_d, sv_t, sv_d, keys, UPCAST)
+            dv = _load_tile(dv_base, cols, offs_d, sdv_t, sdv_d, keys, UPCAST)
+            m_i, l_i, mu_i, acc_o, acc_t = _key_block(q, dq, k, dk, v, dv, mask_n, m_i, l_i, mu_i, acc_o, acc_t,
+                                                      qk_scale, PRECISION)
 
         out = acc_t / l_i[:, None] - (mu_i / l_i)[:, None] * (acc_o / l_i[:, None])
         o_ptrs = OUT + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_d[None, :] * so_d
