@@ -132,7 +132,7 @@ def micro_batches(batch: int, fits: int) -> dict:
     return {"micro_batch": micro, "grad_accum": None if micro is None else batch // micro}
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--measure-state", default="pMF-B/16,pMF-B/32")
     p.add_argument("--measure-activations", default="pMF-B/16,pMF-B/32")
@@ -141,7 +141,73 @@ def main(argv=None) -> None:
     p.add_argument("--reuse", default=None, help="take the activation measurements of an earlier result file")
     p.add_argument("--table", default=None, help="print the markdown tables of a result file and stop")
     p.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def activations_of(presets: str, reuse: str | None) -> dict:
+    """{preset: {ckpt: measure_activations(...)}} of the comma-separated ``presets``, taken from the result file
+    ``reuse`` where it has them."""
+    measured_act = {}
+    reused = json.loads(Path(reuse).read_text())["activation_measurements"] if reuse else {}
+    for n in [n for n in presets.split(",") if n]:
+        if n in reused:
+            measured_act[n] = {k == "ckpt": v for k, v in reused[n].items()}
+            continue
+        measured_act[n] = {ckpt: measure_activations(n, ckpt) for ckpt in (False, True)}
+        print(n, measured_act[n], file=sys.stderr, flush=True)
+    return measured_act
+
+
+def activation_rows(c: dict, src: str, measured_act: dict) -> dict:
+    """A preset's activations per image (of parameter counts ``c``) scaled from the measured preset ``src``, and
+    where they come from."""
+    s = counts(src)
+    width = c["hidden"] / s["hidden"]  # a block's activations scale with the width at a fixed token count
+    plain, ckpt = measured_act[src][False], measured_act[src][True]
+    # Checkpointed, a block keeps its inputs x and dx (2 x 276 tokens x width, fp32); at 4 and 6 blocks
+    # those are smaller than the step's transients (guidance pass, one block's recomputation), so the
+    # peak does not grow with the depth there: the transients are measured (6 blocks less their inputs)
+    # and the inputs of every block are counted.
+    saved = lambda cc: 2 * 276 * cc["hidden"] * 4  # noqa: E731
+    transient = ckpt["measured"][max(ckpt["measured"], key=int)] - max(map(int, ckpt["measured"])) * saved(s)
+    return {"activations_per_image": {"plain": plain["rest"] + c["blocks"] * plain["per_block"] * width,
+                                      "ckpt": transient * width + c["blocks"] * saved(c)},
+            "activations_source": (f"{src} cut to 4 and 6 blocks, measured at batch 1 and 2; without "
+                                   f"checkpointing per block x {c['blocks']} blocks x width ratio {width:.3f}; "
+                                   "with checkpointing the measured transients plus the blocks' saved inputs")}
+
+
+def batch_rows(row: dict, usable: float) -> dict:
+    """The largest batch per GPU size, mode and kind, and the micro-batches of the recipes' batch on one GPU."""
+    fits = {}
+    for gb in GPU_GB:
+        for mode in ("ddp", "fsdp", "hsdp"):
+            free = usable * gb * 1e9 - sum(row["state"][mode].values())
+            for kind, per in row["activations_per_image"].items():
+                fits[f"{gb}GB/{mode}/{kind}"] = largest_batch(free, per)
+    return {"largest_batch": fits,
+            "one_gpu_recipe_batch": {f"{gb}GB/{kind}": micro_batches(RECIPE_BATCH, fits[f"{gb}GB/ddp/{kind}"])
+                                     for gb in GPU_GB for kind in ("plain", "ckpt")}}
+
+
+def preset_row(preset: str, measured_state: dict, measured_act: dict, usable: float) -> dict | None:
+    """A preset's result row; None when no preset of its patch size has activation measurements."""
+    c = counts(preset)
+    row = {"counts": c, "state": {"ddp": state_model(c), "fsdp": state_model(c, GPUS),
+                                  "hsdp": state_model(c, GPUS)}}
+    if preset in measured_state:
+        row["state_measured_ddp"] = measured_state[preset]
+    patch = preset.split("/")[1]
+    src = preset if preset in measured_act else next((m for m in measured_act if m.split("/")[1] == patch), None)
+    if src is None:
+        return None
+    row.update(activation_rows(c, src, measured_act))
+    row.update(batch_rows(row, usable))
+    return row
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     if args.table:
         print(markdown(json.loads(Path(args.table).read_text())))
         return
@@ -152,52 +218,14 @@ def main(argv=None) -> None:
 
     result = {"gpus": GPUS, "emas": N_EMAS, "usable_fraction": args.usable, "presets": {}}
     measured_state = {n: measure_state(n) for n in args.measure_state.split(",") if n}
-    measured_act = {}
-    reused = json.loads(Path(args.reuse).read_text())["activation_measurements"] if args.reuse else {}
-    for n in [n for n in args.measure_activations.split(",") if n]:
-        if n in reused:
-            measured_act[n] = {k == "ckpt": v for k, v in reused[n].items()}
-            continue
-        measured_act[n] = {ckpt: measure_activations(n, ckpt) for ckpt in (False, True)}
-        print(n, measured_act[n], file=sys.stderr, flush=True)
+    measured_act = activations_of(args.measure_activations, args.reuse)
     result["activation_measurements"] = {n: {("ckpt" if k else "plain"): v for k, v in m.items()}
                                          for n, m in measured_act.items()}
     for preset in PRESETS:
-        c = counts(preset)
-        row = {"counts": c, "state": {"ddp": state_model(c), "fsdp": state_model(c, GPUS),
-                                      "hsdp": state_model(c, GPUS)}}
-        if preset in measured_state:
-            row["state_measured_ddp"] = measured_state[preset]
-        patch = preset.split("/")[1]
-        src = preset if preset in measured_act else next((m for m in measured_act if m.split("/")[1] == patch), None)
-        if src is None:
-            continue
-        s = counts(src)
-        width = c["hidden"] / s["hidden"]  # a block's activations scale with the width at a fixed token count
-        plain, ckpt = measured_act[src][False], measured_act[src][True]
-        # Checkpointed, a block keeps its inputs x and dx (2 x 276 tokens x width, fp32); at 4 and 6 blocks
-        # those are smaller than the step's transients (guidance pass, one block's recomputation), so the
-        # peak does not grow with the depth there: the transients are measured (6 blocks less their inputs)
-        # and the inputs of every block are counted.
-        saved = lambda cc: 2 * 276 * cc["hidden"] * 4  # noqa: E731
-        transient = ckpt["measured"][max(ckpt["measured"], key=int)] - max(map(int, ckpt["measured"])) * saved(s)
-        row["activations_per_image"] = {"plain": plain["rest"] + c["blocks"] * plain["per_block"] * width,
-                                        "ckpt": transient * width + c["blocks"] * saved(c)}
-        row["activations_source"] = (f"{src} cut to 4 and 6 blocks, measured at batch 1 and 2; without "
-                                     f"checkpointing per block x {c['blocks']} blocks x width ratio {width:.3f}; "
-                                     "with checkpointing the measured transients plus the blocks' saved inputs")
-        fits = {}
-        for gb in GPU_GB:
-            for mode in ("ddp", "fsdp", "hsdp"):
-                free = args.usable * gb * 1e9 - sum(row["state"][mode].values())
-                for kind, per in row["activations_per_image"].items():
-                    fits[f"{gb}GB/{mode}/{kind}"] = largest_batch(free, per)
-        row["largest_batch"] = fits
-        row["one_gpu_recipe_batch"] = {f"{gb}GB/{kind}": micro_batches(RECIPE_BATCH, fits[f"{gb}GB/ddp/{kind}"])
-                                       for gb in GPU_GB for kind in ("plain", "ckpt")}
-        result["presets"][preset] = row
+        row = preset_row(preset, measured_state, measured_act, args.usable)
+        if row is not None:
+            result["presets"][preset] = row
     common.write_json(args.json, result)
-
 
 
 def markdown(result: dict) -> str:
