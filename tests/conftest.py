@@ -1,4 +1,3 @@
-import os
 import sys
 from pathlib import Path
 
@@ -6,14 +5,11 @@ import pytest
 import torch
 
 TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
 # The tests mirror the package (tests/nn/ for pmf.nn, ...; test_layout.py keeps it so). Modules in every
 # folder import the shared helpers.py as ``from helpers import ...``, which needs this folder on sys.path.
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
-# The release-produced reference data ship with the tests (tests/fixtures/official, README there);
-# PMF_FIXTURES points the parity tests at another copy.
-FIXTURES = Path(os.environ.get("PMF_FIXTURES", REPO / "tests" / "fixtures" / "official"))
+from helpers import FIXTURES  # noqa: E402
 
 
 @pytest.fixture

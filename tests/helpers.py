@@ -1,6 +1,7 @@
-"""Helpers shared by the test modules (fixtures live in conftest.py)."""
+"""Helpers shared by the test modules (fixtures live in conftest.py, a folder's own in its conftest.py)."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -11,6 +12,10 @@ from pmf.nn.release import from_release_key
 from pmf.training.config import EMAConfig, OptimConfig, SampleConfig, TrainConfig
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pmf"
+# The release-produced reference data ship with the tests (tests/fixtures/official, README there);
+# PMF_FIXTURES points the parity tests at another copy.
+FIXTURES = Path(os.environ.get("PMF_FIXTURES", Path(__file__).resolve().parent / "fixtures" / "official"))
+ARCH = "pMF-Tiny/4"  # random_model's preset
 # a 2-block pMF-Tiny/4 on 8x8 single-channel images
 TINY = dict(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=2, aux_head_depth=1, num_heads=2)
 
@@ -41,7 +46,7 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
-def random_model(seed: int = 0, arch: str = "pMF-Tiny/4", **overrides) -> torch.nn.Module:
+def random_model(seed: int = 0, arch: str = ARCH, **overrides) -> torch.nn.Module:
     """A tiny pMF (``overrides``: ModelConfig fields) whose zero-initialised output layers are perturbed, so
     images depend on the noise."""
     import pmf
@@ -199,3 +204,76 @@ def written_again(pattern: str, *, home: str) -> list[str]:
             if rel != home and re.search(pattern, line):
                 found.append(f"{rel}:{n}: {line.strip()}")
     return found
+
+
+# ---- spawned process groups (tests/parallel/) ----------------------------------------------------------------
+def launcher_env(rank: int, world: int, port: int) -> None:
+    """torchrun's environment for ``rank`` of ``world`` on 127.0.0.1:``port``, and one torch thread: the start
+    of a test's worker process."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+
+
+def rel_frobenius(a: torch.Tensor, b: torch.Tensor) -> float:
+    """|a - b| / |b| (Frobenius norms, float64)."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def ema_names(path) -> list[str]:
+    """The EMA names of a training checkpoint: a sharded (DCP) folder or a single file."""
+    from pmf.checkpoints.load import read_file
+    from pmf.checkpoints.sharded import read_meta
+
+    return read_meta(path)["emas"] if path.is_dir() else list(read_file(path)["ema"])
+
+
+# ---- pmf serve (tests/serve/) ----------------------------------------------------------------------------------
+SERVE_SETTING = {"omega": 2.0, "t_min": 0.1, "t_max": 0.9}  # the serve tests' checkpoint's recipe sampling setting
+
+
+def serve_args(ckpt, *extra):
+    from pmf.cli import build_parser
+
+    return build_parser().parse_args(["serve", "--checkpoint", str(ckpt), *extra])
+
+
+def sample_reference(model, classes, seed, *, omega=2.0, t_min=0.1, t_max=0.9, steps=1):
+    """What pmf sample computes for these classes (one batch, as `pmf sample` with <= 64 images)."""
+    from pmf.sampling import generate
+
+    return np.concatenate([b.numpy() for _, b in generate(
+        model, range(len(classes)), torch.tensor(classes), seed=seed, steps=steps, omega=omega, t_min=t_min,
+        t_max=t_max, progress=False)])
+
+
+def npz_body(resp) -> dict:
+    """The arrays of an HTTP response's .npz body (status 200 asserted)."""
+    import io
+
+    assert resp.status_code == 200, resp.text
+    return dict(np.load(io.BytesIO(resp.content)))
+
+
+# ---- perceptual loss (tests/perceptual/) -----------------------------------------------------------------------
+PERCEPTUAL_CROP = 32  # wiring tests; the LPIPS parity tests use a crop of 64
+ATTO = "convnextv2_atto"
+
+
+def perceptual_loss(**overrides):
+    """A ``PerceptualLoss`` on random networks: both terms, ConvNeXt-V2-Atto, crops of PERCEPTUAL_CROP."""
+    import warnings
+
+    from pmf.perceptual import PerceptualConfig, build_perceptual
+
+    cfg = dict(lpips=True, convnext=True, convnext_model=ATTO, crop_size=PERCEPTUAL_CROP) | overrides
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_perceptual(PerceptualConfig(**cfg), "cpu", random_init=True)
+
+
+def random_images(B, C, H, seed=0):
+    """B random C x H x H images in [-1, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, C, H, H, generator=g) * 2 - 1

@@ -1,71 +1,32 @@
 """Perceptual terms (spec 3.8): paired crops, threshold mask, LPIPS parity with the lpips package, frozen
-networks, weight resolution without a network, and the end-to-end pMF loss. Networks are random: small
-crops (32-64 px) and ConvNeXt-V2-Atto keep this file fast; the Base model's wiring is a slow test."""
-
-import subprocess
-import sys
-import warnings
+networks and the end-to-end pMF loss. Networks are random: small crops (32-64 px) and ConvNeXt-V2-Atto keep this
+file fast; the Base model's wiring is a slow test. The configuration and the weight files:
+test_perceptual_config.py."""
 
 import pytest
 import torch
 
 import pmf
-from pmf.errors import PMFError
+from helpers import ATTO
+from helpers import PERCEPTUAL_CROP as CROP
+from helpers import perceptual_loss as build
+from helpers import random_images as images
 from pmf.objective import pmf_loss, sample_draws
 from pmf.perceptual import (
     LPIPSVGG,
     ConvNeXtFeatures,
     PerceptualConfig,
     PerceptualLoss,
-    build_perceptual,
     crop_resize,
     lpips_state_dict,
     paired_random_resized_crop,
     sample_crop_boxes,
 )
-from pmf.perceptual import weights as W
 
-CROP = 32  # wiring tests; the LPIPS parity tests use PARITY_CROP
-PARITY_CROP = 64
-ATTO = "convnextv2_atto"
-
+PARITY_CROP = 64  # the LPIPS parity tests' crop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def build(**overrides) -> PerceptualLoss:
-    cfg = dict(lpips=True, convnext=True, convnext_model=ATTO, crop_size=CROP) | overrides
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return build_perceptual(PerceptualConfig(**cfg), "cpu", random_init=True)
-
-
-@pytest.fixture(scope="module")
-def lpips_ref():
-    """The lpips package on a random VGG16 trunk (its calibrated linear layers come from its wheel)."""
-    lpips = pytest.importorskip("lpips")
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).eval()
-
-
-@pytest.fixture(scope="module")
-def loss_fn(lpips_ref):
-    """Both terms; LPIPS carries the package's random trunk; lambda 1 and norm_p 0 make the term the raw sum."""
-    fn = build(lpips_lambda=1.0, convnext_lambda=1.0, norm_p=0.0, max_t=0.8)
-    sd, has_lins = lpips_state_dict(lpips_ref.state_dict())
-    assert has_lins
-    fn.lpips.load_state_dict(sd)
-    return fn
-
-
-def images(B, C, H, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(B, C, H, H, generator=g) * 2 - 1
-
-
-# ---- crops ---------------------------------------------------------------------------------------------------
 
 def test_crop_is_shared_within_a_sample_and_differs_between_samples():
     one = images(1, 3, 32)
@@ -98,8 +59,6 @@ def test_crop_is_differentiable_wrt_the_prediction():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-# ---- LPIPS parity --------------------------------------------------------------------------------------------
-
 def test_lpips_network_reproduces_the_lpips_package(lpips_ref):
     net = LPIPSVGG()
     net.load_state_dict(lpips_state_dict(lpips_ref.state_dict())[0])
@@ -124,8 +83,6 @@ def test_crop_and_mapping_wrapper_reproduces_lpips_on_the_same_crops(loss_fn, lp
         ref = lpips_ref(crops[0], crops[1]).flatten()  # the package takes [-1, 1]
     torch.testing.assert_close(term.detach(), ref, atol=1e-5, rtol=1e-5)
 
-
-# ---- ConvNeXt input --------------------------------------------------------------------------------------------
 
 def test_convnext_features_are_timm_pre_logits_of_the_raw_crops():
     """The release feeds its [-1, 1] crops to ConvNeXt as they are (no ImageNet mean/std, no resize)."""
@@ -156,8 +113,6 @@ def test_convnext_term_is_the_squared_distance_of_features_of_the_shared_crops(l
                   for v in (x_pred, x))
     torch.testing.assert_close(term.detach(), (fa - fb).pow(2).sum(dim=1), atol=1e-5, rtol=1e-5)
 
-
-# ---- mask, equality, gradients, frozen networks --------------------------------------------------------------
 
 def test_threshold_masks_exactly_the_samples_at_or_above_max_t(loss_fn):
     x = images(6, 3, 32, seed=6)
@@ -196,20 +151,6 @@ def test_each_term_has_its_own_threshold(loss_fn):
     _, logs = PerceptualLoss(swapped, loss_fn.lpips, loss_fn.convnext)(x_pred, x, t)
     assert logs["loss_lpips"] > 0 and logs["loss_convnext"] > 0
     assert "zeroed for t >= 0.65" in PerceptualLoss(swapped, loss_fn.lpips, loss_fn.convnext).describe()
-
-
-@pytest.mark.parametrize("name,lpips_t,convnext_t", [("pMF-B/16", 0.8, 0.8), ("pMF-L/16", 0.8, 0.8),
-                                                     ("pMF-B/32", 0.8, 0.8), ("pMF-L/32", 0.6, 0.6),
-                                                     ("pMF-H/16", 1.0, 0.6), ("pMF-H/32", 1.0, 0.6)])
-def test_recipes_gate_the_terms_as_the_release_configs(name, lpips_t, convnext_t):
-    """perceptual_max_t 0.8 / 0.8 / 0.8 / 0.6 in the main branch's B and L configs; the H configs set only
-    convnext_max_t 0.6, so LPIPS keeps the release's perceptual_max_t default of 1.0 (docs/perceptual.md)."""
-    from pmf.training.recipes import recipe
-
-    cfg = recipe(name).perceptual
-    assert isinstance(cfg, PerceptualConfig)
-    assert cfg.lpips and cfg.convnext and (cfg.lpips_lambda, cfg.convnext_lambda) == (0.4, 0.1)
-    assert (cfg.threshold("lpips"), cfg.threshold("convnext")) == (lpips_t, convnext_t)
 
 
 def test_equal_inputs_give_zero_distances(loss_fn):
@@ -275,81 +216,6 @@ def test_pmf_loss_end_to_end_with_perceptual_terms(loss_fn):
     assert all(p.grad is None for net in (loss_fn.lpips, loss_fn.convnext) for p in net.parameters())
     names = {id(p) for p in model.parameters()}
     assert not any(id(p) in names for p in loss_fn.lpips.parameters())
-
-
-# ---- config and weights --------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("field,value", [("lpips_lambda", -1.0), ("max_t", 0.0), ("norm_eps", 0.0),
-                                         ("convnext_max_t", -0.5), ("lpips_max_t", "0.6"),
-                                         ("crop_size", 16), ("crop_scale", (0.5, 0.1)), ("lpips", "yes"),
-                                         ("lpips_weights", ""), ("convnext_model", "resnet50")])
-def test_config_rejects_bad_values_naming_the_field(field, value):
-    with pytest.raises(PMFError, match=f"perceptual.{field}"):
-        PerceptualConfig(**{field: value})
-
-
-def test_build_returns_none_when_off_and_rejects_unknown_fields():
-    assert build_perceptual(None) is None
-    assert build_perceptual(PerceptualConfig()) is None
-    assert build_perceptual({"lpips": False}) is None
-    with pytest.raises(PMFError, match="unknown perceptual fields"):
-        build_perceptual({"lpips": True, "lpips_wieght": 1.0})
-
-
-def test_random_init_warns():
-    with pytest.warns(UserWarning, match="RANDOM weights"):
-        build_perceptual(PerceptualConfig(lpips=True, crop_size=CROP), random_init=True)
-
-
-def test_missing_weights_raise_one_error_naming_the_files(tmp_path, monkeypatch):
-    pytest.importorskip("huggingface_hub")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv(W.LPIPS_ENV, raising=False)
-    monkeypatch.delenv(W.CONVNEXT_ENV, raising=False)
-    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: None)
-    cfg = PerceptualConfig(lpips=True, convnext=True, download=False)
-    with pytest.raises(PMFError) as err:
-        build_perceptual(cfg)
-    msg = str(err.value)
-    assert "refusing to train with random features" in msg
-    assert W.VGG16_FILE in msg and str(tmp_path / "torch" / "hub" / "checkpoints") in msg and W.LPIPS_ENV in msg
-    assert "model.safetensors of timm/convnextv2_base.fcmae_ft_in22k_in1k" in msg and W.CONVNEXT_ENV in msg
-    monkeypatch.setenv(W.CONVNEXT_ENV, str(tmp_path / "nope.safetensors"))
-    with pytest.raises(PMFError, match="nope.safetensors") as err:
-        build_perceptual(PerceptualConfig(convnext=True, download=False))
-    assert "train without the term: --no-convnext, or" in str(err.value)  # the flag of the missing term only
-
-
-def test_local_weight_files_load_from_config_and_env(loss_fn, tmp_path, monkeypatch):
-    pytest.importorskip("timm")
-    from safetensors.torch import save_file
-
-    src = loss_fn
-    trunk = {k: v for k, v in src.lpips.state_dict().items() if k.startswith("features.")}  # torchvision layout
-    torch.save(trunk, tmp_path / W.VGG16_FILE)
-    save_file(src.convnext.net.state_dict(), str(tmp_path / "atto.safetensors"))
-    monkeypatch.setenv(W.CONVNEXT_ENV, str(tmp_path / "atto.safetensors"))
-    fn = build_perceptual(PerceptualConfig(lpips=True, convnext=True, convnext_model=ATTO, crop_size=CROP,
-                                           lpips_weights=str(tmp_path / W.VGG16_FILE), download=False))
-    for ours, ref in ((fn.lpips, src.lpips), (fn.convnext, src.convnext)):
-        for (k, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
-            if k.startswith("lins"):
-                continue
-            assert torch.equal(a, b), k
-    lin_file = W.lpips_lin_file()
-    if lin_file is not None:  # the calibrated linear layers come from the lpips wheel
-        assert torch.equal(fn.lpips.lins[0], torch.load(lin_file, map_location="cpu")["lin0.model.1.weight"].flatten())
-    assert str(tmp_path / "atto.safetensors") in fn.describe()
-    torch.save({"something": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(PMFError, match="does not hold"):
-        build_perceptual(PerceptualConfig(lpips=True, lpips_weights=str(tmp_path / "bad.pth")))
-
-
-def test_core_package_imports_without_the_optional_dependencies():
-    code = ("import sys, pmf, pmf.perceptual, pmf.objective; "
-            "print(sorted(m for m in ('timm', 'lpips', 'torchvision') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.slow
