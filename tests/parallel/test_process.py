@@ -43,7 +43,7 @@ def test_no_other_module_reads_the_launchers_environment():
 
 
 def test_the_ddp_wrapper_is_the_model_itself_in_one_process():
-    """(tests/parallel/test_parallel.py checks its ordered hook's sums under 4 gloo processes)"""
+    """(tests/parallel/test_reduction.py checks its ordered hook's sums under 4 gloo processes)"""
     import torch
 
     model = torch.nn.Linear(2, 2)
