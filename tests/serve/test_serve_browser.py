@@ -14,8 +14,9 @@ pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no `playwright install`: "
                                "the test uses the system's chromium)")
 
+from helpers import serve_args  # noqa: E402
 from pmf.commands.serve import build  # noqa: E402
-from test_serve import ServerThread, ckpt, serve_args  # noqa: E402, F401  (ckpt: the checkpoint fixture)
+from test_serve_server import ServerThread  # noqa: E402  (the checkpoint fixture ckpt: conftest.py)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,7 +24,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get update && apt-get install -y chromium")
-def test_page_generates_the_picked_class(ckpt, tmp_path):  # noqa: F811
+def test_page_generates_the_picked_class(ckpt, tmp_path):
     app, _, _ = build(serve_args(os.environ.get("PMF_SERVE_CHECKPOINT") or ckpt))
     shot = Path(os.environ.get("PMF_SCREENSHOT") or tmp_path / "serve.png")
     with ServerThread(app) as srv, sync_api.sync_playwright() as pw:
