@@ -29,7 +29,7 @@ from .files import (
     list_checkpoints,
     save_atomic,
 )
-from .metadata import ModelMetadata
+from .metadata import CarriesMetadata, ModelMetadata
 from .schema import TrainingCheckpoint, save_training_checkpoint
 from .sharded import is_sharded_checkpoint, read_meta, read_weights
 
@@ -112,7 +112,7 @@ def open_checkpoint(spec: str | os.PathLike):
     return ckpt, lambda which: ckpt.model if which == RAW else ckpt.ema[which]
 
 
-class LoadedCheckpoint:
+class LoadedCheckpoint(CarriesMetadata):
     """A model read by ``load_checkpoint`` (or an ONNX generator standing in for one) with what its file says
     about it: ``meta`` (``ModelMetadata``: setting, one name per class, preset, weights, data), resolved once
     here. ``arch``, ``setting`` and ``data`` are the record's; ``class_names`` are the names the file records
@@ -127,16 +127,8 @@ class LoadedCheckpoint:
                                                   preset=arch, data=data, recorded=self.class_names)
 
     @property
-    def arch(self) -> str | None:
+    def arch(self) -> str | None:  # the preset's name where the loader's callers say "arch"
         return self.meta.preset
-
-    @property
-    def setting(self) -> SamplingSetting:
-        return self.meta.setting
-
-    @property
-    def data(self) -> str | None:
-        return self.meta.data
 
 
 def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: str | None = None,
