@@ -9,8 +9,8 @@ from helpers import losses, rel_err, tiny_config
 from pmf import objective as O
 from pmf.errors import PMFError
 from pmf.nn.layers import Block
-from pmf.training.config import LossConfig, SampleConfig
 from pmf.nn.model import with_options
+from pmf.training.config import LossConfig, SampleConfig
 from pmf.training.loop import train
 
 
