@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import random_model
+from helpers import random_model, recorded_checkpoint
 from pmf.cli import main
 from pmf.sampler_loading import sampler_device
 
@@ -24,11 +24,7 @@ def test_the_sampler_device_rule(monkeypatch):
 def test_eval_of_an_onnx_file_runs_on_the_cpu_when_cuda_is_visible(tmp_path, monkeypatch, fake_offline):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    model = random_model(seed=1)
-    sd = model.state_dict()
-    ckpt = tmp_path / "ck.pt"
-    torch.save({"format": "pixel-meanflow", "model_config": model.config.to_dict(), "model": sd, "ema": {"d0.9": sd},
-                "train_config": {"arch": "pMF-Tiny/4", "sample": {"omega": 2.0, "t_min": 0.1, "t_max": 0.9}}}, ckpt)
+    ckpt = recorded_checkpoint(tmp_path / "ck.pt", random_model(seed=1))
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "g.onnx")]) == 0
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, as far as the command can tell
     assert main(["eval", "--checkpoint", str(tmp_path / "g.onnx"), "--offline", "--num-images", "4", "--batch-size",

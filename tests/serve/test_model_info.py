@@ -2,13 +2,12 @@
 torch checkpoint and its ONNX export, field by field the record's."""
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 import pmf  # noqa: E402
-from helpers import random_model  # noqa: E402
+from helpers import random_model, recorded_checkpoint  # noqa: E402
 from pmf.checkpoints.metadata import ModelMetadata  # noqa: E402
 from pmf.cli import build_parser, main  # noqa: E402
 from pmf.commands.serve import build  # noqa: E402
@@ -36,11 +35,7 @@ def test_a_checkpoint_and_its_onnx_export_give_the_same_info(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     model = random_model(seed=2)
-    sd = model.state_dict()
-    ckpt = tmp_path / "ck.pt"
-    torch.save({"format": "pixel-meanflow", "model_config": model.config.to_dict(), "model": sd, "ema": {"d0.9": sd},
-                "train_config": {"arch": "pMF-Tiny/4", "data": "my-folder",
-                                 "sample": {"omega": 2.0, "t_min": 0.1, "t_max": 0.9}}, "class_names": NAMES}, ckpt)
+    ckpt = recorded_checkpoint(tmp_path / "ck.pt", model, data="my-folder", class_names=NAMES)
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "g.onnx")]) == 0
     infos = {}
     for spec in (ckpt, tmp_path / "g.onnx"):
