@@ -84,13 +84,10 @@ def activation_child(preset: str, batch: int, ckpt: bool, shared: int, aux: int)
     """Peak bytes of one training step above the weights (run in a fresh process), for ``preset`` cut to
     ``shared`` trunk blocks and ``aux`` blocks per head."""
     from pmf.objective import pmf_loss, sample_draws
-    from pmf.training.loop import enable_activation_checkpointing
 
     torch.set_num_threads(1)
     cfg = model_config(preset, depth=shared + aux, aux_head_depth=aux)
-    model = PMFDiT(cfg)
-    if ckpt:
-        enable_activation_checkpointing(model)
+    model = PMFDiT(cfg, activation_checkpointing=ckpt)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, cfg.input_size, cfg.input_size, generator=gen) * 2 - 1
     y = torch.randint(0, cfg.num_classes, (batch,), generator=gen)

@@ -22,7 +22,6 @@ import common
 from pmf import PMFDiT, model_config, objective
 from pmf.nn.attention import TANGENT_ATTENTIONS, tangent_attention
 from pmf.objective import pmf_loss, sample_draws
-from pmf.training.loop import enable_activation_checkpointing
 
 JVP_MODES = getattr(objective, "JVP_MODES", ("split", "fused"))
 
@@ -59,13 +58,12 @@ class Bench:
     def __init__(self, args, dev: torch.device, batch: int):
         torch.manual_seed(args.seed)
         # no value checks: no host syncs inside the timed step
-        self.model = PMFDiT(model_config(args.preset), check_values=False).to(dev)
+        self.model = PMFDiT(model_config(args.preset), check_values=False,
+                            activation_checkpointing=args.grad_checkpointing).to(dev)
         with torch.no_grad():  # non-zero gates and outputs so that every branch carries signal
             for name, p in self.model.named_parameters():
                 if name.endswith(("attn_scale", "mlp_scale")) or "final_layer.linear.weight" in name:
                     p.normal_(0, 0.05)
-        if args.grad_checkpointing:
-            enable_activation_checkpointing(self.model)
         self.net = torch.compile(self.model) if args.compile else self.model
         cfg = self.model.config
         g = torch.Generator(device=dev).manual_seed(args.seed)

@@ -206,6 +206,17 @@ def written_again(pattern: str, *, home: str) -> list[str]:
     return found
 
 
+def recorded_checkpoint(path, model, **train_config) -> Path:
+    """A training-format checkpoint of ``model``'s weights (EMA d0.9 = the raw weights) recording ``train_config``
+    (arch pMF-Tiny/4 and the recipe setting omega 2 on [0.1, 0.9] unless given; ``class_names`` goes beside it)."""
+    names = train_config.pop("class_names", None)
+    sd = model.state_dict()
+    record = {"arch": "pMF-Tiny/4", "sample": {"omega": 2.0, "t_min": 0.1, "t_max": 0.9}, **train_config}
+    torch.save({"format": "pixel-meanflow", "model_config": model.config.to_dict(), "model": sd, "ema": {"d0.9": sd},
+                "train_config": record, **({"class_names": names} if names else {})}, path)
+    return Path(path)
+
+
 # ---- spawned process groups (tests/parallel/) ----------------------------------------------------------------
 def launcher_env(rank: int, world: int, port: int) -> None:
     """torchrun's environment for ``rank`` of ``world`` on 127.0.0.1:``port``, and one torch thread: the start

@@ -84,16 +84,15 @@ def test_compiled_sampler_with_cuda_graphs_gives_the_eager_images(tiny_model):
 
 
 def test_inline_checkpointing_gradients_on_cuda(tiny_model, fixtures_dir):
-    from pmf.training.loop import enable_activation_checkpointing
+    from pmf.nn.model import with_options
 
     d = {k: v.cuda() for k, v in load_npz(fixtures_dir / "loss_C.npz").items()}
     draws = Draws(t=d["t"], r=d["r"], noise=d["noise_scale"] * d["e_unit"], omega=d["omega"], t_min=d["t_min"],
                   t_max=d["t_max"], drop=torch.arange(8, device="cuda") < d["num_drop"])
 
     def grads(checkpointing):
-        m = tiny_model.cuda()
+        m = with_options(tiny_model.cuda(), activation_checkpointing=checkpointing)
         m.zero_grad()
-        enable_activation_checkpointing(m, checkpointing)
         pmf_loss(m, d["x"], d["labels"], draws, num_classes=10, jvp="inline").loss.backward()
         return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 

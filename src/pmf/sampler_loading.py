@@ -104,6 +104,15 @@ class Sampler:
         return load_sampler(self.spec, dataclasses.replace(self.options, ema=ema))
 
 
+def sampler_device(spec: str | os.PathLike, device: str | None = None) -> str:
+    """Where the sampler of ``spec`` runs: ``device`` when given, else cpu for an ONNX file (onnxruntime runs it
+    there) and cuda when a GPU is visible for anything else. Commands that set up a device before loading (the
+    process group of ``pmf eval``) ask this first."""
+    if device is not None:
+        return device
+    return "cpu" if is_onnx(str(spec)) or not torch.cuda.is_available() else "cuda"
+
+
 def load_sampler(spec: str | os.PathLike, options: SamplerOptions = SamplerOptions()) -> Sampler:
     """The sampler of ``spec``; an option that cannot apply to it (``--compile`` for an ONNX file, an ONNX
     graph's other step count) is a one-line ``PMFError`` before any sampling."""
@@ -111,14 +120,13 @@ def load_sampler(spec: str | os.PathLike, options: SamplerOptions = SamplerOptio
     if is_onnx(spec):
         from .export.onnx_runtime import onnx_checkpoint
 
-        options = dataclasses.replace(options, device=options.device or "cpu")
+        options = dataclasses.replace(options, device=sampler_device(spec, options.device))
         loaded = onnx_checkpoint(spec, arch=options.arch, ema=options.ema, compile=options.compile,
                                  cuda_graphs=options.cuda_graphs, precision=options.precision,
                                  device=options.device, threads=options.threads,
                                  noise_scale=options.noise_scale, steps=options.steps)
         return Sampler(spec, loaded, loaded.model, options, onnx=True)
-    if options.device is None:
-        options = dataclasses.replace(options, device="cuda" if torch.cuda.is_available() else "cpu")
+    options = dataclasses.replace(options, device=sampler_device(spec, options.device))
     loaded = _torch_checkpoint(spec, options)
     model = prepare_sampler(loaded.model, compile=options.compile, cuda_graphs=options.cuda_graphs)
     return Sampler(spec, loaded, model, options, onnx=False)

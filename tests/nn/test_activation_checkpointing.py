@@ -9,8 +9,9 @@ from helpers import losses, rel_err, tiny_config
 from pmf import objective as O
 from pmf.errors import PMFError
 from pmf.nn.layers import Block
+from pmf.nn.model import with_options
 from pmf.training.config import LossConfig, SampleConfig
-from pmf.training.loop import enable_activation_checkpointing, train
+from pmf.training.loop import train
 
 
 def _model():
@@ -52,7 +53,7 @@ def test_checkpointing_gives_the_same_loss_du_dt_and_gradients_float64(jvp):
     x, y, d = _batch(m)
     ref, ref_grads = _step(m, x, y, d, jvp)
     keys = set(m.state_dict())
-    enable_activation_checkpointing(m)
+    m = with_options(m, activation_checkpointing=True)
     assert set(m.state_dict()) == keys and all(b.checkpointing for b in m.modules() if isinstance(b, Block))
     out, grads = _step(m, x, y, d, jvp)
     assert abs(out.loss.item() - ref.loss.item()) <= 1e-12 * abs(ref.loss.item())
@@ -114,7 +115,7 @@ def test_inline_checkpointing_recomputes_the_primal_only_and_saves_less(monkeypa
         return nbytes[0], list(calls)
 
     plain_bytes, plain_calls = run()
-    enable_activation_checkpointing(m)
+    m = with_options(m, activation_checkpointing=True)
     ckpt_bytes, ckpt_calls = run()
     assert plain_calls == []
     # every block (trunk and u-head: jvp; v-head: forward) is recomputed once, as its primal alone

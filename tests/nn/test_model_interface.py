@@ -13,7 +13,7 @@ from pmf.nn.model import PMFDiT, Predictions, u_head_only
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[2]
-CONSTRUCTOR = "self._options = dict(attention_layout=check_layout(attention_layout), check_values=bool(check_values))"
+CONSTRUCTOR = "self._options = dict(attention_layout=check_layout(attention_layout), check_values=bool(check_values),"
 
 
 @pytest.mark.parametrize("heads, tangents, present", [
@@ -64,8 +64,8 @@ def test_value_checks_are_a_construction_option_that_copies_keep():
     with pytest.raises(AttributeError):
         unchecked.check_values = True
     assert not u_head_only(unchecked).check_values and u_head_only(unchecked, check_values=True).check_values
-    assert u_head_only(PMFDiT(config, attention_layout="tokens")).options == dict(attention_layout="tokens",
-                                                                                  check_values=True)
+    assert u_head_only(PMFDiT(config, attention_layout="tokens")).options == dict(
+        attention_layout="tokens", check_values=True, activation_checkpointing=False)
 
 
 def test_value_checks_are_skipped_while_tracing():

@@ -17,7 +17,7 @@ from ..errors import CheckpointError, PMFError
 from ..extras import needs
 from ..model_configs import ModelConfig
 from ..sampling_setting import SamplingSetting
-from .metadata import ModelMetadata
+from .metadata import CarriesMetadata, ModelMetadata
 
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
 LIBRARY = "pixel-meanflow"
@@ -94,7 +94,7 @@ def _record(net, meta: ModelMetadata | None, setting, class_names, preset) -> Mo
 
 
 @dataclasses.dataclass
-class Pretrained:
+class Pretrained(CarriesMetadata):
     """What a ``save_pretrained`` folder holds, before a network is built from it."""
 
     config: ModelConfig
@@ -102,14 +102,6 @@ class Pretrained:
     meta: ModelMetadata
     class_names: list[str] | None  # as config.json records them
     source: Path
-
-    @property
-    def setting(self) -> SamplingSetting:
-        return self.meta.setting
-
-    @property
-    def preset(self) -> str | None:
-        return self.meta.preset
 
     def build(self, model_cls, device=None):
         """A ``model_cls`` network (eval mode) with the weights, carrying ``metadata`` (what ``save_pretrained``

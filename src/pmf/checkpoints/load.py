@@ -19,6 +19,13 @@ from ..nn.model import PMFDiT, is_v_head_key, u_head_only
 from ..nn.release import infer_config, load_release_state_dict
 from ..sampling_setting import SamplingSetting, default_setting, exported_setting, read_sidecar, sidecar_path
 from .download import hub_file, url_file
+from .export_record import (
+    exported_meta,
+    read_safetensors_fields,
+    read_sidecar_fields,
+    recorded_fields,
+    safetensors_metadata,
+)
 from .files import (
     CKPT_PREFIX,
     CKPT_SUFFIX,
@@ -29,7 +36,7 @@ from .files import (
     list_checkpoints,
     save_atomic,
 )
-from .metadata import ModelMetadata
+from .metadata import CarriesMetadata, ModelMetadata
 from .schema import TrainingCheckpoint, save_training_checkpoint
 from .sharded import is_sharded_checkpoint, read_meta, read_weights
 
@@ -66,10 +73,11 @@ def read_file(spec: str | os.PathLike) -> dict:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as err:
             raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({err})") from None
-        if "model_config" in meta:  # our export: one weight set, its config and (since 0.1) its setting
-            extra = {k: json.loads(meta[k]) for k in ("class_names", "sampling_setting") if k in meta}
+        if "model_config" in meta:  # our export: one weight set, its config and its model record (export_record)
+            fields = read_safetensors_fields(meta)
+            extra = {k: fields[k] for k in ("class_names", "sampling_setting") if k in fields}
             return {"format": FORMAT, "export": True, "model_config": json.loads(meta["model_config"]),
-                    "model": tensors, **extra}
+                    "model": tensors, **extra, "record": fields}
         return tensors
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -112,7 +120,7 @@ def open_checkpoint(spec: str | os.PathLike):
     return ckpt, lambda which: ckpt.model if which == RAW else ckpt.ema[which]
 
 
-class LoadedCheckpoint:
+class LoadedCheckpoint(CarriesMetadata):
     """A model read by ``load_checkpoint`` (or an ONNX generator standing in for one) with what its file says
     about it: ``meta`` (``ModelMetadata``: setting, one name per class, preset, weights, data), resolved once
     here. ``arch``, ``setting`` and ``data`` are the record's; ``class_names`` are the names the file records
@@ -127,16 +135,8 @@ class LoadedCheckpoint:
                                                   preset=arch, data=data, recorded=self.class_names)
 
     @property
-    def arch(self) -> str | None:
+    def arch(self) -> str | None:  # the preset's name where the loader's callers say "arch"
         return self.meta.preset
-
-    @property
-    def setting(self) -> SamplingSetting:
-        return self.meta.setting
-
-    @property
-    def data(self) -> str | None:
-        return self.meta.data
 
 
 def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: str | None = None,
@@ -170,7 +170,9 @@ def load_checkpoint(spec: str | os.PathLike, *, arch: str | None = None, ema: st
         if asks_named_ema(ema):
             raise CheckpointError(f"--ema {ema} needs a training checkpoint; this file holds one set of weights")
         model, found_arch, setting = _release_format(ckpt, spec, arch, overrides)
-        loaded = LoadedCheckpoint(model, found_arch, None, setting, None, read_sidecar(spec, "class_names"))
+        fields = {k: v for k, v in read_sidecar_fields(spec).items() if arch is None or k != "preset"}  # --arch wins
+        loaded = LoadedCheckpoint(model, class_names=fields.get("class_names"), meta=exported_meta(
+            model.config.num_classes, fields, setting=setting, preset=found_arch, data=None, class_names=None))
     loaded.model = loaded.model.to(device).eval()
     return loaded
 
@@ -201,8 +203,10 @@ def _ours(ckpt: TrainingCheckpoint, weights_of, arch: str | None, ema: str | Non
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint weights do not fit its recorded config: {str(err)[:500]}") from None
-    return LoadedCheckpoint(model, train_config.get("arch") or preset_of(config), None if ckpt.export else ema,
-                            setting, train_config.get("data"), ckpt.class_names or train_config.get("class_names"))
+    names = ckpt.class_names or train_config.get("class_names")
+    meta = exported_meta(config.num_classes, ckpt.record or {}, setting=setting, class_names=names,
+                         preset=train_config.get("arch") or preset_of(config), data=train_config.get("data"))
+    return LoadedCheckpoint(model, ema=None if ckpt.export else ema, class_names=names, meta=meta)
 
 
 def _release_format(obj: dict, spec, arch: str | None, overrides: dict) -> tuple[PMFDiT, str | None,
@@ -263,31 +267,26 @@ def export_ema(spec: str | os.PathLike, out: str | os.PathLike, *, ema: str | No
                fmt: str | None = None) -> Path:
     """Write one weight set of a training checkpoint (an EMA by name, ``"raw"``, or by default the EMA of its
     sampling setting: the released half-life for a released recipe, else the first EMA) for inference, u-head
-    only: ``fmt="release"`` (``.pt``, the release's key names under ``net.``, loadable
-    by the released PyTorch port and by ``pmf sample --arch``) or ``fmt="safetensors"`` (our key names, the
-    model config in the metadata; ``pmf sample`` reads it). ``fmt`` defaults from the suffix of ``out``."""
+    only, with the model record (``pmf.checkpoints.export_record``): ``fmt="release"`` (``.pt``, the release's key
+    names under ``net.``, loadable by the released PyTorch port and by ``pmf sample --arch``; the record beside it)
+    or ``fmt="safetensors"`` (our key names; the model config and the record in the metadata; ``pmf sample``
+    reads it). ``fmt`` defaults from the suffix of ``out``."""
     out = Path(out)
     fmt = fmt or ("safetensors" if out.suffix == ".safetensors" else "release")
     if fmt not in ("release", "safetensors"):
         raise CheckpointError(f"export format must be 'release' or 'safetensors', got {fmt!r}")
     loaded = load_checkpoint(spec, ema=ema)
     inference = u_head_only(loaded.model)
-    config = inference.config
-    setting = loaded.setting.replace(ema=loaded.ema).to_json()  # the EMA these weights are
+    meta = loaded.meta.replace(setting=loaded.setting.replace(ema=loaded.ema))  # the EMA these weights are
+    fields = recorded_fields(meta, loaded.class_names)
     if fmt == "safetensors":
         from safetensors.torch import save
 
         tensors = {k: v.detach().contiguous() for k, v in inference.state_dict().items()}
-        meta = {"model_config": json.dumps(config.to_dict()), "format": FORMAT, "sampling_setting": setting}
-        if loaded.class_names:
-            meta["class_names"] = json.dumps(loaded.class_names)
-        save_atomic(save(tensors, metadata=meta), out)
+        save_atomic(save(tensors, metadata=safetensors_metadata(inference.config.to_dict(), fields)), out)
     else:
         from ..nn.release import release_state_dict
 
         save_atomic(release_state_dict(inference, prefix="net."), out)
-        beside = {"format": FORMAT, "sampling_setting": json.loads(setting)}
-        if loaded.class_names:  # the class folders' names travel with the weights, as in the other formats
-            beside["class_names"] = loaded.class_names
-        save_atomic(json.dumps(beside, indent=2), sidecar_path(out))
+        save_atomic(json.dumps({"format": FORMAT, **fields}, indent=2), sidecar_path(out))
     return out

@@ -52,3 +52,22 @@ class ModelMetadata:
         from dataclasses import replace
 
         return replace(self, **changes)
+
+
+class CarriesMetadata:
+    """What holds a ``meta`` record (a loaded checkpoint, a hub folder, an ONNX generator) answers its setting,
+    preset and data from it: one rule for every carrier (``meta.weights`` is the weights' precision)."""
+
+    meta: ModelMetadata
+
+    @property
+    def setting(self) -> SamplingSetting:
+        return self.meta.setting
+
+    @property
+    def preset(self) -> str | None:
+        return self.meta.preset
+
+    @property
+    def data(self) -> str | None:
+        return self.meta.data

@@ -47,6 +47,7 @@ class TrainingCheckpoint:
     fd_stats: dict | None = None  # the FD loss's generated statistics (pmf.posttrain.fd_stats), FD runs only
     export: bool = False  # one weight set written by pmf export: no optimiser, the setting below
     sampling_setting: dict | None = None  # an export's setting (pmf.sampling_setting.SamplingSetting.to_dict)
+    record: dict | None = None  # an export's model record (pmf.checkpoints.export_record.FIELDS), where it has one
     sharded: bool = False  # read from a DCP folder
 
     def __post_init__(self) -> None:
@@ -71,7 +72,8 @@ class TrainingCheckpoint:
 
     def to_meta(self) -> dict:
         """The ``meta.json`` of a DCP folder: no tensors, the EMA names instead."""
-        return {"format": FORMAT, **self._present(exclude=_FILE_ONLY + _LOCAL + ("export", "sampling_setting")),
+        export_only = ("export", "sampling_setting", "record")
+        return {"format": FORMAT, **self._present(exclude=_FILE_ONLY + _LOCAL + export_only),
                 "emas": self.ema_names}
 
     @classmethod

@@ -243,7 +243,9 @@ def add_option_flags(p, cls) -> None:
     for leaf in leaves(cls):
         name, meta = leaf.field.name, leaf.field.metadata
         rule = f"; at least {meta['min']:g}" if meta.get("min") is not None else ""
-        help = f"{leaf.help} (default: {shown(leaf.field.default, leaf)}{rule})".replace("%", "%%")
+        required = leaf.field.default is dataclasses.MISSING  # a field without a default: a required flag
+        given = "required" if required else f"default: {shown(leaf.field.default, leaf)}"
+        help = f"{leaf.help} ({given}{rule})".replace("%", "%%")
         if optional(leaf.type)[0] is bool:
             p.add_argument(leaf.flag, dest=name, action="store_true", help=help)
             continue
@@ -256,7 +258,8 @@ def add_option_flags(p, cls) -> None:
         convert.__name__ = base.__name__
         choices = [c for c in literal_choices(leaf.type) or () if c is not None]
         metavar = "{" + ",".join(choices) + "}" if choices else name.upper()
-        p.add_argument(leaf.flag, dest=name, type=convert, default=leaf.field.default, metavar=metavar, help=help)
+        p.add_argument(leaf.flag, dest=name, type=convert, default=None if required else leaf.field.default,
+                       required=required, metavar=metavar, help=help)
         for old in meta.get("old", ()):
             p.add_argument(old, dest=name, action=_Deprecated, new=leaf.flag, type=convert, help=argparse.SUPPRESS)
 

@@ -12,11 +12,10 @@ import torch
 
 from ..errors import PMFError
 from ..folder_layout import RunFolder
-from ._args import add_device, add_num_images, add_out, add_progress, add_seed, deprecated
-from ._config_flags import add_perceptual_args, apply_perceptual_args
+from ._args import add_device, add_out, add_progress, add_seed, deprecated
+from ._config_flags import add_option_flags, add_perceptual_args, apply_perceptual_args
+from ._run_options import DemoOptions
 from ._runs import guard_run_folder, report_interrupt
-
-DEFAULT_STEPS = 800
 
 
 def add_parser(sub) -> None:
@@ -26,23 +25,15 @@ def add_parser(sub) -> None:
                        "one-step samples with the offline classifier. The length is a step count so results are "
                        "reproducible; minutes on two idle CPU cores (measured figures: README).")
     add_out(p, default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
     add_seed(p)
-    p.add_argument("--omega", type=float, default=3.0, help="guidance scale of the scored samples, recorded in the "
-                   "checkpoint as its sampling setting (default 3)")
     p.add_argument("--interval", default="0.1:0.8", metavar="T_MIN:T_MAX", help="guidance interval of the scored "
                    "samples (default 0.1:0.8)")
     deprecated(p, "--t-min", "t_min", type=float)
     deprecated(p, "--t-max", "t_max", type=float)
-    add_num_images(p, default=1000, help="scored samples, balanced over classes (default 1000)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice; 1 is "
-                   "faster on a machine busy with other work)")
     add_device(p)
     add_progress(p)
-    p.add_argument("--no-score", action="store_true", help="skip the offline quality score")
     p.add_argument("--resume", default=None, help="'auto' to continue an interrupted demo in --out")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds an earlier demo "
-                   "(deletes its checkpoints and metrics)")
+    add_option_flags(p, DemoOptions)
     add_perceptual_args(p)
     p.set_defaults(func=run)
 
@@ -81,26 +72,23 @@ def run(args) -> int:
     from ..training.stopping import StopRequest
     from ._args import check_device, check_sampling_flags, intervals, output_folder
 
+    opts = DemoOptions.from_args(args)  # the ranges, before anything is read or written
     args.device = check_device(args.device)
     pairs = intervals(args.interval)
     if len(pairs) != 1:
         raise PMFError(f"--interval takes one T_MIN:T_MAX pair here, got {args.interval!r}")
     t_min = args.t_min if getattr(args, "t_min", None) is not None else pairs[0][0]
     t_max = args.t_max if getattr(args, "t_max", None) is not None else pairs[0][1]
-    check_sampling_flags(omega=args.omega, t_min=t_min, t_max=t_max)
-    if args.num_images < 10:
-        raise PMFError(f"--num-images must be >= 10 (one per class), got {args.num_images}")
+    check_sampling_flags(omega=opts.omega, t_min=t_min, t_max=t_max)
     output_folder(args.out)
-    guard_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise PMFError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    guard_run_folder(args.out, resume=args.resume, overwrite=opts.overwrite)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
     cfg = recipe_mnist()
-    cfg.steps, cfg.seed, cfg.out, cfg.device = args.steps, args.seed, args.out, args.device
+    cfg.steps, cfg.seed, cfg.out, cfg.device = opts.steps, args.seed, args.out, args.device
     cfg.ema.decays = [0.99, 0.995]
-    cfg.sample.omega, cfg.sample.t_min, cfg.sample.t_max = args.omega, t_min, t_max
-    cfg.ckpt_every = max(1, min(200, args.steps))
+    cfg.sample.omega, cfg.sample.t_min, cfg.sample.t_max = opts.omega, t_min, t_max
+    cfg.ckpt_every = max(1, min(200, opts.steps))
     apply_perceptual_args(cfg, args)
     cfg.__post_init__()
     out = Path(args.out)
@@ -114,18 +102,18 @@ def run(args) -> int:
     ckpt = summary["last_checkpoint"]
     report = {"steps": cfg.steps, "train_seconds": train_seconds, "steps_per_s": summary["steps_per_s"],
               "threads": torch.get_num_threads(), "checkpoint": ckpt, "ema": "d0.99"}
-    if not args.no_score:
+    if not opts.no_score:
         model = load_model(ckpt, ema="d0.99", device=args.device)
-        settings = [(args.omega, t_min, t_max), (1.0, 0.0, 1.0)]
+        settings = [(opts.omega, t_min, t_max), (1.0, 0.0, 1.0)]
         report["score_seed"] = args.seed + 1
-        report["scores"] = score(model, out, n=args.num_images, seed=args.seed + 1, settings=settings)
+        report["scores"] = score(model, out, n=opts.num_images, seed=args.seed + 1, settings=settings)
     report["total_seconds"] = time.perf_counter() - t0
     RunFolder(out).demo_metrics.write_text(json.dumps(report, indent=2))
     print(f"trained {cfg.steps} steps in {train_seconds / 60:.1f} min ({summary['steps_per_s']:.2f} steps/s); "
           f"metrics in {RunFolder(out).demo_metrics}")
-    print(f"sample from it (the checkpoint records omega {args.omega:g} on [{t_min:g}, {t_max:g}]): "
+    print(f"sample from it (the checkpoint records omega {opts.omega:g} on [{t_min:g}, {t_max:g}]): "
           f"pmf sample --checkpoint {ckpt} --out {out / 'samples_cli'}")
-    if not args.no_score:  # pmf eval's defaults are seed 0 and batches of 64: other noises, other figures
+    if not opts.no_score:  # pmf eval's defaults are seed 0 and batches of 64: other noises, other figures
         print(f"the same score again: pmf eval --checkpoint {ckpt} --offline --ema d0.99 --seed {args.seed + 1} "
-              f"--num-images {args.num_images} --batch-size {SCORE_BATCH} --out {out / 'eval'}")
+              f"--num-images {opts.num_images} --batch-size {SCORE_BATCH} --out {out / 'eval'}")
     return 0

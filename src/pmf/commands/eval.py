@@ -115,7 +115,7 @@ def check_offline_dataset(config, dataset: str) -> None:
 def check_args(args):
     """The flags checked before anything loads (the options' ranges are checked by ``EvalOptions``): (omegas,
     pairs, emas); omegas and pairs None unless swept, emas [None] unless named."""
-    args.device = check_device(args.device)
+    args.device = None if args.device is None else check_device(args.device)  # None: the sampler's (setup)
     omegas, pairs = numbers(args.omega, "--omega"), intervals(args.interval)
     for omega in omegas or []:
         check_sampling_flags(omega=omega)
@@ -194,6 +194,7 @@ def write_metrics(args, metrics: dict, chosen: dict, mode: str, out: Path, info,
 def run(args) -> int:
     from ..evaluation.sweep import Scoring, Sweep
     from ..parallel.process import setup
+    from ..sampler_loading import sampler_device
 
     opts = EvalOptions.from_args(args)  # the ranges of the flags, for --images too
     if args.images is not None:
@@ -204,7 +205,7 @@ def run(args) -> int:
         raise PMFError("pmf eval needs --checkpoint (a model to sample) or --images (given images)")
     omegas, pairs, emas = check_args(args)
     created = not dist.is_initialized()
-    info = setup(args.device)
+    info = setup(sampler_device(args.checkpoint, args.device))  # an .onnx file: cpu, where onnxruntime runs
     rank, device = info.rank, info.device
     created = created and dist.is_initialized()
     sampler, base, combos = load_grid(args, opts, device, rank, emas, omegas, pairs)

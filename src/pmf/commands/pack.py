@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ._args import add_out, add_progress, add_workers, legacy_positionals
+from ._config_flags import add_option_flags
+from ._run_options import PackOptions
 
 
 def add_parser(sub) -> None:
@@ -18,7 +20,7 @@ def add_parser(sub) -> None:
                    "datasets split: hf:OWNER/NAME[:split=...,image=...,label=...] or a local parquet / save_to_disk "
                    "path")
     add_out(p, help="output folder (.pmfpack is appended if missing; required)")
-    p.add_argument("--size", type=int, required=True, help="training resolution, e.g. 256")
+    add_option_flags(p, PackOptions)
     add_workers(p, help="decoding processes (default min(8, CPUs))")
     add_progress(p)
     p.add_argument("legacy", nargs="*", help=argparse.SUPPRESS)  # the old form `pmf pack FOLDER OUT`
@@ -28,12 +30,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..data.folder import left_out
     from ..data.packed import pack_folder
-    from ..errors import PMFError
 
+    opts = PackOptions.from_args(args)  # the ranges, before anything is read or written
     legacy_positionals(args, ("out",))
-    if args.size < 1:
-        raise PMFError(f"--size must be positive, got {args.size}")
-    stats = pack_folder(args.folder, args.out, args.size, workers=args.workers, progress=not args.no_progress)
+    stats = pack_folder(args.folder, args.out, opts.size, workers=args.workers, progress=not args.no_progress)
     gray = " (gray: one channel, as training on the folder reads it)" if stats["channels"] == 1 else ""
     print(f"packed {stats['packed']} images{gray} into {stats['out']}; skipped {stats['skipped']} unreadable "
           f"files{left_out(args.folder)}")

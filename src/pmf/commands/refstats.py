@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from ..errors import PMFError
 from ._args import add_batch_size, add_device, add_out, add_progress, add_workers
+from ._config_flags import add_option_flags
+from ._run_options import RefstatsOptions
 
 
 def add_parser(sub) -> None:
@@ -17,14 +19,10 @@ def add_parser(sub) -> None:
                        "(any FID tool reads it).")
     p.add_argument("source", help="image folder, .pmfpack folder, .npz/.npy file, built-in name, or a datasets "
                    "split: hf:OWNER/NAME[:split=test,image=COLUMN] or a local parquet / save_to_disk path")
-    p.add_argument("--size", type=int, required=True, help="resolution the model generates (e.g. 256)")
     add_out(p, required=True, help="output .npz (required)")
     p.add_argument("--repr", default="inception", metavar="NAME[,NAME...]", help="representations (default "
                    "inception; offline, pixels, dinov2, mae, clip, siglip, convnext_v2 or a timm model name)")
     p.add_argument("--split", default="train", choices=["train", "test", "all"], help="split of a built-in set")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    p.add_argument("--sample", type=int, default=10_000, help="reference features kept for precision/recall "
-                   "(a fixed random subset; default 10000, ADM's reference batch size)")
     p.add_argument("--dataset", default=None, help="built-in set whose classifier the offline representation "
                    "uses (default: SOURCE when it is one, else mnist-5k)")
     p.add_argument("--inception-weights", default=None, help="local Inception weights file (default: "
@@ -35,6 +33,7 @@ def add_parser(sub) -> None:
     add_workers(p, default=4, help="image decoding processes (default 4)")
     add_device(p)
     add_progress(p)
+    add_option_flags(p, RefstatsOptions)
     p.set_defaults(func=run)
 
 
@@ -48,10 +47,7 @@ def run(args) -> int:
     from ._args import check_device, output_file
     from ._eval_metrics import representation
 
-    if args.size < 1:
-        raise PMFError(f"--size must be positive, got {args.size}")
-    if args.sample < 4:
-        raise PMFError(f"--sample must be >= 4 (precision/recall compare 3 nearest neighbours), got {args.sample}")
+    RefstatsOptions.from_args(args)  # the ranges of --size, --sample, --limit, before anything is read or written
     names = list(dict.fromkeys(n.strip() for n in args.repr.split(",") if n.strip()))
     if not names:
         raise PMFError("--repr names no representation")

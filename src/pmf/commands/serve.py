@@ -57,7 +57,6 @@ def build(args):
     with needs("serve", "pmf serve needs FastAPI and uvicorn"):
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
-    from ..data.class_names import checkpoint_class_names
     from ..serve import Batcher
     from ..serve.app import ModelInfo, ServeLimits, create_app
 
@@ -65,8 +64,7 @@ def build(args):
         torch.set_num_threads(opts.threads)
     sampler = load_sampler_arg(args)
     ckpt, cfg = sampler.loaded, sampler.config
-    info = ModelInfo(ckpt.arch, cfg.input_size, cfg.in_channels, checkpoint_class_names(ckpt), ckpt.setting,
-                     cfg.noise_scale, ckpt.ema, weights=sampler.weights)
+    info = ModelInfo.from_meta(ckpt.meta, cfg, ema=ckpt.ema)  # the record the checkpoint or .onnx file carries
     batcher = Batcher(sampler.model, noise_scale=cfg.noise_scale, device=sampler.device, precision=opts.precision,
                       max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms, max_queue=opts.max_queue,
                       pad_batches=opts.compile, exact=args.exact_batching, prediction=ckpt.setting.prediction)

@@ -12,8 +12,10 @@ from tqdm.auto import tqdm
 
 from ..errors import PMFError
 from ..extras import pyplot
-from ..toy import ToyConfig, quick_config, reference_floor, run_toy
-from ._args import add_batch_size, add_out, add_progress, add_seed, add_workers
+from ..toy import reference_floor, run_toy
+from ._args import add_out, add_progress, add_seed
+from ._config_flags import add_option_flags
+from ._run_options import ToyOptions
 
 METRICS = (("distance", "2-D SW"), ("distance_full", "D-dim SW"), ("off_manifold", "off-plane |x|^2"),
            ("final_loss", "final loss"))
@@ -75,27 +77,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("toy", help="Swiss roll in D dimensions: x- vs u-prediction with the pMF objective",
                        description="Train a ReLU MLP with the pMF loss on a 2-D Swiss roll embedded in D dimensions, "
                        "predicting x and predicting u with the same budget, and compare one-step samples.")
-    d = ToyConfig()
     add_out(p, default="runs/toy", help="folder for metrics.json and toy.png (default runs/toy)")
-    p.add_argument("--dims", default=None, help="comma-separated observation dimensions (default "
-                   f"{','.join(map(str, d.dims_list))})")
-    p.add_argument("--quick", action="store_true", help="a small run of a few seconds (D = 2, 64)")
     add_seed(p)
-    p.add_argument("--steps", type=int, default=None, help=f"training steps per model (default {d.steps})")
-    add_batch_size(p, default=None, help=f"training batch (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=None, help=f"learning rate (default {d.lr:g})")
-    p.add_argument("--width", type=int, default=None, help=f"hidden width of the MLP (default {d.width})")
-    p.add_argument("--depth", type=int, default=None, help=f"linear layers of the MLP (default {d.depth})")
-    p.add_argument("--fm-fraction", type=float, default=None, help="share of each batch with r = t (default "
-                   f"{d.fm_fraction:g})")
-    p.add_argument("--eval-samples", type=int, default=None, help="one-step samples scored per model (default "
-                   f"{d.eval_samples})")
-    add_workers(p, help="processes training (dim, prediction) pairs side by side (default: min(2, CPU cores); 1 "
-                "for --quick). Results do not depend on it.")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1: the matrices are "
-                   "small, so processes use cores better than threads)")
-    p.add_argument("--figure", default=None, help="figure path (default OUT/toy.png)")
-    p.add_argument("--no-plot", action="store_true", help="skip the figure")
+    add_option_flags(p, ToyOptions)
     add_progress(p)
     p.set_defaults(func=run)
 
@@ -103,23 +87,18 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ._args import output_file, output_folder
 
+    opts = ToyOptions.from_args(args)  # the ranges, then the experiment's own checks, before anything is written
+    cfg = opts.to_config(args.seed, None if opts.dims is None else parse_dims(opts.dims))
     if args.out:
         output_folder(args.out)
-    if args.figure:
-        output_file(args.figure, "--figure")
-    workers = args.workers if args.workers is not None else (1 if args.quick else min(2, os.cpu_count() or 1))
-    if args.threads < 1 or workers < 1:
-        raise PMFError(f"--threads and --workers must be >= 1, got {args.threads} and {workers}")
-    overrides = {k: getattr(args, k) for k in ("seed", "steps", "batch_size", "lr", "width", "depth", "fm_fraction",
-                                               "eval_samples") if getattr(args, k) is not None}
-    if args.dims is not None:
-        overrides["dims"] = parse_dims(args.dims)
-    cfg = quick_config(**overrides) if args.quick else ToyConfig(**overrides)
-    figure = Path(args.figure) if args.figure else (Path(args.out) / "toy.png" if args.out else None)
-    if figure is not None and not args.no_plot:
+    if opts.figure:
+        output_file(opts.figure, "--figure")
+    workers = opts.workers if opts.workers is not None else (1 if opts.quick else min(2, os.cpu_count() or 1))
+    figure = Path(opts.figure) if opts.figure else (Path(args.out) / "toy.png" if args.out else None)
+    if figure is not None and not opts.no_plot:
         _pyplot()  # the optional dependency is checked before minutes of training
     threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(opts.threads)
     bar = tqdm(total=cfg.steps * len(cfg.dims_list) * len(cfg.predictions), disable=args.no_progress,
                unit="step", dynamic_ncols=True)
 
@@ -130,7 +109,7 @@ def run(args) -> int:
 
     start = time.perf_counter()
     try:
-        results, samples = run_toy(cfg, progress, workers=workers, threads=args.threads)
+        results, samples = run_toy(cfg, progress, workers=workers, threads=opts.threads)
     finally:
         bar.close()
         torch.set_num_threads(threads)
@@ -141,11 +120,11 @@ def run(args) -> int:
     if args.out:  # the results first: a failing figure must not lose them
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        settings = {**cfg.settings(), "threads": args.threads, "workers": workers, "quick": args.quick}
+        settings = {**cfg.settings(), "threads": opts.threads, "workers": workers, "quick": opts.quick}
         doc = {"results": results, "settings": settings, "reference_distance": floor, "wall_seconds": wall}
         (out / "metrics.json").write_text(json.dumps(doc, indent=2))
         print(f"wrote {out / 'metrics.json'}")
-    if figure is not None and not args.no_plot:
+    if figure is not None and not opts.no_plot:
         plot_grid(samples, cfg.dims_list, list(cfg.predictions), figure)
         print(f"wrote {figure}")
     return 0

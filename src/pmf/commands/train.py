@@ -11,8 +11,9 @@ from ..errors import PMFError
 from ..training.config import TrainConfig
 from ..training.recipes import RECIPES, recipe
 from ._args import add_progress, check_device, output_folder
-from ._config_flags import add_config_flags, apply_config_flags, flag_value
+from ._config_flags import add_config_flags, add_option_flags, apply_config_flags, flag_value
 from ._resume import config_to_resume
+from ._run_options import ModelFitOptions
 from ._runs import guard_run_folder, report_interrupt, resume_command
 
 
@@ -25,12 +26,7 @@ def add_parser(sub) -> None:
                    "fd)")
     p.add_argument("--config", default=None, help="a JSON file of config fields, e.g. the config.json written by "
                    "an earlier run; its fields replace the recipe's")
-    p.add_argument("--num-classes", type=int, default=None, help="classes of the model (default: found in the data)")
-    p.add_argument("--channels", type=int, default=None, help="image channels of the model (default: 3 for RGB "
-                   "data, 1 for a folder of gray images, the preset's for other gray data, which is repeated to RGB "
-                   "for an RGB model)")
-    p.add_argument("--image-size", type=int, default=None, help="image size of the model (default: the data's "
-                   "when all images have one size, else the preset's; images are center-cropped to it)")
+    add_option_flags(p, ModelFitOptions)
     add_progress(p)
     p.add_argument("--resume", default=None, help="'auto' (newest checkpoint of --out; none: start at step 0), a "
                    "run folder or a file; the run continues with its own config (docs/training.md)")
@@ -120,10 +116,6 @@ def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> st
             note = (f"\n--init {cfg.init} is a {cfg.arch}: its architecture replaces the recipe's {recipe_arch}; the "
                     f"recipe's other settings stay (batch {cfg.batch_size}, lr {cfg.optim.lr:g}, --steps {cfg.steps})")
     mcfg = model_config(cfg.arch, **cfg.model_overrides)
-    for flag in ("num_classes", "channels", "image_size"):
-        value = getattr(args, flag, None)
-        if value is not None and value < 1:
-            raise PMFError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     want = {"num_classes": args.num_classes or facts.classes}
     if args.channels is not None:
         want["in_channels"] = args.channels
@@ -173,6 +165,7 @@ def run(args) -> int:
     from ..training.stopping import StopRequest
     from ..training.tracking import import_wandb
 
+    ModelFitOptions.from_args(args)  # the ranges of --num-classes, --channels, --image-size, before any work
     cfg = config_from_args(args)
     if cfg.wandb:
         import_wandb()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..checkpoints.files import is_onnx  # noqa: F401  (the commands import it from here)
-from ..checkpoints.metadata import FP32, ModelMetadata
+from ..checkpoints.metadata import FP32, CarriesMetadata, ModelMetadata
 from ..errors import CheckpointError, PMFError
 from ..extras import needs
 from ..model_configs import ModelConfig
@@ -41,7 +41,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
             "data": json.loads(props[DATA_KEY]) if DATA_KEY in props else None}
 
 
-class OnnxGenerator:
+class OnnxGenerator(CarriesMetadata):
     """An exported generator: ``(unit noise, labels, omega, t_min, t_max)`` -> images in [-1, 1] (torch, CPU);
     ``meta``: its ``ModelMetadata``, read from the file's metadata."""
 
@@ -70,14 +70,6 @@ class OnnxGenerator:
                 raise
             raise PMFError(f"onnxruntime {ort.__version__} cannot run {path.name} (exported at opset "
                            f"{_opset(path)}): pip install 'onnxruntime>={ORT_FLOOR}'") from None
-
-    @property
-    def setting(self) -> SamplingSetting:
-        return self.meta.setting
-
-    @property
-    def preset(self) -> str | None:
-        return self.meta.preset
 
     @property
     def weights(self) -> dict:

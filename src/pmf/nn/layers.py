@@ -80,20 +80,26 @@ def checkpointed(fn, recompute, *args):
 class Block(nn.Module):
     """Pre-norm transformer block whose residual branches are scaled by zero-initialised gates.
 
-    With ``checkpointing`` set (a plain attribute, not in the state dict), ``forward`` and ``jvp`` keep only
-    their inputs for backward when gradients are recorded, and the backward recomputes the primal alone: the
-    tangent of ``jvp`` is held constant, records no graph and saves nothing."""
+    Built with ``checkpointing`` (activation checkpointing: a construction option, read-only, not in the state
+    dict), ``forward`` and ``jvp`` keep only their inputs for backward when gradients are recorded, and the
+    backward recomputes the primal alone: the tangent of ``jvp`` is held constant, records no graph and saves
+    nothing."""
 
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, num_rotated: int, grid_size: int,
-                 layout: str = "heads"):
+                 layout: str = "heads", *, checkpointing: bool = False):
         super().__init__()
+        self._checkpointing = bool(checkpointing)
         self.norm1 = RMSNorm(dim)
         self.attn = Attention(dim, num_heads, num_rotated, grid_size, layout)
         self.norm2 = RMSNorm(dim)
         self.mlp = SwiGLU(dim, mlp_hidden)
         self.attn_scale = nn.Parameter(torch.zeros(dim))
         self.mlp_scale = nn.Parameter(torch.zeros(dim))
-        self.checkpointing = False
+
+    @property
+    def checkpointing(self) -> bool:
+        """Whether the block recomputes itself in the backward pass (fixed at construction)."""
+        return self._checkpointing
 
     def forward(self, x: torch.Tensor, tail: int | None = None, dx: torch.Tensor | None = None):
         """The block on x [B, T, D]. With ``tail`` only the last ``tail`` tokens' outputs are computed

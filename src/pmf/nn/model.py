@@ -20,10 +20,8 @@ from .layers import Block, FinalLayer, LabelEmbedder, PatchEmbed, ScalarEmbedder
 def as_batch(value, batch: int, device: torch.device, name: str, dtype=torch.float32) -> torch.Tensor:
     """A python number, a 0-d tensor or a [B] tensor as a [B] tensor; names ``name`` on a bad shape."""
     t = torch.as_tensor(value, device=device)
-    if not t.is_floating_point() and dtype.is_floating_point:
-        t = t.to(dtype)
-    if t.dim() == 0:
-        t = t.expand(batch)
+    t = t.to(dtype) if not t.is_floating_point() and dtype.is_floating_point else t
+    t = t.expand(batch) if t.dim() == 0 else t
     if t.shape != (batch,):
         raise PMFError(f"{name} must be a scalar or have shape [{batch}], got shape {list(t.shape)}")
     return t
@@ -52,13 +50,16 @@ class PMFDiT(nn.Module):
     ``attention_layout``: "heads" (default) or "tokens", the ONNX export's (``pmf.nn.attention``); the same
     numbers. ``check_values``: check the labels and the guidance values of every call, one PMFError line for a
     bad one (default). They cost a host sync per call, so training on a GPU builds its network without them;
-    they are skipped anyway while compiling, tracing or exporting. Shapes are always checked. Both are fixed at
-    construction (``options``)."""
+    they are skipped anyway while compiling, tracing or exporting. Shapes are always checked. With
+    ``activation_checkpointing`` each transformer block recomputes itself in the backward pass (``Block``). All
+    are fixed at construction (``options``; ``with_options`` builds a copy with others)."""
 
-    def __init__(self, config: ModelConfig, *, attention_layout: str = "heads", check_values: bool = True):
+    def __init__(self, config: ModelConfig, *, attention_layout: str = "heads", check_values: bool = True,
+                 activation_checkpointing: bool = False):
         super().__init__()
         self.config = c = config
-        self._options = dict(attention_layout=check_layout(attention_layout), check_values=bool(check_values))
+        self._options = dict(attention_layout=check_layout(attention_layout), check_values=bool(check_values),
+                             activation_checkpointing=bool(activation_checkpointing))
         D, T = c.hidden_size, c.num_patches
         self.x_embedder = PatchEmbed(c.patch_size, c.in_channels, c.bottleneck, D)
         self.h_embedder = ScalarEmbedder(D)
@@ -74,8 +75,8 @@ class PMFDiT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, c.num_prefix_tokens + T, D))
 
         def blocks(n: int) -> nn.ModuleList:
-            return nn.ModuleList(Block(D, c.num_heads, c.mlp_hidden, T, c.grid_size, attention_layout)
-                                 for _ in range(n))
+            return nn.ModuleList(Block(D, c.num_heads, c.mlp_hidden, T, c.grid_size, attention_layout,
+                                       checkpointing=activation_checkpointing) for _ in range(n))
 
         out_dim = c.patch_size**2 * c.in_channels
         self.shared_blocks = blocks(c.shared_depth)
@@ -145,7 +146,7 @@ class PMFDiT(nn.Module):
 
     @property
     def options(self) -> dict:
-        """The construction options (``attention_layout``, ``check_values``), read-only."""
+        """The construction options (the keyword arguments of ``__init__``), read-only."""
         return dict(self._options)
 
     @property
@@ -275,12 +276,18 @@ def is_v_head_key(key: str) -> bool:
 
 
 def u_head_only(model: PMFDiT, **options) -> PMFDiT:
-    """A new model (``v_head=False``, on ``model``'s device) with ``model``'s weights but the auxiliary
-    v-head: the inference network (sampling uses only u, spec section 4). It keeps ``model``'s construction
-    options but those given (``PMFDiT``'s ``attention_layout``, ``check_values``)."""
+    """A new model (``v_head=False``, on ``model``'s device, with its construction options but those given) with
+    ``model``'s weights but the auxiliary v-head: the inference network (sampling uses only u, spec section 4)."""
     options = {**model.options, **options}
     net = PMFDiT(dataclasses.replace(model.config, v_head=False), **options).to(next(model.parameters()).device)
     net.load_state_dict({k: v for k, v in model.state_dict().items() if not is_v_head_key(k)}, strict=True)
+    return net
+
+
+def with_options(model: PMFDiT, **options) -> PMFDiT:
+    """``model`` (config, weights, dtype, device) built again with the construction options given changed."""
+    net = PMFDiT(model.config, **{**model.options, **options}).to(next(model.parameters()))
+    net.load_state_dict(model.state_dict(), strict=True)
     return net
 
 

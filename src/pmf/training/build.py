@@ -21,7 +21,6 @@ from ..errors import PMFError
 from ..extras import needs
 from ..folder_layout import RESUME_AUTO, RunFolder, resume_given
 from ..model_configs import ModelConfig
-from ..nn.layers import Block
 from ..nn.model import PMFDiT
 from ..parallel import process as D
 from .config import TrainConfig
@@ -43,15 +42,6 @@ class Parts:
     bf16: bool  # bf16 autocast (GPU only)
 
 
-def enable_activation_checkpointing(model: torch.nn.Module, enabled: bool = True) -> None:
-    """Recompute each transformer block in the backward pass, on every du/dt path (``Block.forward`` and
-    ``Block.jvp``; only when gradients are recorded, so the no-grad guidance and JVP passes run normally).
-    State-dict keys are unchanged."""
-    for block in model.modules():
-        if isinstance(block, Block):
-            block.checkpointing = enabled
-
-
 def data_class_names(data, mcfg: ModelConfig) -> list[str] | None:
     """The training data's class names (an image folder's class folders), where they name the model's classes."""
     names = getattr(data, "class_names", None)
@@ -68,7 +58,8 @@ def build(cfg: TrainConfig, mcfg: ModelConfig, info: D.DistInfo, class_names: li
     if cfg.precision == "bf16" and device.type != "cuda":
         D.print0("precision bf16 applies on GPU only; training in fp32", info=info)
     torch.manual_seed(cfg.seed)
-    model = PMFDiT(mcfg, check_values=device.type == "cpu")  # the value checks' host syncs cost a GPU step
+    # the value checks' host syncs cost a GPU step; activation checkpointing is the network's construction option
+    model = PMFDiT(mcfg, check_values=device.type == "cpu", activation_checkpointing=cfg.grad_checkpointing)
     if cfg.init and not resuming:  # a resumed run has its own weights
         from .finetune import init_weights
 
@@ -78,8 +69,6 @@ def build(cfg: TrainConfig, mcfg: ModelConfig, info: D.DistInfo, class_names: li
 
         freeze_v_head(model)
     model = model.to(device)
-    if cfg.grad_checkpointing:
-        enable_activation_checkpointing(model)
     sharded = cfg.parallel != "ddp"
     if sharded:
         mesh = P.build_mesh(cfg.parallel, device, cfg.shard_size)

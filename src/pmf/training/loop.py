@@ -31,7 +31,6 @@ from .build import (
     build,
     build_perceptual_loss,
     data_class_names,
-    enable_activation_checkpointing,
     load_resume,
     parallelize,
     resolve_resume,
@@ -44,8 +43,7 @@ from .step import step_seed, train_step
 from .stopping import StopRequest
 from .tracking import WandbRun, import_wandb
 
-__all__ = ["CheckpointSaveError", "TrainingInterrupted", "enable_activation_checkpointing", "step_seed", "train",
-           "train_step"]
+__all__ = ["CheckpointSaveError", "TrainingInterrupted", "step_seed", "train", "train_step"]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
