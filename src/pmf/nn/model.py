@@ -263,7 +263,7 @@ def head_input(trunk: torch.Tensor) -> torch.Tensor:
     The gradient of the trunk is then the u-head's total plus the v-head's total, a sum of two terms whose
     order cannot matter, rather than four terms (each head's residual and attention paths) summed in the order
     the autograd engine reaches them. FSDP2 inserts such a node before every wrapped block, so this keeps
-    single-process / DDP gradients and FSDP2 gradients equal to the bit (tests/parallel/test_parallel.py)."""
+    single-process / DDP gradients and FSDP2 gradients equal to the bit (tests/parallel/test_fsdp.py)."""
     return trunk.view_as(trunk) if trunk.requires_grad else trunk
 
 
