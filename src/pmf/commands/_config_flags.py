@@ -62,6 +62,19 @@ def leaves(cls, prefix: tuple[str, ...] = ()) -> Iterator[Leaf]:
             yield Leaf((*prefix, f.name), f, tp)
 
 
+def said_by_flag(err: PMFError, cls) -> PMFError:
+    """A config check's error (``pmf.training.config.ConfigValueError``) said with the flag of its field, which
+    stays named for a value from a --config file; any other error unchanged."""
+    from ..training.config import ConfigValueError
+
+    if not isinstance(err, ConfigValueError):
+        return err
+    leaf = next((lf for lf in leaves(cls) if ".".join(lf.path) == err.field), None)
+    if leaf is None:
+        return err
+    return PMFError(f"{leaf.flag}: {err}")
+
+
 def section_class(cls, path: tuple[str, ...]):
     for name in path:
         cls, _ = optional(field_types(cls)[name])
