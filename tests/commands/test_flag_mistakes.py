@@ -5,6 +5,8 @@ import pytest
 
 from helpers import training_checkpoint
 from pmf.cli import main
+from pmf.commands._options import ServeOptions
+from pmf.errors import PMFError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,3 +82,30 @@ def test_train_names_the_flag_of_a_bad_config_value(tmp_path, capsys, flags, sai
     assert main(["train", "--recipe", "tiny", "--out", str(tmp_path / "r"), *flags]) == 2
     assert said in one_line_error(capsys, "train")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("out, flags, said", [
+    ("new/deeper/x.bin", (), "cannot tell the format of"),
+    ("new/deeper/x.safetensors", ("--checkpoint", "nope.pt"), "checkpoint file not found: 'nope.pt'"),
+    ("new/hub", ("--checkpoint", "nope.pt", "--format", "hub"), "checkpoint file not found: 'nope.pt'"),
+])
+def test_a_failed_export_leaves_no_folder_behind(tmp_path, capsys, out, flags, said):
+    """The old code made the folders of --out before it found the suffix unknown or the checkpoint missing."""
+    ckpt = training_checkpoint(tmp_path / "run")
+    given = dict(zip(flags[::2], flags[1::2]))
+    argv = ["export", "--out", str(tmp_path / out), *flags]
+    if "--checkpoint" not in given:
+        argv += ["--checkpoint", str(ckpt)]
+    assert main(argv) == 2
+    assert said in one_line_error(capsys, "export")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_port_beyond_65535_is_refused_and_the_help_shows_the_range(capsys):
+    """The old code let uvicorn bind 70000 (the kernel wraps it to 4464) while printing :70000."""
+    with pytest.raises(PMFError, match="^--port must be <= 65535, got 70000$"):
+        ServeOptions(port=70000)
+    assert ServeOptions(port=65535).port == 65535
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "at least 0; at most 65535" in " ".join(capsys.readouterr().out.split())
