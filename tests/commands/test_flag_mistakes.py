@@ -109,3 +109,13 @@ def test_a_port_beyond_65535_is_refused_and_the_help_shows_the_range(capsys):
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     assert "at least 0; at most 65535" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_the_guidance_flags_help_shows_their_ranges(capsys, command):
+    """The old help named neither omega's nor the interval's valid range."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "guidance scale" in text and "> 0 (1: no guidance" in text
+    assert "with 0 <= T_MIN <= T_MAX <= 1" in text
