@@ -115,7 +115,10 @@ def parse_classes(text: str | None, num_classes: int, names: list[str] | None = 
     index, out = name_index(names), []
     for part in (p.strip() for p in text.split(",")):
         if part in index or "-" not in part[1:]:
-            out.append(class_of(part, num_classes, index))
+            try:
+                out.append(class_of(part, num_classes, index))
+            except PMFError as err:
+                raise PMFError(f"--classes: {err}") from None
             continue
         out.extend(class_range(part, num_classes, index))
     if not out:

@@ -66,7 +66,7 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys, monkeypatch, train_
 
 @pytest.mark.parametrize("flags, message", [
     (["--omega", "0"], "--omega must be > 0"),
-    (["--t-min", "0.8", "--t-max", "0.2"], "t_min <= t_max"),
+    (["--t-min", "0.8", "--t-max", "0.2"], "--interval T_MIN:T_MAX needs 0 <= T_MIN <= T_MAX <= 1"),
     (["--steps", "0"], "--steps must be >= 1, got 0"),  # the options' range rule (pmf.commands._options)
 ])
 def test_sampling_flags_are_checked_before_any_work(tmp_path, capsys, train_ckpt, flags, message):

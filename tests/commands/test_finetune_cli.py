@@ -48,7 +48,7 @@ def test_init_at_42_px_from_a_28_px_model_trains_and_samples_by_class_name(tmp_p
     data42 = gray_folder(tmp_path / "d42", 42, names=("owl", "cat"))
     assert main(["train", "--recipe", "mnist", "--data", str(data42), "--init", str(tmp_path / "a"), "--ema",
                  "nope", "--out", str(tmp_path / "b"), *FAST]) == 2
-    assert "EMA 'nope' is not in the checkpoint" in capsys.readouterr().err
+    assert "--ema 'nope' is not in the checkpoint; give one of: raw, " in capsys.readouterr().err
     capsys.readouterr()
     assert main(["train", "--recipe", "mnist", "--data", str(data42), "--init", str(tmp_path / "a"), "--image-size",
                  "42", "--out", str(tmp_path / "b"), *FAST]) == 0

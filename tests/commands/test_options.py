@@ -63,7 +63,10 @@ def test_every_field_has_its_flag_default_and_help(command):
         assert f"(default: {shown(f.default, leaf)}" in action.help, (command, action.help)
         low = f.metadata.get("min")
         assert ("; at least" in action.help) == (low is not None), (command, action.help)
-        assert low is None or f"at least {low:g})" in action.help
+        assert low is None or f"at least {low:g}" in action.help
+        high = f.metadata.get("max")
+        assert ("; at most" in action.help) == (high is not None), (command, action.help)
+        assert high is None or f"at most {high:g})" in action.help
     parsed = parsers()[command].parse_args(["--checkpoint", "x", "--out", "y"] if command != "serve" else
                                            ["--checkpoint", "x"])
     assert OPTIONS[command].from_args(parsed) == OPTIONS[command]()  # the flags' defaults are the dataclass's

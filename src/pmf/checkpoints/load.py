@@ -194,7 +194,7 @@ def _ours(ckpt: TrainingCheckpoint, weights_of, arch: str | None, ema: str | Non
     if asks_default(ema):
         ema = setting.ema or RAW
     if ema != RAW and ema not in emas:
-        raise CheckpointError(f"EMA {ema!r} is not in the checkpoint; it has: {[RAW, *emas]}")
+        raise CheckpointError(f"--ema {ema!r} is not in the checkpoint; give one of: {', '.join([RAW, *emas])}")
     weights = weights_of(ema)
     if not any(is_v_head_key(k) for k in weights):
         config.v_head = False  # inference weights (u-head only)

@@ -62,6 +62,19 @@ def leaves(cls, prefix: tuple[str, ...] = ()) -> Iterator[Leaf]:
             yield Leaf((*prefix, f.name), f, tp)
 
 
+def said_by_flag(err: PMFError, cls) -> PMFError:
+    """A config check's error (``pmf.training.config.ConfigValueError``) said with the flag of its field, which
+    stays named for a value from a --config file; any other error unchanged."""
+    from ..training.config import ConfigValueError
+
+    if not isinstance(err, ConfigValueError):
+        return err
+    leaf = next((lf for lf in leaves(cls) if ".".join(lf.path) == err.field), None)
+    if leaf is None:
+        return err
+    return PMFError(f"{leaf.flag}: {err}")
+
+
 def section_class(cls, path: tuple[str, ...]):
     for name in path:
         cls, _ = optional(field_types(cls)[name])
@@ -221,19 +234,25 @@ def apply_perceptual_args(cfg, args) -> None:
 # ---- a command's options: flags with the field's name as destination and its default ---------------------------
 
 def option(default=dataclasses.MISSING, help: str = "", *, flag: str | None = None, none: str | None = None,
-           old: tuple[str, ...] = (), parse=None, min: float | None = None):
-    """A field of a command's options dataclass: what ``pmf.model_configs.doc`` records, and ``min``, the
-    smallest value the option takes (checked by ``check_ranges``, shown in --help)."""
-    meta = {"help": help, "flag": flag, "none": none, "old": old, "parse": parse, "min": min}
+           old: tuple[str, ...] = (), parse=None, min: float | None = None, max: float | None = None):
+    """A field of a command's options dataclass: what ``pmf.model_configs.doc`` records, and ``min`` / ``max``,
+    the smallest and largest value the option takes (checked by ``check_ranges``, shown in --help)."""
+    meta = {"help": help, "flag": flag, "none": none, "old": old, "parse": parse, "min": min, "max": max}
     return dataclasses.field(default=default, metadata=meta)
 
 
 def check_ranges(options) -> None:
-    """Refuse a field below its ``min``, in one line that names its flag (``--batch-size must be >= 1``)."""
+    """Refuse a field below its ``min`` or above its ``max``, in one line that names its flag (``--batch-size
+    must be >= 1``)."""
     for leaf in leaves(type(options)):
-        low, value = leaf.field.metadata.get("min"), getattr(options, leaf.field.name)
-        if low is not None and value is not None and not isinstance(value, bool) and value < low:
+        low, high = leaf.field.metadata.get("min"), leaf.field.metadata.get("max")
+        value = getattr(options, leaf.field.name)
+        if value is None or isinstance(value, bool):
+            continue
+        if low is not None and value < low:
             raise PMFError(f"{leaf.flag} must be >= {low:g}, got {value:g}")
+        if high is not None and value > high:
+            raise PMFError(f"{leaf.flag} must be <= {high:g}, got {value:g}")
 
 
 def add_option_flags(p, cls) -> None:
@@ -242,7 +261,8 @@ def add_option_flags(p, cls) -> None:
     the smallest value allowed."""
     for leaf in leaves(cls):
         name, meta = leaf.field.name, leaf.field.metadata
-        rule = f"; at least {meta['min']:g}" if meta.get("min") is not None else ""
+        rule = "".join(f"; at {word} {meta[key]:g}" for key, word in (("min", "least"), ("max", "most"))
+                       if meta.get(key) is not None)
         required = leaf.field.default is dataclasses.MISSING  # a field without a default: a required flag
         given = "required" if required else f"default: {shown(leaf.field.default, leaf)}"
         help = f"{leaf.help} ({given}{rule})".replace("%", "%%")

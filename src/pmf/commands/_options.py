@@ -73,7 +73,7 @@ class ServeOptions(_Options):
     compile: bool = option(False, "torch.compile the network with frozen weights; batches are padded to powers "
                            "of two so at most log2(--max-batch)+1 graphs compile")
     host: str = option("127.0.0.1", "address to bind; any other than loopback needs --token")
-    port: int = option(8000, "port to listen on", min=0)
+    port: int = option(8000, "port to listen on", min=0, max=65535)
     max_batch: int = option(64, "most images in one forward pass (1: no batching)", min=1)
     max_wait_ms: float = option(5.0, "how long the first queued image waits for others to share its forward "
                                 "pass, in milliseconds", min=0)

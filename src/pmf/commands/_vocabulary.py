@@ -101,10 +101,10 @@ def add_guidance(p, *, sweep: bool = False, default_help: str = "the checkpoint'
     """--omega and --interval T_MIN:T_MAX (comma-separated lists where ``sweep``); --t-min / --t-max stay
     accepted as hidden aliases."""
     many = ", comma-separated for a sweep" if sweep else ""
-    p.add_argument("--omega", default=None, help=f"guidance scale{many} (1: no guidance; default: {default_help}: "
-                   "the released one for released models, else the training recipe's)")
+    p.add_argument("--omega", default=None, help=f"guidance scale{many}, > 0 (1: no guidance; default: "
+                   f"{default_help}: the released one for released models, else the training recipe's)")
     p.add_argument("--interval", default=None, metavar="T_MIN:T_MAX", help=f"guidance interval{many}, e.g. "
-                   f"0.1:0.8 (default: {default_help})")
+                   f"0.1:0.8, with 0 <= T_MIN <= T_MAX <= 1 (default: {default_help})")
     deprecated(p, "--t-min", "t_min", type=float)
     deprecated(p, "--t-max", "t_max", type=float)
 

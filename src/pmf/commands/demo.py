@@ -74,7 +74,7 @@ def run(args) -> int:
 
     opts = DemoOptions.from_args(args)  # the ranges, before anything is read or written
     args.device = check_device(args.device)
-    pairs = intervals(args.interval)
+    pairs = intervals(args.interval, one=True)
     if len(pairs) != 1:
         raise PMFError(f"--interval takes one T_MIN:T_MAX pair here, got {args.interval!r}")
     t_min = args.t_min if getattr(args, "t_min", None) is not None else pairs[0][0]

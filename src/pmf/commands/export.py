@@ -21,8 +21,12 @@ FOLDER_FORMATS = ("checkpoint", "hub")  # --format values that the suffix of --o
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="export an EMA of a training checkpoint (release .pt or .safetensors), "
-                       "or a sharded checkpoint folder as one training checkpoint file")
+    p = sub.add_parser("export", help="export an EMA of a checkpoint (release .pt, .safetensors, an ONNX sampler or "
+                       "a hub folder), or a sharded checkpoint folder as one training checkpoint file",
+                       description="Write one EMA (or the raw weights) of --checkpoint for inference, in the format "
+                       "the suffix of --out names (.pt / .pth: the release's state dict with a .sampling.json "
+                       "beside it; .safetensors; .onnx: the sampler for onnxruntime) or --format hub (a folder); "
+                       "docs/deploy.md")
     add_checkpoint(p, required=False, random=False, onnx=False)
     add_out(p, help="output file: .safetensors, .onnx, or .pt / .pth for the release format or --format checkpoint; "
             "a folder for --format hub (required)")
@@ -41,17 +45,41 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from ..checkpoints.load import export_ema
+def missing_folders(folder: Path) -> list[Path]:
+    """The folders that making ``folder`` creates, deepest first."""
+    out = []
+    while not folder.exists() and folder != folder.parent:
+        out.append(folder)
+        folder = folder.parent
+    return out
 
+
+def run(args) -> int:
     opts = ExportOptions.from_args(args)
     legacy_positionals(args)
+    target = Path(args.out).expanduser() if args.out else None
+    made = [] if target is None else missing_folders(target if args.format == "hub" else target.parent)
+    try:
+        return export(args, opts)
+    except PMFError:
+        for folder in made:  # only folders this export made and left empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
+def export(args, opts: ExportOptions) -> int:
+    from ..checkpoints.load import export_ema
+
     args.checkpoint = checkpoint_arg(args.checkpoint)
     suffix = Path(args.out).suffix.lower()
     onnx_only = [flag for flag, value in (("--steps", opts.steps), ("--quantize", opts.quantize)) if value is not None]
     if onnx_only and "onnx" not in (args.format, SUFFIXES.get(suffix)):
         raise PMFError(f"{onnx_only[0]} applies to ONNX exports only (the other formats hold the network, not the "
                        "sampler)")
+    if args.format not in FOLDER_FORMATS and suffix not in SUFFIXES:
+        raise PMFError(f"cannot tell the format of {args.out!r} from its suffix {suffix or '(none)'!r}; known "
+                       f"suffixes: {', '.join(f'{k} ({v})' for k, v in SUFFIXES.items())}; a folder: --format hub")
     if args.format != "hub":
         output_file(args.out)  # a folder that cannot be made is a one-line error before any work
     if args.format == "checkpoint":
@@ -71,9 +99,6 @@ def run(args) -> int:
         except OSError as err:
             raise PMFError(f"cannot write the folder {args.out!r}: {err.strerror or err}") from None
     else:
-        if suffix not in SUFFIXES:
-            raise PMFError(f"cannot tell the format of {args.out!r} from its suffix {suffix or '(none)'!r}; known "
-                           f"suffixes: {', '.join(f'{k} ({v})' for k, v in SUFFIXES.items())}; a folder: --format hub")
         if args.format is not None and args.format != SUFFIXES[suffix]:
             raise PMFError(f"--format {args.format} does not fit the suffix {suffix!r} (a {SUFFIXES[suffix]} file)")
         try:

@@ -78,20 +78,21 @@ def run(args) -> int:
     omega, t_min, t_max = one_guidance(args)
     check_sampling_flags(omega=omega, t_min=t_min, t_max=t_max)
     sampler = load_sampler_arg(args)
-    out = output_folder(args.out)
     setting = sampler.setting(omega=omega, t_min=t_min, t_max=t_max, steps=opts.steps)
-    print(f"sampling: {setting.describe()}", flush=True)
-    removed = clear_old_samples(out)
-    if removed:
-        print(f"removed {removed} sample PNGs of an earlier run from {out}", flush=True)
     loaded, cfg = sampler.loaded, sampler.config
     names = fitting_names(loaded.class_names, cfg.num_classes)
-    # the names resolved on loading (ModelMetadata), as GET /info of pmf serve and the diffusers pipeline take them
+    # the names resolved on loading (ModelMetadata), as GET /info of pmf serve and the diffusers pipeline take them;
+    # checked before the folder is made or an earlier run's samples are removed
     classes = parse_classes(opts.classes, cfg.num_classes, loaded.meta.class_names)
     if classes is None:
         classes = list(range(cfg.num_classes)) if cfg.num_classes <= 100 else \
             image_labels(range(8), cfg.num_classes, seed=opts.seed).tolist()
     counts = class_counts(len(classes), opts.per_class, opts.num_images)
+    out = output_folder(args.out)
+    print(f"sampling: {setting.describe()}", flush=True)
+    removed = clear_old_samples(out)
+    if removed:
+        print(f"removed {removed} sample PNGs of an earlier run from {out}", flush=True)
     labels = torch.tensor([c for c, n in zip(classes, counts) for _ in range(n)], dtype=torch.long)
     images = []
     for idx, batch in sampler.generate(range(len(labels)), labels, seed=opts.seed, batch_size=opts.batch_size,

@@ -11,7 +11,7 @@ from ..errors import PMFError
 from ..training.config import TrainConfig
 from ..training.recipes import RECIPES, recipe
 from ._args import add_progress, check_device, output_folder
-from ._config_flags import add_config_flags, add_option_flags, apply_config_flags, flag_value
+from ._config_flags import add_config_flags, add_option_flags, apply_config_flags, flag_value, said_by_flag
 from ._resume import config_to_resume
 from ._run_options import ModelFitOptions
 from ._runs import guard_run_folder, report_interrupt, resume_command
@@ -57,7 +57,10 @@ def config_from_args(args) -> TrainConfig:
     data = recipe(args.recipe or ("fd" if flag_value(args, "objective") == "fd" else "mnist")).to_dict()
     if args.config:
         data = merged(data, read_config_file(args.config))
-    return TrainConfig.from_dict(apply_config_flags(data, TrainConfig, args))
+    try:
+        return TrainConfig.from_dict(apply_config_flags(data, TrainConfig, args))
+    except PMFError as err:
+        raise said_by_flag(err, TrainConfig) from None
 
 
 INTERVAL = {"sample.t_min": "--interval", "sample.t_max": "--interval"}  # the old --sample-t-min / --sample-t-max
@@ -66,13 +69,14 @@ INTERVAL = {"sample.t_min": "--interval", "sample.t_max": "--interval"}  # the o
 def interval_flag(args) -> None:
     """--interval T_MIN:T_MAX as the grids' fields (sample.t_min, sample.t_max), as if their flags were given."""
     from ._config_flags import PREFIX
-    from ._numbers import intervals
+    from ._numbers import check_sampling_flags, intervals
 
-    pairs = intervals(getattr(args, "interval", None))
+    pairs = intervals(getattr(args, "interval", None), one=True)
     if pairs is None:
         return
     if len(pairs) != 1:
         raise PMFError(f"--interval takes one T_MIN:T_MAX pair here, got {args.interval!r}")
+    check_sampling_flags(t_min=pairs[0][0], t_max=pairs[0][1])
     for field, value in zip(INTERVAL, pairs[0]):
         if getattr(args, PREFIX + field, None) is not None:
             raise PMFError(f"--interval and the old --{field.replace('.', '-').replace('_', '-')} both set "

@@ -38,9 +38,18 @@ def parse_class_map(text: str | None) -> dict[str, str]:
     return out
 
 
+class ConfigValueError(PMFError):
+    """A config field's value outside its range; ``field`` is its dotted path (``steps``, ``optim.ns_steps``), so
+    that a command can name the flag that sets it."""
+
+    def __init__(self, field: str, want: str, value):
+        super().__init__(f"{field} must be {want}, got {value!r}")
+        self.field = field
+
+
 def _check(cond: bool, name: str, value, want: str) -> None:
     if not cond:
-        raise PMFError(f"{name} must be {want}, got {value!r}")
+        raise ConfigValueError(name, want, value)
 
 
 @dataclass
