@@ -192,10 +192,32 @@ def values(rs: list[dict], setting: str, key: str) -> list[float]:
 
 
 def table(args) -> None:
-    """Markdown tables: mean ± half the seed-to-seed range of accuracy and Frechet ratio per cell, and each
-    ablation against the recipe (main, x) at the same size at the recipe's guidance, one step."""
+    """Markdown tables (mean ± half the seed-to-seed range): x against u per size at the recipe's guidance, one
+    step; every cell and setting; each ablation against the recipe (main, x) at the same size."""
     groups = grouped()
-    print("| study | input / patch | dims per token | prediction | seeds | setting | accuracy | Frechet ratio | "
+    headline_table(groups)
+    cell_table(groups)
+    ablation_table(groups)
+
+
+def headline_table(groups: dict) -> None:
+    print("| input / patch | dims per token | seeds (x, u) | x: accuracy / Frechet ratio | u: accuracy / Frechet ratio "
+          "| u's Frechet ratio over x's |")
+    print("|---|---|---|---|---|---|")
+    for size in sorted({k[1] for k in groups if k[0] == "main"}):
+        x, u = groups.get(("main", size, "x"), []), groups.get(("main", size, "u"), [])
+        if not (x and u):
+            continue
+        cols = [f"{mean_spread(values(g, 'guided_1step', 'accuracy'))} / "
+                f"{mean_spread(values(g, 'guided_1step', 'frechet_ratio'))}" for g in (x, u)]
+        fr = [np.mean(values(g, "guided_1step", "frechet_ratio")) for g in (x, u)]
+        ratio = fr[1] / fr[0]
+        print(f"| {size} / {PATCH[size]} | {PATCH[size] ** 2} | {len(x)}, {len(u)} | {cols[0]} | {cols[1]} | "
+              f"{ratio:.1f} |")
+
+
+def cell_table(groups: dict) -> None:
+    print("\n| study | input / patch | dims per token | prediction | seeds | setting | accuracy | Frechet ratio | "
           "minutes per cell |")
     print("|---|---|---|---|---|---|---|---|---|")
     for (study, size, pred), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "main", kv[0])):
@@ -204,6 +226,9 @@ def table(args) -> None:
             print(f"| {study} | {size} / {PATCH[size]} | {PATCH[size] ** 2} | {pred} | {len(rs)} | {setting} | "
                   f"{mean_spread(values(rs, setting, 'accuracy'))} | "
                   f"{mean_spread(values(rs, setting, 'frechet_ratio'))} | {minutes:.1f} |")
+
+
+def ablation_table(groups: dict) -> None:
     print("\n| ablation | input / patch | seeds | accuracy | Frechet ratio | recipe's Frechet ratio | "
           "difference / spread | the paper |")
     print("|---|---|---|---|---|---|---|---|")
