@@ -54,22 +54,22 @@ class Sampler:
         return self.loaded.model.config
 
     @property
-    def device(self) -> str:
-        return self.options.device
-
-    @property
-    def ema(self) -> str | None:
-        return self.loaded.ema
-
-    @property
     def noise_scale(self) -> float:
         given = self.options.noise_scale
         return self.config.noise_scale if given is None else given
 
     @property
+    def device(self) -> str:
+        return self.options.device
+
+    @property
     def weights(self) -> dict:
         """How the weights are stored: fp32, or an int8 ONNX file's record with its measured error."""
         return self.model.weights if self.onnx else dict(FP32)
+
+    @property
+    def ema(self) -> str | None:
+        return self.loaded.ema
 
     @property
     def step_limits(self) -> tuple[int, int] | None:
