@@ -101,3 +101,30 @@ def test_compiled_network_follows_the_callers_backend_without_a_graph_break():
     assert sdpa == [True, False]  # one graph per choice: fullgraph means no break
     torch.testing.assert_close(got_sdpa, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got_math, want, rtol=1e-5, atol=1e-5)
+
+
+def test_threads_leaving_out_of_order_leave_the_compiled_choice_at_the_default():
+    """On torch before 2.14 a compiled network reads the choice's mirror: thread A enters "math", thread B
+    enters "sdpa", A leaves, B leaves; the mirror must not stay at A's "math" (B's outer value when it entered)."""
+    from pmf.nn.attention import _BACKEND
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def a():
+        with attention_backend("math"):
+            a_in.set()
+            b_in.wait(30)
+        a_out.set()
+
+    def b():
+        a_in.wait(30)
+        with attention_backend("sdpa"):
+            b_in.set()
+            a_out.wait(30)
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert _BACKEND.mirror == "sdpa" and current_attention_backend() == "sdpa"

@@ -15,30 +15,38 @@ from ..errors import PMFError
 from ..vocabulary import TANGENT_ATTENTIONS
 from .common import RMSNorm, apply_rope, linear_tangent, upcast
 
+_DYNAMO_TRACES_CONTEXTVARS = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 14)
+
 
 class _Choice:
     """A choice among named implementations that belongs to a computation, not to the process: a context
     variable, so a ``with`` block changes it for the code it runs (its thread, its asyncio task) only. Another
     thread, such as the server's batcher, keeps its own value. ``torch.compile`` reads it without a graph break
-    and guards on it (a change recompiles; tests/nn/test_attention_choices.py)."""
+    and guards on it (a change recompiles; tests/nn/test_attention_choices.py). Dynamo traces ``ContextVar.get``
+    from torch 2.14 on; on older torch a compiled network reads ``mirror``, the value of the innermost ``with``
+    block of any thread (process-wide while compiling there), so that ``fullgraph=True`` still holds."""
 
     def __init__(self, what: str, choices: tuple[str, ...]):
         self.what, self.choices = what, choices
         self.var = contextvars.ContextVar(f"pmf_{what.replace(' ', '_')}", default=choices[0])
+        self.mirror = choices[0]
 
     @property
     def value(self) -> str:
+        if not _DYNAMO_TRACES_CONTEXTVARS and torch.compiler.is_compiling():
+            return self.mirror
         return self.var.get()
 
     @contextlib.contextmanager
     def use(self, name: str):
         if name not in self.choices:
             raise ValueError(f"{self.what} must be {' or '.join(map(repr, self.choices))}, got {name!r}")
-        token = self.var.set(name)
+        token, self.mirror = self.var.set(name), name
         try:
             yield
         finally:
             self.var.reset(token)
+            self.mirror = self.var.get()  # this thread's value again (threads leaving out of order cannot stick)
 
 
 # Attention backend: "sdpa" (fused kernels, no forward-mode AD rule on most backends) or "math"
