@@ -12,11 +12,13 @@ from .errors import PMFError
 
 
 def doc(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, flag: str | None = None,
-        none: str | None = None, old: tuple[str, ...] = (), parse=None):
+        none: str | None = None, old: tuple[str, ...] = (), parse=None, min: float | None = None,
+        max: float | None = None):
     """A config field with what the command line shows of it: ``help``, its ``flag`` when not spelled from the
-    field's path, what None means (``none``), ``old`` spellings kept as hidden aliases with a note, and
-    ``parse`` (text -> value) where the flag's text is not the type's usual form."""
-    meta = {"help": help, "flag": flag, "none": none, "old": old, "parse": parse}
+    field's path, what None means (``none``), ``old`` spellings kept as hidden aliases with a note, ``parse``
+    (text -> value) where the flag's text is not the type's usual form, and the smallest and largest value a
+    command's option takes (``min``, ``max``; ``pmf.commands._config_flags.check_ranges``)."""
+    meta = {"help": help, "flag": flag, "none": none, "old": old, "parse": parse, "min": min, "max": max}
     return dataclasses.field(default=default, default_factory=factory, metadata=meta)
 
 

@@ -12,7 +12,7 @@ import typing
 from collections.abc import Callable, Iterator
 
 from ..errors import PMFError
-from ..model_configs import field_types, literal_choices
+from ..model_configs import doc, field_types, literal_choices
 from ._deprecation import _Deprecated
 from ._numbers import numbers
 
@@ -235,10 +235,9 @@ def apply_perceptual_args(cfg, args) -> None:
 
 def option(default=dataclasses.MISSING, help: str = "", *, flag: str | None = None, none: str | None = None,
            old: tuple[str, ...] = (), parse=None, min: float | None = None, max: float | None = None):
-    """A field of a command's options dataclass: what ``pmf.model_configs.doc`` records, and ``min`` / ``max``,
-    the smallest and largest value the option takes (checked by ``check_ranges``, shown in --help)."""
-    meta = {"help": help, "flag": flag, "none": none, "old": old, "parse": parse, "min": min, "max": max}
-    return dataclasses.field(default=default, metadata=meta)
+    """A field of a command's options dataclass: ``pmf.model_configs.doc``'s field, whose ``min`` / ``max`` (the
+    smallest and largest value the option takes) ``check_ranges`` checks and --help shows."""
+    return doc(default, help, flag=flag, none=none, old=old, parse=parse, min=min, max=max)
 
 
 def check_ranges(options) -> None:
