@@ -117,16 +117,15 @@ def load_sampler(spec: str | os.PathLike, options: SamplerOptions = SamplerOptio
     """The sampler of ``spec``; an option that cannot apply to it (``--compile`` for an ONNX file, an ONNX
     graph's other step count) is a one-line ``PMFError`` before any sampling."""
     spec = str(spec)
+    options = dataclasses.replace(options, device=sampler_device(spec, options.device))
     if is_onnx(spec):
         from .export.onnx_runtime import onnx_checkpoint
 
-        options = dataclasses.replace(options, device=sampler_device(spec, options.device))
         loaded = onnx_checkpoint(spec, arch=options.arch, ema=options.ema, compile=options.compile,
                                  cuda_graphs=options.cuda_graphs, precision=options.precision,
                                  device=options.device, threads=options.threads,
                                  noise_scale=options.noise_scale, steps=options.steps)
         return Sampler(spec, loaded, loaded.model, options, onnx=True)
-    options = dataclasses.replace(options, device=sampler_device(spec, options.device))
     loaded = _torch_checkpoint(spec, options)
     model = prepare_sampler(loaded.model, compile=options.compile, cuda_graphs=options.cuda_graphs)
     return Sampler(spec, loaded, model, options, onnx=False)
