@@ -157,14 +157,22 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.sampling.json")
 
 
-def read_sidecar(spec, field: str = "sampling_setting"):
-    """A field recorded beside a local release-format export (``sidecar_path``): its ``sampling_setting``
-    (default) or ``class_names``; None without one."""
+def read_sidecar_file(spec) -> dict:
+    """Every field recorded beside a local release-format export (``sidecar_path``); {} without one."""
     path = Path(str(spec)).expanduser()
     side = sidecar_path(path)
     if str(spec).startswith(("hf:", "http://", "https://")) or not side.is_file():
-        return None
+        return {}
     try:
-        return json.loads(side.read_text()).get(field)
-    except (OSError, ValueError, AttributeError):
-        raise PMFError(f"{str(side)!r} beside the checkpoint is not a readable setting file") from None
+        fields = json.loads(side.read_text())
+    except (OSError, ValueError):
+        fields = None
+    if not isinstance(fields, dict):
+        raise PMFError(f"{str(side)!r} beside the checkpoint is not a readable setting file")
+    return fields
+
+
+def read_sidecar(spec, field: str = "sampling_setting"):
+    """A field recorded beside a local release-format export: its ``sampling_setting`` (default) or another;
+    None without one."""
+    return read_sidecar_file(spec).get(field)

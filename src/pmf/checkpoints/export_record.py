@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 
-from ..sampling_setting import read_sidecar
+from ..sampling_setting import read_sidecar_file
 from .files import FORMAT
+from .metadata import RECORD_FIELDS as FIELDS
 from .metadata import ModelMetadata
-
-FIELDS = ("sampling_setting", "class_names", "preset", "weights", "data")  # ModelMetadata.to_dict's keys
 
 
 def recorded_fields(meta: ModelMetadata, recorded_names: list[str] | None) -> dict:
@@ -36,7 +35,8 @@ def read_safetensors_fields(meta: dict[str, str]) -> dict:
 
 def read_sidecar_fields(spec) -> dict:
     """The record's fields in the ``NAME.sampling.json`` beside a local release-format export (empty without one)."""
-    return {k: v for k in FIELDS if (v := read_sidecar(spec, k)) is not None}
+    recorded = read_sidecar_file(spec)
+    return {k: recorded[k] for k in FIELDS if recorded.get(k) is not None}
 
 
 def exported_meta(num_classes: int, fields: dict, *, setting, preset: str | None, data: str | None,

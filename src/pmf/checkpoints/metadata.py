@@ -15,6 +15,8 @@ from ..sampling_setting import SamplingSetting
 FP32 = {"precision": "fp32"}
 
 
+RECORD_FIELDS = ("sampling_setting", "class_names", "preset", "weights", "data")  # the names files record
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """The record; ``class_names`` always holds one name per class (``pmf.class_choice.class_names``)."""
@@ -35,10 +37,9 @@ class ModelMetadata:
                    dict(weights or FP32), data)
 
     def to_dict(self) -> dict:
-        """The fields every export writes (JSON values): ``sampling_setting``, ``class_names``, ``preset``,
-        ``weights``, ``data``."""
-        return {"sampling_setting": self.setting.to_dict(), "class_names": list(self.class_names),
-                "preset": self.preset, "weights": dict(self.weights), "data": self.data}
+        """The fields every export writes (JSON values), named as ``RECORD_FIELDS``."""
+        values = (self.setting.to_dict(), list(self.class_names), self.preset, dict(self.weights), self.data)
+        return dict(zip(RECORD_FIELDS, values, strict=True))
 
     @classmethod
     def from_dict(cls, fields: dict, num_classes: int) -> ModelMetadata:
