@@ -90,14 +90,14 @@ class Sweep:
         return rows, full
 
     def write(self, rows: list[dict], n: int, metric: str) -> None:
-        out = self.out
+        out, md = self.out, table(rows, metric)
         (out / "sweep.json").write_text(json.dumps({"metric": metric, "num_images": n, "rows": rows}, indent=2))
-        (out / "sweep.md").write_text(table(rows, metric) + "\n")
+        (out / "sweep.md").write_text(md + "\n")
         try:
             plot(rows, metric, out / "sweep.png")
         except MissingExtra as err:  # the figure is optional: the sweep's results are in sweep.json and sweep.md
             print(f"sweep.png not written: {err}")
-        print(table(rows, metric))
+        print(md)
 
     def run(self, grid: list[dict], num_images: int, metric: str, fast: int | None = None) -> SweepResult:
         """The best setting of ``grid`` by ``metric`` (lowest), each scored with ``fast`` images when given
