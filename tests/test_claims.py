@@ -1,0 +1,95 @@
+"""benchmarks/claims.py: every cell's command line is the run it names (parsed by ``pmf train``'s own parser
+and config rule), an ablation changes only its own field against the recipe's cell, and the tables' arithmetic
+(mean, half the seed-to-seed range, u over x, difference over spread) and the resumed clock are right."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import claims  # noqa: E402
+from pmf.cli import build_parser  # noqa: E402
+from pmf.commands.train import config_from_args  # noqa: E402
+
+
+def _config(cell: claims.Cell):
+    args = build_parser().parse_args(cell.train_args(2000, Path("/tmp/claims-cell")))
+    return args, config_from_args(args).to_dict()
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "model_overrides" else {prefix + k: v})
+    return out
+
+
+@pytest.mark.parametrize("cell", [c for c in claims.cells(2, [28, 56, 112]) if c.study == "main"],
+                         ids=lambda c: c.id)
+def test_a_main_cell_trains_the_recipe_with_16_tokens(cell):
+    args, cfg = _config(cell)
+    assert (cfg["data"], args.image_size) == ("mnist-5k", cell.size)
+    assert cfg["model_overrides"] == {"patch_size": cell.size // 4}  # (size / patch)^2 = 16 tokens
+    assert (cfg["loss"]["prediction"], cfg["seed"], cfg["steps"]) == (cell.pred, cell.seed, 2000)
+    assert cfg["optim"]["name"] == "muon" and args.resume == "auto"
+
+
+EXPECTED_CHANGE = {  # an ablation's only difference from the recipe's x cell at its size and seed
+    "adamw": {"optim.name": "adamw", "optim.lr": 1e-3},
+    "bottleneck16": {"model_overrides": {"patch_size": 28, "bottleneck_dim": 16}},
+    "bottleneck512": {"model_overrides": {"patch_size": 28, "bottleneck_dim": 512}},
+    "no-adaptive": {"loss.norm_p": 0.0},
+    "dp0.25": {"loss.data_proportion": 0.25},
+    "dp0.75": {"loss.data_proportion": 0.75},
+}
+
+
+def test_each_ablation_changes_its_own_field_and_nothing_else():
+    cells = claims.cells(2, [28, 112])
+    ablations = [c for c in cells if c.study != "main"]
+    assert {c.study for c in ablations} == set(EXPECTED_CHANGE) == set(claims.PAPER)
+    assert sorted((c.size, c.seed) for c in ablations if c.study == "adamw") == [(28, 0), (28, 1), (112, 0), (112, 1)]
+    for cell in ablations:
+        if cell.size != 112:
+            continue
+        base = _flat(_config(claims.Cell("main", cell.size, "x", cell.seed))[1])
+        ours = _flat(_config(cell)[1])
+        changed = {k: v for k, v in ours.items() if base[k] != v}
+        assert changed == EXPECTED_CHANGE[cell.study], cell.id
+
+
+def _result(study, size, pred, seed, fr, acc=0.9):
+    scores = {s: {"accuracy": acc, "frechet": 10 * fr, "frechet_ratio": fr} for s in claims.SETTINGS}
+    return {"cell": f"{study}-{size}-{pred}-{seed}", "study": study, "size": size, "prediction": pred,
+            "seed": seed, "scores": scores, "train_minutes": 20.0 + seed}
+
+
+def test_the_tables_give_mean_spread_ratio_and_difference_over_spread(tmp_path, monkeypatch, capsys):
+    rows = [_result("main", 112, "x", 0, 0.10), _result("main", 112, "x", 1, 0.14),
+            _result("main", 112, "u", 0, 0.80), _result("main", 112, "u", 1, 0.90),
+            _result("adamw", 112, "x", 0, 0.20), _result("adamw", 112, "x", 1, 0.30),
+            _result("dp0.25", 112, "x", 0, 0.13)]
+    for r in rows:
+        (tmp_path / f"{r['cell']}.json").write_text(json.dumps(r))
+    monkeypatch.setattr(claims, "RESULTS", tmp_path)
+    claims.table(None)
+    out = capsys.readouterr().out
+    # x: 0.12 ± 0.02, u: 0.85 ± 0.05, u over x: 0.85 / 0.12 = 7.1
+    assert "| 112 / 28 | 784 | 2, 2 | 0.900 ± 0.000 / 0.120 ± 0.020 | 0.900 ± 0.000 / 0.850 ± 0.050 | 7.1 |" in out
+    # adamw 0.25 ± 0.05 against 0.12 ± 0.02: (0.25 - 0.12) / 0.05 = +2.6; one seed is
+    # measured against the recipe's spread
+    assert "| adamw | 112 / 28 | 2 | 0.900 ± 0.000 | 0.250 ± 0.050 | 0.120 ± 0.020 | +2.6 |" in out
+    assert "| dp0.25 | 112 / 28 | 1 | 0.900 (1 seed) | 0.130 (1 seed) | 0.120 ± 0.020 | +0.5 |" in out
+    assert "| main | 112 / 28 | 784 | x | 2 | guided_1step | 0.900 ± 0.000 | 0.120 ± 0.020 | 20.5 |" in out
+
+
+def test_a_resumed_run_adds_the_time_before_each_restart(tmp_path):
+    times = [(20, 10.0), (40, 20.0), (60, 5.0), (80, 15.0)]  # restarted after step 40: 20 s, then 15 s
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0, "time": t}) + "\n"
+                                                    for s, t in times))
+    curve = claims.loss_curve(tmp_path)
+    assert curve["train_seconds"] == 35.0 and curve["step"] == [20, 40, 60, 80]
