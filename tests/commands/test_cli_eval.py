@@ -62,7 +62,9 @@ def test_eval_offline_takes_the_dataset_the_checkpoint_was_trained_on(tmp_path, 
 
     # trained on mnist-5k: judged by the mnist-5k classifier without --dataset
     assert main(ckpt("mnist", "pMF-MNIST/7", "mnist-5k")) == 0
-    assert json.loads((tmp_path / "mnist" / "metrics.json").read_text())["dataset"] == "mnist-5k"
+    m = json.loads((tmp_path / "mnist" / "metrics.json").read_text())
+    # the record names what was evaluated, not the flags left out (no --arch, no --noise-scale)
+    assert (m["dataset"], m["arch"], m["settings"]["noise_scale"]) == ("mnist-5k", "pMF-MNIST/7", 1.0)
     # trained on digits (8x8 brought to 32x32): the digits judge cannot read it, and mnist-5k is another data set
     digits = ckpt("digits", "pMF-Tiny/4", "digits")
     capsys.readouterr()

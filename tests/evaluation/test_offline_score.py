@@ -109,5 +109,5 @@ def test_cli_eval_offline_writes_metrics(quality_cache, tmp_path, monkeypatch, c
     for key in ("accuracy", "frechet", "frechet_real_floor", "frechet_class_means"):
         assert isinstance(m[key], float)
     assert m["settings"] == {"num_images": 30, "seed": 0, "steps": 1, "omega": 2.0, "t_min": 0.1, "t_max": 0.8,
-                             "noise_scale": None, "batch_size": 64, "precision": "fp32", "prediction": "x"}
+                             "noise_scale": 1.0, "batch_size": 64, "precision": "fp32", "prediction": "x"}
     assert "OFFLINE score" in capsys.readouterr().out

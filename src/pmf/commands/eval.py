@@ -170,10 +170,10 @@ def load_metric(args, model, device):
 
 
 def write_metrics(args, metrics: dict, chosen: dict, mode: str, out: Path, info, seconds: float,
-                  sweep_record: dict | None, weights: dict | None = None, plan=None) -> None:
-    """OUT/metrics.json: the metrics with the exact settings (``weights``: an ONNX file's record), and the
-    summary line."""
-    record = {**metrics, "ema": chosen["ema"], "checkpoint": args.checkpoint, "arch": args.arch,
+                  sweep_record: dict | None, weights: dict | None = None, plan=None, arch: str | None = None) -> None:
+    """OUT/metrics.json: the metrics with the exact settings (``weights``: an ONNX file's record; ``arch``: the
+    model's preset, recorded or recognised), and the summary line."""
+    record = {**metrics, "ema": chosen["ema"], "checkpoint": args.checkpoint, "arch": arch or args.arch,
               "weights": weights,
               "dataset": metrics.get("dataset", args.dataset) if mode == "offline" else None,
               "world_size": info.world_size, "device": str(info.device), "seconds": seconds,
@@ -222,10 +222,11 @@ def run(args) -> int:
                       progress=not args.no_progress)
     t0 = time.time()
     result = Sweep(sampler, base, scoring, device, out).run(combos, num_images, metric, fast=opts.fast)
+    arch = sampler.loaded.preset
     del sampler
     if rank == 0:
         write_metrics(args, result.metrics, result.chosen, mode, out, info, round(time.time() - t0, 1),
-                      result.record, result.weights, net if mode == "metrics" else None)
+                      result.record, result.weights, net if mode == "metrics" else None, arch)
     if created:
         dist.destroy_process_group()
     return 0

@@ -8,7 +8,7 @@ import itertools
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,10 @@ class EvalSettings:
             raise PMFError(f"batch_size must be >= 1, got {self.batch_size}")
         check_precision(self.precision)
 
+    def noise_scale_for(self, model) -> float:
+        """The noise scale the images are drawn with: this one, or the model's where None."""
+        return model.config.noise_scale if self.noise_scale is None else self.noise_scale
+
     def to_dict(self) -> dict:
         """The record of metrics.json: the counts and the setting's omega, interval, steps and prediction."""
         s = self.setting
@@ -67,7 +71,7 @@ def run_samples(model, settings: EvalSettings, *, featurize: Callable[[np.ndarra
     cfg = model.config
     idx = list(shard(settings.num_images, rank, world))
     labels = eval_labels(idx, cfg.num_classes)
-    noise_scale = cfg.noise_scale if settings.noise_scale is None else settings.noise_scale
+    noise_scale = settings.noise_scale_for(model)
     out: dict[str, list] = {"index": [], "label": [], **({"images": []} if keep_images else {})}
     if png_dir is not None:
         Path(png_dir).mkdir(parents=True, exist_ok=True)
@@ -106,7 +110,7 @@ def fid_is(pool: np.ndarray, logits: np.ndarray, ref: str | os.PathLike) -> dict
 def regenerate(model, settings: EvalSettings, indices, device=None) -> np.ndarray:
     """The uint8 images of the given indices again (each depends only on its seed, index and label)."""
     labels = eval_labels(indices, model.config.num_classes)
-    noise_scale = model.config.noise_scale if settings.noise_scale is None else settings.noise_scale
+    noise_scale = settings.noise_scale_for(model)
     return np.concatenate([im.numpy() for _, im in generate(
         model, [int(i) for i in indices], labels, seed=settings.seed, batch_size=settings.batch_size,
         setting=settings.setting, noise_scale=noise_scale, device=device, progress=False,
@@ -118,10 +122,10 @@ def evaluate(model, settings: EvalSettings, *, mode: str, ref: str | None = None
              progress: bool = True) -> dict | None:
     """Score one setting: ``mode`` "inception" (needs ``inception``, a loaded network, and ``ref``), "offline",
     or "metrics" (a ``pmf.evaluation.metric_plan.Plan``; ``out_dir`` receives its pictures). Returns the metrics with
-    the
-    settings on rank 0, None elsewhere."""
+    the settings on rank 0, None elsewhere."""
     if mode not in ("inception", "offline", "metrics"):
         raise PMFError(f"mode must be 'inception', 'offline' or 'metrics', got {mode!r}")
+    settings = replace(settings, noise_scale=settings.noise_scale_for(model))  # the record says the value used
     featurize = plan.featurize if mode == "metrics" else None
     if mode == "inception":
         from .inception import inception_features
