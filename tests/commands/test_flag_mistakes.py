@@ -119,3 +119,19 @@ def test_the_guidance_flags_help_shows_their_ranges(capsys, command):
     text = " ".join(capsys.readouterr().out.split())
     assert "guidance scale" in text and "> 0 (1: no guidance" in text
     assert "with 0 <= T_MIN <= T_MAX <= 1" in text
+
+
+def test_every_arch_flag_takes_the_presets_only():
+    """--arch is one flag: every command that has it lists the presets in --help and refuses another name (serve
+    took any text and named the presets only after loading)."""
+    import argparse
+
+    from pmf.cli import build_parser
+    from pmf.model_configs import PRESETS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    having = {name: a for name, p in sub.choices.items() for a in p._actions if "--arch" in a.option_strings}
+    assert {"sample", "eval", "serve", "export-generator", "train"} <= set(having)
+    train = having.pop("train")  # TrainConfig's field: checked by the config, which names the presets
+    assert all(p in train.help for p in PRESETS)
+    assert {name: list(a.choices or []) for name, a in having.items()} == {name: list(PRESETS) for name in having}

@@ -6,6 +6,7 @@ names stay importable from here."""
 
 from ._deprecation import DEPRECATED, _Deprecated, deprecated, legacy_positionals
 from ._loading import (
+    add_arch,
     add_common_model_args,
     check_device,
     checkpoint_arg,
@@ -32,7 +33,8 @@ from ._vocabulary import (
     output_folder,
 )
 
-__all__ = ["CONCEPTS", "DEPRECATED", "DEVICE_HELP", "PMFArgumentParser", "_Deprecated", "add_batch_size",
+__all__ = ["CONCEPTS", "DEPRECATED", "DEVICE_HELP", "PMFArgumentParser", "_Deprecated", "add_arch",
+           "add_batch_size",
            "add_checkpoint", "add_common_model_args", "add_device", "add_ema", "add_guidance", "add_num_images",
            "add_out", "add_progress", "add_seed", "add_workers", "check_device", "check_sampling_flags",
            "checkpoint_arg", "deprecated", "intervals", "legacy_positionals", "load_for_sampling", "load_sampler_arg",

@@ -76,11 +76,16 @@ def checkpoint_arg(spec: str) -> str:
     return str(found)
 
 
+def add_arch(p: argparse.ArgumentParser) -> None:
+    """--arch: a preset, for a release-format file or --checkpoint random."""
+    p.add_argument("--arch", choices=list(PRESETS), help="architecture of a release-format file, or of --checkpoint "
+                   "random (default: recorded in our checkpoints, inferred from the shapes otherwise)")
+
+
 def add_common_model_args(p: argparse.ArgumentParser, *, sweep: bool = False, onnx: bool = True,
                           required: bool = True) -> None:
     add_checkpoint(p, onnx=onnx, required=required)
-    p.add_argument("--arch", choices=list(PRESETS), help="architecture of a release-format file "
-                   "(default: recorded in our checkpoints, inferred from the shapes otherwise)")
+    add_arch(p)
     add_ema(p, sweep=sweep)
     p.add_argument("--noise-scale", type=float, default=None, help="noise scale (default: the preset's / "
                    "recorded value)")

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import PMFError
 from ..extras import needs
-from ._args import add_checkpoint, add_device, add_ema, load_sampler_arg
+from ._args import add_arch, add_checkpoint, add_device, add_ema, load_sampler_arg
 from ._config_flags import add_option_flags
 from ._options import ServeOptions
 
@@ -22,8 +22,7 @@ def add_parser(sub) -> None:
                        "(see --exact-batching). A --checkpoint ending in .onnx (pmf export --out FILE.onnx) runs in "
                        "onnxruntime with no torch model in memory. Needs pip install 'pixel-meanflow[serve]'.")
     add_checkpoint(p)
-    p.add_argument("--arch", default=None, help="architecture of a release-format file, or of --checkpoint random "
-                   "(default: recorded or inferred)")
+    add_arch(p)
     add_ema(p)
     add_device(p)
     p.add_argument("--token", default=os.environ.get("PMF_SERVE_TOKEN"), help="require 'Authorization: Bearer "
