@@ -16,6 +16,7 @@ Resumable: a cell with a result file is skipped, a cell with checkpoints resumes
     python benchmarks/claims.py run --work /tmp/claims --only main-112-x-0  # cells whose id starts so
     python benchmarks/claims.py table                                      # docs/claims.md's tables
     python benchmarks/claims.py figure --work /tmp/claims --out docs/claims.png
+    python benchmarks/claims.py curves --out docs/claims_curves.png           # the loss curves, x against u
 """
 
 from __future__ import annotations
@@ -269,6 +270,34 @@ def figure(args) -> None:
     print(f"wrote {args.out}")
 
 
+def curves(args) -> None:
+    """The training loss curves (loss_u: the mean squared error of the compound velocity V, the same quantity
+    for both predictions; the weighted loss is near 2 by construction), one panel per size, x against u."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = grouped()
+    sizes = sorted({k[1] for k in groups if k[0] == "main"})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4 * len(sizes), 3.2), squeeze=False, sharey=True)
+    for ax, size in zip(axes[0], sizes):
+        for pred, color in (("x", "tab:blue"), ("u", "tab:red")):
+            for r in groups.get(("main", size, pred), []):
+                c = r["curve"]
+                ax.plot(c["step"], c["loss_u"], color=color, lw=1, alpha=0.8,
+                        label=f"{pred}-prediction" if r["seed"] == 0 else None)
+        ax.set_yscale("log")
+        ax.set_title(f"{size} px, patch {PATCH[size]} ({PATCH[size] ** 2} dims/token)", fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("loss_u (MSE of V), every seed")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -288,8 +317,10 @@ def main() -> None:
     q = sub.add_parser("figure")
     q.add_argument("--work", type=Path, required=True)
     q.add_argument("--out", type=Path, default=ROOT / "docs" / "claims.png")
+    q = sub.add_parser("curves")
+    q.add_argument("--out", type=Path, default=ROOT / "docs" / "claims_curves.png")
     args = p.parse_args()
-    {"run": run, "one": one, "table": table, "figure": figure}[args.what](args)
+    {"run": run, "one": one, "table": table, "figure": figure, "curves": curves}[args.what](args)
 
 
 if __name__ == "__main__":
