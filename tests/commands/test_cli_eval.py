@@ -65,11 +65,31 @@ def test_eval_offline_takes_the_dataset_the_checkpoint_was_trained_on(tmp_path, 
     m = json.loads((tmp_path / "mnist" / "metrics.json").read_text())
     # the record names what was evaluated, not the flags left out (no --arch, no --noise-scale)
     assert (m["dataset"], m["arch"], m["settings"]["noise_scale"]) == ("mnist-5k", "pMF-MNIST/7", 1.0)
-    # trained on digits (8x8 brought to 32x32): the digits judge cannot read it, and mnist-5k is another data set
+    # trained on digits brought to 32x32 (4 x 8): the digits judge reads it pooled 4x4; mnist-5k is another set
     digits = ckpt("digits", "pMF-Tiny/4", "digits")
+    assert main(digits) == 0
+    assert json.loads((tmp_path / "digits" / "metrics.json").read_text())["dataset"] == "digits"
     capsys.readouterr()
-    assert main(digits) == 2
-    assert "digits cannot judge this model" in capsys.readouterr().err
     assert main([*digits, "--dataset", "mnist-5k"]) == 2
     assert "trained on digits; the offline score of mnist-5k" in capsys.readouterr().err
-    assert len(fake_offline) == 1
+    assert [im.shape[1:] for im in fake_offline] == [(28, 28, 1), (32, 32, 3)]
+
+
+@pytest.mark.parametrize("size, patch, judged", [(56, 14, True), (40, 10, False)])
+def test_eval_offline_reads_an_upsampled_model_as_the_score_does(tmp_path, capsys, fake_offline, size, patch,
+                                                                 judged):
+    """A model trained on MNIST brought to 56 px (pmf train --image-size 56, docs/claims.md) is judged pooled 2x2
+    (it was refused); 40 px, neither a padded copy nor a multiple, is refused in one line that says what is read."""
+    model = random_model(arch="pMF-MNIST/7", input_size=size, patch_size=patch)
+    path = tmp_path / "m.pt"
+    torch.save({"format": "pixel-meanflow", "model_config": model.config.to_dict(), "model": model.state_dict(),
+                "ema": {}, "train_config": {"arch": "pMF-MNIST/7", "data": "mnist-5k"}}, path)
+    rc = main(["eval", "--checkpoint", str(path), "--offline", "--num-images", "10", "--no-progress", "--device",
+               "cpu", "--out", str(tmp_path / "e")])
+    if judged:
+        assert rc == 0 and [im.shape[1:] for im in fake_offline] == [(size, size, 1)]
+    else:
+        err = capsys.readouterr().err
+        assert rc == 2 and not fake_offline
+        assert "reads 28x28 images at that size, up to a quarter larger (centre-cropped) or a whole multiple" in err
+        assert "the model's are 40x40" in err

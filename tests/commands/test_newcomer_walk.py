@@ -89,5 +89,5 @@ def test_the_offline_scores_refusal_names_only_datasets_it_takes():
 
     with pytest.raises(PMFError) as err:
         check_offline_dataset(model_config("pMF-Tiny/4", num_classes=3, input_size=16), "mnist-5k")
-    assert "built-in set the model was trained on (mnist-5k, digits), or FID (--ref) for a model of other data" \
-        in str(err.value)
+    assert "Score a model of a built-in set (mnist-5k, digits) trained at a size it reads (pmf train --image-size), " \
+        "or any model with FID (--ref)" in str(err.value)

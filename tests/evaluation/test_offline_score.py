@@ -60,10 +60,18 @@ def test_size_rule_crops_padded_images_back_and_averages_rgb(quality_cache):
     assert np.abs(quality.fit_size(smooth, 28).astype(int) - test28.images[:4]).mean() < 6
     small = quality.fit_size(test28.images[:2, 2:-2, 2:-2], 28)  # 24 -> 28: zero border of 2
     assert small.shape == (2, 28, 28, 1) and small[:, :2].max() == 0 and small[:, -2:].max() == 0
+    with pytest.raises(PMFError, match="reads 28x28 images .* got 64x64"):  # was centre-cropped: a 28 px corner
+        quality.fit_size(np.zeros((1, 64, 64, 1), np.uint8), 28)
     s = quality.offline_scores(torch.from_numpy(test32.images[:100]), torch.from_numpy(test32.labels[:100]),
                                cache=quality_cache, verbose=False)
     ref = quality.offline_scores(test28.images[:100], test28.labels[:100], cache=quality_cache, verbose=False)
     assert s["frechet"] == pytest.approx(ref["frechet"]) and s["accuracy"] == ref["accuracy"]
+
+
+def test_the_size_rule_is_one_table():
+    assert [quality.size_fit(h, 28) for h in (28, 56, 84, 112, 29, 35, 36, 40, 64, 24)] == [
+        "same", "pool", "pool", "pool", "crop", "crop", None, None, None, "pad"]
+    assert [quality.size_fit(h, 8) for h in (8, 10, 11, 28, 32)] == ["same", "crop", None, None, "pool"]
 
 
 def test_classifier_is_cached(quality_cache):

@@ -92,24 +92,26 @@ def offline_dataset(asked: str | None, trained_on: str | None) -> str:
 
 
 def check_offline_dataset(config, dataset: str) -> None:
-    """Refuse an offline score whose classifier cannot read the model's images: the classifier sees the data
-    set's own size (a model trained on it zero-padded by up to a quarter is cropped back), one channel (RGB is
-    averaged, as gray training data are repeated to RGB) and its classes."""
+    """Refuse an offline score whose classifier cannot read the model's images: the classifier reads the data
+    set's own size, a copy up to a quarter larger or a whole multiple of it (``offline_score.size_fit``), one
+    channel (RGB is averaged, as gray training data are repeated to RGB) and its classes."""
     from ..data import load_builtin
+    from ..evaluation.offline_score import READABLE, size_fit
 
     ref = load_builtin(dataset, split="test")
     size, channels, classes = ref.images.shape[1], ref.images.shape[3], ref.num_classes
     problems = []
-    if not size <= config.input_size <= size + size // 4:
-        problems.append(f"its images are {size}x{size}, the model's {config.input_size}x{config.input_size}")
+    if size_fit(config.input_size, size) in (None, "pad"):
+        problems.append(f"its classifier reads {size}x{size} images {READABLE}, the model's are "
+                        f"{config.input_size}x{config.input_size}")
     if config.in_channels not in (channels, 3):
         problems.append(f"its images have {channels} channel(s), the model's {config.in_channels}")
     if config.num_classes != classes:
         problems.append(f"it has {classes} classes, the model {config.num_classes}")
     if problems:
-        raise PMFError(f"the offline score of {dataset} cannot judge this model: {'; '.join(problems)}. Use "
-                       f"--dataset with the built-in set the model was trained on ({', '.join(BUILTIN)}), or FID "
-                       "(--ref) for a model of other data")
+        raise PMFError(f"the offline score of {dataset} cannot judge this model: {'; '.join(problems)}. Score a "
+                       f"model of a built-in set ({', '.join(BUILTIN)}) trained at a size it reads (pmf train "
+                       "--image-size), or any model with FID (--ref)")
 
 
 def check_args(args):

@@ -6,10 +6,11 @@ distance between its penultimate features of the generated images and of the hel
 Two baselines are scored the same way with the same labels and count: real training images (the floor a
 perfect generator would reach) and per-class mean images (what a blurry generator gets).
 
-Size rule: images k times the classifier's input (k an integer, as from ``pmf train --image-size`` on an
-upsampled built-in set) are average-pooled k x k back to it; other larger images are centre-cropped, smaller
-ones centre-padded with zeros (MNIST padded 28 -> 32 for training crops back exactly to the original 28x28);
-RGB images are averaged to one channel.
+Size rule (``size_fit``, the one rule for the score, ``pmf eval --offline``'s check and the offline feature
+representation): images k times the classifier's input (k an integer, as from ``pmf train --image-size`` on an
+upsampled built-in set) are average-pooled k x k back to it; images larger by up to a quarter are centre-cropped
+(MNIST padded 28 -> 32 for training crops back exactly to the original 28x28); smaller ones are centre-padded
+with zeros; other sizes are refused. RGB images are averaged to one channel.
 """
 
 from __future__ import annotations
@@ -67,17 +68,35 @@ def fit_size(images, size: int) -> np.ndarray:
     if images.shape[3] == 3:
         images = np.round(images.astype(np.float32).mean(axis=3, keepdims=True)).astype(np.uint8)
     h = images.shape[1]
-    if h > size and h % size == 0:  # an upsampled copy (--image-size): average-pool back to the classifier's size
+    how = size_fit(h, size)
+    if how is None:
+        raise PMFError(f"the offline classifier reads {size}x{size} images {READABLE}; got {h}x{h}")
+    if how == "pool":  # an upsampled copy (--image-size): average-pool back to the classifier's size
         k = h // size
         pooled = images.reshape(len(images), size, k, size, k, 1).astype(np.float32).mean(axis=(2, 4))
         images = np.round(pooled).astype(np.uint8)
-    elif h > size:
+    elif how == "crop":
         lo = (h - size) // 2
         images = images[:, lo:lo + size, lo:lo + size]
-    elif h < size:
+    elif how == "pad":
         lo = (size - h) // 2
         images = np.pad(images, ((0, 0), (lo, size - h - lo), (lo, size - h - lo), (0, 0)))
     return images
+
+
+READABLE = "at that size, up to a quarter larger (centre-cropped) or a whole multiple of it (average-pooled)"
+
+
+def size_fit(h: int, size: int) -> str | None:
+    """How a classifier of ``size`` px reads ``h`` px images: "same", "pool" (k times the size, an upsampled
+    copy), "crop" (up to a quarter more, a zero-padded copy), "pad" (smaller), or None (another size: not read)."""
+    if h == size:
+        return "same"
+    if h > size and h % size == 0:
+        return "pool"
+    if size < h <= size + size // 4:
+        return "crop"
+    return "pad" if h < size else None
 
 
 def _to_input(images: np.ndarray) -> torch.Tensor:

@@ -56,8 +56,11 @@ def test_offline_is_the_classifier_conv_maps_and_penultimate_layer():
         assert torch.allclose(rep(from_uint8(padded)), f, atol=1e-5)
         assert torch.allclose(rep(from_uint8(np.repeat(u8, 3, axis=3))), f, atol=1e-5)  # RGB averaged
         assert rep(from_uint8(np.zeros((2, 64, 64, 3), np.uint8))).shape == (2, rep.feature_dim)  # resized
+        big = np.repeat(np.repeat(u8, 2, axis=1), 2, axis=2)  # an upsampled 56 px copy is pooled back exactly,
+        assert torch.allclose(rep(from_uint8(big)), f, atol=1e-5)  # as the offline score reads it
     pre = rep.preprocessing()
-    assert pre["input_size"] == 28 and pre["dataset"] == "mnist-5k" and "crop" in pre["resize"]
+    assert pre["input_size"] == 28 and pre["dataset"] == "mnist-5k"
+    assert "crop" in pre["resize"] and "pooling" in pre["resize"]
     _frozen_and_differentiable(rep, 28)
 
 

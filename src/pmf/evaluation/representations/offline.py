@@ -16,9 +16,10 @@ from .base import RESIZE_RULE, Representation, check_images, resize, to_rgb
 class OfflineRepresentation(Representation):
     """[B, C, H, H] in [-1, 1] -> [B, w * (S/4)^2 + 64] of the classifier ``offline_score.Classifier`` at size S.
 
-    Size rule (quality.fit_size's, on tensors): a larger image up to S + S/4 is centre-cropped (the zero
-    padding of MNIST 28 -> 32 comes off exactly), a smaller one centre-padded with black, any other size
-    resized (antialiased bilinear). RGB is averaged to grey."""
+    Size rule (``offline_score.size_fit``, as the offline score reads images, on tensors): k times S is
+    average-pooled k x k (an upsampled copy), a larger image up to S + S/4 is centre-cropped (the zero padding of
+    MNIST 28 -> 32 comes off exactly), a smaller one centre-padded with black; any other size, which the offline
+    score refuses, is resized (antialiased bilinear). RGB is averaged to grey."""
 
     name = "offline"
 
@@ -35,18 +36,26 @@ class OfflineRepresentation(Representation):
         s = self.input_size
         return {"input_size": s, "expected_range": [-1, 1], "normalisation": "(x + 1) / 2 -> [0, 1]",
                 "channels": "RGB averaged to grey",
-                "resize": f"centre crop from {s + 1}..{s + s // 4} px, centre black padding below {s} px, "
-                          + RESIZE_RULE.format(mode="bilinear", size=s) + " otherwise",
+                "resize": f"k x k average pooling from k * {s} px, centre crop from {s + 1}..{s + s // 4} px, "
+                          f"centre black padding below {s} px, " + RESIZE_RULE.format(mode="bilinear", size=s)
+                          + " otherwise",
                 "pooling": "conv feature maps flattened, then the penultimate layer",
                 "dataset": self.dataset, "classifier_version": self.version}
 
     def fit(self, x: torch.Tensor) -> torch.Tensor:
+        from ..offline_score import size_fit
+
         s, h = self.input_size, x.shape[-1]
         x = (x.mean(dim=1, keepdim=True) + 1) / 2  # (B, 1, H, H) in [0, 1]
-        if s < h <= s + s // 4:
+        how = size_fit(h, s)
+        if how == "same":
+            return x
+        if how == "pool":
+            return F.avg_pool2d(x, h // s)
+        if how == "crop":
             lo = (h - s) // 2
             return x[..., lo:lo + s, lo:lo + s]
-        if h < s:
+        if how == "pad":
             lo = (s - h) // 2
             return F.pad(x, (lo, s - h - lo, lo, s - h - lo))
         return resize(x, s, "bilinear")
