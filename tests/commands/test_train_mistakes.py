@@ -114,3 +114,16 @@ def test_a_file_size_limit_gives_a_message_not_a_traceback(tmp_path):
     assert last.startswith("pmf train: error: could not save the checkpoint of step 2 (")
     assert last.endswith("no earlier checkpoint exists")  # nothing to resume from, so no resume command
     assert not [p for p in (out / "checkpoints").iterdir()]  # no temporary file left
+
+
+def test_an_image_size_off_the_patch_grid_says_how_a_built_in_set_is_resized(tmp_path, capsys):
+    """A built-in set is resized to --image-size (pmf.data.builtin.RESIZE_RULE), not center-cropped as a folder
+    is: the refusal says which."""
+    from pmf.data.builtin import RESIZE_RULE
+
+    assert main(["train", "--data", "mnist-5k", "--image-size", "30", "--steps", "1", "--out", str(tmp_path / "r"),
+                 "--no-progress"]) == 2
+    line = one_line_error(capsys)
+    assert "--image-size 30 is not a multiple of the patch size 7 of pMF-MNIST/7" in line
+    assert f"(mnist-5k is brought to it by {RESIZE_RULE})" in line and "center-cropped" not in line
+    assert not (tmp_path / "r").exists()

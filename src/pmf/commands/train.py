@@ -103,7 +103,7 @@ def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> st
     """Set ``cfg.model_overrides`` so that the model has the data's classes, channels and image size (or those
     of --num-classes / --channels / --image-size) where the preset differs; returns what was found. A resumed
     run keeps the model it records."""
-    from ..data.builtin import resized_note
+    from ..data.builtin import RESIZE_RULE, resized_note
     from ..data.probe import probe
     from ..model_configs import model_config
 
@@ -130,9 +130,10 @@ def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> st
     if size is not None and size != mcfg.input_size:
         if size % mcfg.patch_size:
             source = "--image-size" if args.image_size else f"the data's images are {size}x{size}:"
+            how = f"{facts.spec} is brought to it by {RESIZE_RULE}" if facts.kind == "built-in" else \
+                "images are center-cropped to it"
             raise PMFError(f"{source} {size} is not a multiple of the patch size {mcfg.patch_size} of {cfg.arch}; "
-                           f"pass --image-size with a multiple of {mcfg.patch_size} (images are center-cropped "
-                           "to it), or pick another --arch")
+                           f"pass --image-size with a multiple of {mcfg.patch_size} ({how}), or pick another --arch")
         want["input_size"] = size
     changed = {k: v for k, v in want.items() if getattr(mcfg, k) != v}
     cfg.model_overrides = {**cfg.model_overrides, **changed}
