@@ -301,23 +301,26 @@ def curves(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
+    helps = {"run": "train and score every cell without a result file (resumable)",
+             "one": "train and score one cell (run starts these)"}
     for name in ("run", "one"):
-        q = sub.add_parser(name)
+        q = sub.add_parser(name, help=helps[name])
         if name == "one":
-            q.add_argument("cell")
+            q.add_argument("cell", help="a cell id, e.g. main-112-x-0 or adamw-28-x-1")
         q.add_argument("--work", type=Path, required=True, help="run folders and logs")
-        q.add_argument("--steps", type=int, default=2000)
-        q.add_argument("--seeds", type=int, default=2)
-        q.add_argument("--sizes", type=int, nargs="+", default=[112, 28, 56], choices=sorted(PATCH))
+        q.add_argument("--steps", type=int, default=2000, help="training steps per cell (default: 2000)")
+        q.add_argument("--seeds", type=int, default=2, help="seeds per cell (default: 2)")
+        q.add_argument("--sizes", type=int, nargs="+", default=[112, 28, 56], choices=sorted(PATCH),
+                       help="input sizes of the main study, each with SIZE/4 px patches (default: 112 28 56)")
         q.add_argument("--threads", type=int, default=1, help="torch threads per cell")
         if name == "run":
             q.add_argument("--jobs", type=int, default=2, help="cells at once")
             q.add_argument("--only", nargs="*", help="cell id prefixes")
-    sub.add_parser("table")
-    q = sub.add_parser("figure")
-    q.add_argument("--work", type=Path, required=True)
+    sub.add_parser("table", help="print the Markdown tables of the results in benchmarks/results/cpu/claims")
+    q = sub.add_parser("figure", help="one image per class, x against u, per size (seed 0, guided, one step)")
+    q.add_argument("--work", type=Path, required=True, help="the run folders of `run`")
     q.add_argument("--out", type=Path, default=ROOT / "docs" / "claims.png")
-    q = sub.add_parser("curves")
+    q = sub.add_parser("curves", help="the training loss curves, x against u, per size")
     q.add_argument("--out", type=Path, default=ROOT / "docs" / "claims_curves.png")
     args = p.parse_args()
     {"run": run, "one": one, "table": table, "figure": figure, "curves": curves}[args.what](args)
