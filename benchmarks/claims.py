@@ -231,17 +231,20 @@ def cell_table(groups: dict) -> None:
 
 def ablation_table(groups: dict) -> None:
     print("\n| ablation | input / patch | seeds | accuracy | Frechet ratio | recipe's Frechet ratio | "
-          "difference / spread | the paper |")
-    print("|---|---|---|---|---|---|---|---|")
+          "difference / spread | seed by seed: ablation - recipe | the paper |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for (study, size, _), rs in sorted(groups.items()):
         base = groups.get(("main", size, "x"))
         if study == "main" or not base:
             continue
         fr, fr0 = values(rs, "guided_1step", "frechet_ratio"), values(base, "guided_1step", "frechet_ratio")
         spread = max(np.ptp(fr) / 2, np.ptp(fr0) / 2, 1e-9)
+        by_seed = {r["seed"]: r["scores"]["guided_1step"]["frechet_ratio"] for r in base}
+        paired = ", ".join(f"{r['scores']['guided_1step']['frechet_ratio'] - by_seed[r['seed']]:+.3f}"
+                           for r in sorted(rs, key=lambda r: r["seed"]) if r["seed"] in by_seed)
         print(f"| {study} | {size} / {PATCH[size]} | {len(rs)} | {mean_spread(values(rs, 'guided_1step', 'accuracy'))}"
               f" | {mean_spread(fr)} | {mean_spread(fr0)} | {(np.mean(fr) - np.mean(fr0)) / spread:+.1f} | "
-              f"{PAPER[study]} |")
+              f"{paired} | {PAPER[study]} |")
 
 
 def figure(args) -> None:

@@ -82,8 +82,9 @@ def test_the_tables_give_mean_spread_ratio_and_difference_over_spread(tmp_path, 
     assert "| 112 / 28 | 784 | 2, 2 | 0.900 ± 0.000 / 0.120 ± 0.020 | 0.900 ± 0.000 / 0.850 ± 0.050 | 7.1 |" in out
     # adamw 0.25 ± 0.05 against 0.12 ± 0.02: (0.25 - 0.12) / 0.05 = +2.6; one seed is
     # measured against the recipe's spread
-    assert "| adamw | 112 / 28 | 2 | 0.900 ± 0.000 | 0.250 ± 0.050 | 0.120 ± 0.020 | +2.6 |" in out
-    assert "| dp0.25 | 112 / 28 | 1 | 0.900 (1 seed) | 0.130 (1 seed) | 0.120 ± 0.020 | +0.5 |" in out
+    # seed by seed: 0.20 - 0.10, 0.30 - 0.14
+    assert "| adamw | 112 / 28 | 2 | 0.900 ± 0.000 | 0.250 ± 0.050 | 0.120 ± 0.020 | +2.6 | +0.100, +0.160 |" in out
+    assert "| dp0.25 | 112 / 28 | 1 | 0.900 (1 seed) | 0.130 (1 seed) | 0.120 ± 0.020 | +0.5 | +0.030 |" in out
     assert "| main | 112 / 28 | 784 | x | 2 | guided_1step | 0.900 ± 0.000 | 0.120 ± 0.020 | 20.5 |" in out
 
 
