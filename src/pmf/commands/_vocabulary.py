@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
+import sys
 from pathlib import Path
 
 from ..errors import PMFError
@@ -23,26 +24,35 @@ DEVICE_HELP = "cpu, cuda, cuda:1, mps (default: cuda when a GPU is visible, else
 
 
 class PMFArgumentParser(argparse.ArgumentParser):
-    """argparse with a suggestion for a mistyped flag (difflib over the command's own flags), help that shows
-    defaults, and no abbreviated flags (a prefix of a flag is a typo to report, not a flag to guess)."""
+    """argparse with a suggestion for a mistyped flag (difflib over the command's own flags), errors in one line
+    (no usage block), help that shows defaults, and no abbreviated flags (a prefix of a flag is a typo to report,
+    not a flag to guess)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._words = list(sys.argv[1:] if args is None else args)  # for error(): the words this parser was given
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
+        flags = [s for a in self._actions for s in a.option_strings if a.help != argparse.SUPPRESS]
         match = re.search(r"unrecognized arguments: (.*)", message)
-        if match:
-            flags = [s for a in self._actions for s in a.option_strings if a.help != argparse.SUPPRESS]
-            hints = []
-            for word in match.group(1).split():
-                if word.startswith("-"):
-                    close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.6)
-                    if close:
-                        hints.append(f"{word}: did you mean {close[0]}?")
-            if hints:
-                message += " (" + "; ".join(hints) + ")"
-        super().error(message)
+        # a mistyped flag: named in "unrecognized arguments", or hidden behind a missing required flag
+        words = match.group(1).split() if match else [w for w in getattr(self, "_words", [])
+                                                      if w.startswith("--") and w.split("=")[0] not in flags]
+        hints = []
+        for word in words:
+            if word.startswith("-"):
+                close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.6)
+                if close:
+                    hints.append(f"{word}: did you mean {close[0]}?")
+        if hints:
+            message += " (" + "; ".join(hints) + ")"
+        # one line, as the commands' own errors: a usage block of every flag would bury it (pmf train has 80)
+        what = "commands" if any(isinstance(a, argparse._SubParsersAction) for a in self._actions) else "flags"
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the {what})\n")
 
 
 def add_checkpoint(p, *, required: bool = True, random: bool = True, onnx: bool = True) -> None:
