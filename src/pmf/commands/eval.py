@@ -53,13 +53,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def default_out(checkpoint: str) -> Path:
-    local = Path(checkpoint).expanduser()
-    if checkpoint != "random" and (local.is_file() or local.is_dir()):  # a file, or a sharded checkpoint folder
-        return local.parent / f"eval-{local.stem}"
-    return Path(f"eval-{Path(checkpoint.split(':')[-1]).stem or 'model'}")
-
-
 def choose_mode(args, model) -> str:
     """"offline" when asked (--offline); "inception" when the Inception weights are there; else the error that
     names the weights file (FID was asked for: another score in its place would pass for it)."""
@@ -214,7 +207,7 @@ def run(args) -> int:
     mode, net = load_metric(args, sampler.model, device)
     num_images = opts.num_images or (1000 if mode == "offline" or mode == "metrics" and set(net.reps) <= {
         "offline", "pixels"} else 50_000)
-    out = Path(args.out) if args.out else default_out(args.checkpoint)
+    out = Path(args.out)  # default runs/eval (add_out)
     if rank == 0:
         output_folder(out)
     if mode == "metrics":
