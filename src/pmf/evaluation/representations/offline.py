@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from ..offline_score import size_fit
 from .base import RESIZE_RULE, Representation, check_images, resize, to_rgb
 
 
@@ -43,8 +44,6 @@ class OfflineRepresentation(Representation):
                 "dataset": self.dataset, "classifier_version": self.version}
 
     def fit(self, x: torch.Tensor) -> torch.Tensor:
-        from ..offline_score import size_fit
-
         s, h = self.input_size, x.shape[-1]
         x = (x.mean(dim=1, keepdim=True) + 1) / 2  # (B, 1, H, H) in [0, 1]
         how = size_fit(h, s)
