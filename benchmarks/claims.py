@@ -15,6 +15,7 @@ Resumable: a cell with a result file is skipped, a cell with checkpoints resumes
     python benchmarks/claims.py run --work /tmp/claims --jobs 2            # every cell, main study first
     python benchmarks/claims.py run --work /tmp/claims --only main-112-x-0  # cells whose id starts so
     python benchmarks/claims.py table                                      # docs/claims.md's tables
+    python benchmarks/claims.py table --write                              # ... written into docs/claims.md
     python benchmarks/claims.py figure --work /tmp/claims --out docs/claims.png
     python benchmarks/claims.py curves --out docs/claims_curves.png           # the loss curves, x against u
 """
@@ -192,19 +193,41 @@ def values(rs: list[dict], setting: str, key: str) -> list[float]:
     return [r["scores"][setting][key] for r in rs]
 
 
+TABLES = ("headline", "cells", "ablations")  # the blocks of docs/claims.md that `table --write` replaces
+
+
 def table(args) -> None:
     """Markdown tables (mean ± half the seed-to-seed range): x against u per size at the recipe's guidance, one
-    step; every cell and setting; each ablation against the recipe (main, x) at the same size."""
+    step; every cell and setting; each ablation against the recipe (main, x) at the same size. Printed, or with
+    ``--write DOC`` put between DOC's markers ``<!-- claims.py table: NAME -->`` and ``<!-- /claims.py table -->``
+    (NAME one of TABLES), leaving the rest of DOC as it is."""
     groups = grouped()
-    headline_table(groups)
-    cell_table(groups)
-    ablation_table(groups)
+    blocks = dict(zip(TABLES, (headline_table(groups), cell_table(groups), ablation_table(groups))))
+    write = getattr(args, "write", None)
+    if write is None:
+        print("\n\n".join("\n".join(lines) for lines in blocks.values()))
+        return
+    write.write_text(fill_tables(write.read_text(), blocks))
+    print(f"wrote {', '.join(TABLES)} into {write}")
 
 
-def headline_table(groups: dict) -> None:
-    print("| input / patch | dims per token | seeds (x, u) | x: accuracy / Frechet ratio | u: accuracy / Frechet ratio "
-          "| u's Frechet ratio over x's |")
-    print("|---|---|---|---|---|---|")
+def fill_tables(doc: str, blocks: dict[str, list[str]]) -> str:
+    """``doc`` with each named block's lines between its markers; a marker missing or repeated is an error."""
+    for name, lines in blocks.items():
+        start, end = f"<!-- claims.py table: {name} -->\n", "<!-- /claims.py table -->"
+        if doc.count(start) != 1:
+            raise SystemExit(f"the document must hold the line {start.strip()!r} once (it holds it "
+                             f"{doc.count(start)} times)")
+        head, rest = doc.split(start)
+        if end not in rest:
+            raise SystemExit(f"no {end!r} after {start.strip()!r}")
+        doc = head + start + "\n".join(lines) + "\n" + rest[rest.index(end):]
+    return doc
+
+
+def headline_table(groups: dict) -> list[str]:
+    lines = ["| input / patch | dims per token | seeds (x, u) | x: accuracy / Frechet ratio | u: accuracy / Frechet "
+             "ratio | u's Frechet ratio over x's |", "|---|---|---|---|---|---|"]
     for size in sorted({k[1] for k in groups if k[0] == "main"}):
         x, u = groups.get(("main", size, "x"), []), groups.get(("main", size, "u"), [])
         if not (x and u):
@@ -213,27 +236,28 @@ def headline_table(groups: dict) -> None:
                 f"{mean_spread(values(g, 'guided_1step', 'frechet_ratio'))}" for g in (x, u)]
         fr = [np.mean(values(g, "guided_1step", "frechet_ratio")) for g in (x, u)]
         ratio = fr[1] / fr[0]
-        print(f"| {size} / {PATCH[size]} | {PATCH[size] ** 2} | {len(x)}, {len(u)} | {cols[0]} | {cols[1]} | "
-              f"{ratio:.1f} |")
+        lines.append(f"| {size} / {PATCH[size]} | {PATCH[size] ** 2} | {len(x)}, {len(u)} | {cols[0]} | {cols[1]} | "
+                     f"{ratio:.1f} |")
+    return lines
 
 
-def cell_table(groups: dict) -> None:
-    print("\n| study | input / patch | dims per token | prediction | seeds | setting | accuracy | Frechet ratio | "
-          "minutes per cell |")
-    print("|---|---|---|---|---|---|---|---|---|")
+def cell_table(groups: dict) -> list[str]:
+    lines = ["| study | input / patch | dims per token | prediction | seeds | setting | accuracy | Frechet ratio | "
+             "minutes per cell |", "|---|---|---|---|---|---|---|---|---|"]
     for (study, size, pred), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "main", kv[0])):
         for setting in SETTINGS:
             minutes = np.mean([r["train_minutes"] for r in rs])
-            print(f"| {study} | {size} / {PATCH[size]} | {PATCH[size] ** 2} | {pred} | {len(rs)} | {setting} | "
-                  f"{mean_spread(values(rs, setting, 'accuracy'))} | "
-                  f"{mean_spread(values(rs, setting, 'frechet_ratio'))} | {minutes:.1f} |")
+            lines.append(f"| {study} | {size} / {PATCH[size]} | {PATCH[size] ** 2} | {pred} | {len(rs)} | {setting} | "
+                         f"{mean_spread(values(rs, setting, 'accuracy'))} | "
+                         f"{mean_spread(values(rs, setting, 'frechet_ratio'))} | {minutes:.1f} |")
+    return lines
 
 
-def ablation_table(groups: dict) -> None:
-    print("\n| ablation | input / patch | seeds | accuracy | Frechet ratio | recipe's Frechet ratio | "
-          "difference / spread | seed by seed: ablation - recipe | the paper |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for (study, size, _), rs in sorted(groups.items()):
+def ablation_table(groups: dict) -> list[str]:
+    lines = ["| ablation | input / patch | seeds | accuracy | Frechet ratio | recipe's Frechet ratio | "
+             "difference / spread | seed by seed: ablation - recipe | the paper |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (study, size, _), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
         base = groups.get(("main", size, "x"))
         if study == "main" or not base:
             continue
@@ -242,9 +266,11 @@ def ablation_table(groups: dict) -> None:
         by_seed = {r["seed"]: r["scores"]["guided_1step"]["frechet_ratio"] for r in base}
         paired = ", ".join(f"{r['scores']['guided_1step']['frechet_ratio'] - by_seed[r['seed']]:+.3f}"
                            for r in sorted(rs, key=lambda r: r["seed"]) if r["seed"] in by_seed)
-        print(f"| {study} | {size} / {PATCH[size]} | {len(rs)} | {mean_spread(values(rs, 'guided_1step', 'accuracy'))}"
-              f" | {mean_spread(fr)} | {mean_spread(fr0)} | {(np.mean(fr) - np.mean(fr0)) / spread:+.1f} | "
-              f"{paired} | {PAPER[study]} |")
+        lines.append(f"| {study} | {size} / {PATCH[size]} | {len(rs)} | "
+                     f"{mean_spread(values(rs, 'guided_1step', 'accuracy'))} | {mean_spread(fr)} | "
+                     f"{mean_spread(fr0)} | "
+                     f"{(np.mean(fr) - np.mean(fr0)) / spread:+.1f} | {paired} | {PAPER[study]} |")
+    return lines
 
 
 def figure(args) -> None:
@@ -319,7 +345,10 @@ def main() -> None:
         if name == "run":
             q.add_argument("--jobs", type=int, default=2, help="cells at once")
             q.add_argument("--only", nargs="*", help="cell id prefixes")
-    sub.add_parser("table", help="print the Markdown tables of the results in benchmarks/results/cpu/claims")
+    q = sub.add_parser("table", help="the Markdown tables of the results in benchmarks/results/cpu/claims")
+    q.add_argument("--write", type=Path, metavar="DOC", nargs="?", const=ROOT / "docs" / "claims.md",
+                   help="put them between DOC's `<!-- claims.py table: NAME -->` markers instead of printing "
+                        "(default DOC: docs/claims.md)")
     q = sub.add_parser("figure", help="one image per class, x against u, per size (seed 0, guided, one step)")
     q.add_argument("--work", type=Path, required=True, help="the run folders of `run`")
     q.add_argument("--out", type=Path, default=ROOT / "docs" / "claims.png")

@@ -4,6 +4,7 @@ and config rule), an ablation changes only its own field against the recipe's ce
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -94,3 +95,30 @@ def test_a_resumed_run_adds_the_time_before_each_restart(tmp_path):
                                                     for s, t in times))
     curve = claims.loss_curve(tmp_path)
     assert curve["train_seconds"] == 35.0 and curve["step"] == [20, 40, 60, 80]
+
+
+def test_write_puts_each_table_between_its_markers_and_keeps_the_rest(tmp_path, monkeypatch):
+    rows = [_result("main", 28, "x", 0, 0.05), _result("main", 28, "u", 0, 0.06), _result("adamw", 28, "x", 0, 0.08)]
+    for r in rows:
+        (tmp_path / f"{r['cell']}.json").write_text(json.dumps(r))
+    monkeypatch.setattr(claims, "RESULTS", tmp_path)
+    doc = tmp_path / "claims.md"
+    text = "".join(f"text before {name}\n<!-- claims.py table: {name} -->\n| stale |\n<!-- /claims.py table -->\n"
+                   f"text after {name}\n" for name in claims.TABLES)
+    doc.write_text(text)
+    claims.table(argparse.Namespace(write=doc))
+    out = doc.read_text()
+    assert "| stale |" not in out
+    for name in claims.TABLES:
+        assert f"text before {name}\n<!-- claims.py table: {name} -->\n| " in out and f"text after {name}\n" in out
+    assert "| 28 / 7 | 49 | 1, 1 | 0.900 (1 seed) / 0.050 (1 seed) |" in out
+    assert "| adamw | 28 / 7 | 1 | 0.900 (1 seed) | 0.080 (1 seed) | 0.050 (1 seed) |" in out
+    claims.table(argparse.Namespace(write=doc))
+    assert doc.read_text() == out  # a second write changes nothing
+
+
+def test_write_refuses_a_document_without_the_markers():
+    with pytest.raises(SystemExit, match="claims.py table: headline"):
+        claims.fill_tables("no markers here\n", {"headline": ["| a |"]})
+    with pytest.raises(SystemExit, match="no '<!-- /claims.py table -->'"):
+        claims.fill_tables("<!-- claims.py table: headline -->\n| a |\n", {"headline": ["| b |"]})
