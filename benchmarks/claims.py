@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]  # this checkout's package and benchmarks/common.py
 RESULTS = ROOT / "benchmarks" / "results" / "cpu" / "claims"
 PATCH = {28: 7, 56: 14, 112: 28, 224: 56}  # 16 tokens at every size
 GUIDED = ("--omega", "3", "--interval", "0.1:0.8")  # the mnist recipe's setting
@@ -102,7 +103,6 @@ def loss_curve(run: Path) -> dict:
 
 
 def score(cell: Cell, run: Path, steps: int, log: Path, threads: int) -> dict:
-    sys.path.insert(0, str(ROOT / "src"))
     from pmf.evaluation.offline_score import offline_scores
 
     ckpt = run / "checkpoints" / f"step_{steps:08d}.pt"
@@ -119,7 +119,6 @@ def score(cell: Cell, run: Path, steps: int, log: Path, threads: int) -> dict:
 
 
 def run_cell(cell: Cell, work: Path, steps: int, threads: int) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from common import cpu_model
 
     result = RESULTS / f"{cell.id}.json"
@@ -275,10 +274,9 @@ def ablation_table(groups: dict) -> list[str]:
 
 def figure(args) -> None:
     """Rows: patch dimension; columns: x, u (seed 0, guided, 1 step; the first 10 images, one per class)."""
-    import matplotlib
+    from pmf.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sizes = [s for s in PATCH if (args.work / f"main-{s}-x-0" / "samples").is_dir()]
     fig, axes = plt.subplots(len(sizes), 2, figsize=(12, 0.85 * len(sizes) + 0.25), squeeze=False)
@@ -302,10 +300,9 @@ def figure(args) -> None:
 def curves(args) -> None:
     """The training loss curves (loss_u: the mean squared error of the compound velocity V, the same quantity
     for both predictions; the weighted loss is near 2 by construction), one panel per size, x against u."""
-    import matplotlib
+    from pmf.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups = grouped()
     sizes = sorted({k[1] for k in groups if k[0] == "main"})
