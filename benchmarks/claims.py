@@ -141,7 +141,12 @@ def run_cell(cell: Cell, work: Path, steps: int, threads: int) -> None:
 
 
 def run(args) -> None:
-    todo = [c for c in cells(args.seeds, args.sizes) if not (RESULTS / f"{c.id}.json").exists()
+    every = cells(args.seeds, args.sizes)
+    unknown = [o for o in args.only or [] if not any(c.id.startswith(o) for c in every)]
+    if unknown:
+        raise SystemExit(f"--only {' '.join(unknown)}: no cell id starts so (ids are STUDY-SIZE-PREDICTION-SEED, "
+                         f"e.g. main-112-x-0, with STUDY main or one of {', '.join(ABLATIONS)})")
+    todo = [c for c in every if not (RESULTS / f"{c.id}.json").exists()
             and (not args.only or any(c.id.startswith(o) for o in args.only))]
     print(f"{len(todo)} cells to run: {', '.join(c.id for c in todo)}", flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -158,8 +163,12 @@ def run(args) -> None:
 
 
 def one(args) -> None:
-    cell = next(c for c in cells(args.seeds, args.sizes) if c.id == args.cell)
-    run_cell(cell, args.work, args.steps, args.threads)
+    known = {c.id: c for c in cells(args.seeds, args.sizes)}
+    if args.cell not in known:
+        raise SystemExit(f"no cell {args.cell!r} with --seeds {args.seeds} --sizes "
+                         f"{' '.join(map(str, args.sizes))}; cells are STUDY-SIZE-PREDICTION-SEED, e.g. "
+                         f"main-112-x-0, with STUDY main or one of {', '.join(ABLATIONS)}")
+    run_cell(known[args.cell], args.work, args.steps, args.threads)
 
 
 def load_results() -> list[dict]:

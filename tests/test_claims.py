@@ -122,3 +122,14 @@ def test_write_refuses_a_document_without_the_markers():
         claims.fill_tables("no markers here\n", {"headline": ["| a |"]})
     with pytest.raises(SystemExit, match="no '<!-- /claims.py table -->'"):
         claims.fill_tables("<!-- claims.py table: headline -->\n| a |\n", {"headline": ["| b |"]})
+
+
+def test_an_unknown_cell_or_prefix_is_refused_by_name(tmp_path):
+    args = argparse.Namespace(cell="adam-112-x-0", work=tmp_path, steps=10, threads=1, seeds=2, sizes=[28, 112])
+    with pytest.raises(SystemExit, match="no cell 'adam-112-x-0'.*adamw"):
+        claims.one(args)
+    args = argparse.Namespace(only=["main-112", "main-224"], work=tmp_path, steps=10, threads=1, seeds=2,
+                              sizes=[28, 112], jobs=2)
+    with pytest.raises(SystemExit, match="--only main-224: no cell id starts so"):
+        claims.run(args)
+    assert not list(tmp_path.iterdir())  # refused before anything starts
