@@ -119,6 +119,24 @@ def test_image_size_and_flags(tmp_path, capsys):
     assert (cfg["input_size"], cfg["num_classes"]) == (16, 5)
 
 
+def test_a_patch_override_is_checked_against_the_new_image_size(tmp_path, capsys):
+    """Patch 12 divides --image-size 48 but not the preset's 32: the model is built at 48 with patch 12 (the claims
+    study's 224 px / 56 px patch cells on the 28 px mnist recipe), and a size off that patch's grid is refused by
+    naming the override."""
+    def run(out, size):
+        return main(tiny(out, "--steps", "1", "--batch-size", "4", "--no-progress", "--image-size", size,
+                         "--model-overrides", '{"patch_size": 12}'))
+
+    assert run(tmp_path / "a", "48") == 0
+    cfg = model_config_of(tmp_path / "a")
+    assert (cfg["input_size"], cfg["patch_size"]) == (48, 12)
+    assert "model pMF-Tiny/4 with input_size=48" in capsys.readouterr().err
+    assert run(tmp_path / "b", "40") == 2
+    err = capsys.readouterr().err
+    assert "--image-size 40 is not a multiple of the patch size 12 of --model-overrides" in err
+    assert "Traceback" not in err and not (tmp_path / "b").exists()
+
+
 def test_an_unreadable_file_is_named_once(tmp_path, capsys):
     data = image_folder(tmp_path / "data", 2, 32, per_class=3)
     broken = data / "c01" / "9.png"

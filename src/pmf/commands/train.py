@@ -3,6 +3,7 @@ flags; runs as one process or under ``torchrun`` (DDP, FSDP2 or HSDP, ``--parall
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -119,23 +120,29 @@ def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> st
         if cfg.arch != recipe_arch:
             note = (f"\n--init {cfg.init} is a {cfg.arch}: its architecture replaces the recipe's {recipe_arch}; the "
                     f"recipe's other settings stay (batch {cfg.batch_size}, lr {cfg.optim.lr:g}, --steps {cfg.steps})")
-    mcfg = model_config(cfg.arch, **cfg.model_overrides)
+    # The fields as the recipe and --model-overrides set them, before the fit: a patch that divides only the new
+    # size (patch 56 at --image-size 224 on a 28 px preset) is checked against that size, not the preset's.
+    given = {**dataclasses.asdict(model_config(cfg.arch)),
+             **{k: v for k, v in cfg.model_overrides.items() if v is not None}}
+    size = args.image_size or facts.size
+    patch = given["patch_size"]
+    if size is not None and size != given["input_size"] and isinstance(patch, int) and patch > 0 and size % patch:
+        source = "--image-size" if args.image_size else f"the data's images are {size}x{size}:"
+        how = f"{facts.spec} is brought to it by {RESIZE_RULE}" if facts.kind == "built-in" else \
+            "images are center-cropped to it"
+        whose = "--model-overrides" if cfg.model_overrides.get("patch_size") is not None else cfg.arch
+        raise PMFError(f"{source} {size} is not a multiple of the patch size {patch} of {whose}; "
+                       f"pass --image-size with a multiple of {patch} ({how}), or pick another --arch")
+    mcfg = model_config(cfg.arch, **{**cfg.model_overrides, **({} if size is None else {"input_size": size})})
     want = {"num_classes": args.num_classes or facts.classes}
     if args.channels is not None:
         want["in_channels"] = args.channels
     elif facts.channels != mcfg.in_channels and not (facts.channels == 1 and mcfg.in_channels == 3
                                                       and facts.kind not in ("folder", "pack", "datasets")):
         want["in_channels"] = facts.channels
-    size = args.image_size or facts.size
-    if size is not None and size != mcfg.input_size:
-        if size % mcfg.patch_size:
-            source = "--image-size" if args.image_size else f"the data's images are {size}x{size}:"
-            how = f"{facts.spec} is brought to it by {RESIZE_RULE}" if facts.kind == "built-in" else \
-                "images are center-cropped to it"
-            raise PMFError(f"{source} {size} is not a multiple of the patch size {mcfg.patch_size} of {cfg.arch}; "
-                           f"pass --image-size with a multiple of {mcfg.patch_size} ({how}), or pick another --arch")
+    if size is not None:
         want["input_size"] = size
-    changed = {k: v for k, v in want.items() if getattr(mcfg, k) != v}
+    changed = {k: v for k, v in want.items() if given.get(k) != v}
     cfg.model_overrides = {**cfg.model_overrides, **changed}
     model = f"model {cfg.arch}" + (f" with {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")
     final = want.get("input_size", mcfg.input_size)
