@@ -138,3 +138,15 @@ def test_random_checkpoint_is_seeded_and_needs_an_arch():
     assert all(torch.equal(v, e.state_dict()[k]) for k, v in d.state_dict().items())
     with pytest.raises(PMFError, match="needs --arch"):
         model_from_arg(None)
+
+
+def test_noise_scale_given_or_the_models():
+    """One rule for the noise scale (generate, the sampler, the evaluation): the given one, else the model's."""
+    from types import SimpleNamespace
+
+    from pmf.sampling import noise_scale_of
+
+    cfg = SimpleNamespace(noise_scale=2.0)
+    assert noise_scale_of(cfg, None) == 2.0
+    assert noise_scale_of(cfg, 1.0) == 1.0
+    assert noise_scale_of(cfg, 0.0) == 0.0  # zero is a value, not "unset"

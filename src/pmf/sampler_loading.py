@@ -16,7 +16,7 @@ from .checkpoints.files import is_onnx
 from .checkpoints.load import LoadedCheckpoint, load_checkpoint
 from .errors import PMFError
 from .export.onnx_export import FP32
-from .sampling import generate, prepare_sampler
+from .sampling import generate, noise_scale_of, prepare_sampler
 from .sampling_setting import SamplingSetting
 
 
@@ -55,8 +55,7 @@ class Sampler:
 
     @property
     def noise_scale(self) -> float:
-        given = self.options.noise_scale
-        return self.config.noise_scale if given is None else given
+        return noise_scale_of(self.config, self.options.noise_scale)
 
     @property
     def device(self) -> str:

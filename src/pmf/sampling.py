@@ -156,6 +156,12 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1) / 2 * 255).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
 
+def noise_scale_of(config, given: float | None) -> float:
+    """The noise scale images are drawn with: ``given``, or the model config's where None (the one rule for
+    ``generate``, the sampler and the evaluation)."""
+    return config.noise_scale if given is None else given
+
+
 def generate(model, indices: Sequence[int], labels: torch.Tensor, *, seed: int, batch_size: int = 64,
              setting: SamplingSetting | None = None, steps: int | None = None, omega=None, t_min=None, t_max=None,
              noise_scale: float | None = None, device=None, progress: bool = True,
@@ -168,7 +174,7 @@ def generate(model, indices: Sequence[int], labels: torch.Tensor, *, seed: int, 
     model, setting = model_setting(model, setting, steps=steps, omega=omega, t_min=t_min, t_max=t_max)
     cfg = model.config
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-    noise_scale = cfg.noise_scale if noise_scale is None else noise_scale
+    noise_scale = noise_scale_of(cfg, noise_scale)
     device = device or next(model.parameters()).device
     amp = precision_context(precision, device)  # checks the name before any work
     indices = list(indices)

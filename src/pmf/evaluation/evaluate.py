@@ -19,7 +19,7 @@ from ..errors import PMFError
 from ..extras import pyplot
 from ..images import save_image
 from ..parallel.process import gather_rows, rank_world, shard
-from ..sampling import SamplingSetting, check_precision, generate
+from ..sampling import SamplingSetting, check_precision, generate, noise_scale_of
 
 
 @dataclass
@@ -44,7 +44,7 @@ class EvalSettings:
 
     def noise_scale_for(self, model) -> float:
         """The noise scale the images are drawn with: this one, or the model's where None."""
-        return model.config.noise_scale if self.noise_scale is None else self.noise_scale
+        return noise_scale_of(model.config, self.noise_scale)
 
     def to_dict(self) -> dict:
         """The record of metrics.json: the counts and the setting's omega, interval, steps and prediction."""
