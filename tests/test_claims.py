@@ -29,7 +29,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-@pytest.mark.parametrize("cell", [c for c in claims.cells(2, [28, 56, 112]) if c.study == "main"],
+@pytest.mark.parametrize("cell", [c for c in claims.cells(2, sorted(claims.PATCH)) if c.study == "main"],
                          ids=lambda c: c.id)
 def test_a_main_cell_trains_the_recipe_with_16_tokens(cell):
     args, cfg = _config(cell)
@@ -37,6 +37,21 @@ def test_a_main_cell_trains_the_recipe_with_16_tokens(cell):
     assert cfg["model_overrides"] == {"patch_size": cell.size // 4}  # (size / patch)^2 = 16 tokens
     assert (cfg["loss"]["prediction"], cfg["seed"], cfg["steps"]) == (cell.pred, cell.seed, 2000)
     assert cfg["optim"]["name"] == "muon" and args.resume == "auto"
+
+
+@pytest.mark.parametrize("size", sorted(claims.PATCH))
+def test_a_main_cell_builds_its_model_at_its_size(size):
+    """``pmf train`` fits the recipe's model to --image-size with the cell's patch: 16 tokens at every size, 224 px
+    with 56 px patches included (a patch that does not divide the recipe's own 28 px)."""
+    from pmf.commands.train import fit_model_to_data
+    from pmf.model_configs import model_config
+
+    args, _ = _config(claims.Cell("main", size, "x", 0))
+    cfg = config_from_args(args)
+    fit_model_to_data(cfg, args)
+    mcfg = model_config(cfg.arch, **cfg.model_overrides)
+    assert (mcfg.input_size, mcfg.patch_size) == (size, size // 4)
+    assert (mcfg.input_size // mcfg.patch_size) ** 2 == 16
 
 
 EXPECTED_CHANGE = {  # an ablation's only difference from the recipe's x cell at its size and seed
