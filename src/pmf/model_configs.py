@@ -179,17 +179,24 @@ def preset_of(config: ModelConfig) -> str | None:
     return None
 
 
-def model_config(arch: str, **overrides) -> ModelConfig:
-    """Config of a named preset with any field overridden (``with_v_head`` is an alias of ``v_head``)."""
+def model_fields(arch: str, **overrides) -> dict:
+    """Every field of ``model_config(arch, **overrides)`` before ModelConfig checks them together: the defaults,
+    the preset's, then the overrides that are not None (``with_v_head`` is an alias of ``v_head``). For a caller
+    that must look at one field before the rest can hold (``pmf train`` fits input_size to the data)."""
     if arch not in PRESETS:
         raise PMFError(f"unknown architecture {arch!r}; known presets: {', '.join(PRESETS)}")
     if "with_v_head" in overrides:
         overrides["v_head"] = overrides.pop("with_v_head")
-    fields = dict(PRESETS[arch])
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    fields = {k: v for k, v in defaults.items() if v is not dataclasses.MISSING} | PRESETS[arch]
     for key, value in overrides.items():
-        if key not in known:
-            raise PMFError(f"unknown model override {key!r}; known fields: {sorted(known)}")
+        if key not in defaults:
+            raise PMFError(f"unknown model override {key!r}; known fields: {sorted(defaults)}")
         if value is not None:
             fields[key] = value
-    return ModelConfig(**fields)
+    return fields
+
+
+def model_config(arch: str, **overrides) -> ModelConfig:
+    """Config of a named preset with any field overridden (``with_v_head`` is an alias of ``v_head``)."""
+    return ModelConfig(**model_fields(arch, **overrides))

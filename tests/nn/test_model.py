@@ -132,6 +132,23 @@ def test_bad_config_raises(override, match):
         pmf.build_model("pMF-Tiny/4", **override)
 
 
+def test_model_fields_are_the_configs_before_its_checks():
+    """model_fields is model_config's merge (defaults, preset, overrides not None, the with_v_head alias) without
+    ModelConfig's joint checks, so a caller can read one field of a combination not yet valid."""
+    from dataclasses import asdict
+
+    from pmf.model_configs import model_config, model_fields
+
+    assert model_fields("pMF-Tiny/4", depth=None, with_v_head=False) == asdict(model_config("pMF-Tiny/4",
+                                                                                           v_head=False))
+    fields = model_fields("pMF-Tiny/4", patch_size=12)  # 12 does not divide the preset's 32
+    assert (fields["input_size"], fields["patch_size"]) == (32, 12)
+    with pytest.raises(PMFError, match="patch_size=12 does not divide input_size=32"):
+        model_config("pMF-Tiny/4", patch_size=12)
+    with pytest.raises(PMFError, match="unknown model override 'colour'"):
+        model_fields("pMF-Tiny/4", colour=3)
+
+
 def test_unknown_preset_lists_known():
     with pytest.raises(PMFError, match="unknown architecture 'pMF-XL/2'.*pMF-B/16"):
         pmf.build_model("pMF-XL/2")

@@ -3,7 +3,6 @@ flags; runs as one process or under ``torchrun`` (DDP, FSDP2 or HSDP, ``--parall
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -106,7 +105,7 @@ def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> st
     run keeps the model it records."""
     from ..data.builtin import RESIZE_RULE, resized_note
     from ..data.probe import probe
-    from ..model_configs import model_config
+    from ..model_configs import model_config, model_fields
 
     facts = probe(cfg.data)
     if resumed is not None:
@@ -122,8 +121,7 @@ def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> st
                     f"recipe's other settings stay (batch {cfg.batch_size}, lr {cfg.optim.lr:g}, --steps {cfg.steps})")
     # The fields as the recipe and --model-overrides set them, before the fit: a patch that divides only the new
     # size (patch 56 at --image-size 224 on a 28 px preset) is checked against that size, not the preset's.
-    given = {**dataclasses.asdict(model_config(cfg.arch)),
-             **{k: v for k, v in cfg.model_overrides.items() if v is not None}}
+    given = model_fields(cfg.arch, **cfg.model_overrides)
     size = args.image_size or facts.size
     patch = given["patch_size"]
     if size is not None and size != given["input_size"] and isinstance(patch, int) and patch > 0 and size % patch:
@@ -145,7 +143,7 @@ def fit_model_to_data(cfg: TrainConfig, args, resumed: Path | None = None) -> st
     changed = {k: v for k, v in want.items() if given.get(k) != v}
     cfg.model_overrides = {**cfg.model_overrides, **changed}
     model = f"model {cfg.arch}" + (f" with {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")
-    final = want.get("input_size", mcfg.input_size)
+    final = mcfg.input_size
     resize = f"; images {resized_note(facts.stored, final)}" if facts.stored and facts.stored < final else ""
     return f"data {facts.describe()}; {model}{resize}{note}{one_class_guidance(cfg, args, want['num_classes'])}"
 
