@@ -209,9 +209,12 @@ def table(args) -> None:
     step; every cell and setting; each ablation against the recipe (main, x) at the same size. Printed, or with
     ``--write DOC`` put between DOC's markers ``<!-- claims.py table: NAME -->`` and ``<!-- /claims.py table -->``
     (NAME one of TABLES), leaving the rest of DOC as it is."""
+    write = getattr(args, "write", None)
+    if write is not None and not write.is_file():
+        raise SystemExit(f"--write {write}: no such file; give a document that holds the tables' markers "
+                         f"(`<!-- claims.py table: NAME -->` ... `<!-- /claims.py table -->`), e.g. docs/claims.md")
     groups = grouped()
     blocks = dict(zip(TABLES, (headline_table(groups), cell_table(groups), ablation_table(groups))))
-    write = getattr(args, "write", None)
     if write is None:
         print("\n\n".join("\n".join(lines) for lines in blocks.values()))
         return

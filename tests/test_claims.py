@@ -132,7 +132,10 @@ def test_write_puts_each_table_between_its_markers_and_keeps_the_rest(tmp_path, 
     assert doc.read_text() == out  # a second write changes nothing
 
 
-def test_write_refuses_a_document_without_the_markers():
+def test_write_refuses_a_document_without_the_markers(tmp_path):
+    with pytest.raises(SystemExit, match="--write .*missing.md: no such file"):
+        claims.table(argparse.Namespace(write=tmp_path / "missing.md"))
+    assert not (tmp_path / "missing.md").exists()
     with pytest.raises(SystemExit, match="claims.py table: headline"):
         claims.fill_tables("no markers here\n", {"headline": ["| a |"]})
     with pytest.raises(SystemExit, match="no '<!-- /claims.py table -->'"):
