@@ -288,9 +288,11 @@ def figure(args) -> None:
     """Rows: patch dimension; columns: x, u (seed 0, guided, 1 step; the first 10 images, one per class)."""
     from pmf.extras import pyplot
 
-    plt = pyplot()
-
     sizes = [s for s in PATCH if (args.work / f"main-{s}-x-0" / "samples").is_dir()]
+    if not sizes:
+        raise SystemExit(f"--work {args.work}: no main-SIZE-x-0/samples folder to draw; give the --work folder of "
+                         f"`claims.py run`, after its seed-0 main cells have finished")
+    plt = pyplot()
     fig, axes = plt.subplots(len(sizes), 2, figsize=(12, 0.85 * len(sizes) + 0.25), squeeze=False)
     for i, s in enumerate(sizes):
         for j, pred in enumerate(("x", "u")):

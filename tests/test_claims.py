@@ -151,3 +151,9 @@ def test_an_unknown_cell_or_prefix_is_refused_by_name(tmp_path):
     with pytest.raises(SystemExit, match="--only main-224: no cell id starts so"):
         claims.run(args)
     assert not list(tmp_path.iterdir())  # refused before anything starts
+
+
+def test_figure_of_a_folder_without_runs_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="no main-SIZE-x-0/samples folder to draw"):
+        claims.figure(argparse.Namespace(work=tmp_path, out=tmp_path / "f.png"))
+    assert not (tmp_path / "f.png").exists()
